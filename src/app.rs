@@ -1,0 +1,210 @@
+//! Wiring: builds the shared state and the one Pingora `Server` with its three services.
+//!
+//! Nothing here spawns a task or opens a connection: Pingora may fork (`-d`) when it runs, so
+//! connectors and tasks are created lazily inside its runtimes.
+
+use crate::cachestore::fs::FsStore;
+use crate::cachestore::storage::ChunkStorage;
+use crate::cachestore::CacheStore;
+use crate::config::{CacheStoreConfig, Config, OriginDriver, S3Credentials};
+use crate::edge::fill_client::FillClient;
+use crate::edge::pipeline::budget_units;
+use crate::edge::EdgeService;
+use crate::fill::FillService;
+use crate::metadata::{MetadataCache, OriginHealth};
+use crate::ops::OpsService;
+use crate::origin::s3::{S3Auth, S3Origin};
+use crate::origin::Origin;
+use anyhow::{bail, Context};
+use aws_credential_types::Credentials;
+use pingora::apps::http_app::HttpServer;
+use pingora::server::configuration::Opt;
+use pingora::server::Server;
+use pingora::services::listening::Service;
+use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora_proxy::http_proxy_service_with_name;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// Everything the services share.
+pub struct Orca {
+    /// The validated configuration.
+    pub config: Config,
+    /// The origin driver.
+    pub origin: Arc<dyn Origin>,
+    /// The pingora-cache storage over the cache store (leaked once: pingora wants `'static`).
+    pub storage: &'static ChunkStorage,
+    /// The fill service's cache lock (one origin fill per chunk per replica).
+    pub cache_lock: &'static CacheKeyLockImpl,
+    /// HEAD results.
+    pub metadata: MetadataCache,
+    /// Consecutive credential refusals by the origin.
+    pub health: Arc<OriginHealth>,
+    /// `limits.origin_concurrency` permits: origin fills in flight.
+    pub origin_permits: Arc<Semaphore>,
+    /// `limits.readahead_memory` in KiB: bytes the edge may buffer across all requests.
+    pub readahead_budget: Arc<Semaphore>,
+    /// The edge's client of this replica's fill service.
+    pub fill_client: FillClient,
+    /// The cache store passed its start-up checks.
+    pub store_ready: AtomicBool,
+}
+
+impl Orca {
+    /// Builds the shared state: origin driver, cache store (with its start-up checks),
+    /// metadata cache and budgets.
+    pub fn build(config: Config) -> anyhow::Result<Arc<Self>> {
+        let timeout = config.limits.origin_timeout;
+        let origin: Arc<dyn Origin> = match &config.origin.driver {
+            OriginDriver::S3(s3) => {
+                let auth = match &s3.credentials {
+                    S3Credentials::Anonymous => S3Auth::Anonymous,
+                    S3Credentials::Static {
+                        access_key_id,
+                        secret_access_key,
+                        session_token,
+                    } => S3Auth::Sign(Credentials::new(
+                        access_key_id,
+                        secret_access_key,
+                        session_token.clone(),
+                        None,
+                        "orca-config",
+                    )),
+                };
+                Arc::new(
+                    S3Origin::new(&s3.endpoint, &s3.region, s3.path_style, auth, timeout)
+                        .map_err(anyhow::Error::msg)
+                        .context("origin.s3.endpoint")?,
+                )
+            }
+            OriginDriver::AzureBlob(_) => {
+                bail!("origin.driver: azureblob is not available in this build yet")
+            }
+        };
+        let store: Arc<dyn CacheStore> = match &config.cachestore {
+            CacheStoreConfig::Fs { root } => Arc::new(
+                FsStore::open(root)
+                    .with_context(|| format!("cachestore.fs.root {}", root.display()))?,
+            ),
+            CacheStoreConfig::S3 { .. } => {
+                bail!("cachestore.driver: s3 is not available in this build yet")
+            }
+        };
+        let storage: &'static ChunkStorage = Box::leak(Box::new(ChunkStorage::new(
+            store,
+            config.catalog.max_entries,
+        )));
+        let lock_age = Self::lock_timeout_for(&config);
+        let cache_lock: &'static CacheKeyLockImpl = Box::leak(CacheLock::new_boxed(lock_age));
+        let health = Arc::new(OriginHealth::default());
+        let metadata = MetadataCache::new(
+            origin.clone(),
+            config.metadata.ttl,
+            config.metadata.negative_ttl,
+            config.metadata.max_entries,
+            health.clone(),
+        );
+        let internal: SocketAddr = config.listen.internal.parse().context("listen.internal")?;
+        let fill_addr = loopback_for(internal);
+        let fill_client = FillClient::new(fill_addr, lock_age + timeout);
+        let budget = budget_units(config.limits.readahead_memory) as usize;
+        Ok(Arc::new(Self {
+            origin_permits: Arc::new(Semaphore::new(config.limits.origin_concurrency)),
+            readahead_budget: Arc::new(Semaphore::new(budget)),
+            config,
+            origin,
+            storage,
+            cache_lock,
+            metadata,
+            health,
+            fill_client,
+            store_ready: AtomicBool::new(true),
+        }))
+    }
+
+    fn lock_timeout_for(config: &Config) -> Duration {
+        // Longer than the slowest fill (every attempt timing out, plus backoff), so waiters do
+        // not give up on a fill that is still going and stampede the origin.
+        config.limits.origin_timeout * (crate::fill::ORIGIN_ATTEMPTS + 1) + Duration::from_secs(5)
+    }
+
+    /// How long a cache-lock waiter waits for another request's fill.
+    pub fn lock_timeout(&self) -> Duration {
+        Self::lock_timeout_for(&self.config)
+    }
+
+    /// Why the replica is not ready (empty when it is).
+    pub fn readiness_problems(&self, shutting_down: bool) -> Vec<String> {
+        let mut problems = Vec::new();
+        if shutting_down {
+            problems.push("shutting down".to_string());
+        }
+        if !self.store_ready.load(Ordering::Relaxed) {
+            problems.push("cache store failed its start-up checks".to_string());
+        }
+        if !self.health.credentials_ok() {
+            problems.push(format!(
+                "origin refused credentials {} times in a row",
+                OriginHealth::MAX_AUTH_FAILURES
+            ));
+        }
+        problems
+    }
+}
+
+/// The address to reach a listener bound to `addr` from this host.
+fn loopback_for(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), addr.port())
+        }
+        _ => addr,
+    }
+}
+
+/// Builds the Pingora server with the edge, fill and ops services.
+pub fn build_server(opt: Opt, config: Config) -> anyhow::Result<Server> {
+    crate::metrics::init();
+    let listen = config.listen.clone();
+    let orca = Orca::build(config)?;
+    let mut server = Server::new(Some(opt)).context("pingora server configuration (-c)")?;
+    server.bootstrap();
+    let conf = server.configuration.clone();
+
+    let mut edge = http_proxy_service_with_name(&conf, EdgeService::new(orca.clone()), "edge");
+    edge.add_tcp(&listen.edge);
+    let mut fill = http_proxy_service_with_name(&conf, FillService::new(orca.clone()), "fill");
+    fill.add_tcp(&listen.internal);
+    let mut ops = Service::new(
+        "ops".to_string(),
+        HttpServer::new_app(OpsService::new(orca)),
+    );
+    ops.add_tcp(&listen.ops);
+    ops.threads = Some(1);
+
+    server.add_service(edge);
+    server.add_service(fill);
+    server.add_service(ops);
+    Ok(server)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unspecified_listeners_are_reached_on_loopback() {
+        let a: SocketAddr = "0.0.0.0:8444".parse().unwrap();
+        assert_eq!(loopback_for(a).to_string(), "127.0.0.1:8444");
+        let b: SocketAddr = "[::]:8444".parse().unwrap();
+        assert_eq!(loopback_for(b).to_string(), "[::1]:8444");
+        let c: SocketAddr = "10.1.2.3:8444".parse().unwrap();
+        assert_eq!(loopback_for(c), c);
+    }
+}

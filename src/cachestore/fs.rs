@@ -1,0 +1,372 @@
+//! The `fs` cache store: chunks as files under a local directory.
+//!
+//! Layout: `ROOT/v1/ab/cd/<object hash>-<index>` for committed chunks and `ROOT/tmp/` for
+//! commits in progress. A commit writes a temp file in the same filesystem, fsyncs it, then
+//! `link(2)`s it to its final name: `link` fails with `EEXIST` instead of replacing, so a chunk
+//! appears whole or not at all and is never clobbered; losing that race is success. Temp files
+//! left by a crash are never read (they live outside `v1/`) and are removed at start.
+
+use super::{CacheStore, ChunkRead, CommitOutcome, StoreError};
+use crate::chunk::{ChunkId, CACHE_VERSION};
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Bytes read from a chunk file per blocking call: large enough that the thread hop is noise,
+/// small enough that a reader never holds a whole chunk.
+const READ_PIECE: u64 = 512 * 1024;
+
+/// A cache store in a local directory.
+pub struct FsStore {
+    root: PathBuf,
+    chunks: PathBuf,
+    tmp: PathBuf,
+    seq: AtomicU64,
+}
+
+impl FsStore {
+    /// Opens (creating if needed) a store at `root`: removes temp files left by a crash and
+    /// checks that the root is writable by committing and removing a probe file.
+    pub fn open(root: &Path) -> Result<Self, StoreError> {
+        let chunks = root.join(format!("v{CACHE_VERSION}"));
+        let tmp = root.join("tmp");
+        for dir in [&chunks, &tmp] {
+            fs::create_dir_all(dir)
+                .map_err(|e| StoreError::io(format!("create {}", dir.display()), e))?;
+        }
+        let store = Self {
+            root: root.to_path_buf(),
+            chunks,
+            tmp,
+            seq: AtomicU64::new(0),
+        };
+        let removed = store.clean_tmp()?;
+        if removed > 0 {
+            tracing::info!(removed, root = %root.display(), "removed temp files left by a crash");
+        }
+        store.probe()?;
+        Ok(store)
+    }
+
+    /// The directory the store lives in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The file a committed chunk lives in.
+    pub fn chunk_path(&self, id: &ChunkId) -> PathBuf {
+        let hex = id.object_hex();
+        self.chunks
+            .join(&hex[0..2])
+            .join(&hex[2..4])
+            .join(id.name())
+    }
+
+    fn clean_tmp(&self) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        let entries = fs::read_dir(&self.tmp)
+            .map_err(|e| StoreError::io(format!("list {}", self.tmp.display()), e))?;
+        for entry in entries.flatten() {
+            if fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn probe(&self) -> Result<(), StoreError> {
+        let tmp = self.tmp.join(format!("probe-{}", std::process::id()));
+        let dst = self.root.join(format!(".probe-{}", std::process::id()));
+        let check = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(b"orca")?;
+            f.sync_all()?;
+            let _ = fs::remove_file(&dst);
+            fs::hard_link(&tmp, &dst)?;
+            Ok(())
+        };
+        let result = check();
+        let _ = fs::remove_file(&tmp);
+        let _ = fs::remove_file(&dst);
+        result.map_err(|e| {
+            StoreError::Check(format!(
+                "cache root {} is not writable (write, fsync and link a probe file): {e}",
+                self.root.display()
+            ))
+        })
+    }
+
+    fn tmp_path(&self, id: &ChunkId) -> PathBuf {
+        self.tmp.join(format!(
+            "{}.{}.{}.tmp",
+            id.name(),
+            std::process::id(),
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        ))
+    }
+}
+
+/// Writes `pieces` to `tmp`, fsyncs, and links it to `final_path` without replacing.
+fn commit_blocking(
+    final_path: &Path,
+    tmp: &Path,
+    pieces: &[Bytes],
+) -> Result<CommitOutcome, StoreError> {
+    if final_path.exists() {
+        return Ok(CommitOutcome::Lost);
+    }
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(tmp)
+            .map_err(|e| StoreError::io(format!("create {}", tmp.display()), e))?;
+        for piece in pieces {
+            f.write_all(piece)
+                .map_err(|e| StoreError::io(format!("write {}", tmp.display()), e))?;
+        }
+        f.sync_all()
+            .map_err(|e| StoreError::io(format!("fsync {}", tmp.display()), e))?;
+        if let Some(parent) = final_path.parent() {
+            fs::create_dir_all(parent)
+                .map_err(|e| StoreError::io(format!("create {}", parent.display()), e))?;
+        }
+        // A crash here loses at most the link: the chunk is simply missing, never partial.
+        match fs::hard_link(tmp, final_path) {
+            Ok(()) => Ok(CommitOutcome::Committed),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(CommitOutcome::Lost),
+            Err(e) => Err(StoreError::io(format!("link {}", final_path.display()), e)),
+        }
+    })();
+    let _ = fs::remove_file(tmp);
+    result
+}
+
+#[async_trait]
+impl CacheStore for FsStore {
+    async fn stat(&self, id: &ChunkId) -> Result<Option<u64>, StoreError> {
+        match tokio::fs::metadata(self.chunk_path(id)).await {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io(format!("stat {}", id.name()), e)),
+        }
+    }
+
+    async fn read(
+        &self,
+        id: &ChunkId,
+        expected_len: u64,
+        from: u64,
+        to: u64,
+    ) -> Result<Option<Box<dyn ChunkRead>>, StoreError> {
+        let path = self.chunk_path(id);
+        let name = id.name();
+        let opened = tokio::task::spawn_blocking(move || -> Result<Option<File>, StoreError> {
+            let file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(StoreError::io(format!("open {}", path.display()), e)),
+            };
+            let found = file
+                .metadata()
+                .map_err(|e| StoreError::io(format!("stat {}", path.display()), e))?
+                .len();
+            if found != expected_len {
+                // Quarantine: remove it so the next fill can commit a good copy.
+                let _ = fs::remove_file(&path);
+                return Err(StoreError::Corrupt {
+                    name,
+                    found,
+                    expected: expected_len,
+                });
+            }
+            Ok(Some(file))
+        })
+        .await
+        .map_err(|e| StoreError::io("open task", std::io::Error::other(e)))??;
+        Ok(opened.map(|file| {
+            Box::new(FsReader {
+                file: Arc::new(file),
+                pos: from.min(expected_len),
+                end: to.min(expected_len),
+            }) as Box<dyn ChunkRead>
+        }))
+    }
+
+    async fn commit(
+        &self,
+        id: &ChunkId,
+        pieces: Vec<Bytes>,
+        len: u64,
+    ) -> Result<CommitOutcome, StoreError> {
+        let got: u64 = pieces.iter().map(|p| p.len() as u64).sum();
+        if got != len {
+            return Err(StoreError::LengthMismatch {
+                name: id.name(),
+                got,
+                declared: len,
+            });
+        }
+        let final_path = self.chunk_path(id);
+        let tmp = self.tmp_path(id);
+        tokio::task::spawn_blocking(move || commit_blocking(&final_path, &tmp, &pieces))
+            .await
+            .map_err(|e| StoreError::io("commit task", std::io::Error::other(e)))?
+    }
+
+    fn driver(&self) -> &'static str {
+        "fs"
+    }
+}
+
+/// Reads a chunk file in [`READ_PIECE`] pieces on the blocking pool.
+struct FsReader {
+    file: Arc<File>,
+    pos: u64,
+    end: u64,
+}
+
+#[async_trait]
+impl ChunkRead for FsReader {
+    async fn next_piece(&mut self) -> Result<Option<Bytes>, StoreError> {
+        if self.pos >= self.end {
+            return Ok(None);
+        }
+        let n = (self.end - self.pos).min(READ_PIECE) as usize;
+        let file = self.file.clone();
+        let pos = self.pos;
+        let piece = tokio::task::spawn_blocking(move || -> std::io::Result<Bytes> {
+            let mut buf = BytesMut::zeroed(n);
+            let mut filled = 0;
+            while filled < n {
+                let r = file.read_at(&mut buf[filled..], pos + filled as u64)?;
+                if r == 0 {
+                    return Err(std::io::Error::new(
+                        ErrorKind::UnexpectedEof,
+                        "chunk file shorter than its length",
+                    ));
+                }
+                filled += r;
+            }
+            Ok(buf.freeze())
+        })
+        .await
+        .map_err(|e| StoreError::io("read task", std::io::Error::other(e)))?
+        .map_err(|e| StoreError::io("read chunk", e))?;
+        self.pos += piece.len() as u64;
+        Ok(Some(piece))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(i: u64) -> ChunkId {
+        ChunkId::from_fields("o", "b", "k", "e", 10, i)
+    }
+
+    async fn read_all(store: &FsStore, id: &ChunkId, len: u64, from: u64, to: u64) -> Vec<u8> {
+        let mut r = store.read(id, len, from, to).await.unwrap().unwrap();
+        let mut out = Vec::new();
+        while let Some(p) = r.next_piece().await.unwrap() {
+            out.extend_from_slice(&p);
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn commit_then_read_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        assert_eq!(store.stat(&id(0)).await.unwrap(), None);
+        let pieces = vec![Bytes::from_static(b"hello "), Bytes::from_static(b"world")];
+        let out = store.commit(&id(0), pieces, 11).await.unwrap();
+        assert_eq!(out, CommitOutcome::Committed);
+        assert_eq!(store.stat(&id(0)).await.unwrap(), Some(11));
+        assert_eq!(read_all(&store, &id(0), 11, 0, 11).await, b"hello world");
+        assert_eq!(read_all(&store, &id(0), 11, 6, 8).await, b"wo");
+        assert!(store.read(&id(1), 11, 0, 11).await.unwrap().is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn racing_writers_both_succeed_with_one_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FsStore::open(dir.path()).unwrap());
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                s.commit(&id(3), vec![Bytes::from_static(b"0123456789")], 10)
+                    .await
+            }));
+        }
+        let mut committed = 0;
+        for t in tasks {
+            match t.await.unwrap().unwrap() {
+                CommitOutcome::Committed => committed += 1,
+                CommitOutcome::Lost => {}
+            }
+        }
+        assert_eq!(committed, 1);
+        assert_eq!(read_all(&store, &id(3), 10, 0, 10).await, b"0123456789");
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn length_mismatch_is_refused_before_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let err = store
+            .commit(&id(0), vec![Bytes::from_static(b"short")], 10)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::LengthMismatch { .. }));
+        assert_eq!(store.stat(&id(0)).await.unwrap(), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn crash_leftovers_are_never_served_and_cleaned_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = FsStore::open(dir.path()).unwrap();
+            // A temp file named like the chunk, as a crash mid-commit leaves it.
+            fs::write(
+                dir.path()
+                    .join("tmp")
+                    .join(format!("{}.1.0.tmp", id(0).name())),
+                b"partial",
+            )
+            .unwrap();
+            assert!(store.read(&id(0), 7, 0, 7).await.unwrap().is_none());
+        }
+        let _store = FsStore::open(dir.path()).unwrap();
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn wrong_length_file_is_quarantined() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        store
+            .commit(&id(0), vec![Bytes::from_static(b"abc")], 3)
+            .await
+            .unwrap();
+        let err = store.read(&id(0), 10, 0, 10).await.err().unwrap();
+        assert!(matches!(err, StoreError::Corrupt { .. }));
+        assert_eq!(store.stat(&id(0)).await.unwrap(), None);
+    }
+
+    #[test]
+    fn unwritable_root_is_refused() {
+        let err = FsStore::open(Path::new("/proc/orca-cannot-write"))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("/proc/orca-cannot-write"), "{err}");
+    }
+}

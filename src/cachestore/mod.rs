@@ -1,0 +1,109 @@
+//! Cache stores: where whole chunks are kept, behind one trait.
+//!
+//! [`CacheStore`] is what a driver implements: stat, ranged read and a no-clobber commit. The
+//! `fs` driver keeps chunks in a local directory (one machine); the shared `s3` driver (a fleet)
+//! implements the same trait. [`storage::ChunkStorage`] adapts any store to
+//! `pingora_cache::Storage`, adds the registry of fills in flight (streaming partial writes) and
+//! the presence catalog.
+
+pub mod fs;
+pub mod storage;
+
+use crate::chunk::ChunkId;
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// What a store can fail with. Callers treat every store failure on a read as a miss: a broken
+/// cache must never make Orca worse than no cache.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An I/O operation on the store failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A stored chunk does not have the length its identity demands (it is quarantined).
+    #[error("stored chunk {name} has {found} bytes, expected {expected}")]
+    Corrupt {
+        /// The chunk's name.
+        name: String,
+        /// Bytes found.
+        found: u64,
+        /// Bytes expected.
+        expected: u64,
+    },
+    /// The bytes handed to a commit do not add up to the declared length.
+    #[error("commit of {name}: {got} bytes handed over, {declared} declared")]
+    LengthMismatch {
+        /// The chunk's name.
+        name: String,
+        /// Bytes handed over.
+        got: u64,
+        /// Bytes declared.
+        declared: u64,
+    },
+    /// The store refused its start-up checks.
+    #[error("cache store check failed: {0}")]
+    Check(String),
+}
+
+impl StoreError {
+    /// Wraps an I/O error with context.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        StoreError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// The result of a successful commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// This commit made the chunk visible.
+    Committed,
+    /// Another writer had already committed it: the chunk is there, which is success.
+    Lost,
+}
+
+/// A sequential reader over part of a stored chunk.
+#[async_trait]
+pub trait ChunkRead: Send + Sync {
+    /// The next piece, or `None` at the end of the requested range.
+    async fn next_piece(&mut self) -> Result<Option<Bytes>, StoreError>;
+}
+
+/// A cache-store driver.
+#[async_trait]
+pub trait CacheStore: Send + Sync + 'static {
+    /// The stored length of a chunk, `None` when it is not stored.
+    async fn stat(&self, id: &ChunkId) -> Result<Option<u64>, StoreError>;
+
+    /// A reader over bytes `[from, to)` of a stored chunk whose length must be `expected_len`;
+    /// `None` when it is not stored. A stored chunk of another length is reported as
+    /// [`StoreError::Corrupt`] and removed, so it is filled again.
+    async fn read(
+        &self,
+        id: &ChunkId,
+        expected_len: u64,
+        from: u64,
+        to: u64,
+    ) -> Result<Option<Box<dyn ChunkRead>>, StoreError>;
+
+    /// Stores a whole chunk atomically and without clobbering: the chunk becomes visible only
+    /// complete, and when another writer won the race the outcome is [`CommitOutcome::Lost`].
+    /// `pieces` must add up to `len`, which is checked before anything is written.
+    async fn commit(
+        &self,
+        id: &ChunkId,
+        pieces: Vec<Bytes>,
+        len: u64,
+    ) -> Result<CommitOutcome, StoreError>;
+
+    /// The driver's name for logs (`fs`, `s3`).
+    fn driver(&self) -> &'static str;
+}

@@ -1,0 +1,424 @@
+//! The configuration file as operators write it: serde structs that mirror the YAML keys of
+//! `contract.md` one for one, with `deny_unknown_fields` everywhere so a typo is an error rather
+//! than a silently ignored key. Defaults live here, next to the keys; the only value without one
+//! is `origin.id`, which stays an `Option` so that its absence is reported by validation together
+//! with every other problem. Nothing here checks cross-field rules or reads the environment: that
+//! is [`super::validated`]'s job.
+
+use serde::{Deserialize, Deserializer};
+
+use super::units::{ByteSize, HumanDuration};
+
+/// Deserializes a section that may be written as an empty key (`cluster:` with everything under
+/// it commented out, which YAML reads as null) as its default.
+fn null_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a mapping of keys")]
+pub struct OrcaFile {
+    /// `listen`: the three listening addresses.
+    #[serde(deserialize_with = "null_default")]
+    pub listen: ListenFile,
+    /// `origin`: where objects come from.
+    #[serde(deserialize_with = "null_default")]
+    pub origin: OriginFile,
+    /// `edge`: the client-facing S3 surface.
+    #[serde(deserialize_with = "null_default")]
+    pub edge: EdgeFile,
+    /// `cachestore`: where chunks are kept.
+    #[serde(deserialize_with = "null_default")]
+    pub cachestore: CacheStoreFile,
+    /// `chunking`: chunk sizes and read-ahead.
+    #[serde(deserialize_with = "null_default")]
+    pub chunking: ChunkingFile,
+    /// `metadata`: the HEAD-result cache.
+    #[serde(deserialize_with = "null_default")]
+    pub metadata: MetadataFile,
+    /// `catalog`: the in-memory index of chunks known to be stored.
+    #[serde(deserialize_with = "null_default")]
+    pub catalog: CatalogFile,
+    /// `limits`: concurrency and memory bounds.
+    #[serde(deserialize_with = "null_default")]
+    pub limits: LimitsFile,
+    /// `cluster`: peers and discovery.
+    #[serde(deserialize_with = "null_default")]
+    pub cluster: ClusterFile,
+    /// `logging`: level and format.
+    #[serde(deserialize_with = "null_default")]
+    pub logging: LoggingFile,
+}
+
+/// `listen`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a mapping of keys")]
+pub struct ListenFile {
+    /// Client-facing S3 port. Default `0.0.0.0:8443`.
+    pub edge: String,
+    /// Peer-to-peer chunk fills. Default `0.0.0.0:8444`.
+    pub internal: String,
+    /// `/healthz`, `/readyz`, `/metrics`. Default `0.0.0.0:8442`.
+    pub ops: String,
+}
+
+impl Default for ListenFile {
+    fn default() -> Self {
+        ListenFile {
+            edge: "0.0.0.0:8443".to_owned(),
+            internal: "0.0.0.0:8444".to_owned(),
+            ops: "0.0.0.0:8442".to_owned(),
+        }
+    }
+}
+
+/// `origin.driver`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum OriginDriverName {
+    /// `s3`: S3 or any S3-compatible server (the default).
+    #[default]
+    #[serde(rename = "s3")]
+    S3,
+    /// `azureblob`: Azure Blob Storage (or Azurite).
+    #[serde(rename = "azureblob")]
+    AzureBlob,
+}
+
+/// `origin`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a mapping of keys")]
+pub struct OriginFile {
+    /// Part of every chunk's identity. Required: validation reports it when missing.
+    pub id: Option<String>,
+    /// Which of the two sections below is used. Default `s3`.
+    pub driver: OriginDriverName,
+    /// Used when `driver: s3`.
+    #[serde(deserialize_with = "null_default")]
+    pub s3: S3OriginFile,
+    /// Used when `driver: azureblob`.
+    #[serde(deserialize_with = "null_default")]
+    pub azureblob: AzureBlobFile,
+}
+
+/// `origin.s3`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a mapping of keys")]
+pub struct S3OriginFile {
+    /// Default `https://s3.{region}.amazonaws.com`.
+    pub endpoint: Option<String>,
+    /// Default `us-east-1`.
+    pub region: String,
+    /// `https://endpoint/bucket/key` rather than `https://bucket.endpoint/key`. Default false.
+    pub path_style: bool,
+    /// Static key id; prefer env `AWS_ACCESS_KEY_ID`.
+    pub access_key_id: Option<String>,
+    /// Static secret; prefer env `AWS_SECRET_ACCESS_KEY`.
+    pub secret_access_key: Option<String>,
+    /// Optional session token going with the static keys.
+    pub session_token: Option<String>,
+    /// Send unsigned requests (public buckets). Default false.
+    pub anonymous: bool,
+}
+
+impl Default for S3OriginFile {
+    fn default() -> Self {
+        S3OriginFile {
+            endpoint: None,
+            region: "us-east-1".to_owned(),
+            path_style: false,
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+            anonymous: false,
+        }
+    }
+}
+
+/// `origin.azureblob`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a mapping of keys")]
+pub struct AzureBlobFile {
+    /// Storage account name. Default `devstoreaccount1` (Azurite).
+    pub account: Option<String>,
+    /// Default: Azurite's `http://127.0.0.1:10000/devstoreaccount1` when `account` is also
+    /// omitted, else `https://{account}.blob.core.windows.net`.
+    pub endpoint: Option<String>,
+    /// A SAS token (with or without the leading `?`).
+    pub sas_token: Option<String>,
+    /// The shared key; prefer env `AZURE_STORAGE_KEY`.
+    pub account_key: Option<String>,
+}
+
+/// `edge`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a mapping of keys")]
+pub struct EdgeFile {
+    /// `orca.example.com` makes `bucket.orca.example.com/key` mean `bucket/key`. Default "" (off).
+    pub virtual_host_suffix: String,
+    /// Allowlist of client-visible buckets; empty (the default) allows any.
+    #[serde(deserialize_with = "null_default")]
+    pub buckets: Vec<String>,
+}
+
+/// `cachestore.driver`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum CacheStoreDriverName {
+    /// `fs`: a local directory (the default, one machine).
+    #[default]
+    #[serde(rename = "fs")]
+    Fs,
+    /// `s3`: a bucket shared by a cluster.
+    #[serde(rename = "s3")]
+    S3,
+}
+
+/// `cachestore`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a mapping of keys")]
+pub struct CacheStoreFile {
+    /// Which of the two sections below is used. Default `fs`.
+    pub driver: CacheStoreDriverName,
+    /// Used when `driver: fs`.
+    #[serde(deserialize_with = "null_default")]
+    pub fs: FsStoreFile,
+    /// Used when `driver: s3`.
+    #[serde(deserialize_with = "null_default")]
+    pub s3: S3StoreFile,
+}
+
+/// `cachestore.fs`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a mapping of keys")]
+pub struct FsStoreFile {
+    /// Directory holding the chunks. Default `./data/cache`.
+    pub root: String,
+}
+
+impl Default for FsStoreFile {
+    fn default() -> Self {
+        FsStoreFile {
+            root: "./data/cache".to_owned(),
+        }
+    }
+}
+
+/// `cachestore.s3`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a mapping of keys")]
+pub struct S3StoreFile {
+    /// Default `http://127.0.0.1:9000`.
+    pub endpoint: String,
+    /// Default `us-east-1`.
+    pub region: String,
+    /// Default `orca-cache`.
+    pub bucket: String,
+    /// Default true (most self-hosted S3 servers want it).
+    pub path_style: bool,
+    /// Static key id; prefer env `ORCA_CACHESTORE_ACCESS_KEY_ID`.
+    pub access_key_id: Option<String>,
+    /// Static secret; prefer env `ORCA_CACHESTORE_SECRET_ACCESS_KEY`.
+    pub secret_access_key: Option<String>,
+}
+
+impl Default for S3StoreFile {
+    fn default() -> Self {
+        S3StoreFile {
+            endpoint: "http://127.0.0.1:9000".to_owned(),
+            region: "us-east-1".to_owned(),
+            bucket: "orca-cache".to_owned(),
+            path_style: true,
+            access_key_id: None,
+            secret_access_key: None,
+        }
+    }
+}
+
+/// One entry of `chunking.tiers`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping such as { min_object_size: 1GiB, size: 64MiB }"
+)]
+pub struct TierFile {
+    /// Objects at least this large use `size`.
+    pub min_object_size: ByteSize,
+    /// The chunk size for those objects.
+    pub size: ByteSize,
+}
+
+/// `chunking`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a mapping of keys")]
+pub struct ChunkingFile {
+    /// Base chunk size. Default 8MiB.
+    pub size: ByteSize,
+    /// `None` when the key is omitted (or null): the default ladder applies. `Some(vec![])` when
+    /// written as `[]`: no tiers at all.
+    pub tiers: Option<Vec<TierFile>>,
+    /// Chunks fetched ahead of the one being sent. Default 8.
+    pub readahead: usize,
+}
+
+impl Default for ChunkingFile {
+    fn default() -> Self {
+        ChunkingFile {
+            size: ByteSize::mib(8),
+            tiers: None,
+            readahead: 8,
+        }
+    }
+}
+
+impl ChunkingFile {
+    /// The ladder used when `chunking.tiers` is omitted: 64MiB chunks from 1GiB objects up,
+    /// 128MiB from 10GiB.
+    #[must_use]
+    pub fn default_tiers() -> Vec<TierFile> {
+        vec![
+            TierFile {
+                min_object_size: ByteSize::gib(1),
+                size: ByteSize::mib(64),
+            },
+            TierFile {
+                min_object_size: ByteSize::gib(10),
+                size: ByteSize::mib(128),
+            },
+        ]
+    }
+}
+
+/// `metadata`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a mapping of keys")]
+pub struct MetadataFile {
+    /// How long a HEAD result is trusted. Default 60s.
+    pub ttl: HumanDuration,
+    /// How long a 404 (or another negative answer) is trusted. Default 10s.
+    pub negative_ttl: HumanDuration,
+    /// Default 100000.
+    pub max_entries: usize,
+}
+
+impl Default for MetadataFile {
+    fn default() -> Self {
+        MetadataFile {
+            ttl: HumanDuration::secs(60),
+            negative_ttl: HumanDuration::secs(10),
+            max_entries: 100_000,
+        }
+    }
+}
+
+/// `catalog`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a mapping of keys")]
+pub struct CatalogFile {
+    /// Chunks remembered as present in the cachestore. Default 1000000.
+    pub max_entries: usize,
+}
+
+impl Default for CatalogFile {
+    fn default() -> Self {
+        CatalogFile {
+            max_entries: 1_000_000,
+        }
+    }
+}
+
+/// `limits`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a mapping of keys")]
+pub struct LimitsFile {
+    /// Chunk fills in flight to the origin per replica. Default 64.
+    pub origin_concurrency: usize,
+    /// Hot-chunk RAM tier, in chunks; 0 (the default) turns it off.
+    pub memory_chunks: usize,
+    /// Bytes the edge may buffer for read-ahead across all clients. Default 1GiB.
+    pub readahead_memory: ByteSize,
+    /// Connect / first-byte timeout of one origin request. Default 30s.
+    pub origin_timeout: HumanDuration,
+}
+
+impl Default for LimitsFile {
+    fn default() -> Self {
+        LimitsFile {
+            origin_concurrency: 64,
+            memory_chunks: 0,
+            readahead_memory: ByteSize::gib(1),
+            origin_timeout: HumanDuration::secs(30),
+        }
+    }
+}
+
+/// `cluster.dns`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a mapping of keys")]
+pub struct DnsFile {
+    /// The name whose A/AAAA records are the peers (a headless Service). Required in the section.
+    pub name: String,
+    /// The peers' internal port. Default 8444.
+    pub port: u16,
+    /// How often the name is resolved again. Default 5s.
+    pub refresh: HumanDuration,
+}
+
+impl Default for DnsFile {
+    fn default() -> Self {
+        DnsFile {
+            name: String::new(),
+            port: 8444,
+            refresh: HumanDuration::secs(5),
+        }
+    }
+}
+
+/// `cluster`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a mapping of keys")]
+pub struct ClusterFile {
+    /// Static peer list (`host:port` of each internal listener). Empty (the default) = alone.
+    #[serde(deserialize_with = "null_default")]
+    pub peers: Vec<String>,
+    /// DNS discovery instead of a static list.
+    pub dns: Option<DnsFile>,
+    /// This replica's internal address as peers see it; env `ORCA_SELF` wins.
+    #[serde(rename = "self")]
+    pub self_addr: Option<String>,
+    /// Name of the env var holding the peers' shared secret.
+    pub shared_secret_env: Option<String>,
+}
+
+/// `logging.format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormatName {
+    /// One JSON object per line (the default).
+    #[default]
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// `logging`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a mapping of keys")]
+pub struct LoggingFile {
+    /// trace, debug, info, warn or error. Default info; env `ORCA_LOG_LEVEL` wins.
+    pub level: String,
+    /// Default json.
+    pub format: LogFormatName,
+}
+
+impl Default for LoggingFile {
+    fn default() -> Self {
+        LoggingFile {
+            level: "info".to_owned(),
+            format: LogFormatName::Json,
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! The edge's client of a fill service: one HTTP GET per missing chunk, over Pingora's pooled
+//! connector, streamed into the chunk's buffer as it arrives.
+//!
+//! The whole response is always drained at network speed, whatever the client's speed: the
+//! fill service paces its origin read by this reader, so a reader that stopped to wait for a
+//! slow client would slow every request joined to that chunk.
+
+use crate::error::code_from_xml;
+use crate::fill::SOURCE_HEADER;
+use crate::metrics::ChunkSource;
+use crate::origin::http::make_peer;
+use crate::origin::OriginError;
+use bytes::Bytes;
+use once_cell::sync::OnceCell;
+use pingora::connectors::http::Connector;
+use pingora::upstreams::peer::{HttpPeer, Peer};
+use pingora_http::RequestHeader;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// Largest error body read from a fill service.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// A piece of chunk bytes or the reason the chunk failed.
+pub type PieceResult = Result<Bytes, OriginError>;
+
+/// A client of one fill service.
+pub struct FillClient {
+    peer: HttpPeer,
+    authority: String,
+    connector: OnceCell<Connector>,
+}
+
+impl FillClient {
+    /// A client of the fill service at `addr`. `read_timeout` bounds the wait for each piece,
+    /// which includes waiting on another caller's origin fill.
+    pub fn new(addr: SocketAddr, read_timeout: Duration) -> Self {
+        let mut peer = make_peer(addr, false, "", read_timeout);
+        peer.options.connection_timeout = Some(Duration::from_secs(10));
+        peer.options.total_connection_timeout = Some(Duration::from_secs(10));
+        Self {
+            peer,
+            authority: addr.to_string(),
+            connector: OnceCell::new(),
+        }
+    }
+
+    fn connector(&self) -> &Connector {
+        self.connector.get_or_init(|| Connector::new(None))
+    }
+
+    /// Fetches one chunk (`query` from `FillSpec::query`) and sends bytes `[from, to)` of it
+    /// to `tx`. Returns where the fill service got the bytes. `Err` before anything was sent
+    /// means nothing reached the client yet. The body length is checked against
+    /// `expected_len`: a short body is an error, never a complete chunk.
+    pub async fn fetch(
+        &self,
+        query: &str,
+        expected_len: u64,
+        from: u64,
+        to: u64,
+        tx: &UnboundedSender<PieceResult>,
+    ) -> Result<ChunkSource, OriginError> {
+        let transient = |m: String| OriginError::Transient(format!("fill service: {m}"));
+        let mut req =
+            RequestHeader::build("GET", format!("/internal/fill?{query}").as_bytes(), None)
+                .map_err(|e| transient(e.to_string()))?;
+        req.insert_header("host", &self.authority)
+            .map_err(|e| transient(e.to_string()))?;
+        let connector = self.connector();
+        let mut last_err = None;
+        // A pooled connection may have been closed by the server; one retry on a fresh one.
+        for attempt in 0..2 {
+            let (mut session, reused) = connector
+                .get_http_session(&self.peer)
+                .await
+                .map_err(|e| transient(e.to_string()))?;
+            let head = async {
+                session.write_request_header(Box::new(req.clone())).await?;
+                session.finish_request_body().await?;
+                session.read_response_header().await
+            }
+            .await;
+            if let Err(e) = head {
+                last_err = Some(transient(e.to_string()));
+                if reused && attempt == 0 {
+                    continue;
+                }
+                break;
+            }
+            let Some(resp) = session.response_header().cloned() else {
+                return Err(transient("no response header".into()));
+            };
+            let status = resp.status.as_u16();
+            if status != 200 {
+                let mut body = Vec::new();
+                while let Ok(Some(piece)) = session.read_response_body().await {
+                    if body.len() + piece.len() > MAX_ERROR_BODY {
+                        break;
+                    }
+                    body.extend_from_slice(&piece);
+                }
+                let code = code_from_xml(&body).unwrap_or_default();
+                return Err(OriginError::from_s3_code(&code, status));
+            }
+            let source = resp
+                .headers
+                .get(SOURCE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(ChunkSource::parse)
+                .unwrap_or(ChunkSource::Origin);
+            let mut offset = 0u64;
+            loop {
+                match session.read_response_body().await {
+                    Ok(Some(piece)) => {
+                        let start = offset;
+                        let end = offset + piece.len() as u64;
+                        offset = end;
+                        if end > expected_len {
+                            return Err(transient("fill body longer than the chunk".into()));
+                        }
+                        if end <= from || start >= to {
+                            continue;
+                        }
+                        let lo = from.saturating_sub(start) as usize;
+                        let hi = (to.min(end) - start) as usize;
+                        // The client went away: stop; the fill service finishes the fill.
+                        if tx.send(Ok(piece.slice(lo..hi))).is_err() {
+                            return Ok(source);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        return Err(transient(format!(
+                            "body cut at {offset} of {expected_len} bytes: {e}"
+                        )))
+                    }
+                }
+            }
+            if offset != expected_len {
+                return Err(transient(format!(
+                    "body ended at {offset} of {expected_len} bytes"
+                )));
+            }
+            connector
+                .release_http_session(session, &self.peer, self.peer.idle_timeout())
+                .await;
+            return Ok(source);
+        }
+        Err(last_err.unwrap_or_else(|| transient("connection failed".into())))
+    }
+}

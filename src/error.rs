@@ -1,0 +1,123 @@
+//! The S3 errors Orca answers with, and their XML.
+//!
+//! Every failure a client can see is one [`S3Error`]: a status, an S3 error code and a message.
+//! Origin faults are mapped here once (see [`crate::origin::OriginError::to_s3`]).
+
+use bytes::Bytes;
+use std::fmt::Write as _;
+
+/// An error answer to a client, in S3's shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Error {
+    /// HTTP status.
+    pub status: u16,
+    /// S3 error code (`NoSuchKey`, `InvalidRange`, ...).
+    pub code: &'static str,
+    /// Human-readable message.
+    pub message: String,
+}
+
+impl S3Error {
+    /// Builds an error.
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 404 NoSuchKey.
+    pub fn no_such_key() -> Self {
+        Self::new(404, "NoSuchKey", "The specified key does not exist.")
+    }
+
+    /// 404 NoSuchBucket.
+    pub fn no_such_bucket() -> Self {
+        Self::new(404, "NoSuchBucket", "The specified bucket does not exist.")
+    }
+
+    /// 416 InvalidRange.
+    pub fn invalid_range() -> Self {
+        Self::new(
+            416,
+            "InvalidRange",
+            "The requested range is not satisfiable",
+        )
+    }
+
+    /// 405 MethodNotAllowed.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            405,
+            "MethodNotAllowed",
+            "The specified method is not allowed against this resource. Orca is read-only.",
+        )
+    }
+
+    /// 500 InternalError.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(500, "InternalError", message)
+    }
+
+    /// The XML body: `<Error><Code/><Message/><Resource/><RequestId/></Error>`.
+    pub fn to_xml(&self, resource: &str, request_id: &str) -> Bytes {
+        let mut s = String::with_capacity(256);
+        s.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>");
+        s.push_str(self.code);
+        s.push_str("</Code><Message>");
+        xml_escape_into(&mut s, &self.message);
+        s.push_str("</Message><Resource>");
+        xml_escape_into(&mut s, resource);
+        s.push_str("</Resource><RequestId>");
+        xml_escape_into(&mut s, request_id);
+        let _ = write!(s, "</RequestId></Error>");
+        Bytes::from(s)
+    }
+}
+
+impl std::fmt::Display for S3Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status, self.code, self.message)
+    }
+}
+
+impl std::error::Error for S3Error {}
+
+/// Appends `text` to `out` with XML's five special characters escaped.
+pub fn xml_escape_into(out: &mut String, text: &str) {
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Pulls `<Code>` out of an S3 XML error body (the fill service and origins answer with one).
+pub fn code_from_xml(body: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    let start = text.find("<Code>")? + "<Code>".len();
+    let end = text[start..].find("</Code>")? + start;
+    Some(text[start..end].trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xml_escapes_and_round_trips_code() {
+        let e = S3Error::no_such_key();
+        let xml = e.to_xml("/b/a<b>&'\"", "req1");
+        let s = std::str::from_utf8(&xml).unwrap_or_default();
+        assert!(s.contains("<Resource>/b/a&lt;b&gt;&amp;&apos;&quot;</Resource>"));
+        assert!(s.contains("<RequestId>req1</RequestId>"));
+        assert_eq!(code_from_xml(&xml).as_deref(), Some("NoSuchKey"));
+        assert_eq!(code_from_xml(b"junk"), None);
+    }
+}

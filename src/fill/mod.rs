@@ -1,0 +1,438 @@
+//! The fill service (`GET /internal/fill`): one request is one whole chunk.
+//!
+//! A `ProxyHttp` with pingora-cache enabled. The cache key is the chunk's identity, the storage
+//! is [`ChunkStorage`], and pingora's cache lock makes concurrent requests for one chunk wait
+//! for a single origin GET; with streaming partial writes the waiters read the bytes as they
+//! arrive. The upstream is the origin: `upstream_request_filter` replaces the request with the
+//! driver's signed ranged GET pinned to the ETag, and `upstream_response_filter` checks the
+//! origin's 206 (status, Content-Range, ETag, length) and turns it into the chunk's 200 before
+//! pingora-cache sees it. Errors before the first body byte are retried with backoff and
+//! jitter; after it, the response is aborted and nothing is stored.
+
+mod spec;
+
+pub use spec::FillSpec;
+
+use crate::app::Orca;
+use crate::cachestore::storage::{cache_key, chunk_meta, ChunkHitHandler};
+use crate::error::S3Error;
+use crate::metadata::backoff;
+use crate::metrics::{ChunkSource, FILLS_INFLIGHT, FILL_JOINS, ORIGIN_BYTES, ORIGIN_REQUESTS};
+use crate::origin::{header_str, OriginError};
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::upstreams::peer::HttpPeer;
+use pingora_cache::{
+    CacheKey, CacheMeta, ForcedFreshness, HitHandler, NoCacheReason, RespCacheable,
+};
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
+
+/// Attempts of one chunk GET before its first byte, the first included.
+pub const ORIGIN_ATTEMPTS: u32 = 3;
+
+/// Header naming where the fill service's bytes came from (`origin`, `memory`, `cachestore`).
+pub const SOURCE_HEADER: &str = "x-orca-source";
+
+/// The fill service.
+pub struct FillService {
+    orca: Arc<Orca>,
+}
+
+impl FillService {
+    /// A fill service over shared state.
+    pub fn new(orca: Arc<Orca>) -> Self {
+        Self { orca }
+    }
+}
+
+/// Decrements `orca_fills_inflight` and returns the origin permit when the fill ends.
+struct InflightGuard {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        FILLS_INFLIGHT.dec();
+    }
+}
+
+/// Per-request state of a fill.
+#[derive(Default)]
+pub struct FillCtx {
+    spec: Option<FillSpec>,
+    attempts: u32,
+    body_seen: bool,
+    source: Option<ChunkSource>,
+    error: Option<OriginError>,
+    inflight: Option<InflightGuard>,
+}
+
+fn origin_err(e: &OriginError) -> Box<Error> {
+    let et = match e {
+        OriginError::Timeout => ErrorType::ConnectTimedout,
+        _ => ErrorType::HTTPStatus(e.to_s3().status),
+    };
+    let mut err = Error::explain(et, e.to_string());
+    err.set_retry(e.is_retryable());
+    err
+}
+
+#[async_trait]
+impl ProxyHttp for FillService {
+    type CTX = FillCtx;
+
+    fn new_ctx(&self) -> Self::CTX {
+        FillCtx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        let req = session.req_header();
+        let result = if req.method != http::Method::GET {
+            Err(S3Error::method_not_allowed())
+        } else if req.uri.path() != "/internal/fill" {
+            Err(S3Error::new(
+                404,
+                "NoSuchResource",
+                "Unknown internal path.",
+            ))
+        } else {
+            FillSpec::from_query(req.uri.query().unwrap_or(""), &self.orca.config.origin.id)
+        };
+        match result {
+            Ok(spec) => {
+                ctx.spec = Some(spec);
+                Ok(false)
+            }
+            Err(e) => {
+                let resource = session.req_header().uri.path().to_string();
+                write_error(session, &e, &resource).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, _ctx: &mut Self::CTX) -> Result<()> {
+        let overrides = {
+            let mut o = pingora_cache::CacheOptionOverrides::default();
+            o.wait_timeout = Some(self.orca.lock_timeout());
+            o
+        };
+        session.cache.enable(
+            self.orca.storage,
+            None,
+            None,
+            Some(self.orca.cache_lock),
+            Some(overrides),
+        );
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, _session: &Session, ctx: &mut Self::CTX) -> Result<CacheKey> {
+        let spec = ctx
+            .spec
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "fill without a spec"))?;
+        Ok(cache_key(&spec.id, spec.expected_len))
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        _session: &mut Session,
+        _meta: &CacheMeta,
+        hit_handler: &mut HitHandler,
+        _is_fresh: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<Option<ForcedFreshness>> {
+        let source = hit_handler
+            .as_any()
+            .downcast_ref::<ChunkHitHandler>()
+            .map(|h| h.source)
+            .unwrap_or(ChunkSource::CacheStore);
+        if source == ChunkSource::Memory {
+            FILL_JOINS.inc();
+        }
+        ctx.source = Some(source);
+        Ok(None)
+    }
+
+    async fn proxy_upstream_filter(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<bool> {
+        // Only the cache lock's writer gets here: one origin fill per chunk per replica,
+        // at most `origin_concurrency` at once.
+        if ctx.inflight.is_none() {
+            let permit = self
+                .orca
+                .origin_permits
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| Error::explain(ErrorType::InternalError, "origin permits closed"))?;
+            FILLS_INFLIGHT.inc();
+            ctx.inflight = Some(InflightGuard { _permit: permit });
+        }
+        ctx.source = Some(ChunkSource::Origin);
+        Ok(true)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
+        if ctx.attempts > 0 {
+            tokio::time::sleep(backoff(ctx.attempts)).await;
+        }
+        ctx.attempts += 1;
+        ctx.error = None;
+        let spec = ctx
+            .spec
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "fill without a spec"))?;
+        match self.orca.origin.chunk_peer(&spec.bucket).await {
+            Ok(peer) => Ok(Box::new(peer)),
+            Err(e) => {
+                let err = origin_err(&e);
+                ctx.error = Some(e);
+                Err(err)
+            }
+        }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        let spec = ctx
+            .spec
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "fill without a spec"))?;
+        let start = spec.id.offset();
+        let end = start + spec.expected_len - 1;
+        match self
+            .orca
+            .origin
+            .chunk_request(&spec.bucket, &spec.key, &spec.etag, start, end)
+        {
+            Ok(req) => {
+                *upstream_request = req;
+                Ok(())
+            }
+            Err(e) => {
+                let err = origin_err(&e);
+                ctx.error = Some(e);
+                Err(err)
+            }
+        }
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        let status = resp.status.as_u16();
+        ORIGIN_REQUESTS
+            .with_label_values(&["get", resp.status.as_str()])
+            .inc();
+        let spec = ctx
+            .spec
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "fill without a spec"))?;
+        if let Err(e) = check_chunk_response(&*self.orca.origin, spec, resp) {
+            if e == OriginError::ETagChanged {
+                self.orca.metadata.invalidate(&spec.bucket, &spec.key);
+            }
+            self.orca.health.record::<()>(&Err(e.clone()));
+            tracing::warn!(chunk = %spec.id, status, error = %e, attempt = ctx.attempts, "origin chunk GET failed");
+            let err = origin_err(&e);
+            ctx.error = Some(e);
+            return Err(err);
+        }
+        // The chunk's own 200: whole, self-contained, exactly its expected length.
+        resp.set_status(200)?;
+        resp.remove_header("content-range");
+        resp.insert_header("content-length", spec.expected_len.to_string())?;
+        Ok(())
+    }
+
+    fn response_cache_filter(
+        &self,
+        _session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<RespCacheable> {
+        match (&ctx.spec, resp.status.as_u16()) {
+            (Some(spec), 200) => Ok(RespCacheable::Cacheable(chunk_meta(spec.expected_len)?)),
+            _ => Ok(RespCacheable::Uncacheable(NoCacheReason::OriginNotCache)),
+        }
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<Option<Duration>> {
+        if let Some(b) = body {
+            if !b.is_empty() {
+                ctx.body_seen = true;
+                ORIGIN_BYTES.inc_by(b.len() as u64);
+            }
+        }
+        Ok(None)
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let Some(source) = ctx.source {
+            resp.insert_header(SOURCE_HEADER, source.as_str())?;
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Self::CTX,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        e.set_retry(ctx.attempts < ORIGIN_ATTEMPTS);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        _session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Self::CTX,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("origin {peer}"));
+        // Retry only before the first byte, and only what may succeed next time. A reused
+        // pooled connection that the origin had closed is always worth one more try.
+        let retryable = match &ctx.error {
+            Some(oe) => oe.is_retryable(),
+            None => true,
+        };
+        let retry =
+            !ctx.body_seen && (retryable || client_reused) && ctx.attempts < ORIGIN_ATTEMPTS;
+        e.set_retry(retry);
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Self::CTX,
+    ) -> FailToProxy {
+        if session.response_written().is_some() {
+            // Headers are out: abort, so the caller sees a short body, never a clean end.
+            tracing::warn!(error = %e, "fill failed after its first byte; aborting");
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
+        let oe = ctx.error.clone().unwrap_or_else(|| match e.etype() {
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                OriginError::Timeout
+            }
+            _ => OriginError::Transient(e.to_string()),
+        });
+        let s3 = oe.to_s3();
+        let resource = session.req_header().uri.path().to_string();
+        let _ = write_error(session, &s3, &resource).await;
+        FailToProxy {
+            error_code: s3.status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, _error: &Error) -> bool {
+        // Logged once by Orca with context; pingora's line would repeat it.
+        true
+    }
+}
+
+/// Checks an origin answer to a chunk GET: a 206 with the exact Content-Range and the pinned
+/// ETag (or a 200 carrying the whole object when the chunk is the whole object).
+fn check_chunk_response(
+    origin: &dyn crate::origin::Origin,
+    spec: &FillSpec,
+    resp: &ResponseHeader,
+) -> std::result::Result<(), OriginError> {
+    let status = resp.status.as_u16();
+    let start = spec.id.offset();
+    let end = start + spec.expected_len - 1;
+    match status {
+        206 => {
+            let want = format!("bytes {start}-{end}/{}", spec.object_size);
+            let got = header_str(resp, "content-range").unwrap_or("");
+            if got.trim() != want {
+                // A different total means a different object: the version changed.
+                let total = got
+                    .rsplit('/')
+                    .next()
+                    .and_then(|t| t.trim().parse::<u64>().ok());
+                if total.is_some_and(|t| t != spec.object_size) {
+                    return Err(OriginError::ETagChanged);
+                }
+                return Err(OriginError::Protocol(format!(
+                    "Content-Range {got:?}, expected {want:?}"
+                )));
+            }
+        }
+        200 if start == 0 && spec.expected_len == spec.object_size => {}
+        _ => return Err(origin.classify(resp)),
+    }
+    match origin.etag_of(resp) {
+        Some(etag) if etag == spec.etag => {}
+        Some(_) => return Err(OriginError::ETagChanged),
+        None => return Err(OriginError::MissingETag),
+    }
+    if let Some(len) = header_str(resp, "content-length").and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        if len != spec.expected_len {
+            return Err(OriginError::Protocol(format!(
+                "Content-Length {len}, expected {}",
+                spec.expected_len
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Writes an S3 XML error as the whole response.
+pub async fn write_error(session: &mut Session, e: &S3Error, resource: &str) -> Result<()> {
+    let request_id = crate::edge::request_id();
+    let body = e.to_xml(resource, &request_id);
+    let mut resp = ResponseHeader::build(e.status, Some(4))?;
+    resp.insert_header("content-type", "application/xml")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    resp.insert_header("x-amz-request-id", &request_id)?;
+    let head = session.req_header().method == http::Method::HEAD;
+    session.write_response_header(Box::new(resp), head).await?;
+    if !head {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}

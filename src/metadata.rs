@@ -1,0 +1,362 @@
+//! The metadata cache: what a HEAD of each object said, kept for a TTL.
+//!
+//! One HEAD per object is in flight at a time: the first caller leads, later callers wait for
+//! its answer. A finished flight leaves the table *before* its waiters are woken, so a caller
+//! arriving after that starts a fresh HEAD instead of inheriting a transient failure.
+//! Successes are kept for `ttl`; answers that will not change soon (404, missing ETag,
+//! unsupported blob type) for `negative_ttl`; transient failures are not kept at all.
+
+use crate::origin::{ObjectMeta, Origin, OriginError};
+use lru::LruCache;
+use parking_lot::Mutex;
+use rand::Rng;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Attempts of a HEAD that fails transiently, the first included.
+pub const HEAD_ATTEMPTS: u32 = 3;
+
+type HeadResult = Result<ObjectMeta, OriginError>;
+
+enum Slot {
+    Ready {
+        result: HeadResult,
+        expires: Instant,
+    },
+    Flight {
+        id: u64,
+        rx: watch::Receiver<Option<HeadResult>>,
+    },
+}
+
+/// Counts consecutive credential refusals by the origin (`/readyz` turns false at 3).
+#[derive(Default)]
+pub struct OriginHealth {
+    auth_failures: AtomicU32,
+}
+
+impl OriginHealth {
+    /// Consecutive refusals after which the replica reports not ready.
+    pub const MAX_AUTH_FAILURES: u32 = 3;
+
+    /// Records an origin answer.
+    pub fn record<T>(&self, result: &Result<T, OriginError>) {
+        match result {
+            Err(OriginError::Auth(_)) => {
+                self.auth_failures.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) if !e.is_negative_cacheable() => {}
+            _ => self.auth_failures.store(0, Ordering::Relaxed),
+        }
+    }
+
+    /// Whether the origin accepts Orca's credentials (fewer than 3 refusals in a row).
+    pub fn credentials_ok(&self) -> bool {
+        self.auth_failures.load(Ordering::Relaxed) < Self::MAX_AUTH_FAILURES
+    }
+}
+
+/// The HEAD cache.
+pub struct MetadataCache {
+    origin: Arc<dyn Origin>,
+    ttl: Duration,
+    negative_ttl: Duration,
+    entries: Mutex<LruCache<(String, String), Slot>>,
+    next_flight: AtomicU64,
+    health: Arc<OriginHealth>,
+}
+
+impl MetadataCache {
+    /// A cache in front of `origin`.
+    pub fn new(
+        origin: Arc<dyn Origin>,
+        ttl: Duration,
+        negative_ttl: Duration,
+        max_entries: usize,
+        health: Arc<OriginHealth>,
+    ) -> Self {
+        Self {
+            origin,
+            ttl,
+            negative_ttl,
+            entries: Mutex::new(LruCache::new(
+                NonZeroUsize::new(max_entries.max(1)).unwrap_or(NonZeroUsize::MIN),
+            )),
+            next_flight: AtomicU64::new(1),
+            health,
+        }
+    }
+
+    /// The object's metadata, from the cache or from one HEAD shared with concurrent callers.
+    pub async fn get(&self, bucket: &str, key: &str) -> HeadResult {
+        let k = (bucket.to_string(), key.to_string());
+        // Bounded: each pass either returns or waits on a flight that then ends.
+        for _ in 0..8 {
+            let joined = {
+                let mut entries = self.entries.lock();
+                match entries.get(&k) {
+                    Some(Slot::Ready { result, expires }) if Instant::now() < *expires => {
+                        return result.clone();
+                    }
+                    Some(Slot::Flight { rx, .. }) => Some(rx.clone()),
+                    _ => None,
+                }
+            };
+            match joined {
+                Some(mut rx) => {
+                    // The leader either sends an answer or drops its sender (cancelled); in the
+                    // latter case its guard has removed the flight, so just look again.
+                    if let Ok(v) = rx.wait_for(Option::is_some).await {
+                        if let Some(result) = v.clone() {
+                            return result;
+                        }
+                    }
+                }
+                None => return self.lead(k).await,
+            }
+        }
+        self.lead((bucket.to_string(), key.to_string())).await
+    }
+
+    /// Drops what is known of an object (its ETag no longer matches the origin's).
+    pub fn invalidate(&self, bucket: &str, key: &str) {
+        let k = (bucket.to_string(), key.to_string());
+        let mut entries = self.entries.lock();
+        if matches!(entries.peek(&k), Some(Slot::Ready { .. })) {
+            entries.pop(&k);
+        }
+    }
+
+    async fn lead(&self, k: (String, String)) -> HeadResult {
+        let id = self.next_flight.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = watch::channel(None);
+        self.entries.lock().put(k.clone(), Slot::Flight { id, rx });
+        let guard = FlightGuard {
+            cache: self,
+            key: &k,
+            id,
+        };
+        let result = self.head_with_retries(&k.0, &k.1).await;
+        self.health.record(&result);
+        let keep_for = match &result {
+            Ok(_) => Some(self.ttl),
+            Err(e) if e.is_negative_cacheable() => Some(self.negative_ttl),
+            Err(_) => None,
+        };
+        {
+            // Replace our flight with the answer (or nothing) before waking anyone.
+            let mut entries = self.entries.lock();
+            let ours = matches!(entries.peek(&k), Some(Slot::Flight { id: f, .. }) if *f == id);
+            if ours {
+                entries.pop(&k);
+                if let Some(ttl) = keep_for.filter(|t| !t.is_zero()) {
+                    entries.put(
+                        k.clone(),
+                        Slot::Ready {
+                            result: result.clone(),
+                            expires: Instant::now() + ttl,
+                        },
+                    );
+                }
+            }
+        }
+        std::mem::forget(guard);
+        tx.send_replace(Some(result.clone()));
+        result
+    }
+
+    async fn head_with_retries(&self, bucket: &str, key: &str) -> HeadResult {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = self.origin.head(bucket, key).await;
+            match &result {
+                Err(e) if e.is_retryable() && attempt < HEAD_ATTEMPTS => {
+                    tracing::debug!(bucket, key, attempt, error = %e, "HEAD failed; retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                _ => return result,
+            }
+        }
+    }
+}
+
+/// Removes a flight whose leader was cancelled, so waiters and later callers start afresh.
+struct FlightGuard<'a> {
+    cache: &'a MetadataCache,
+    key: &'a (String, String),
+    id: u64,
+}
+
+impl Drop for FlightGuard<'_> {
+    fn drop(&mut self) {
+        let mut entries = self.cache.entries.lock();
+        if matches!(entries.peek(self.key), Some(Slot::Flight { id, .. }) if *id == self.id) {
+            entries.pop(self.key);
+        }
+    }
+}
+
+/// Exponential backoff with full jitter: attempt 1 waits up to 100 ms, 2 up to 200 ms, ...
+pub fn backoff(attempt: u32) -> Duration {
+    let cap_ms = 100u64 << attempt.saturating_sub(1).min(6);
+    Duration::from_millis(rand::thread_rng().gen_range(cap_ms / 2..=cap_ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::origin::OriginError;
+    use async_trait::async_trait;
+    use pingora::upstreams::peer::HttpPeer;
+    use pingora_http::RequestHeader;
+    use std::collections::VecDeque;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A scripted origin for the cache's own logic (the drivers are tested against real
+    /// servers); each HEAD pops the next answer after an optional gate.
+    struct Scripted {
+        answers: Mutex<VecDeque<HeadResult>>,
+        heads: AtomicUsize,
+        gate: tokio::sync::Semaphore,
+    }
+
+    #[async_trait]
+    impl Origin for Scripted {
+        async fn head(&self, _b: &str, _k: &str) -> HeadResult {
+            self.heads.fetch_add(1, Ordering::SeqCst);
+            let _p = self.gate.acquire().await;
+            self.answers
+                .lock()
+                .pop_front()
+                .unwrap_or(Err(OriginError::NotFound))
+        }
+        async fn chunk_peer(&self, _b: &str) -> Result<HttpPeer, OriginError> {
+            Err(OriginError::Timeout)
+        }
+        fn chunk_request(
+            &self,
+            _b: &str,
+            _k: &str,
+            _e: &str,
+            _s: u64,
+            _en: u64,
+        ) -> Result<RequestHeader, OriginError> {
+            Err(OriginError::Timeout)
+        }
+    }
+
+    fn meta(etag: &str) -> ObjectMeta {
+        ObjectMeta {
+            size: 10,
+            etag: etag.into(),
+            last_modified: None,
+            content_type: None,
+            extra_headers: vec![],
+        }
+    }
+
+    fn cache(answers: Vec<HeadResult>, open: bool) -> (Arc<Scripted>, MetadataCache) {
+        let o = Arc::new(Scripted {
+            answers: Mutex::new(answers.into()),
+            heads: AtomicUsize::new(0),
+            gate: tokio::sync::Semaphore::new(if open { 1000 } else { 0 }),
+        });
+        let c = MetadataCache::new(
+            o.clone(),
+            Duration::from_secs(60),
+            Duration::from_secs(10),
+            100,
+            Arc::new(OriginHealth::default()),
+        );
+        (o, c)
+    }
+
+    #[tokio::test]
+    async fn positive_and_negative_answers_are_kept() {
+        let (o, c) = cache(vec![Ok(meta("e1")), Err(OriginError::NotFound)], true);
+        assert_eq!(c.get("b", "k").await, Ok(meta("e1")));
+        assert_eq!(c.get("b", "k").await, Ok(meta("e1")));
+        assert_eq!(c.get("b", "gone").await, Err(OriginError::NotFound));
+        assert_eq!(c.get("b", "gone").await, Err(OriginError::NotFound));
+        assert_eq!(o.heads.load(Ordering::SeqCst), 2);
+        c.invalidate("b", "k");
+        let _ = c.get("b", "k").await;
+        assert_eq!(o.heads.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn expired_entries_are_fetched_again() {
+        let (o, c) = cache(vec![Ok(meta("e1")), Ok(meta("e2"))], true);
+        let c = MetadataCache {
+            ttl: Duration::ZERO,
+            ..c
+        };
+        assert_eq!(c.get("b", "k").await.unwrap().etag, "e1");
+        assert_eq!(c.get("b", "k").await.unwrap().etag, "e2");
+        assert_eq!(o.heads.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn transient_failures_are_not_replayed_to_late_callers() {
+        // Three transient failures exhaust one leader's retries; the next caller must HEAD
+        // again and get the success, not the stale failure.
+        let transient = || Err(OriginError::Transient("503".into()));
+        let (o, c) = cache(
+            vec![transient(), transient(), transient(), Ok(meta("e"))],
+            true,
+        );
+        assert!(matches!(
+            c.get("b", "k").await,
+            Err(OriginError::Transient(_))
+        ));
+        assert_eq!(c.get("b", "k").await, Ok(meta("e")));
+        assert_eq!(o.heads.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_callers_share_one_head() {
+        let (o, c) = cache(vec![Ok(meta("e"))], false);
+        let c = Arc::new(c);
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let c = c.clone();
+            tasks.push(tokio::spawn(async move { c.get("b", "k").await }));
+        }
+        // Let every caller reach the flight, then let the one HEAD through.
+        while o.heads.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        o.gate.add_permits(1000);
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), Ok(meta("e")));
+        }
+        assert_eq!(o.heads.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn health_counts_consecutive_refusals() {
+        let h = OriginHealth::default();
+        for _ in 0..2 {
+            h.record::<()>(&Err(OriginError::Auth(403)));
+        }
+        assert!(h.credentials_ok());
+        h.record::<()>(&Err(OriginError::Auth(403)));
+        assert!(!h.credentials_ok());
+        h.record(&Ok(()));
+        assert!(h.credentials_ok());
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter() {
+        for attempt in 1..5 {
+            let d = backoff(attempt);
+            let cap = 100u64 << (attempt - 1);
+            assert!(d >= Duration::from_millis(cap / 2) && d <= Duration::from_millis(cap));
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Every metric Orca exports: names and labels live here and nowhere else (contract.md).
+//!
+//! One registry, served by the ops service. Counters are plain statics so the hot path pays
+//! an atomic add, not a lookup by name.
+
+use once_cell::sync::Lazy;
+use prometheus::{
+    register_histogram_vec_with_registry, register_int_counter_vec_with_registry,
+    register_int_counter_with_registry, register_int_gauge_with_registry, Encoder, HistogramVec,
+    IntCounter, IntCounterVec, IntGauge, Registry, TextEncoder,
+};
+
+/// The registry the ops service renders.
+pub static REGISTRY: Lazy<Registry> = Lazy::new(Registry::new);
+
+macro_rules! metric {
+    ($name:ident, $ty:ty, $init:expr) => {
+        #[doc = concat!("The `", stringify!($name), "` metric.")]
+        pub static $name: Lazy<$ty> = Lazy::new(|| $init.expect("metric registers once"));
+    };
+}
+
+metric!(
+    EDGE_REQUESTS,
+    IntCounterVec,
+    register_int_counter_vec_with_registry!(
+        "orca_edge_requests_total",
+        "Client requests answered by the edge, by method and status",
+        &["method", "status"],
+        REGISTRY
+    )
+);
+metric!(
+    EDGE_DURATION,
+    HistogramVec,
+    register_histogram_vec_with_registry!(
+        "orca_edge_request_duration_seconds",
+        "Time from request to the last byte sent, by method",
+        &["method"],
+        vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0],
+        REGISTRY
+    )
+);
+metric!(
+    EDGE_BYTES_SENT,
+    IntCounter,
+    register_int_counter_with_registry!(
+        "orca_edge_bytes_sent_total",
+        "Body bytes sent to clients",
+        REGISTRY
+    )
+);
+metric!(
+    CHUNK_READS,
+    IntCounterVec,
+    register_int_counter_vec_with_registry!(
+        "orca_chunk_reads_total",
+        "Chunks read by client requests, by where their bytes came from",
+        &["source"],
+        REGISTRY
+    )
+);
+metric!(
+    ORIGIN_REQUESTS,
+    IntCounterVec,
+    register_int_counter_vec_with_registry!(
+        "orca_origin_requests_total",
+        "Requests sent to the origin, by operation and status (0 = no answer)",
+        &["op", "status"],
+        REGISTRY
+    )
+);
+metric!(
+    ORIGIN_BYTES,
+    IntCounter,
+    register_int_counter_with_registry!(
+        "orca_origin_bytes_total",
+        "Chunk body bytes received from the origin",
+        REGISTRY
+    )
+);
+metric!(
+    FILLS_INFLIGHT,
+    IntGauge,
+    register_int_gauge_with_registry!(
+        "orca_fills_inflight",
+        "Chunk fills from the origin in flight",
+        REGISTRY
+    )
+);
+metric!(
+    FILL_JOINS,
+    IntCounter,
+    register_int_counter_with_registry!(
+        "orca_fill_joins_total",
+        "Chunk reads that joined a fill already in flight",
+        REGISTRY
+    )
+);
+metric!(
+    COMMITS,
+    IntCounterVec,
+    register_int_counter_vec_with_registry!(
+        "orca_cachestore_commits_total",
+        "Chunk commits to the cache store, by result",
+        &["result"],
+        REGISTRY
+    )
+);
+metric!(
+    PEER_FILLS,
+    IntCounterVec,
+    register_int_counter_vec_with_registry!(
+        "orca_peer_fills_total",
+        "Chunk fills asked of a peer, by result",
+        &["result"],
+        REGISTRY
+    )
+);
+metric!(
+    CLUSTER_PEERS,
+    IntGauge,
+    register_int_gauge_with_registry!(
+        "orca_cluster_peers",
+        "Replicas in the current peer set, self included",
+        REGISTRY
+    )
+);
+
+/// Where a chunk's bytes came from, as `orca_chunk_reads_total{source}` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkSource {
+    /// A fill in flight in this process (or the RAM tier).
+    Memory,
+    /// The cache store.
+    CacheStore,
+    /// This request's own fill from the origin.
+    Origin,
+    /// The chunk's coordinator, another replica.
+    Peer,
+}
+
+impl ChunkSource {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChunkSource::Memory => "memory",
+            ChunkSource::CacheStore => "cachestore",
+            ChunkSource::Origin => "origin",
+            ChunkSource::Peer => "peer",
+        }
+    }
+
+    /// Parses a label value (the fill service reports its source in a header).
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "memory" => ChunkSource::Memory,
+            "cachestore" => ChunkSource::CacheStore,
+            "origin" => ChunkSource::Origin,
+            "peer" => ChunkSource::Peer,
+            _ => return None,
+        })
+    }
+
+    /// Counts one chunk read from this source.
+    pub fn count(self) {
+        CHUNK_READS.with_label_values(&[self.as_str()]).inc();
+    }
+}
+
+/// Forces every family into the registry so `/metrics` lists them from the first scrape.
+pub fn init() {
+    Lazy::force(&EDGE_REQUESTS);
+    Lazy::force(&EDGE_DURATION);
+    Lazy::force(&EDGE_BYTES_SENT);
+    Lazy::force(&CHUNK_READS);
+    for s in ["memory", "cachestore", "origin", "peer"] {
+        CHUNK_READS.with_label_values(&[s]);
+    }
+    Lazy::force(&ORIGIN_REQUESTS);
+    Lazy::force(&ORIGIN_BYTES);
+    Lazy::force(&FILLS_INFLIGHT);
+    Lazy::force(&FILL_JOINS);
+    Lazy::force(&COMMITS);
+    for r in ["committed", "lost", "error"] {
+        COMMITS.with_label_values(&[r]);
+    }
+    Lazy::force(&PEER_FILLS);
+    Lazy::force(&CLUSTER_PEERS);
+}
+
+/// Renders the registry as Prometheus text.
+pub fn render() -> Vec<u8> {
+    let mut buf = Vec::with_capacity(8192);
+    // Encoding into a Vec cannot fail for well-formed families.
+    let _ = TextEncoder::new().encode(&REGISTRY.gather(), &mut buf);
+    buf
+}

@@ -1,0 +1,271 @@
+//! Origins: where objects really live (S3 and S3-compatible stores; Azure Blob later).
+//!
+//! An [`Origin`] answers HEAD for an object and builds the signed, ETag-pinned ranged GET that
+//! the fill service sends through Pingora. Every answer maps to a small typed set,
+//! [`OriginError`], and from there to exactly one S3 error the edge can send.
+
+pub mod http;
+pub mod s3;
+
+use crate::error::S3Error;
+use async_trait::async_trait;
+use pingora::upstreams::peer::HttpPeer;
+use pingora_http::{RequestHeader, ResponseHeader};
+
+/// What a HEAD of an object pinned: its size, version and the headers S3 clients expect back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Size in bytes.
+    pub size: u64,
+    /// ETag without quotes; never empty.
+    pub etag: String,
+    /// `Last-Modified`, as the origin wrote it (an HTTP date).
+    pub last_modified: Option<String>,
+    /// `Content-Type`.
+    pub content_type: Option<String>,
+    /// Other headers S3 returns with the object (Content-Encoding, Cache-Control,
+    /// `x-amz-meta-*`, ...), passed back to clients unchanged.
+    pub extra_headers: Vec<(String, String)>,
+}
+
+/// The small set of things an origin can answer, each with one meaning for callers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OriginError {
+    /// 404 NoSuchKey: the key is not at the origin.
+    #[error("object not found at origin")]
+    NotFound,
+    /// 404 NoSuchBucket: the bucket or container is not at the origin.
+    #[error("bucket not found at origin")]
+    BucketNotFound,
+    /// 502 OriginAuthFailed: the origin refused Orca's credentials.
+    #[error("origin refused credentials (status {0})")]
+    Auth(u16),
+    /// 503 OriginObjectChanged: the ETag pinned by HEAD no longer matches (If-Match failed).
+    #[error("object changed at origin while being read")]
+    ETagChanged,
+    /// 502 OriginMissingETag: the origin answered without an ETag, so versions cannot be told
+    /// apart and nothing may be cached.
+    #[error("origin answered without an ETag")]
+    MissingETag,
+    /// 501 UnsupportedBlobType: an Azure page or append blob.
+    #[error("unsupported blob type {0}")]
+    UnsupportedType(String),
+    /// 502 OriginUnavailable: connection failures and 5xx; retried before the first byte.
+    #[error("origin unavailable: {0}")]
+    Transient(String),
+    /// 504 OriginTimeout: the origin did not answer in time; retried before the first byte.
+    #[error("origin timed out")]
+    Timeout,
+    /// 502 OriginUnavailable: an answer that fits nothing above (a 400, a wrong Content-Range).
+    #[error("unexpected origin answer: {0}")]
+    Protocol(String),
+}
+
+impl OriginError {
+    /// Worth another try (before the first byte reached anyone).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, OriginError::Transient(_) | OriginError::Timeout)
+    }
+
+    /// Kept for the metadata cache's negative TTL: asking again soon gives the same answer.
+    pub fn is_negative_cacheable(&self) -> bool {
+        matches!(
+            self,
+            OriginError::NotFound
+                | OriginError::BucketNotFound
+                | OriginError::MissingETag
+                | OriginError::UnsupportedType(_)
+        )
+    }
+
+    /// The error a client sees.
+    pub fn to_s3(&self) -> S3Error {
+        match self {
+            OriginError::NotFound => S3Error::no_such_key(),
+            OriginError::BucketNotFound => S3Error::no_such_bucket(),
+            OriginError::Auth(s) => S3Error::new(
+                502,
+                "OriginAuthFailed",
+                format!("The origin refused Orca's credentials (HTTP {s})."),
+            ),
+            OriginError::ETagChanged => S3Error::new(
+                503,
+                "OriginObjectChanged",
+                "The object changed at the origin while it was being read; retry.",
+            ),
+            OriginError::MissingETag => S3Error::new(
+                502,
+                "OriginMissingETag",
+                "The origin answered without an ETag; Orca cannot cache such objects.",
+            ),
+            OriginError::UnsupportedType(t) => S3Error::new(
+                501,
+                "UnsupportedBlobType",
+                format!("Only block blobs are served; this blob is a {t}."),
+            ),
+            OriginError::Transient(m) => S3Error::new(
+                502,
+                "OriginUnavailable",
+                format!("The origin is unavailable: {m}"),
+            ),
+            OriginError::Timeout => {
+                S3Error::new(504, "OriginTimeout", "The origin did not answer in time.")
+            }
+            OriginError::Protocol(m) => S3Error::new(
+                502,
+                "OriginUnavailable",
+                format!("The origin gave an unexpected answer: {m}"),
+            ),
+        }
+    }
+
+    /// Maps an S3 error code (from a fill service's XML answer) back to the error.
+    pub fn from_s3_code(code: &str, status: u16) -> Self {
+        match code {
+            "NoSuchKey" => OriginError::NotFound,
+            "NoSuchBucket" => OriginError::BucketNotFound,
+            "OriginAuthFailed" => OriginError::Auth(status),
+            "OriginObjectChanged" => OriginError::ETagChanged,
+            "OriginMissingETag" => OriginError::MissingETag,
+            "UnsupportedBlobType" => OriginError::UnsupportedType("non-block blob".into()),
+            "OriginTimeout" => OriginError::Timeout,
+            other => OriginError::Transient(format!("fill answered {status} {other}")),
+        }
+    }
+
+    /// The metric/log label of the variant.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            OriginError::NotFound => "not_found",
+            OriginError::BucketNotFound => "bucket_not_found",
+            OriginError::Auth(_) => "auth",
+            OriginError::ETagChanged => "etag_changed",
+            OriginError::MissingETag => "missing_etag",
+            OriginError::UnsupportedType(_) => "unsupported_type",
+            OriginError::Transient(_) => "transient",
+            OriginError::Timeout => "timeout",
+            OriginError::Protocol(_) => "protocol",
+        }
+    }
+}
+
+/// An origin driver.
+///
+/// `head` is called by the metadata cache (once per object per TTL). `chunk_peer` and
+/// `chunk_request` are called by the fill service's `upstream_peer` and
+/// `upstream_request_filter` hooks: Pingora sends the request and streams the body.
+#[async_trait]
+pub trait Origin: Send + Sync + 'static {
+    /// HEAD of an object. `Err(MissingETag)` when the origin gives no ETag.
+    async fn head(&self, bucket: &str, key: &str) -> Result<ObjectMeta, OriginError>;
+
+    /// The peer chunk GETs for `bucket` go to (its address resolved asynchronously, cached).
+    async fn chunk_peer(&self, bucket: &str) -> Result<HttpPeer, OriginError>;
+
+    /// The signed GET of bytes `[start, end]` (inclusive) of `key`, pinned with `If-Match`.
+    fn chunk_request(
+        &self,
+        bucket: &str,
+        key: &str,
+        etag: &str,
+        start: u64,
+        end: u64,
+    ) -> Result<RequestHeader, OriginError>;
+
+    /// Classifies a chunk GET answer that is not a 206/200 (called before any byte is used).
+    fn classify(&self, resp: &ResponseHeader) -> OriginError {
+        classify_status(resp.status.as_u16())
+    }
+
+    /// The ETag of a chunk GET answer, unquoted.
+    fn etag_of(&self, resp: &ResponseHeader) -> Option<String> {
+        header_str(resp, "etag").map(|e| unquote_etag(e).to_string())
+    }
+}
+
+/// The default status mapping shared by drivers.
+pub fn classify_status(status: u16) -> OriginError {
+    match status {
+        404 => OriginError::NotFound,
+        401 | 403 => OriginError::Auth(status),
+        412 => OriginError::ETagChanged,
+        408 | 429 | 500..=599 => OriginError::Transient(format!("HTTP {status}")),
+        s => OriginError::Protocol(format!("HTTP {s}")),
+    }
+}
+
+/// A response header as a string, if present and valid.
+pub fn header_str<'a>(resp: &'a ResponseHeader, name: &str) -> Option<&'a str> {
+    resp.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Strips the quotes (and a weak `W/` prefix) from an entity tag.
+pub fn unquote_etag(etag: &str) -> &str {
+    let e = etag.trim();
+    let e = e.strip_prefix("W/").unwrap_or(e);
+    e.trim_matches('"')
+}
+
+/// Percent-encodes an object key for a URL path exactly as S3 canonicalizes it: every byte but
+/// `A-Z a-z 0-9 - _ . ~` and `/` is encoded, so spaces, `+`, `%` and unicode survive and runs of
+/// `/` stay literal. The same string is signed and sent, so signatures always match.
+pub fn encode_key(key: &str) -> String {
+    encode_bytes(key, true)
+}
+
+/// Percent-encodes a query-string value (everything but the unreserved set).
+pub fn encode_query_value(value: &str) -> String {
+    encode_bytes(value, false)
+}
+
+fn encode_bytes(s: &str, keep_slash: bool) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(s.len() + 8);
+    for &b in s.as_bytes() {
+        let keep = b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'_' | b'.' | b'~')
+            || (keep_slash && b == b'/');
+        if keep {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 15) as usize] as char);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_encode_as_s3_canonicalizes() {
+        assert_eq!(encode_key("a b+c%d~e"), "a%20b%2Bc%25d~e");
+        assert_eq!(encode_key("dir//x/"), "dir//x/");
+        assert_eq!(encode_key("ünï"), "%C3%BCn%C3%AF");
+        assert_eq!(encode_key("../x"), "../x");
+        assert_eq!(encode_query_value("a/b c"), "a%2Fb%20c");
+        let long = "k".repeat(1024);
+        assert_eq!(encode_key(&long), long);
+    }
+
+    #[test]
+    fn etags_unquote() {
+        assert_eq!(unquote_etag("\"abc\""), "abc");
+        assert_eq!(unquote_etag("W/\"abc\""), "abc");
+        assert_eq!(unquote_etag("abc"), "abc");
+    }
+
+    #[test]
+    fn statuses_classify() {
+        assert_eq!(classify_status(404), OriginError::NotFound);
+        assert_eq!(classify_status(403), OriginError::Auth(403));
+        assert_eq!(classify_status(412), OriginError::ETagChanged);
+        assert!(classify_status(503).is_retryable());
+        assert!(!classify_status(400).is_retryable());
+        assert_eq!(OriginError::ETagChanged.to_s3().status, 503);
+        assert_eq!(OriginError::Timeout.to_s3().code, "OriginTimeout");
+    }
+}
