@@ -303,6 +303,7 @@ impl ChunkStorage {
                 Err(_) => "error",
             };
             COMMITS.with_label_values(&[label]).inc();
+            tracing::debug!(chunk = %flight.name, result = label, "chunk commit");
             match result {
                 Ok(_) => self.catalog.record(flight.name.clone()),
                 Err(e) => {
@@ -389,6 +390,7 @@ impl HandleMiss for ChunkMissHandler {
             return Error::e_explain(ErrorType::InternalError, msg);
         }
         self.flight.finish(Ok(()));
+        tracing::debug!(chunk = %self.flight.name, len, "fill complete; committing in the background");
         self.storage.commit_in_background(self.flight.clone());
         Ok(MissFinishType::Created(len as usize))
     }
@@ -401,6 +403,7 @@ impl HandleMiss for ChunkMissHandler {
 impl Drop for ChunkMissHandler {
     fn drop(&mut self) {
         if !self.finished {
+            tracing::debug!(chunk = %self.flight.name, "fill abandoned before its end");
             self.flight.finish(Err("the fill was abandoned".into()));
             self.storage.remove_flight(&self.flight);
         }
@@ -469,6 +472,7 @@ impl Storage for ChunkStorage {
             state: Mutex::new(FlightState::default()),
             changed,
         });
+        tracing::debug!(chunk = %flight.name, tag, "fill registered");
         // A newer writer replaces an older one (e.g. after a lock timeout); the older flight's
         // readers keep their Arc and finish or fail with it.
         self.flights

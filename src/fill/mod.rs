@@ -162,11 +162,34 @@ impl ProxyHttp for FillService {
 
     async fn proxy_upstream_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> Result<bool> {
-        // Only the cache lock's writer gets here: one origin fill per chunk per replica,
-        // at most `origin_concurrency` at once.
+        // Only the cache lock's writer gets here. Its lookup may have missed just before
+        // another writer registered its fill and released the lock; look again now that the
+        // lock is ours, so a chunk is never fetched twice.
+        if ctx.attempts == 0 && ctx.inflight.is_none() {
+            let spec = ctx
+                .spec
+                .as_ref()
+                .ok_or_else(|| Error::explain(ErrorType::InternalError, "fill without a spec"))?;
+            if let Some(hit) = self
+                .orca
+                .storage
+                .open(&spec.id, spec.expected_len, 0, spec.expected_len)
+                .await
+            {
+                // Let the waiters look again (they will find the same chunk), then serve it.
+                session.cache.disable(NoCacheReason::DeclinedToUpstream);
+                if hit.source == ChunkSource::Memory {
+                    FILL_JOINS.inc();
+                }
+                ctx.source = Some(hit.source);
+                serve_hit(session, hit, spec.expected_len).await?;
+                return Ok(false);
+            }
+        }
+        // One origin fill per chunk per replica, at most `origin_concurrency` at once.
         if ctx.inflight.is_none() {
             let permit = self
                 .orca
@@ -224,6 +247,16 @@ impl ProxyHttp for FillService {
             .chunk_request(&spec.bucket, &spec.key, &spec.etag, start, end)
         {
             Ok(req) => {
+                tracing::debug!(
+                    chunk = %spec.id,
+                    bucket = %spec.bucket,
+                    key = %spec.key,
+                    etag = %crate::chunk::etag_short(&spec.etag),
+                    start,
+                    end,
+                    attempt = ctx.attempts,
+                    "origin chunk GET"
+                );
                 *upstream_request = req;
                 Ok(())
             }
@@ -367,6 +400,19 @@ impl ProxyHttp for FillService {
         }
     }
 
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
+        if let Some(spec) = &ctx.spec {
+            tracing::debug!(
+                chunk = %spec.id,
+                phase = ?session.cache.phase(),
+                source = ctx.source.map(ChunkSource::as_str),
+                attempts = ctx.attempts,
+                error = e.map(|e| e.to_string()),
+                "fill request"
+            );
+        }
+    }
+
     fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, _error: &Error) -> bool {
         // Logged once by Orca with context; pingora's line would repeat it.
         true
@@ -417,6 +463,38 @@ fn check_chunk_response(
                 spec.expected_len
             )));
         }
+    }
+    Ok(())
+}
+
+/// Serves a whole chunk from a hit (a fill in flight or the store) as the response.
+async fn serve_hit(
+    session: &mut Session,
+    mut hit: crate::cachestore::storage::ChunkHit,
+    expected_len: u64,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(200, Some(3))?;
+    resp.insert_header("content-length", expected_len.to_string())?;
+    resp.insert_header("content-type", "application/octet-stream")?;
+    resp.insert_header(SOURCE_HEADER, hit.source.as_str())?;
+    session.write_response_header(Box::new(resp), false).await?;
+    let mut sent = 0u64;
+    while let Some(piece) = hit
+        .reader
+        .next_piece()
+        .await
+        .map_err(|e| Error::because(ErrorType::ReadError, "reading chunk", e))?
+    {
+        sent += piece.len() as u64;
+        session
+            .write_response_body(Some(piece), sent >= expected_len)
+            .await?;
+    }
+    if sent != expected_len {
+        return Error::e_explain(
+            ErrorType::ReadError,
+            format!("chunk ended at {sent} of {expected_len} bytes"),
+        );
     }
     Ok(())
 }
