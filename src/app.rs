@@ -22,8 +22,7 @@ use pingora::server::configuration::Opt;
 use pingora::server::Server;
 use pingora::services::listening::Service;
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
-use pingora_proxy::http_proxy_service_with_name;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use pingora_proxy::{http_proxy, http_proxy_service_with_name};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -107,9 +106,7 @@ impl Orca {
             config.metadata.max_entries,
             health.clone(),
         );
-        let internal: SocketAddr = config.listen.internal.parse().context("listen.internal")?;
-        let fill_addr = loopback_for(internal);
-        let fill_client = FillClient::new(fill_addr, lock_age + timeout);
+        let fill_client = FillClient::local(lock_age + timeout);
         let budget = budget_units(config.limits.readahead_memory) as usize;
         Ok(Arc::new(Self {
             origin_permits: Arc::new(Semaphore::new(config.limits.origin_concurrency)),
@@ -155,19 +152,6 @@ impl Orca {
     }
 }
 
-/// The address to reach a listener bound to `addr` from this host.
-fn loopback_for(addr: SocketAddr) -> SocketAddr {
-    match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
-        }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), addr.port())
-        }
-        _ => addr,
-    }
-}
-
 /// Builds the Pingora server with the edge, fill and ops services.
 pub fn build_server(opt: Opt, config: Config) -> anyhow::Result<Server> {
     crate::metrics::init();
@@ -179,6 +163,9 @@ pub fn build_server(opt: Opt, config: Config) -> anyhow::Result<Server> {
 
     let mut edge = http_proxy_service_with_name(&conf, EdgeService::new(orca.clone()), "edge");
     edge.add_tcp(&listen.edge);
+    // The edge reaches this replica's fill service in-process, through its own instance.
+    let local_fill = Arc::new(http_proxy(&conf, FillService::new(orca.clone())));
+    orca.fill_client.set_local(local_fill);
     let mut fill = http_proxy_service_with_name(&conf, FillService::new(orca.clone()), "fill");
     fill.add_tcp(&listen.internal);
     let mut ops = Service::new(
@@ -192,19 +179,4 @@ pub fn build_server(opt: Opt, config: Config) -> anyhow::Result<Server> {
     server.add_service(fill);
     server.add_service(ops);
     Ok(server)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unspecified_listeners_are_reached_on_loopback() {
-        let a: SocketAddr = "0.0.0.0:8444".parse().unwrap();
-        assert_eq!(loopback_for(a).to_string(), "127.0.0.1:8444");
-        let b: SocketAddr = "[::]:8444".parse().unwrap();
-        assert_eq!(loopback_for(b).to_string(), "[::1]:8444");
-        let c: SocketAddr = "10.1.2.3:8444".parse().unwrap();
-        assert_eq!(loopback_for(c), c);
-    }
 }

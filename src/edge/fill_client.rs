@@ -1,23 +1,40 @@
-//! The edge's client of a fill service: one HTTP GET per missing chunk, over Pingora's pooled
-//! connector, streamed into the chunk's buffer as it arrives.
+//! The edge's client of a fill service: one HTTP GET per missing chunk, streamed into the
+//! chunk's buffer as it arrives.
+//!
+//! A peer's fill service is reached over Pingora's pooled connector. This replica's own fill
+//! service is reached in-process: a second instance of the fill proxy (sharing the storage and
+//! the cache lock with the listening one) served over an in-memory duplex stream. That costs no
+//! socket, and it keeps working during a graceful shutdown, when Pingora has closed the
+//! listeners but in-flight downloads still need their remaining chunks.
 //!
 //! The whole response is always drained at network speed, whatever the client's speed: the
 //! fill service paces its origin read by this reader, so a reader that stopped to wait for a
 //! slow client would slow every request joined to that chunk.
 
 use crate::error::code_from_xml;
+use crate::fill::FillService;
 use crate::fill::SOURCE_HEADER;
 use crate::metrics::ChunkSource;
 use crate::origin::http::make_peer;
 use crate::origin::OriginError;
 use bytes::Bytes;
 use once_cell::sync::OnceCell;
+use pingora::apps::HttpServerApp;
 use pingora::connectors::http::Connector;
+use pingora::protocols::http::client::HttpSession as ClientSession;
+use pingora::protocols::http::v1::client::HttpSession as H1Client;
+use pingora::protocols::http::ServerSession;
 use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora_http::RequestHeader;
+use pingora_proxy::HttpProxy;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::watch;
+
+/// Buffer of the in-memory stream to the local fill service.
+const LOCAL_PIPE: usize = 512 * 1024;
 
 /// Largest error body read from a fill service.
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -27,27 +44,100 @@ pub type PieceResult = Result<Bytes, OriginError>;
 
 /// A client of one fill service.
 pub struct FillClient {
-    peer: HttpPeer,
+    target: Target,
     authority: String,
-    connector: OnceCell<Connector>,
+    read_timeout: Duration,
+}
+
+enum Target {
+    /// Another replica's fill service.
+    Remote {
+        peer: HttpPeer,
+        connector: OnceCell<Connector>,
+    },
+    /// This replica's own, in-process (set once the server's configuration is known).
+    Local {
+        proxy: OnceCell<Arc<HttpProxy<FillService>>>,
+        /// Never signalled: the in-process fill service outlives the listeners.
+        shutdown: watch::Receiver<bool>,
+        _keep: watch::Sender<bool>,
+    },
 }
 
 impl FillClient {
-    /// A client of the fill service at `addr`. `read_timeout` bounds the wait for each piece,
-    /// which includes waiting on another caller's origin fill.
-    pub fn new(addr: SocketAddr, read_timeout: Duration) -> Self {
+    /// A client of the fill service at `addr` (another replica). `read_timeout` bounds the
+    /// wait for each piece, which includes waiting on another caller's origin fill.
+    pub fn remote(addr: SocketAddr, read_timeout: Duration) -> Self {
         let mut peer = make_peer(addr, false, "", read_timeout);
         peer.options.connection_timeout = Some(Duration::from_secs(10));
         peer.options.total_connection_timeout = Some(Duration::from_secs(10));
         Self {
-            peer,
+            target: Target::Remote {
+                peer,
+                connector: OnceCell::new(),
+            },
             authority: addr.to_string(),
-            connector: OnceCell::new(),
+            read_timeout,
         }
     }
 
-    fn connector(&self) -> &Connector {
-        self.connector.get_or_init(|| Connector::new(None))
+    /// A client of this replica's own fill service, in-process; call [`FillClient::set_local`]
+    /// before the first fetch.
+    pub fn local(read_timeout: Duration) -> Self {
+        let (keep, shutdown) = watch::channel(false);
+        Self {
+            target: Target::Local {
+                proxy: OnceCell::new(),
+                shutdown,
+                _keep: keep,
+            },
+            authority: "orca.internal".to_string(),
+            read_timeout,
+        }
+    }
+
+    /// Hands the in-process fill proxy to a local client (no-op for a remote one).
+    pub fn set_local(&self, fill: Arc<HttpProxy<FillService>>) {
+        if let Target::Local { proxy, .. } = &self.target {
+            let _ = proxy.set(fill);
+        }
+    }
+
+    /// A session to the fill service and whether it was a reused connection.
+    async fn session(&self) -> Result<(ClientSession, bool), String> {
+        match &self.target {
+            Target::Remote { peer, connector } => connector
+                .get_or_init(|| Connector::new(None))
+                .get_http_session(peer)
+                .await
+                .map_err(|e| e.to_string()),
+            Target::Local {
+                proxy, shutdown, ..
+            } => {
+                let proxy = proxy
+                    .get()
+                    .cloned()
+                    .ok_or_else(|| "local fill service not started".to_string())?;
+                let (client_io, server_io) = tokio::io::duplex(LOCAL_PIPE);
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    let session = ServerSession::new_http1(Box::new(server_io));
+                    let _ = proxy.process_new_http(session, &shutdown).await;
+                });
+                let mut h1 = H1Client::new(Box::new(client_io));
+                h1.read_timeout = Some(self.read_timeout);
+                Ok((ClientSession::H1(h1), false))
+            }
+        }
+    }
+
+    async fn release(&self, session: ClientSession) {
+        if let Target::Remote { peer, connector } = &self.target {
+            if let Some(c) = connector.get() {
+                c.release_http_session(session, peer, peer.idle_timeout())
+                    .await;
+            }
+        }
     }
 
     /// Fetches one chunk (`query` from `FillSpec::query`) and sends bytes `[from, to)` of it
@@ -68,14 +158,10 @@ impl FillClient {
                 .map_err(|e| transient(e.to_string()))?;
         req.insert_header("host", &self.authority)
             .map_err(|e| transient(e.to_string()))?;
-        let connector = self.connector();
         let mut last_err = None;
         // A pooled connection may have been closed by the server; one retry on a fresh one.
         for attempt in 0..2 {
-            let (mut session, reused) = connector
-                .get_http_session(&self.peer)
-                .await
-                .map_err(|e| transient(e.to_string()))?;
+            let (mut session, reused) = self.session().await.map_err(transient)?;
             let head = async {
                 session.write_request_header(Box::new(req.clone())).await?;
                 session.finish_request_body().await?;
@@ -143,9 +229,7 @@ impl FillClient {
                     "body ended at {offset} of {expected_len} bytes"
                 )));
             }
-            connector
-                .release_http_session(session, &self.peer, self.peer.idle_timeout())
-                .await;
+            self.release(session).await;
             return Ok(source);
         }
         Err(last_err.unwrap_or_else(|| transient("connection failed".into())))

@@ -1,0 +1,224 @@
+//! Shared helpers of Orca's integration tests: real servers started as processes on free ports
+//! (moto, the `orca` binary), a tiny S3 seeding client, a fault-injecting HTTP proxy, and HTTP
+//! helpers that report a truncated body as an error.
+//!
+//! Every test file does `mod common;`. Everything here is bounded in time and count, and every
+//! process is stopped by pid when its guard drops (also when a test panics).
+#![allow(dead_code)]
+#![allow(unused_imports)]
+#![allow(clippy::unwrap_used)]
+
+pub mod httpc;
+pub mod moto;
+pub mod orca;
+pub mod proxy;
+pub mod s3;
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, ExitStatus};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+pub use self::httpc::{
+    blocking_get, http_client, http_get, http_head, http_request, raw_request, send, HttpError,
+    HttpResponse, RawResponse,
+};
+pub use self::moto::Moto;
+pub use self::orca::{
+    metric_value, metric_value_opt, orca_bin, OrcaConfig, OrcaPorts, OrcaProcess,
+};
+pub use self::proxy::{Counts, Fault, FaultProxy, FaultRule, RequestRecord};
+pub use self::s3::{
+    bucket_url, create_bucket, delete_object, encode_key, get_object, head_object, object_url,
+    put_bucket_versioning, put_object, put_object_with, s3_get, s3_head, with_dummy_auth,
+    ObjectHead, DUMMY_AUTHORIZATION,
+};
+
+/// Upper bound for one readiness wait (moto, orca).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A free TCP port on 127.0.0.1 (bind port 0, read it, release it).
+///
+/// There is a small window in which another process could take the port; tests accept it.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local_addr").port()
+}
+
+/// Owns a child process and stops it by pid when dropped (SIGKILL, then wait), so a panicking test
+/// never leaks a process.
+#[derive(Debug)]
+pub struct ChildGuard {
+    child: Option<Child>,
+    name: String,
+}
+
+impl ChildGuard {
+    /// Wraps `child`; `name` is used in messages only.
+    pub fn new(name: impl Into<String>, child: Child) -> Self {
+        Self {
+            child: Some(child),
+            name: name.into(),
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// The exit status if the process has exited, without blocking.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Sends `signal` (e.g. `"TERM"`, `"INT"`, `"KILL"`) to the process by pid with `kill(1)`.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid();
+        if pid == 0 {
+            return;
+        }
+        let _ = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status();
+    }
+
+    /// Waits for the process to exit, at most `timeout` (polling every 20 ms).
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the process (SIGKILL by pid) and reaps it. Idempotent.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if child.try_wait().ok().flatten().is_none() {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+
+    /// The name given at construction.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls until a TCP connection to `addr` succeeds or `timeout` passes. `alive` is called between
+/// attempts and may return an error message (e.g. "the process exited") to stop early.
+pub fn wait_for_port(
+    addr: SocketAddr,
+    timeout: Duration,
+    mut alive: impl FnMut() -> Result<(), String>,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        alive()?;
+        if Instant::now() >= deadline {
+            return Err(format!("{addr} not accepting after {timeout:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The last `lines` lines of a (log) file, or a note saying why it could not be read. Reads at
+/// most the last 256 KiB.
+pub fn file_tail(path: &Path, lines: usize) -> String {
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) => return format!("<cannot open {}: {e}>", path.display()),
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(256 * 1024);
+    if file.seek(SeekFrom::Start(start)).is_err() {
+        return format!("<cannot seek {}>", path.display());
+    }
+    let mut buf = Vec::new();
+    if let Err(e) = file.read_to_end(&mut buf) {
+        return format!("<cannot read {}: {e}>", path.display());
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let all: Vec<&str> = text.lines().collect();
+    let from = all.len().saturating_sub(lines);
+    all[from..].join("\n")
+}
+
+/// Polls `probe` every 20 ms until it returns `Some` or `timeout` passes (blocking). For effects
+/// that land after a response (e.g. a cache store commit), never for timing assertions.
+pub fn poll_until<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a future to completion on a fresh current-thread runtime (for sync tests). Do not call
+/// from inside a tokio runtime.
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(future)
+}
+
+/// `len` pseudo-random bytes from `seed` (splitmix64 stream): fast and reproducible.
+pub fn deterministic_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    let mut state = seed;
+    while out.len() < len {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        out.extend_from_slice(&z.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Lowercase hex SHA-256 of `data`.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// A unique-enough name (bucket names, key prefixes): `prefix` + pid + a process-wide counter,
+/// lowercase, valid as an S3 bucket name when `prefix` is.
+pub fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{}-{n}", std::process::id())
+}

@@ -1,0 +1,88 @@
+//! A real moto server (`moto_server`) on a free port of 127.0.0.1, stopped by pid on drop.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use super::{file_tail, free_port, wait_for_port, ChildGuard, READY_TIMEOUT};
+
+/// A running moto server. Env `MOTO_SERVER` overrides the command (default `moto_server`).
+#[derive(Debug)]
+pub struct Moto {
+    // Field order: the process stops before its log directory is removed.
+    child: ChildGuard,
+    port: u16,
+    log_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Moto {
+    /// Starts moto and waits (at most 30 s) until its port accepts connections; on timeout or
+    /// early exit, panics with the tail of its log.
+    pub fn start() -> Moto {
+        let dir = tempfile::Builder::new()
+            .prefix("orca-moto-")
+            .tempdir()
+            .expect("tempdir");
+        let log_path = dir.path().join("moto.log");
+        let log = File::create(&log_path).expect("create moto log");
+        let log_err = log.try_clone().expect("clone log handle");
+        let program = std::env::var("MOTO_SERVER").unwrap_or_else(|_| "moto_server".to_string());
+        let port = free_port();
+        let child = Command::new(&program)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err))
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {program:?} (run hack/install-test-deps.sh): {e}")
+            });
+        let mut child = ChildGuard::new("moto_server", child);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let ready = wait_for_port(addr, READY_TIMEOUT, || match child.try_wait() {
+            Some(status) => Err(format!("moto_server exited early: {status}")),
+            None => Ok(()),
+        });
+        if let Err(e) = ready {
+            child.kill();
+            panic!(
+                "moto did not become ready: {e}\n--- moto log tail ---\n{}",
+                file_tail(&log_path, 40)
+            );
+        }
+        Moto {
+            child,
+            port,
+            log_path,
+            _dir: dir,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:PORT`, e.g. as a [`super::FaultProxy`] upstream.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// The last `lines` lines of moto's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        file_tail(&self.log_path, lines)
+    }
+}
