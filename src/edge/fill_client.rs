@@ -49,6 +49,8 @@ pub struct FillClient {
     read_timeout: Duration,
 }
 
+// One client per peer, made once: the size of the larger variant does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Target {
     /// Another replica's fill service.
     Remote {
