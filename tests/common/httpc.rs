@@ -38,7 +38,7 @@ impl HttpResponse {
 }
 
 /// Why a request failed. A body cut short is [`HttpError::Body`], never a success.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum HttpError {
     /// Connecting, sending, or reading the response head failed.
     Request(String),
@@ -53,6 +53,25 @@ pub enum HttpError {
         /// What went wrong.
         error: String,
     },
+}
+
+impl std::fmt::Debug for HttpError {
+    // Bodies can be megabytes: show their length, not their bytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HttpError::Request(e) => write!(f, "Request({e})"),
+            HttpError::Body {
+                status,
+                headers,
+                received,
+                error,
+            } => write!(
+                f,
+                "Body {{ status: {status}, headers: {headers:?}, received: {} bytes, error: {error} }}",
+                received.len()
+            ),
+        }
+    }
 }
 
 impl HttpError {

@@ -271,12 +271,26 @@ impl OrcaConfig {
 
     /// The Pingora server YAML with its pid file and upgrade socket in `dir`.
     pub fn to_pingora_yaml(&self, dir: &Path) -> String {
-        let mut yaml = format!(
-            "---\nversion: 1\nthreads: 2\npid_file: {}\nupgrade_sock: {}\n\
+        let generated = format!(
+            "version: 1\nthreads: 2\npid_file: {}\nupgrade_sock: {}\n\
              grace_period_seconds: 1\ngraceful_shutdown_timeout_seconds: 1\n",
             yaml_str(&dir.join("orca.pid").to_string_lossy()),
             yaml_str(&dir.join("orca_upgrade.sock").to_string_lossy()),
         );
+        // A key set in `pingora_extra_yaml` replaces the generated line of that name.
+        let overridden: Vec<&str> = self
+            .pingora_extra_yaml
+            .lines()
+            .filter_map(|l| l.split_once(':').map(|(k, _)| k.trim()))
+            .collect();
+        let mut yaml = String::from("---\n");
+        for line in generated.lines() {
+            let key = line.split(':').next().unwrap_or("").trim();
+            if !overridden.contains(&key) {
+                yaml.push_str(line);
+                yaml.push('\n');
+            }
+        }
         yaml.push_str(&self.pingora_extra_yaml);
         yaml
     }
