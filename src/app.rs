@@ -95,6 +95,7 @@ impl Orca {
         let storage: &'static ChunkStorage = Box::leak(Box::new(ChunkStorage::new(
             store,
             config.catalog.max_entries,
+            config.limits.origin_concurrency,
         )));
         let lock_age = Self::lock_timeout_for(&config);
         let cache_lock: &'static CacheKeyLockImpl = Box::leak(CacheLock::new_boxed(lock_age));

@@ -21,6 +21,11 @@ pub const HEAD_ATTEMPTS: u32 = 3;
 
 type HeadResult = Result<ObjectMeta, OriginError>;
 
+enum Step {
+    Join(watch::Receiver<Option<HeadResult>>),
+    Lead(u64, watch::Sender<Option<HeadResult>>),
+}
+
 enum Slot {
     Ready {
         result: HeadResult,
@@ -95,18 +100,25 @@ impl MetadataCache {
         let k = (bucket.to_string(), key.to_string());
         // Bounded: each pass either returns or waits on a flight that then ends.
         for _ in 0..8 {
-            let joined = {
+            let step = {
                 let mut entries = self.entries.lock();
                 match entries.get(&k) {
                     Some(Slot::Ready { result, expires }) if Instant::now() < *expires => {
                         return result.clone();
                     }
-                    Some(Slot::Flight { rx, .. }) => Some(rx.clone()),
-                    _ => None,
+                    Some(Slot::Flight { rx, .. }) => Step::Join(rx.clone()),
+                    // Claim the flight in the same critical section that found none, so two
+                    // first callers never both lead.
+                    _ => {
+                        let id = self.next_flight.fetch_add(1, Ordering::Relaxed);
+                        let (tx, rx) = watch::channel(None);
+                        entries.put(k.clone(), Slot::Flight { id, rx });
+                        Step::Lead(id, tx)
+                    }
                 }
             };
-            match joined {
-                Some(mut rx) => {
+            match step {
+                Step::Join(mut rx) => {
                     // The leader either sends an answer or drops its sender (cancelled); in the
                     // latter case its guard has removed the flight, so just look again.
                     if let Ok(v) = rx.wait_for(Option::is_some).await {
@@ -115,25 +127,28 @@ impl MetadataCache {
                         }
                     }
                 }
-                None => return self.lead(k).await,
+                Step::Lead(id, tx) => return self.lead(k, id, tx).await,
             }
         }
-        self.lead((bucket.to_string(), key.to_string())).await
+        Err(OriginError::Transient(
+            "metadata lookups kept being cancelled".into(),
+        ))
     }
 
-    /// Drops what is known of an object (its ETag no longer matches the origin's).
+    /// Drops what is known of an object (its ETag no longer matches the origin's). A HEAD in
+    /// flight is dropped too: it may have started before the change, so its answer is handed
+    /// to its waiters but not kept.
     pub fn invalidate(&self, bucket: &str, key: &str) {
         let k = (bucket.to_string(), key.to_string());
-        let mut entries = self.entries.lock();
-        if matches!(entries.peek(&k), Some(Slot::Ready { .. })) {
-            entries.pop(&k);
-        }
+        self.entries.lock().pop(&k);
     }
 
-    async fn lead(&self, k: (String, String)) -> HeadResult {
-        let id = self.next_flight.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = watch::channel(None);
-        self.entries.lock().put(k.clone(), Slot::Flight { id, rx });
+    async fn lead(
+        &self,
+        k: (String, String),
+        id: u64,
+        tx: watch::Sender<Option<HeadResult>>,
+    ) -> HeadResult {
         let guard = FlightGuard {
             cache: self,
             key: &k,
@@ -336,6 +351,25 @@ mod tests {
             assert_eq!(t.await.unwrap(), Ok(meta("e")));
         }
         assert_eq!(o.heads.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_answer_invalidated_in_flight_is_not_kept() {
+        let (o, c) = cache(vec![Ok(meta("old")), Ok(meta("new"))], false);
+        let c = Arc::new(c);
+        let first = {
+            let c = c.clone();
+            tokio::spawn(async move { c.get("b", "k").await })
+        };
+        while o.heads.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        // The object changed while the HEAD was out: its answer goes to its caller only.
+        c.invalidate("b", "k");
+        o.gate.add_permits(1000);
+        assert_eq!(first.await.unwrap().unwrap().etag, "old");
+        assert_eq!(c.get("b", "k").await.unwrap().etag, "new");
+        assert_eq!(o.heads.load(Ordering::SeqCst), 2);
     }
 
     #[test]

@@ -186,7 +186,11 @@ pub fn init() {
         COMMITS.with_label_values(&[r]);
     }
     Lazy::force(&PEER_FILLS);
-    Lazy::force(&CLUSTER_PEERS);
+    for r in ["ok", "not_coordinator", "error"] {
+        PEER_FILLS.with_label_values(&[r]);
+    }
+    // Alone until the cluster says otherwise: the set always holds this replica.
+    CLUSTER_PEERS.set(1);
 }
 
 /// Renders the registry as Prometheus text.

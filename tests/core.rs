@@ -518,3 +518,31 @@ async fn sigterm_lets_an_in_flight_download_finish() {
     let status = orca.wait_exit(Duration::from_secs(30));
     assert!(status.is_some(), "orca did not exit after the grace period");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_right_after_the_origin_header_fails_cleanly_without_a_second_writer() {
+    let s = Stack::start(|c| c).await;
+    let data = deterministic_bytes(10, MIB);
+    let etag = s.put("zero", &data).await;
+    // The origin's 206 header arrives and is accepted, then the connection closes before any
+    // body byte: no retry may register a second writer for the chunk.
+    s.proxy.push_fault(
+        FaultRule::new(Fault::CutBodyAfter(0))
+            .method("GET")
+            .with_range()
+            .times(1),
+    );
+    match http_get(&s.url("zero"), None).await {
+        Ok(r) => {
+            assert_ne!(r.status, 200, "an empty body was served as complete");
+            assert!(r.text().contains("<Error>"), "{}", r.text());
+        }
+        Err(e) => assert!(e.is_body_error(), "{e:?}"),
+    }
+    assert_eq!(s.origin_gets(), 1, "the accepted answer was retried");
+    let r = http_get(&s.url("zero"), None).await.unwrap();
+    assert_eq!(sha256_hex(&r.body), sha256_hex(&data));
+    assert_eq!(s.orca.ops_get("/healthz").0, 200);
+    assert!(!s.orca.log().contains("panicked"), "{}", s.orca.log_tail());
+    assert_store_holds_only_good_chunks(s.orca.cache_root(), "zero", &etag, &data);
+}

@@ -4,7 +4,9 @@
 //! commits in progress. A commit writes a temp file in the same filesystem, fsyncs it, then
 //! `link(2)`s it to its final name: `link` fails with `EEXIST` instead of replacing, so a chunk
 //! appears whole or not at all and is never clobbered; losing that race is success. Temp files
-//! left by a crash are never read (they live outside `v1/`) and are removed at start.
+//! are named `<pid>.<seq>.<chunk>.tmp`; those left by a crash are never read (they live outside
+//! `v1/`) and are removed at start, unless their process is still alive: `orca -t`, or a new
+//! process during a `-u` upgrade, must not delete a running Orca's commits in progress.
 
 use super::{CacheStore, ChunkRead, CommitOutcome, StoreError};
 use crate::chunk::{ChunkId, CACHE_VERSION};
@@ -72,7 +74,13 @@ impl FsStore {
         let entries = fs::read_dir(&self.tmp)
             .map_err(|e| StoreError::io(format!("list {}", self.tmp.display()), e))?;
         for entry in entries.flatten() {
-            if fs::remove_file(entry.path()).is_ok() {
+            let name = entry.file_name();
+            let owner_alive = name
+                .to_str()
+                .and_then(|n| n.split('.').next())
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(process_alive);
+            if !owner_alive && fs::remove_file(entry.path()).is_ok() {
                 removed += 1;
             }
         }
@@ -80,7 +88,7 @@ impl FsStore {
     }
 
     fn probe(&self) -> Result<(), StoreError> {
-        let tmp = self.tmp.join(format!("probe-{}", std::process::id()));
+        let tmp = self.tmp.join(format!("{}.probe", std::process::id()));
         let dst = self.root.join(format!(".probe-{}", std::process::id()));
         let check = || -> std::io::Result<()> {
             let mut f = File::create(&tmp)?;
@@ -104,11 +112,16 @@ impl FsStore {
     fn tmp_path(&self, id: &ChunkId) -> PathBuf {
         self.tmp.join(format!(
             "{}.{}.{}.tmp",
-            id.name(),
             std::process::id(),
-            self.seq.fetch_add(1, Ordering::Relaxed)
+            self.seq.fetch_add(1, Ordering::Relaxed),
+            id.name()
         ))
     }
+}
+
+/// Whether process `pid` is alive (Linux `/proc`; elsewhere every owner counts as gone).
+fn process_alive(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
 }
 
 /// Writes `pieces` to `tmp`, fsyncs, and links it to `final_path` without replacing.
@@ -335,18 +348,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = FsStore::open(dir.path()).unwrap();
-            // A temp file named like the chunk, as a crash mid-commit leaves it.
-            fs::write(
-                dir.path()
-                    .join("tmp")
-                    .join(format!("{}.1.0.tmp", id(0).name())),
-                b"partial",
-            )
-            .unwrap();
+            // A temp file of a process that is gone, as a crash mid-commit leaves it, and one of
+            // a live process (this one), as a running Orca's commit in progress looks.
+            let dead = format!("{}.0.{}.tmp", u32::MAX - 1, id(0).name());
+            fs::write(dir.path().join("tmp").join(dead), b"partial").unwrap();
+            let live = format!("{}.0.{}.tmp", std::process::id(), id(1).name());
+            fs::write(dir.path().join("tmp").join(live), b"partial").unwrap();
             assert!(store.read(&id(0), 7, 0, 7).await.unwrap().is_none());
         }
         let _store = FsStore::open(dir.path()).unwrap();
-        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        let left: Vec<_> = fs::read_dir(dir.path().join("tmp"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        assert_eq!(
+            left,
+            vec![format!("{}.0.{}.tmp", std::process::id(), id(1).name())]
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]

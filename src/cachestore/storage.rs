@@ -31,7 +31,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+/// A commit that has not landed after this long is abandoned (counted as an error): the
+/// chunk stays a miss, and its bytes leave memory.
+pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What the fill service attaches to a chunk's cache key (`CacheKey::extensions`) so the
 /// storage knows the chunk behind the key and its exact length.
@@ -69,6 +73,9 @@ pub struct Flight {
     tag: u64,
     state: Mutex<FlightState>,
     changed: watch::Sender<()>,
+    /// One of the registry's permits, held while the flight is in the registry: it bounds the
+    /// chunks held in memory by fills and commits to `limits.origin_concurrency`.
+    permit: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
 impl Flight {
@@ -199,6 +206,8 @@ pub struct ChunkStorage {
     store: Arc<dyn CacheStore>,
     catalog: Catalog,
     flights: Mutex<HashMap<String, Arc<Flight>>>,
+    /// Bounds the flights in the registry, committing ones included.
+    flight_permits: Arc<Semaphore>,
     next_tag: AtomicU64,
 }
 
@@ -211,12 +220,14 @@ pub struct ChunkHit {
 }
 
 impl ChunkStorage {
-    /// Wraps a store. Leaked by the caller once, at start-up: pingora wants `&'static`.
-    pub fn new(store: Arc<dyn CacheStore>, catalog_entries: usize) -> Self {
+    /// Wraps a store, with at most `max_flights` chunks filling or committing at once. Leaked
+    /// by the caller once, at start-up: pingora wants `&'static`.
+    pub fn new(store: Arc<dyn CacheStore>, catalog_entries: usize, max_flights: usize) -> Self {
         Self {
             store,
             catalog: Catalog::new(catalog_entries),
             flights: Mutex::new(HashMap::new()),
+            flight_permits: Arc::new(Semaphore::new(max_flights.max(1))),
             next_tag: AtomicU64::new(1),
         }
     }
@@ -284,19 +295,34 @@ impl ChunkStorage {
     }
 
     fn remove_flight(&self, flight: &Arc<Flight>) {
-        let mut flights = self.flights.lock();
-        if flights
-            .get(&flight.name)
-            .is_some_and(|f| Arc::ptr_eq(f, flight))
         {
-            flights.remove(&flight.name);
+            let mut flights = self.flights.lock();
+            if flights
+                .get(&flight.name)
+                .is_some_and(|f| Arc::ptr_eq(f, flight))
+            {
+                flights.remove(&flight.name);
+            }
         }
+        // Out of the registry: its slot is free for the next fill.
+        flight.permit.lock().take();
     }
 
     fn commit_in_background(&'static self, flight: Arc<Flight>) {
         tokio::spawn(async move {
             let (pieces, len) = flight.pieces();
-            let result = self.store.commit(&flight.id, pieces, len).await;
+            let result = match tokio::time::timeout(
+                COMMIT_TIMEOUT,
+                self.store.commit(&flight.id, pieces, len),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::io(
+                    format!("commit of {}", flight.name),
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"),
+                )),
+            };
             let label = match &result {
                 Ok(CommitOutcome::Committed) => "committed",
                 Ok(CommitOutcome::Lost) => "lost",
@@ -462,6 +488,14 @@ impl Storage for ChunkStorage {
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
         let info = Self::key_info(key)?;
+        // Waits while `max_flights` chunks are filling or committing: memory stays bounded
+        // however fast the origin is and however slow the store.
+        let permit = self
+            .flight_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::explain(ErrorType::InternalError, "flight permits closed"))?;
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
         let (changed, _) = watch::channel(());
         let flight = Arc::new(Flight {
@@ -471,6 +505,7 @@ impl Storage for ChunkStorage {
             tag,
             state: Mutex::new(FlightState::default()),
             changed,
+            permit: Mutex::new(Some(permit)),
         });
         tracing::debug!(chunk = %flight.name, tag, "fill registered");
         // A newer writer replaces an older one (e.g. after a lock timeout); the older flight's

@@ -88,7 +88,7 @@ impl ProxyHttp for EdgeService {
             Ok(()) => Ok(true),
             Err(e) if session.response_written().is_none() => {
                 ctx.status = e.status;
-                write_error(session, &e, &resource).await?;
+                write_error(session, &e, &resource, &ctx.request_id).await?;
                 Ok(true)
             }
             Err(e) => {
@@ -125,7 +125,7 @@ impl ProxyHttp for EdgeService {
         }
         let s3 = S3Error::internal(e.to_string());
         let resource = session.req_header().uri.path().to_string();
-        let _ = write_error(session, &s3, &resource).await;
+        let _ = write_error(session, &s3, &resource, &ctx.request_id).await;
         ctx.status = s3.status;
         FailToProxy {
             error_code: s3.status,
@@ -155,7 +155,8 @@ impl ProxyHttp for EdgeService {
         tracing::debug!(
             request_id = %ctx.request_id,
             method = %method,
-            path = %session.req_header().uri,
+            // The path only: a presigned URL's query carries its signature.
+            path = %session.req_header().uri.path(),
             status,
             ms = ctx.start.elapsed().as_millis() as u64,
             "edge request"

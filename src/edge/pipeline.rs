@@ -3,9 +3,10 @@
 //!
 //! Memory: every started chunk holds a reservation of its bytes from the process-wide
 //! read-ahead budget (`limits.readahead_memory`) until it has been sent. The chunk being sent
-//! waits for its reservation; chunks ahead of it start only when the budget has room at once,
-//! so read-ahead never starves another request's current chunk, and the process never buffers
-//! more than the budget however many clients there are.
+//! waits for its reservation; chunks ahead of it start only when the budget has room at once
+//! *and* a whole largest chunk stays free after them, so read-ahead (which a slow client may
+//! hold for long) never starves another request's current chunk, and the process never
+//! buffers more than the budget however many clients there are.
 
 use super::fill_client::PieceResult;
 use crate::app::Orca;
@@ -48,6 +49,8 @@ pub struct Pipeline {
     next_index: u64,
     last_index: u64,
     readahead: usize,
+    /// Budget units that read-ahead must leave free for other requests' current chunks.
+    reserve: usize,
     queue: VecDeque<Running>,
 }
 
@@ -56,6 +59,7 @@ impl Pipeline {
     pub fn new(orca: Arc<Orca>, version: ObjectVersion, chunk_size: u64, range: ByteRange) -> Self {
         let (first, last) = chunk_span(range, chunk_size);
         let readahead = orca.config.chunking.readahead;
+        let reserve = budget_units(orca.config.chunking.max_chunk_size()) as usize;
         Self {
             orca,
             version: Arc::new(version),
@@ -64,6 +68,7 @@ impl Pipeline {
             next_index: first,
             last_index: last,
             readahead,
+            reserve,
             queue: VecDeque::new(),
         }
     }
@@ -99,6 +104,9 @@ impl Pipeline {
                     .await
                     .map_err(|_| OriginError::Transient("shutting down".into()))?
             } else {
+                if budget.available_permits() < units as usize + self.reserve {
+                    break;
+                }
                 match budget.try_acquire_many_owned(units) {
                     Ok(r) => r,
                     Err(_) => break,

@@ -66,7 +66,9 @@ impl Drop for InflightGuard {
 pub struct FillCtx {
     spec: Option<FillSpec>,
     attempts: u32,
-    body_seen: bool,
+    /// The origin's answer passed its checks and went to pingora-cache (a miss handler may
+    /// exist): from here on a retry would register a second writer, so none is made.
+    response_accepted: bool,
     source: Option<ChunkSource>,
     error: Option<OriginError>,
     inflight: Option<InflightGuard>,
@@ -110,7 +112,7 @@ impl ProxyHttp for FillService {
             }
             Err(e) => {
                 let resource = session.req_header().uri.path().to_string();
-                write_error(session, &e, &resource).await?;
+                write_error(session, &e, &resource, &crate::edge::request_id()).await?;
                 Ok(true)
             }
         }
@@ -222,7 +224,8 @@ impl ProxyHttp for FillService {
         match self.orca.origin.chunk_peer(&spec.bucket).await {
             Ok(peer) => Ok(Box::new(peer)),
             Err(e) => {
-                let err = origin_err(&e);
+                let mut err = origin_err(&e);
+                err.set_retry(e.is_retryable() && ctx.attempts < ORIGIN_ATTEMPTS);
                 ctx.error = Some(e);
                 Err(err)
             }
@@ -288,11 +291,13 @@ impl ProxyHttp for FillService {
             }
             self.orca.health.record::<()>(&Err(e.clone()));
             tracing::warn!(chunk = %spec.id, status, error = %e, attempt = ctx.attempts, "origin chunk GET failed");
-            let err = origin_err(&e);
+            let mut err = origin_err(&e);
+            err.set_retry(e.is_retryable() && ctx.attempts < ORIGIN_ATTEMPTS);
             ctx.error = Some(e);
             return Err(err);
         }
         // The chunk's own 200: whole, self-contained, exactly its expected length.
+        ctx.response_accepted = true;
         resp.set_status(200)?;
         resp.remove_header("content-range");
         resp.insert_header("content-length", spec.expected_len.to_string())?;
@@ -316,13 +321,10 @@ impl ProxyHttp for FillService {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
-        ctx: &mut Self::CTX,
+        _ctx: &mut Self::CTX,
     ) -> Result<Option<Duration>> {
         if let Some(b) = body {
-            if !b.is_empty() {
-                ctx.body_seen = true;
-                ORIGIN_BYTES.inc_by(b.len() as u64);
-            }
+            ORIGIN_BYTES.inc_by(b.len() as u64);
         }
         Ok(None)
     }
@@ -346,6 +348,7 @@ impl ProxyHttp for FillService {
         ctx: &mut Self::CTX,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        ORIGIN_REQUESTS.with_label_values(&["get", "0"]).inc();
         e.set_retry(ctx.attempts < ORIGIN_ATTEMPTS);
         e
     }
@@ -356,18 +359,17 @@ impl ProxyHttp for FillService {
         _session: &mut Session,
         e: Box<Error>,
         ctx: &mut Self::CTX,
-        client_reused: bool,
+        _client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("origin {peer}"));
-        // Retry only before the first byte, and only what may succeed next time. A reused
-        // pooled connection that the origin had closed is always worth one more try.
-        let retryable = match &ctx.error {
-            Some(oe) => oe.is_retryable(),
-            None => true,
-        };
-        let retry =
-            !ctx.body_seen && (retryable || client_reused) && ctx.attempts < ORIGIN_ATTEMPTS;
-        e.set_retry(retry);
+        if ctx.error.is_none() && !ctx.response_accepted {
+            // No answer at all (reset, timeout, a pooled connection the origin had closed).
+            ORIGIN_REQUESTS.with_label_values(&["get", "0"]).inc();
+        }
+        // Retry only before the origin's answer was accepted, only what may succeed next
+        // time (no answer, 5xx, timeouts: not 403, 404 or 412), and at most ORIGIN_ATTEMPTS.
+        let retryable = ctx.error.as_ref().is_none_or(OriginError::is_retryable);
+        e.set_retry(!ctx.response_accepted && retryable && ctx.attempts < ORIGIN_ATTEMPTS);
         e
     }
 
@@ -393,7 +395,7 @@ impl ProxyHttp for FillService {
         });
         let s3 = oe.to_s3();
         let resource = session.req_header().uri.path().to_string();
-        let _ = write_error(session, &s3, &resource).await;
+        let _ = write_error(session, &s3, &resource, &crate::edge::request_id()).await;
         FailToProxy {
             error_code: s3.status,
             can_reuse_downstream: false,
@@ -499,14 +501,18 @@ async fn serve_hit(
     Ok(())
 }
 
-/// Writes an S3 XML error as the whole response.
-pub async fn write_error(session: &mut Session, e: &S3Error, resource: &str) -> Result<()> {
-    let request_id = crate::edge::request_id();
-    let body = e.to_xml(resource, &request_id);
+/// Writes an S3 XML error as the whole response, under the request's id.
+pub async fn write_error(
+    session: &mut Session,
+    e: &S3Error,
+    resource: &str,
+    request_id: &str,
+) -> Result<()> {
+    let body = e.to_xml(resource, request_id);
     let mut resp = ResponseHeader::build(e.status, Some(4))?;
     resp.insert_header("content-type", "application/xml")?;
     resp.insert_header("content-length", body.len().to_string())?;
-    resp.insert_header("x-amz-request-id", &request_id)?;
+    resp.insert_header("x-amz-request-id", request_id)?;
     let head = session.req_header().method == http::Method::HEAD;
     session.write_response_header(Box::new(resp), head).await?;
     if !head {

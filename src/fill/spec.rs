@@ -89,6 +89,12 @@ impl FillSpec {
         if chunk_size == 0 || object_size == 0 {
             return Err(bad("chunk_size and object_size must be > 0".into()));
         }
+        if chunk_size > crate::config::validated::MAX_CHUNK_SIZE {
+            return Err(bad(format!(
+                "chunk_size {chunk_size} is over the limit of {}",
+                crate::config::validated::MAX_CHUNK_SIZE
+            )));
+        }
         if index >= chunk_count(object_size, chunk_size) {
             return Err(bad(format!(
                 "index {index} is past the last chunk of a {object_size}-byte object"
@@ -128,6 +134,7 @@ mod tests {
         let ok = |q: &str| FillSpec::from_query(q, "o");
         assert!(ok(&FillSpec::query("o", "b", "k", "e", 10, 3, 25)).is_err()); // past the end
         assert!(ok(&FillSpec::query("o", "b", "k", "e", 0, 0, 25)).is_err());
+        assert!(ok(&FillSpec::query("o", "b", "k", "e", 8 << 30, 0, 25)).is_err());
         assert!(ok(&FillSpec::query("o", "b", "k", "e", 10, 0, 0)).is_err());
         assert!(ok(&FillSpec::query("other", "b", "k", "e", 10, 0, 25)).is_err());
         assert!(ok("origin=o&bucket=b&key=k&etag=e&chunk_size=x&index=0&object_size=1").is_err());

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs Orca's whole test suite: formatting, lints, unit tests and the end-to-end tests against
+# real servers (moto's S3 server, the orca binary) started by the tests on loopback ports.
+# Installs what a fresh machine lacks first. Usage: hack/test.sh [extra nextest arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Builds persist outside the clone so CI and later runs rebuild only what changed.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/orca-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "dependencies"
+hack/install-test-deps.sh
+
+step "rustfmt"
+cargo fmt --all -- --check
+
+step "clippy"
+cargo clippy --locked --all-targets -- -D warnings
+
+step "tests"
+if command -v cargo-nextest >/dev/null 2>&1; then
+    profile=default
+    [ -n "${CI:-}" ] && profile=ci
+    cargo nextest run --locked --profile "$profile" "$@"
+else
+    cargo test --locked "$@"
+fi
