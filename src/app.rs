@@ -134,12 +134,10 @@ impl Orca {
         Self::lock_timeout_for(&self.config)
     }
 
-    /// Why the replica is not ready (empty when it is).
-    pub fn readiness_problems(&self, shutting_down: bool) -> Vec<String> {
+    /// Why the replica is not ready (empty when it is). During a graceful shutdown the ops
+    /// listener is closed with the others, so probes see the replica go away.
+    pub fn readiness_problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        if shutting_down {
-            problems.push("shutting down".to_string());
-        }
         if !self.store_ready.load(Ordering::Relaxed) {
             problems.push("cache store failed its start-up checks".to_string());
         }

@@ -35,7 +35,7 @@ impl ServeHttp for OpsService {
         match session.req_header().uri.path() {
             "/healthz" => reply(200, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {
-                let problems = self.orca.readiness_problems(false);
+                let problems = self.orca.readiness_problems();
                 if problems.is_empty() {
                     reply(200, "text/plain", b"ready\n".to_vec())
                 } else {

@@ -11,13 +11,11 @@
 use super::{CacheStore, ChunkRead, CommitOutcome, StoreError};
 use crate::chunk::{ChunkId, CACHE_VERSION};
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Write};
-use std::os::unix::fs::FileExt;
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 /// Bytes read from a chunk file per blocking call: large enough that the thread hop is noise,
 /// small enough that a reader never holds a whole chunk.
@@ -202,13 +200,21 @@ impl CacheStore for FsStore {
         })
         .await
         .map_err(|e| StoreError::io("open task", std::io::Error::other(e)))??;
-        Ok(opened.map(|file| {
-            Box::new(FsReader {
-                file: Arc::new(file),
-                pos: from.min(expected_len),
-                end: to.min(expected_len),
-            }) as Box<dyn ChunkRead>
-        }))
+        let (pos, end) = (from.min(expected_len), to.min(expected_len));
+        match opened {
+            None => Ok(None),
+            Some(mut file) => {
+                if pos > 0 {
+                    file.seek(SeekFrom::Start(pos))
+                        .map_err(|e| StoreError::io(format!("seek {}", id.name()), e))?;
+                }
+                Ok(Some(Box::new(FsReader {
+                    file: Some(file),
+                    pos,
+                    end,
+                })))
+            }
+        }
     }
 
     async fn commit(
@@ -238,8 +244,13 @@ impl CacheStore for FsStore {
 }
 
 /// Reads a chunk file in [`READ_PIECE`] pieces on the blocking pool.
+///
+/// The reader owns its file handle and reads sequentially into fresh, uninitialized capacity
+/// (`read_to_end` on a `File` does not zero the buffer first): the only pass over the bytes is
+/// the kernel's copy into user space, and the `Vec` becomes the `Bytes` sent to the socket.
 struct FsReader {
-    file: Arc<File>,
+    /// Taken by the blocking read and put back after it.
+    file: Option<File>,
     pos: u64,
     end: u64,
 }
@@ -250,35 +261,37 @@ impl ChunkRead for FsReader {
         if self.pos >= self.end {
             return Ok(None);
         }
-        let n = (self.end - self.pos).min(READ_PIECE) as usize;
-        let file = self.file.clone();
-        let pos = self.pos;
-        let piece = tokio::task::spawn_blocking(move || -> std::io::Result<Bytes> {
-            let mut buf = BytesMut::zeroed(n);
-            let mut filled = 0;
-            while filled < n {
-                let r = file.read_at(&mut buf[filled..], pos + filled as u64)?;
-                if r == 0 {
-                    return Err(std::io::Error::new(
-                        ErrorKind::UnexpectedEof,
-                        "chunk file shorter than its length",
-                    ));
-                }
-                filled += r;
-            }
-            Ok(buf.freeze())
+        let n = (self.end - self.pos).min(READ_PIECE);
+        let file = self.file.take().ok_or_else(|| {
+            StoreError::io("read chunk", std::io::Error::other("reader failed before"))
+        })?;
+        let (file, piece) = tokio::task::spawn_blocking(move || {
+            let mut buf = Vec::with_capacity(n as usize);
+            let read = (&file).take(n).read_to_end(&mut buf);
+            (file, read.map(|_| buf))
         })
         .await
-        .map_err(|e| StoreError::io("read task", std::io::Error::other(e)))?
-        .map_err(|e| StoreError::io("read chunk", e))?;
-        self.pos += piece.len() as u64;
-        Ok(Some(piece))
+        .map_err(|e| StoreError::io("read task", std::io::Error::other(e)))?;
+        let piece = piece.map_err(|e| StoreError::io("read chunk", e))?;
+        if piece.len() as u64 != n {
+            return Err(StoreError::io(
+                "read chunk",
+                std::io::Error::new(
+                    ErrorKind::UnexpectedEof,
+                    "chunk file shorter than its length",
+                ),
+            ));
+        }
+        self.file = Some(file);
+        self.pos += n;
+        Ok(Some(Bytes::from(piece)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn id(i: u64) -> ChunkId {
         ChunkId::from_fields("o", "b", "k", "e", 10, i)
