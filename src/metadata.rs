@@ -249,6 +249,16 @@ mod tests {
                 .pop_front()
                 .unwrap_or(Err(OriginError::NotFound))
         }
+        async fn list(
+            &self,
+            _b: &str,
+            _r: &crate::origin::ListRequest,
+        ) -> Result<bytes::Bytes, OriginError> {
+            Err(OriginError::Timeout)
+        }
+        async fn head_bucket(&self, _b: &str) -> Result<(), OriginError> {
+            Err(OriginError::Timeout)
+        }
         async fn chunk_peer(&self, _b: &str) -> Result<HttpPeer, OriginError> {
             Err(OriginError::Timeout)
         }
@@ -271,6 +281,7 @@ mod tests {
             last_modified: None,
             content_type: None,
             extra_headers: vec![],
+            checksums: vec![],
         }
     }
 

@@ -1,22 +1,25 @@
 //! The edge service: the S3 surface clients talk to.
 //!
 //! Everything happens in `request_filter`, which writes the whole response and returns
-//! `Ok(true)`: parse the S3 request, resolve the object through the metadata cache, map the
-//! client's `Range` onto chunks, and stream the chunks in order through a [`pipeline`]. The
-//! status line is written only once the first byte of the first chunk is in hand, so a failure
-//! before that is a proper S3 XML error; a failure after it aborts the connection, so the
-//! client sees a short body, never a silently truncated success.
+//! `Ok(true)`: parse the S3 request ([`request`]), then answer an object GET or HEAD
+//! ([`object`]) or a bucket-level request ([`bucket`]). An object GET resolves the object
+//! through the metadata cache, evaluates the client's conditionals ([`conditional`]), maps the
+//! `Range` onto chunks and streams them in order through a [`pipeline`]. The status line is
+//! written only once the first byte of the first chunk is in hand, so a failure before that is
+//! a proper S3 XML error; a failure after it aborts the connection, so the client sees a short
+//! body, never a silently truncated success.
 
+mod bucket;
+pub mod conditional;
 pub mod fill_client;
+mod object;
 pub mod pipeline;
 pub mod request;
 
 use crate::app::Orca;
-use crate::chunk::{parse_range, ByteRange, ObjectVersion, RangeRequest};
 use crate::error::S3Error;
 use crate::fill::write_error;
-use crate::metrics::{EDGE_BYTES_SENT, EDGE_DURATION, EDGE_REQUESTS};
-use crate::origin::ObjectMeta;
+use crate::metrics::{EDGE_DURATION, EDGE_REQUESTS};
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::upstreams::peer::HttpPeer;
@@ -60,6 +63,13 @@ pub struct EdgeCtx {
     request_id: String,
 }
 
+/// What a handler returns: `Ok` once it wrote its response, or the error to answer with.
+type Answer = std::result::Result<(), S3Error>;
+
+fn internal(e: Box<Error>) -> S3Error {
+    S3Error::internal(e.to_string())
+}
+
 #[async_trait]
 impl ProxyHttp for EdgeService {
     type CTX = EdgeCtx;
@@ -74,15 +84,22 @@ impl ProxyHttp for EdgeService {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         let resource = session.req_header().uri.path().to_string();
-        let request = request::parse(session.req_header(), &self.orca.config.edge);
-        let outcome = match request {
+        let outcome = match request::parse(session.req_header(), &self.orca.config.edge) {
             Err(e) => Err(e),
-            Ok(S3Request::HeadObject { bucket, key }) => {
-                self.head_object(session, ctx, &bucket, &key).await
-            }
             Ok(S3Request::GetObject { bucket, key }) => {
                 self.get_object(session, ctx, &bucket, &key).await
             }
+            Ok(S3Request::HeadObject { bucket, key }) => {
+                self.head_object(session, ctx, &bucket, &key).await
+            }
+            Ok(S3Request::ListObjects { bucket, request }) => {
+                self.list_objects(session, ctx, &bucket, &request).await
+            }
+            Ok(S3Request::HeadBucket { bucket }) => self.head_bucket(session, ctx, &bucket).await,
+            Ok(S3Request::GetBucketLocation { bucket }) => {
+                self.bucket_location(session, ctx, &bucket).await
+            }
+            Ok(S3Request::ListBuckets) => self.list_buckets(session, ctx).await,
         };
         match outcome {
             Ok(()) => Ok(true),
@@ -136,15 +153,10 @@ impl ProxyHttp for EdgeService {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
         let method = session.req_header().method.as_str().to_string();
         let status = match (e, session.response_written()) {
-            (_, Some(resp)) => resp.status.as_u16(),
-            (Some(_), None) => 0,
-            (None, None) => ctx.status,
-        };
-        let status = if e.is_some() && session.response_written().is_some() {
-            // Aborted after the headers: report it as what the client got, a broken response.
-            0
-        } else {
-            status
+            // Aborted after the headers: the client got a broken response.
+            (Some(_), Some(_)) => 0,
+            (None, Some(resp)) => resp.status.as_u16(),
+            (_, None) => ctx.status,
         };
         EDGE_REQUESTS
             .with_label_values(&[&method, &status.to_string()])
@@ -169,180 +181,35 @@ impl ProxyHttp for EdgeService {
 }
 
 impl EdgeService {
-    fn object_headers(
+    /// Writes a complete response with a body (XML, by default).
+    async fn write_body(
         &self,
+        session: &mut Session,
+        ctx: &mut EdgeCtx,
         status: u16,
-        meta: &ObjectMeta,
-        content_length: u64,
-        ctx: &EdgeCtx,
-    ) -> Result<ResponseHeader> {
-        let mut resp = ResponseHeader::build(status, Some(12))?;
-        resp.insert_header("content-length", content_length.to_string())?;
-        resp.insert_header("etag", format!("\"{}\"", meta.etag))?;
-        if let Some(lm) = &meta.last_modified {
-            resp.insert_header("last-modified", lm)?;
-        }
-        resp.insert_header(
-            "content-type",
-            meta.content_type
-                .as_deref()
-                .unwrap_or("binary/octet-stream"),
-        )?;
-        resp.insert_header("accept-ranges", "bytes")?;
-        for (name, value) in &meta.extra_headers {
-            resp.append_header(name.clone(), value)?;
-        }
-        resp.insert_header("x-amz-request-id", &ctx.request_id)?;
-        Ok(resp)
-    }
-
-    async fn head_object(
-        &self,
-        session: &mut Session,
-        ctx: &mut EdgeCtx,
-        bucket: &str,
-        key: &str,
-    ) -> std::result::Result<(), S3Error> {
-        let meta = self
-            .orca
-            .metadata
-            .get(bucket, key)
-            .await
-            .map_err(|e| e.to_s3())?;
-        let resp = self
-            .object_headers(200, &meta, meta.size, ctx)
-            .map_err(|e| S3Error::internal(e.to_string()))?;
-        ctx.status = 200;
-        session
-            .write_response_header(Box::new(resp), true)
-            .await
-            .map_err(|e| S3Error::internal(e.to_string()))
-    }
-
-    async fn get_object(
-        &self,
-        session: &mut Session,
-        ctx: &mut EdgeCtx,
-        bucket: &str,
-        key: &str,
-    ) -> std::result::Result<(), S3Error> {
-        let meta = self
-            .orca
-            .metadata
-            .get(bucket, key)
-            .await
-            .map_err(|e| e.to_s3())?;
-        let range_header = session
-            .req_header()
-            .headers
-            .get("range")
-            .map(|v| v.as_bytes());
-        let (status, range) = match parse_range(range_header, meta.size) {
-            RangeRequest::Unsatisfiable => {
-                return self.unsatisfiable(session, ctx, &meta).await;
-            }
-            RangeRequest::Partial(r) => (206, Some(r)),
-            RangeRequest::Whole if meta.size == 0 => (200, None),
-            RangeRequest::Whole => (
-                200,
-                Some(ByteRange {
-                    start: 0,
-                    end: meta.size - 1,
-                }),
-            ),
-        };
-        let Some(range) = range else {
-            // A zero-byte object: nothing to fetch.
-            let resp = self
-                .object_headers(200, &meta, 0, ctx)
-                .map_err(|e| S3Error::internal(e.to_string()))?;
-            ctx.status = 200;
-            return session
-                .write_response_header(Box::new(resp), true)
-                .await
-                .map_err(|e| S3Error::internal(e.to_string()));
-        };
-        let chunk_size = self.orca.config.chunking.chunk_size_for(meta.size);
-        let version = ObjectVersion {
-            origin_id: self.orca.config.origin.id.clone(),
-            bucket: bucket.to_string(),
-            key: key.to_string(),
-            etag: meta.etag.clone(),
-            size: meta.size,
-        };
-        let mut pipeline = pipeline::Pipeline::new(self.orca.clone(), version, chunk_size, range);
-        // Status only after the first byte is in hand.
-        let first = pipeline
-            .next_piece()
-            .await
-            .map_err(|e| e.to_s3())?
-            .ok_or_else(|| S3Error::internal("empty first chunk"))?;
-        let mut resp = self
-            .object_headers(status, &meta, range.len(), ctx)
-            .map_err(|e| S3Error::internal(e.to_string()))?;
-        if status == 206 {
-            resp.insert_header(
-                "content-range",
-                format!("bytes {}-{}/{}", range.start, range.end, meta.size),
-            )
-            .map_err(|e| S3Error::internal(e.to_string()))?;
-        }
+        content_type: &str,
+        body: Bytes,
+    ) -> Answer {
+        let mut resp = ResponseHeader::build(status, Some(4)).map_err(internal)?;
+        let head = session.req_header().method == http::Method::HEAD;
+        (|| -> Result<()> {
+            resp.insert_header("content-type", content_type)?;
+            resp.insert_header("content-length", body.len().to_string())?;
+            resp.insert_header("x-amz-request-id", &ctx.request_id)?;
+            Ok(())
+        })()
+        .map_err(internal)?;
         ctx.status = status;
         session
-            .write_response_header(Box::new(resp), false)
+            .write_response_header(Box::new(resp), head)
             .await
-            .map_err(|e| S3Error::internal(e.to_string()))?;
-        let mut sent = 0u64;
-        let mut piece = Some(first);
-        while let Some(p) = piece {
-            sent += p.len() as u64;
-            EDGE_BYTES_SENT.inc_by(p.len() as u64);
-            let last = sent >= range.len();
+            .map_err(internal)?;
+        if !head {
             session
-                .write_response_body(Some(p), last)
+                .write_response_body(Some(body), true)
                 .await
-                .map_err(|e| S3Error::new(499, "ClientGone", e.to_string()))?;
-            if last {
-                break;
-            }
-            piece = pipeline.next_piece().await.map_err(|e| e.to_s3())?;
-        }
-        if sent != range.len() {
-            return Err(S3Error::internal(format!(
-                "sent {sent} of {} bytes",
-                range.len()
-            )));
+                .map_err(internal)?;
         }
         Ok(())
-    }
-
-    async fn unsatisfiable(
-        &self,
-        session: &mut Session,
-        ctx: &mut EdgeCtx,
-        meta: &ObjectMeta,
-    ) -> std::result::Result<(), S3Error> {
-        let e = S3Error::invalid_range();
-        let resource = session.req_header().uri.path().to_string();
-        let body: Bytes = e.to_xml(&resource, &ctx.request_id);
-        let build = || -> Result<ResponseHeader> {
-            let mut resp = ResponseHeader::build(416, Some(5))?;
-            resp.insert_header("content-type", "application/xml")?;
-            resp.insert_header("content-length", body.len().to_string())?;
-            resp.insert_header("content-range", format!("bytes */{}", meta.size))?;
-            resp.insert_header("x-amz-request-id", &ctx.request_id)?;
-            Ok(resp)
-        };
-        let resp = build().map_err(|e| S3Error::internal(e.to_string()))?;
-        ctx.status = 416;
-        session
-            .write_response_header(Box::new(resp), false)
-            .await
-            .and(Ok(()))
-            .map_err(|e: Box<Error>| S3Error::internal(e.to_string()))?;
-        session
-            .write_response_body(Some(body), true)
-            .await
-            .map_err(|e| S3Error::internal(e.to_string()))
     }
 }

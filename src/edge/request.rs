@@ -2,6 +2,7 @@
 
 use crate::config::EdgeConfig;
 use crate::error::S3Error;
+use crate::origin::ListRequest;
 use http::Method;
 use percent_encoding::percent_decode;
 use pingora_http::RequestHeader;
@@ -23,12 +24,91 @@ pub enum S3Request {
         /// Key, decoded.
         key: String,
     },
+    /// `GET /{bucket}` with listing parameters (v1 or v2).
+    ListObjects {
+        /// Bucket.
+        bucket: String,
+        /// What to list.
+        request: ListRequest,
+    },
+    /// `HEAD /{bucket}`.
+    HeadBucket {
+        /// Bucket.
+        bucket: String,
+    },
+    /// `GET /{bucket}?location`.
+    GetBucketLocation {
+        /// Bucket.
+        bucket: String,
+    },
+    /// `GET /`.
+    ListBuckets,
 }
 
-/// Query parameters that never change which object is read: presigned-URL and SDK parameters.
+/// Query parameters that never change what is read: presigned-URL and SDK parameters.
 fn is_neutral_param(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
-    lower.starts_with("x-amz-") || lower == "x-id" || lower.starts_with("response-")
+    lower.starts_with("x-amz-") || lower == "x-id"
+}
+
+/// `response-*` overrides of response headers (GetObject / HeadObject).
+pub const RESPONSE_OVERRIDES: [(&str, &str); 6] = [
+    ("response-content-type", "content-type"),
+    ("response-content-language", "content-language"),
+    ("response-expires", "expires"),
+    ("response-cache-control", "cache-control"),
+    ("response-content-disposition", "content-disposition"),
+    ("response-content-encoding", "content-encoding"),
+];
+
+/// The decoded query parameters of a request, in order.
+pub fn query_params(req: &RequestHeader) -> Result<Vec<(String, String)>, S3Error> {
+    let mut out = Vec::new();
+    if let Some(q) = req.uri.query() {
+        for pair in q.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            out.push((decode_strict(name)?, decode_strict(value)?));
+        }
+    }
+    Ok(out)
+}
+
+fn not_implemented(what: &str) -> S3Error {
+    S3Error::new(
+        501,
+        "NotImplemented",
+        format!("Orca does not serve {what}; it is a read-only cache of objects and listings."),
+    )
+}
+
+/// Builds a listing from a bucket GET's parameters; anything else is not served.
+fn list_request(params: &[(String, String)]) -> Result<ListRequest, S3Error> {
+    let mut r = ListRequest::default();
+    let invalid = |m: String| S3Error::new(400, "InvalidArgument", m);
+    for (name, value) in params {
+        match name.as_str() {
+            "list-type" if value == "2" => r.v2 = true,
+            "list-type" => return Err(invalid(format!("list-type {value:?} is not 2"))),
+            "prefix" => r.prefix = Some(value.clone()),
+            "delimiter" => r.delimiter = Some(value.clone()),
+            "max-keys" => {
+                r.max_keys = Some(value.parse().map_err(|_| {
+                    invalid(format!(
+                        "max-keys must be a non-negative integer, got {value:?}"
+                    ))
+                })?)
+            }
+            "continuation-token" => r.continuation_token = Some(value.clone()),
+            "start-after" => r.start_after = Some(value.clone()),
+            "fetch-owner" => r.fetch_owner = Some(value == "true"),
+            "marker" => r.marker = Some(value.clone()),
+            "encoding-type" if value == "url" => r.encoding_url = true,
+            "encoding-type" => return Err(invalid(format!("encoding-type {value:?} is not url"))),
+            n if is_neutral_param(n) => {}
+            other => return Err(not_implemented(&format!("the {other:?} sub-resource"))),
+        }
+    }
+    Ok(r)
 }
 
 /// Decodes a percent-encoded path piece strictly: a `%` not followed by two hex digits, or
@@ -90,35 +170,34 @@ pub fn parse(req: &RequestHeader, edge: &EdgeConfig) -> Result<S3Request, S3Erro
             (decode_strict(b)?, k)
         }
     };
+    let params = query_params(req)?;
     if bucket.is_empty() {
-        return Err(S3Error::new(
-            501,
-            "NotImplemented",
-            "Listing buckets is not served by Orca.",
-        ));
+        return match method {
+            Method::GET => Ok(S3Request::ListBuckets),
+            _ => Err(S3Error::method_not_allowed()),
+        };
     }
     if !edge.buckets.is_empty() && !edge.buckets.contains(&bucket) {
         return Err(S3Error::new(403, "AccessDenied", "Access Denied"));
     }
     let key = decode_strict(raw_key)?;
-    if let Some(q) = req.uri.query() {
-        for pair in q.split('&').filter(|p| !p.is_empty()) {
-            let name = pair.split_once('=').map_or(pair, |(n, _)| n);
-            if !is_neutral_param(name) {
-                return Err(S3Error::new(
-                    501,
-                    "NotImplemented",
-                    format!("Orca does not serve the {name:?} sub-resource or parameter."),
-                ));
-            }
-        }
-    }
     if key.is_empty() {
-        return Err(S3Error::new(
-            501,
-            "NotImplemented",
-            "Bucket operations (listing) are not served yet.",
-        ));
+        if method == Method::HEAD {
+            return Ok(S3Request::HeadBucket { bucket });
+        }
+        if params.iter().any(|(n, _)| n == "location") {
+            return Ok(S3Request::GetBucketLocation { bucket });
+        }
+        let request = list_request(&params)?;
+        return Ok(S3Request::ListObjects { bucket, request });
+    }
+    for (name, _) in &params {
+        let overriding = RESPONSE_OVERRIDES.iter().any(|(p, _)| p == name);
+        if !overriding && !is_neutral_param(name) {
+            return Err(not_implemented(&format!(
+                "the {name:?} sub-resource or parameter"
+            )));
+        }
     }
     Ok(if method == Method::HEAD {
         S3Request::HeadObject { bucket, key }
@@ -208,13 +287,72 @@ mod tests {
                 .status,
             501
         );
-        assert_eq!(parse(&req("GET", "/", "h"), &e).unwrap_err().status, 501);
+        assert_eq!(parse(&req("GET", "/", "h"), &e), Ok(S3Request::ListBuckets));
+        assert_eq!(
+            parse(&req("GET", "/b?acl", "h"), &e).unwrap_err().status,
+            501
+        );
+        assert_eq!(
+            parse(&req("GET", "/b?versions", "h"), &e)
+                .unwrap_err()
+                .status,
+            501
+        );
+        assert_eq!(
+            parse(&req("GET", "/b?uploads", "h"), &e)
+                .unwrap_err()
+                .status,
+            501
+        );
+        assert_eq!(
+            parse(&req("GET", "/b?max-keys=x", "h"), &e)
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(
+            parse(&req("GET", "/b?prefix=%zz", "h"), &e)
+                .unwrap_err()
+                .code,
+            "InvalidURI"
+        );
+    }
+
+    #[test]
+    fn bucket_operations() {
+        let e = edge(None, &[]);
+        assert_eq!(
+            parse(&req("HEAD", "/b", "h"), &e),
+            Ok(S3Request::HeadBucket { bucket: "b".into() })
+        );
+        assert_eq!(
+            parse(&req("GET", "/b?location", "h"), &e),
+            Ok(S3Request::GetBucketLocation { bucket: "b".into() })
+        );
+        let p = "/b/?list-type=2&prefix=a%20b%2F&delimiter=%2F&max-keys=3&continuation-token=t%2B&start-after=x&fetch-owner=true&encoding-type=url";
+        let Ok(S3Request::ListObjects { bucket, request }) = parse(&req("GET", p, "h"), &e) else {
+            panic!("not a listing");
+        };
+        assert_eq!(bucket, "b");
+        assert!(request.v2 && request.encoding_url);
+        assert_eq!(request.prefix.as_deref(), Some("a b/"));
+        assert_eq!(request.delimiter.as_deref(), Some("/"));
+        assert_eq!(request.max_keys, Some(3));
+        assert_eq!(request.continuation_token.as_deref(), Some("t+"));
+        assert_eq!(request.fetch_owner, Some(true));
+        let Ok(S3Request::ListObjects { request, .. }) =
+            parse(&req("GET", "/b?marker=m&prefix=p", "h"), &e)
+        else {
+            panic!("not a listing");
+        };
+        assert!(!request.v2);
+        assert_eq!(request.marker.as_deref(), Some("m"));
     }
 
     #[test]
     fn presigned_parameters_do_not_change_the_object() {
         let e = edge(None, &[]);
-        let p = "/b/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=abc&x-id=GetObject";
+        let p = "/b/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=abc&x-id=GetObject&response-content-type=text%2Fplain";
         assert_eq!(parse(&req("GET", p, "h"), &e), Ok(get("b", "k")));
     }
 

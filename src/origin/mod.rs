@@ -26,6 +26,90 @@ pub struct ObjectMeta {
     /// Other headers S3 returns with the object (Content-Encoding, Cache-Control,
     /// `x-amz-meta-*`, ...), passed back to clients unchanged.
     pub extra_headers: Vec<(String, String)>,
+    /// `x-amz-checksum-*` (and `x-amz-checksum-type`) of the whole object, sent back only where
+    /// S3 would: a whole-object GET or a HEAD that asked with `x-amz-checksum-mode: ENABLED`.
+    pub checksums: Vec<(String, String)>,
+}
+
+impl ObjectMeta {
+    /// Whether the stored checksums cover the whole object as one value (not a composite of
+    /// parts, `...-N`), so they can be checked against a whole-object GET.
+    pub fn has_full_object_checksum(&self) -> bool {
+        let composite = self
+            .checksums
+            .iter()
+            .any(|(n, v)| (n == "x-amz-checksum-type" && v == "COMPOSITE") || v.contains('-'));
+        !composite
+            && self
+                .checksums
+                .iter()
+                .any(|(n, _)| n != "x-amz-checksum-type")
+    }
+}
+
+/// A listing as S3 clients ask for it: ListObjectsV2 (`list-type=2`) or ListObjects (v1).
+/// Values are decoded; drivers encode them for their origin.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListRequest {
+    /// ListObjectsV2 when true, ListObjects (v1) otherwise.
+    pub v2: bool,
+    /// `prefix`.
+    pub prefix: Option<String>,
+    /// `delimiter`.
+    pub delimiter: Option<String>,
+    /// `max-keys`.
+    pub max_keys: Option<u32>,
+    /// v2 `continuation-token`.
+    pub continuation_token: Option<String>,
+    /// v2 `start-after`.
+    pub start_after: Option<String>,
+    /// v2 `fetch-owner`.
+    pub fetch_owner: Option<bool>,
+    /// v1 `marker`.
+    pub marker: Option<String>,
+    /// `encoding-type=url`: keys and prefixes in the answer are URL-encoded.
+    pub encoding_url: bool,
+}
+
+impl ListRequest {
+    /// The query parameters, in S3's names, with decoded values.
+    pub fn params(&self) -> Vec<(&'static str, String)> {
+        let mut p = Vec::new();
+        if self.v2 {
+            p.push(("list-type", "2".to_string()));
+        }
+        let mut opt = |name: &'static str, v: &Option<String>| {
+            if let Some(v) = v {
+                p.push((name, v.clone()));
+            }
+        };
+        opt("prefix", &self.prefix);
+        opt("delimiter", &self.delimiter);
+        opt("continuation-token", &self.continuation_token);
+        opt("start-after", &self.start_after);
+        opt("marker", &self.marker);
+        if let Some(m) = self.max_keys {
+            p.push(("max-keys", m.to_string()));
+        }
+        if let Some(f) = self.fetch_owner {
+            p.push(("fetch-owner", f.to_string()));
+        }
+        if self.encoding_url {
+            p.push(("encoding-type", "url".to_string()));
+        }
+        p
+    }
+
+    /// The encoded query string (`a=b&c=d`, names sorted as SigV4 canonicalizes them).
+    pub fn query(&self) -> String {
+        let mut params = self.params();
+        params.sort();
+        params
+            .iter()
+            .map(|(k, v)| format!("{k}={}", encode_query_value(v)))
+            .collect::<Vec<_>>()
+            .join("&")
+    }
 }
 
 /// The small set of things an origin can answer, each with one meaning for callers.
@@ -159,6 +243,18 @@ pub trait Origin: Send + Sync + 'static {
     /// HEAD of an object. `Err(MissingETag)` when the origin gives no ETag.
     async fn head(&self, bucket: &str, key: &str) -> Result<ObjectMeta, OriginError>;
 
+    /// A listing of `bucket`, answered as S3's `ListBucketResult` XML (drivers of other
+    /// stores translate). `Err(BucketNotFound)` when the bucket does not exist.
+    async fn list(&self, bucket: &str, request: &ListRequest) -> Result<bytes::Bytes, OriginError>;
+
+    /// Whether `bucket` exists: `Ok(())`, or `Err(BucketNotFound)`.
+    async fn head_bucket(&self, bucket: &str) -> Result<(), OriginError>;
+
+    /// The region buckets live in, for `GetBucketLocation` (S3 origins).
+    fn region(&self) -> &str {
+        "us-east-1"
+    }
+
     /// The peer chunk GETs for `bucket` go to (its address resolved asynchronously, cached).
     async fn chunk_peer(&self, bucket: &str) -> Result<HttpPeer, OriginError>;
 
@@ -256,6 +352,24 @@ mod tests {
         assert_eq!(unquote_etag("\"abc\""), "abc");
         assert_eq!(unquote_etag("W/\"abc\""), "abc");
         assert_eq!(unquote_etag("abc"), "abc");
+    }
+
+    #[test]
+    fn list_queries_are_canonical() {
+        let r = ListRequest {
+            v2: true,
+            prefix: Some("a b/".into()),
+            delimiter: Some("/".into()),
+            max_keys: Some(2),
+            continuation_token: Some("tok+en=".into()),
+            encoding_url: true,
+            ..ListRequest::default()
+        };
+        assert_eq!(
+            r.query(),
+            "continuation-token=tok%2Ben%3D&delimiter=%2F&encoding-type=url&list-type=2&max-keys=2&prefix=a%20b%2F"
+        );
+        assert_eq!(ListRequest::default().query(), "");
     }
 
     #[test]

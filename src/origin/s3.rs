@@ -3,7 +3,8 @@
 
 use super::http::{exchange, make_peer, Endpoint, ExchangeError, Resolver};
 use super::{
-    classify_status, encode_key, header_str, unquote_etag, ObjectMeta, Origin, OriginError,
+    classify_status, encode_key, header_str, unquote_etag, ListRequest, ObjectMeta, Origin,
+    OriginError,
 };
 use crate::metrics::ORIGIN_REQUESTS;
 use async_trait::async_trait;
@@ -13,11 +14,15 @@ use aws_sigv4::http_request::{
     UriPathNormalizationMode,
 };
 use aws_sigv4::sign::v4;
+use bytes::Bytes;
 use once_cell::sync::OnceCell;
 use pingora::connectors::http::Connector;
 use pingora::upstreams::peer::HttpPeer;
 use pingora_http::RequestHeader;
 use std::time::{Duration, SystemTime};
+
+/// Largest listing answer read from the origin (1000 keys of 1 KiB each fit many times over).
+const MAX_LIST_BODY: usize = 64 << 20;
 
 /// Headers S3 returns with an object that clients expect back unchanged.
 const PASSTHROUGH: &[&str] = &[
@@ -195,10 +200,24 @@ impl S3Origin {
 #[async_trait]
 impl Origin for S3Origin {
     async fn head(&self, bucket: &str, key: &str) -> Result<ObjectMeta, OriginError> {
-        let req = self.signed_request("HEAD", bucket, Some(key), "", &[])?;
+        // Ask for the object's checksums too; they are sent back only where S3 would.
+        let req = self.signed_request(
+            "HEAD",
+            bucket,
+            Some(key),
+            "",
+            &[("x-amz-checksum-mode", "ENABLED")],
+        )?;
         let resp = self.send("head", bucket, req, 64 * 1024).await?;
         let h = &resp.header;
         let status = h.status.as_u16();
+        if status == 404 {
+            // A HEAD's 404 has no body to say whether the key or the bucket is missing; ask.
+            return Err(match self.head_bucket(bucket).await {
+                Err(OriginError::BucketNotFound) => OriginError::BucketNotFound,
+                _ => OriginError::NotFound,
+            });
+        }
         if status != 200 {
             return Err(classify_status(status));
         }
@@ -210,12 +229,14 @@ impl Origin for S3Origin {
             return Err(OriginError::MissingETag);
         }
         let mut extra_headers = Vec::new();
+        let mut checksums = Vec::new();
         for (name, value) in h.headers.iter() {
             let n = name.as_str();
+            let Ok(v) = value.to_str() else { continue };
             if PASSTHROUGH.contains(&n) || n.starts_with("x-amz-meta-") {
-                if let Ok(v) = value.to_str() {
-                    extra_headers.push((n.to_string(), v.to_string()));
-                }
+                extra_headers.push((n.to_string(), v.to_string()));
+            } else if n.starts_with("x-amz-checksum-") {
+                checksums.push((n.to_string(), v.to_string()));
             }
         }
         Ok(ObjectMeta {
@@ -224,7 +245,45 @@ impl Origin for S3Origin {
             last_modified: header_str(h, "last-modified").map(str::to_string),
             content_type: header_str(h, "content-type").map(str::to_string),
             extra_headers,
+            checksums,
         })
+    }
+
+    async fn list(&self, bucket: &str, request: &ListRequest) -> Result<Bytes, OriginError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let req = self.signed_request("GET", bucket, None, &request.query(), &[])?;
+            let result = self.send("list", bucket, req, MAX_LIST_BODY).await;
+            let result = match result {
+                Ok(resp) if resp.header.status.as_u16() == 200 => Ok(resp.body),
+                Ok(resp) => Err(match resp.header.status.as_u16() {
+                    404 => OriginError::BucketNotFound,
+                    s => classify_status(s),
+                }),
+                Err(e) => Err(e),
+            };
+            match result {
+                Err(e) if e.is_retryable() && attempt < crate::metadata::HEAD_ATTEMPTS => {
+                    tokio::time::sleep(crate::metadata::backoff(attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn head_bucket(&self, bucket: &str) -> Result<(), OriginError> {
+        let req = self.signed_request("HEAD", bucket, None, "", &[])?;
+        let resp = self.send("head", bucket, req, 64 * 1024).await?;
+        match resp.header.status.as_u16() {
+            200 => Ok(()),
+            404 => Err(OriginError::BucketNotFound),
+            s => Err(classify_status(s)),
+        }
+    }
+
+    fn region(&self) -> &str {
+        &self.region
     }
 
     async fn chunk_peer(&self, bucket: &str) -> Result<HttpPeer, OriginError> {
