@@ -14,6 +14,13 @@ step() { printf '\n==> %s\n' "$*"; }
 step "dependencies"
 hack/install-test-deps.sh
 
+# A second S3 implementation that checks SigV4 (tests/origins.rs). Newer releases need a newer
+# Rust; the first install compiles for several minutes, later runs find it in ~/.cargo/bin.
+if ! command -v s3s-fs >/dev/null 2>&1; then
+    step "installing s3s-fs 0.14.1"
+    cargo install s3s-fs@0.14.1 --features binary --locked --quiet
+fi
+
 step "rustfmt"
 cargo fmt --all -- --check
 

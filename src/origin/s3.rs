@@ -100,13 +100,14 @@ impl S3Origin {
         }
     }
 
-    /// The origin-form path of `bucket/key` (or of the bucket itself when `key` is `None`).
+    /// The origin-form path of `bucket/key`, or of the bucket itself when `key` is `None`
+    /// (`/bucket` path-style, as the SDKs send it, or `/` virtual-hosted).
     pub fn path_for(&self, bucket: &str, key: Option<&str>) -> String {
-        let key = key.map(encode_key).unwrap_or_default();
-        if self.path_style {
-            format!("/{}/{key}", encode_key(bucket))
-        } else {
-            format!("/{key}")
+        match (self.path_style, key) {
+            (true, Some(key)) => format!("/{}/{}", encode_key(bucket), encode_key(key)),
+            (true, None) => format!("/{}", encode_key(bucket)),
+            (false, Some(key)) => format!("/{}", encode_key(key)),
+            (false, None) => "/".to_string(),
         }
     }
 
@@ -335,6 +336,8 @@ mod tests {
     fn path_and_virtual_hosted_addressing() {
         let o = origin(true);
         assert_eq!(o.path_for("bkt", Some("a b/c")), "/bkt/a%20b/c");
+        assert_eq!(o.path_for("bkt", None), "/bkt");
+        assert_eq!(origin(false).path_for("bkt", None), "/");
         let req = o.chunk_request("bkt", "k", "etag1", 0, 9).unwrap();
         assert_eq!(req.uri.path(), "/bkt/k");
         assert_eq!(req.headers.get("host").unwrap(), "127.0.0.1:9000");

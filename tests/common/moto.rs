@@ -21,6 +21,12 @@ impl Moto {
     /// Starts moto and waits (at most 30 s) until its port accepts connections; on timeout or
     /// early exit, panics with the tail of its log.
     pub fn start() -> Moto {
+        Self::start_with_env(&[])
+    }
+
+    /// As [`Moto::start`], with extra environment variables (e.g.
+    /// `INITIAL_NO_AUTH_ACTION_COUNT` to turn signature checking on).
+    pub fn start_with_env(env: &[(&str, &str)]) -> Moto {
         let dir = tempfile::Builder::new()
             .prefix("orca-moto-")
             .tempdir()
@@ -33,6 +39,7 @@ impl Moto {
         let child = Command::new(&program)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .current_dir(dir.path())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))
