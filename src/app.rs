@@ -6,6 +6,7 @@
 use crate::cachestore::fs::FsStore;
 use crate::cachestore::storage::ChunkStorage;
 use crate::cachestore::CacheStore;
+use crate::cluster::{Cluster, PeerSource};
 use crate::config::{CacheStoreConfig, Config, OriginDriver, S3Credentials};
 use crate::edge::fill_client::FillClient;
 use crate::edge::pipeline::budget_units;
@@ -20,6 +21,7 @@ use aws_credential_types::Credentials;
 use pingora::apps::http_app::HttpServer;
 use pingora::server::configuration::Opt;
 use pingora::server::Server;
+use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora_proxy::{http_proxy, http_proxy_service_with_name};
@@ -48,6 +50,8 @@ pub struct Orca {
     pub readahead_budget: Arc<Semaphore>,
     /// The edge's client of this replica's fill service.
     pub fill_client: FillClient,
+    /// The peer set and each chunk's coordinator.
+    pub cluster: Arc<Cluster>,
     /// The cache store passed its start-up checks.
     pub store_ready: AtomicBool,
 }
@@ -108,6 +112,7 @@ impl Orca {
             health.clone(),
         );
         let fill_client = FillClient::local(lock_age + timeout);
+        let cluster = Arc::new(build_cluster(&config, lock_age + timeout)?);
         let budget = budget_units(config.limits.readahead_memory) as usize;
         Ok(Arc::new(Self {
             origin_permits: Arc::new(Semaphore::new(config.limits.origin_concurrency)),
@@ -119,6 +124,7 @@ impl Orca {
             metadata,
             health,
             fill_client,
+            cluster,
             store_ready: AtomicBool::new(true),
         }))
     }
@@ -151,6 +157,35 @@ impl Orca {
     }
 }
 
+/// The cluster view from `cluster.*`: alone, a static list, or DNS discovery.
+fn build_cluster(config: &Config, read_timeout: Duration) -> anyhow::Result<Cluster> {
+    let c = &config.cluster;
+    let source = match (&c.dns, c.peers.is_empty()) {
+        (Some(dns), _) => PeerSource::Dns {
+            name: dns.name.clone(),
+            port: dns.port,
+            refresh: dns.refresh,
+        },
+        (None, false) => PeerSource::Static(c.peers.clone()),
+        (None, true) => PeerSource::Alone,
+    };
+    let self_addr = match (&source, &c.self_addr) {
+        (PeerSource::Alone, _) => config.listen.internal.clone(),
+        (_, Some(s)) => s.clone(),
+        (_, None) => bail!("cluster.self: required with peers or dns (env ORCA_SELF)"),
+    };
+    let secret = match &c.shared_secret_env {
+        Some(var) => Some(
+            std::env::var(var)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .with_context(|| format!("cluster.shared_secret_env: {var} is not set"))?,
+        ),
+        None => None,
+    };
+    Ok(Cluster::new(&self_addr, source, secret, read_timeout))
+}
+
 /// Builds the Pingora server with the edge, fill and ops services.
 pub fn build_server(opt: Opt, config: Config) -> anyhow::Result<Server> {
     crate::metrics::init();
@@ -163,9 +198,11 @@ pub fn build_server(opt: Opt, config: Config) -> anyhow::Result<Server> {
     let mut edge = http_proxy_service_with_name(&conf, EdgeService::new(orca.clone()), "edge");
     edge.add_tcp(&listen.edge);
     // The edge reaches this replica's fill service in-process, through its own instance.
-    let local_fill = Arc::new(http_proxy(&conf, FillService::new(orca.clone())));
+    let local_fill = Arc::new(http_proxy(&conf, FillService::for_local_edge(orca.clone())));
     orca.fill_client.set_local(local_fill);
-    let mut fill = http_proxy_service_with_name(&conf, FillService::new(orca.clone()), "fill");
+    let mut fill =
+        http_proxy_service_with_name(&conf, FillService::for_peers(orca.clone()), "fill");
+    let dns = orca.cluster.dns_refresher();
     fill.add_tcp(&listen.internal);
     let mut ops = Service::new(
         "ops".to_string(),
@@ -177,5 +214,8 @@ pub fn build_server(opt: Opt, config: Config) -> anyhow::Result<Server> {
     server.add_service(edge);
     server.add_service(fill);
     server.add_service(ops);
+    if let Some(dns) = dns {
+        server.add_service(background_service("peer discovery", dns));
+    }
     Ok(server)
 }

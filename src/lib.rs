@@ -3,6 +3,7 @@ pub mod app;
 pub mod cachestore;
 pub mod catalog;
 pub mod chunk;
+pub mod cluster;
 pub mod config;
 pub mod edge;
 pub mod error;

@@ -118,6 +118,16 @@ metric!(
     )
 );
 metric!(
+    PEER_REJECTED,
+    IntCounterVec,
+    register_int_counter_vec_with_registry!(
+        "orca_peer_requests_rejected_total",
+        "Fill requests from peers refused, by reason (auth = no or wrong shared secret, not_coordinator = 409)",
+        &["reason"],
+        REGISTRY
+    )
+);
+metric!(
     CLUSTER_PEERS,
     IntGauge,
     register_int_gauge_with_registry!(

@@ -42,11 +42,43 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 /// A piece of chunk bytes or the reason the chunk failed.
 pub type PieceResult = Result<Bytes, OriginError>;
 
+/// Why a fill request did not deliver its chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FillError {
+    /// The object's own failure (not found, changed, origin down...), as the fill service
+    /// reported it: the same anywhere, so it goes to the client.
+    Origin(OriginError),
+    /// 409: the peer does not coordinate this chunk in its own view.
+    NotCoordinator,
+    /// 403: the peer refused this replica's shared secret.
+    Refused,
+    /// No answer: connecting, sending or reading the header failed.
+    Unreachable(String),
+    /// The answer broke off after its header (the bytes before went to the caller).
+    Broken(String),
+}
+
+impl FillError {
+    /// The error a client sees when nothing else can be tried.
+    pub fn into_origin(self) -> OriginError {
+        match self {
+            FillError::Origin(e) => e,
+            FillError::NotCoordinator => {
+                OriginError::Transient("fill service is not the coordinator".into())
+            }
+            FillError::Refused => OriginError::Transient("fill service refused the secret".into()),
+            FillError::Unreachable(m) | FillError::Broken(m) => OriginError::Transient(m),
+        }
+    }
+}
+
 /// A client of one fill service.
 pub struct FillClient {
     target: Target,
     authority: String,
     read_timeout: Duration,
+    /// The cluster's shared secret, sent to peers.
+    secret: Option<String>,
 }
 
 // One client per peer, made once: the size of the larger variant does not matter.
@@ -69,7 +101,7 @@ enum Target {
 impl FillClient {
     /// A client of the fill service at `addr` (another replica). `read_timeout` bounds the
     /// wait for each piece, which includes waiting on another caller's origin fill.
-    pub fn remote(addr: SocketAddr, read_timeout: Duration) -> Self {
+    pub fn remote(addr: SocketAddr, read_timeout: Duration, secret: Option<String>) -> Self {
         let mut peer = make_peer(addr, false, "", read_timeout);
         peer.options.connection_timeout = Some(Duration::from_secs(10));
         peer.options.total_connection_timeout = Some(Duration::from_secs(10));
@@ -80,6 +112,7 @@ impl FillClient {
             },
             authority: addr.to_string(),
             read_timeout,
+            secret,
         }
     }
 
@@ -95,6 +128,7 @@ impl FillClient {
             },
             authority: "orca.internal".to_string(),
             read_timeout,
+            secret: None,
         }
     }
 
@@ -143,27 +177,31 @@ impl FillClient {
     }
 
     /// Fetches one chunk (`query` from `FillSpec::query`) and sends bytes `[from, to)` of it
-    /// to `tx`. Returns where the fill service got the bytes. `Err` before anything was sent
-    /// means nothing reached the client yet. The body length is checked against
-    /// `expected_len`: a short body is an error, never a complete chunk.
+    /// to `tx`, adding what it sent to `sent`. Returns where the fill service got the bytes.
+    /// The body length is checked against `expected_len`: a short body is an error, never a
+    /// complete chunk.
     pub async fn fetch(
         &self,
         query: &str,
         expected_len: u64,
-        from: u64,
-        to: u64,
+        (from, to): (u64, u64),
         tx: &UnboundedSender<PieceResult>,
-    ) -> Result<ChunkSource, OriginError> {
-        let transient = |m: String| OriginError::Transient(format!("fill service: {m}"));
+        sent: &mut u64,
+    ) -> Result<ChunkSource, FillError> {
+        let unreachable = |m: String| FillError::Unreachable(format!("fill service: {m}"));
         let mut req =
             RequestHeader::build("GET", format!("/internal/fill?{query}").as_bytes(), None)
-                .map_err(|e| transient(e.to_string()))?;
+                .map_err(|e| unreachable(e.to_string()))?;
         req.insert_header("host", &self.authority)
-            .map_err(|e| transient(e.to_string()))?;
+            .map_err(|e| unreachable(e.to_string()))?;
+        if let Some(secret) = &self.secret {
+            req.insert_header(crate::cluster::SECRET_HEADER, secret)
+                .map_err(|e| unreachable(e.to_string()))?;
+        }
         let mut last_err = None;
         // A pooled connection may have been closed by the server; one retry on a fresh one.
         for attempt in 0..2 {
-            let (mut session, reused) = self.session().await.map_err(transient)?;
+            let (mut session, reused) = self.session().await.map_err(unreachable)?;
             let head = async {
                 session.write_request_header(Box::new(req.clone())).await?;
                 session.finish_request_body().await?;
@@ -171,14 +209,14 @@ impl FillClient {
             }
             .await;
             if let Err(e) = head {
-                last_err = Some(transient(e.to_string()));
+                last_err = Some(unreachable(e.to_string()));
                 if reused && attempt == 0 {
                     continue;
                 }
                 break;
             }
             let Some(resp) = session.response_header().cloned() else {
-                return Err(transient("no response header".into()));
+                return Err(unreachable("no response header".into()));
             };
             let status = resp.status.as_u16();
             if status != 200 {
@@ -190,7 +228,11 @@ impl FillClient {
                     body.extend_from_slice(&piece);
                 }
                 let code = code_from_xml(&body).unwrap_or_default();
-                return Err(OriginError::from_s3_code(&code, status));
+                return Err(match (status, code.as_str()) {
+                    (409, _) => FillError::NotCoordinator,
+                    (403, "AccessDenied") => FillError::Refused,
+                    _ => FillError::Origin(OriginError::from_s3_code(&code, status)),
+                });
             }
             let source = resp
                 .headers
@@ -206,13 +248,16 @@ impl FillClient {
                         let end = offset + piece.len() as u64;
                         offset = end;
                         if end > expected_len {
-                            return Err(transient("fill body longer than the chunk".into()));
+                            return Err(FillError::Broken(
+                                "fill body longer than the chunk".into(),
+                            ));
                         }
                         if end <= from || start >= to {
                             continue;
                         }
                         let lo = from.saturating_sub(start) as usize;
                         let hi = (to.min(end) - start) as usize;
+                        *sent += (hi - lo) as u64;
                         // The client went away: stop; the fill service finishes the fill.
                         if tx.send(Ok(piece.slice(lo..hi))).is_err() {
                             return Ok(source);
@@ -220,20 +265,20 @@ impl FillClient {
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        return Err(transient(format!(
+                        return Err(FillError::Broken(format!(
                             "body cut at {offset} of {expected_len} bytes: {e}"
                         )))
                     }
                 }
             }
             if offset != expected_len {
-                return Err(transient(format!(
+                return Err(FillError::Broken(format!(
                     "body ended at {offset} of {expected_len} bytes"
                 )));
             }
             self.release(session).await;
             return Ok(source);
         }
-        Err(last_err.unwrap_or_else(|| transient("connection failed".into())))
+        Err(last_err.unwrap_or_else(|| unreachable("connection failed".into())))
     }
 }

@@ -8,11 +8,11 @@
 //! hold for long) never starves another request's current chunk, and the process never
 //! buffers more than the budget however many clients there are.
 
-use super::fill_client::PieceResult;
+use super::fill_client::{FillError, PieceResult};
 use crate::app::Orca;
 use crate::chunk::{chunk_span, slice_in_chunk, ByteRange, ChunkId, ObjectVersion};
 use crate::fill::FillSpec;
-use crate::metrics::{ChunkSource, FILL_JOINS};
+use crate::metrics::{ChunkSource, FILL_JOINS, PEER_FILLS};
 use crate::origin::OriginError;
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -134,8 +134,9 @@ impl Pipeline {
 }
 
 /// Reads bytes `[from, to)` of one chunk into `tx`: in-process from a fill in flight or the
-/// store when it is there, else through the fill service (which fetches it from the origin
-/// once, whoever else asks).
+/// store when it is there; else from the chunk's coordinator when that is another replica;
+/// else (or when the coordinator cannot help) through this replica's own fill service, which
+/// fetches it from the origin once, whoever else asks.
 async fn read_chunk(
     orca: Arc<Orca>,
     version: Arc<ObjectVersion>,
@@ -185,15 +186,65 @@ async fn read_chunk(
         id.index,
         version.size,
     );
-    match orca.fill_client.fetch(&query, len, from, to, &tx).await {
-        Ok(source) => source.count(),
-        Err(e) => {
-            if e == OriginError::ETagChanged {
-                orca.metadata.invalidate(&version.bucket, &version.key);
+    let mut sent = 0u64;
+    if let Some(peer) = orca.cluster.coordinator(&id) {
+        if !orca.cluster.is_down(&peer) {
+            match fetch_from_peer(&orca, &peer, &query, len, (from, to), &tx, &mut sent).await {
+                Ok(()) => {
+                    PEER_FILLS.with_label_values(&["ok"]).inc();
+                    ChunkSource::Peer.count();
+                    return;
+                }
+                Err(FillError::Origin(e)) => return fail(&orca, &version, &tx, e),
+                Err(e) => {
+                    let result = if e == FillError::NotCoordinator {
+                        "not_coordinator"
+                    } else {
+                        "error"
+                    };
+                    PEER_FILLS.with_label_values(&[result]).inc();
+                    tracing::debug!(chunk = %id, peer, error = ?e, sent, "peer fill failed; filling locally");
+                    if matches!(e, FillError::Unreachable(_)) {
+                        orca.cluster.mark_down(&peer);
+                    }
+                }
             }
-            let _ = tx.send(Err(e));
         }
     }
+    // Locally, from where the peer left off (nothing was sent twice).
+    let mut more = 0u64;
+    match orca
+        .fill_client
+        .fetch(&query, len, (from + sent, to), &tx, &mut more)
+        .await
+    {
+        Ok(source) => source.count(),
+        Err(e) => fail(&orca, &version, &tx, e.into_origin()),
+    }
+}
+
+async fn fetch_from_peer(
+    orca: &Orca,
+    peer: &str,
+    query: &str,
+    len: u64,
+    range: (u64, u64),
+    tx: &UnboundedSender<PieceResult>,
+    sent: &mut u64,
+) -> Result<(), FillError> {
+    let client = orca
+        .cluster
+        .client(peer)
+        .await
+        .map_err(FillError::Unreachable)?;
+    client.fetch(query, len, range, tx, sent).await.map(|_| ())
+}
+
+fn fail(orca: &Orca, version: &ObjectVersion, tx: &UnboundedSender<PieceResult>, e: OriginError) {
+    if e == OriginError::ETagChanged {
+        orca.metadata.invalidate(&version.bucket, &version.key);
+    }
+    let _ = tx.send(Err(e));
 }
 
 #[cfg(test)]

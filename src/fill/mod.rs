@@ -17,7 +17,9 @@ use crate::app::Orca;
 use crate::cachestore::storage::{cache_key, chunk_meta, ChunkHitHandler};
 use crate::error::S3Error;
 use crate::metadata::backoff;
-use crate::metrics::{ChunkSource, FILLS_INFLIGHT, FILL_JOINS, ORIGIN_BYTES, ORIGIN_REQUESTS};
+use crate::metrics::{
+    ChunkSource, FILLS_INFLIGHT, FILL_JOINS, ORIGIN_BYTES, ORIGIN_REQUESTS, PEER_REJECTED,
+};
 use crate::origin::{header_str, OriginError};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -41,12 +43,51 @@ pub const SOURCE_HEADER: &str = "x-orca-source";
 /// The fill service.
 pub struct FillService {
     orca: Arc<Orca>,
+    /// This replica's own edge calling in-process (trusted, any chunk), rather than peers on
+    /// the listener (shared secret checked, coordinated chunks only).
+    local: bool,
 }
 
 impl FillService {
-    /// A fill service over shared state.
-    pub fn new(orca: Arc<Orca>) -> Self {
-        Self { orca }
+    /// The fill service peers reach on the internal listener.
+    pub fn for_peers(orca: Arc<Orca>) -> Self {
+        Self { orca, local: false }
+    }
+
+    /// The instance this replica's edge calls in-process.
+    pub fn for_local_edge(orca: Arc<Orca>) -> Self {
+        Self { orca, local: true }
+    }
+
+    /// Checks a peer's request: the shared secret, then that this replica coordinates the
+    /// chunk in its own view (else 409: the caller fills locally).
+    fn admit_peer(&self, session: &Session, spec: &FillSpec) -> std::result::Result<(), S3Error> {
+        let cluster = &self.orca.cluster;
+        if let Some(secret) = cluster.secret() {
+            let given = session
+                .req_header()
+                .headers
+                .get(crate::cluster::SECRET_HEADER)
+                .map(|v| v.as_bytes())
+                .unwrap_or_default();
+            if !bool::from(subtle::ConstantTimeEq::ct_eq(given, secret.as_bytes())) {
+                PEER_REJECTED.with_label_values(&["auth"]).inc();
+                return Err(S3Error::new(
+                    403,
+                    "AccessDenied",
+                    "Missing or wrong peer secret.",
+                ));
+            }
+        }
+        if cluster.coordinator(&spec.id).is_some() {
+            PEER_REJECTED.with_label_values(&["not_coordinator"]).inc();
+            return Err(S3Error::new(
+                409,
+                "NotCoordinator",
+                "This replica does not coordinate the chunk; fill it locally.",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -105,6 +146,12 @@ impl ProxyHttp for FillService {
         } else {
             FillSpec::from_query(req.uri.query().unwrap_or(""), &self.orca.config.origin.id)
         };
+        let result = result.and_then(|spec| {
+            if !self.local {
+                self.admit_peer(session, &spec)?;
+            }
+            Ok(spec)
+        });
         match result {
             Ok(spec) => {
                 ctx.spec = Some(spec);
@@ -403,6 +450,12 @@ impl ProxyHttp for FillService {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
+        // A peer's fill that went to the origin is counted here, on the replica that fetched
+        // it; the asking replica counts it as `peer`. Summed over a fleet, `origin` equals the
+        // origin chunk GETs.
+        if !self.local && e.is_none() && ctx.source == Some(ChunkSource::Origin) {
+            ChunkSource::Origin.count();
+        }
         if let Some(spec) = &ctx.spec {
             tracing::debug!(
                 chunk = %spec.id,

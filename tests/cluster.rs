@@ -1,0 +1,282 @@
+//! A fleet of Orca replicas (separate `orca` processes on loopback ports) in front of one moto:
+//! every chunk is fetched from the origin by its coordinator alone, however many clients ask
+//! however many replicas; disagreements and dead peers cost no correct answer.
+//!
+//! Each replica reads the origin through its own counting proxy, so the test knows which
+//! replica fetched which chunk.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use ::orca::chunk::ChunkId;
+use ::orca::cluster::rendezvous;
+use common::*;
+use std::collections::HashMap;
+
+const MIB: usize = 1 << 20;
+const BUCKET: &str = "fleet";
+
+struct Fleet {
+    moto: Moto,
+    proxies: Vec<FaultProxy>,
+    replicas: Vec<OrcaProcess>,
+    /// Each replica's fill address, as the peer lists name it.
+    addrs: Vec<String>,
+}
+
+impl Fleet {
+    /// `n` replicas; `peers_of(i, all)` gives replica i's static peer list.
+    async fn start(
+        n: usize,
+        peers_of: impl Fn(usize, &[String]) -> Vec<String>,
+        extra: &str,
+    ) -> Fleet {
+        let moto = Moto::start();
+        create_bucket(&moto.endpoint(), BUCKET).await;
+        let ports: Vec<OrcaPorts> = (0..n).map(|_| OrcaPorts::free()).collect();
+        let addrs: Vec<String> = ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{}", p.internal))
+            .collect();
+        let mut proxies = Vec::new();
+        let mut replicas = Vec::new();
+        for (i, p) in ports.iter().enumerate() {
+            let proxy = FaultProxy::start(&moto.endpoint());
+            let peers = peers_of(i, &addrs)
+                .iter()
+                .map(|a| format!("\"{a}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let cfg = OrcaConfig::new(&proxy.endpoint())
+                .ports(*p)
+                .env("ORCA_TEST_PEER_SECRET", "fleet-secret")
+                .extra_yaml(&format!(
+                    "cluster:\n  peers: [{peers}]\n  self: \"{}\"\n{extra}",
+                    addrs[i]
+                ));
+            replicas.push(OrcaProcess::start(cfg));
+            proxies.push(proxy);
+        }
+        Fleet {
+            moto,
+            proxies,
+            replicas,
+            addrs,
+        }
+    }
+
+    async fn put(&self, key: &str, data: &[u8]) -> String {
+        let etag = put_object(&self.moto.endpoint(), BUCKET, key, data.to_vec()).await;
+        etag.trim_matches('"').to_string()
+    }
+
+    fn origin_gets(&self) -> usize {
+        self.proxies
+            .iter()
+            .map(|p| p.counts().gets_with_range)
+            .sum()
+    }
+
+    /// The chunk indices each replica fetched from the origin (from its proxy's log).
+    fn fetched_by(&self) -> Vec<Vec<u64>> {
+        self.proxies
+            .iter()
+            .map(|p| {
+                p.counts()
+                    .log
+                    .iter()
+                    .filter_map(|r| r.range.as_deref())
+                    .filter_map(|r| r.strip_prefix("bytes="))
+                    .filter_map(|r| r.split('-').next()?.parse::<u64>().ok())
+                    .map(|start| start / MIB as u64)
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+fn everyone(_: usize, all: &[String]) -> Vec<String> {
+    all.to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_chunk_is_fetched_by_its_coordinator_whichever_replica_the_client_entered() {
+    let fleet = Fleet::start(3, everyone, "").await;
+    let data = deterministic_bytes(24, 24 * MIB);
+    let etag = fleet.put("obj", &data).await;
+    // Enter through each replica in turn: the whole object, then again (warm).
+    for (i, r) in fleet.replicas.iter().enumerate() {
+        let got = http_get(&r.object_url(BUCKET, "obj"), None).await.unwrap();
+        assert_eq!(got.status, 200);
+        assert_eq!(
+            sha256_hex(&got.body),
+            sha256_hex(&data),
+            "through replica {i}"
+        );
+    }
+    assert_eq!(fleet.origin_gets(), 24, "each chunk once across the fleet");
+    let peers = {
+        let mut p = fleet.addrs.clone();
+        p.sort();
+        p
+    };
+    for (i, chunks) in fleet.fetched_by().iter().enumerate() {
+        for index in chunks {
+            let id = ChunkId::from_fields("test-origin", BUCKET, "obj", &etag, MIB as u64, *index);
+            assert_eq!(
+                rendezvous::choose(&peers, &id),
+                Some(fleet.addrs[i].as_str()),
+                "chunk {index} was fetched by replica {i}, not its coordinator"
+            );
+        }
+    }
+    // Per-replica metrics agree: origin reads sum to the origin GETs; the rest came from peers
+    // or the replicas' own stores.
+    let origin: f64 = fleet
+        .replicas
+        .iter()
+        .map(|r| r.metric_value("orca_chunk_reads_total{source=\"origin\"}"))
+        .sum();
+    assert_eq!(origin, 24.0);
+    let peer_ok: f64 = fleet
+        .replicas
+        .iter()
+        .map(|r| r.metric_value("orca_peer_fills_total{result=\"ok\"}"))
+        .sum();
+    assert!(peer_ok >= 2.0 * 16.0 - 1.0, "peer fills: {peer_ok}");
+    for r in &fleet.replicas {
+        assert_eq!(r.metric_value("orca_cluster_peers"), 3.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_and_36_clients_fetch_each_chunk_once() {
+    let fleet = Fleet::start(3, everyone, "").await;
+    let data = deterministic_bytes(36, 24 * MIB);
+    fleet.put("hot", &data).await;
+    let want = sha256_hex(&data);
+    let mut clients = Vec::new();
+    for i in 0..36 {
+        let url = fleet.replicas[i % 3].object_url(BUCKET, "hot");
+        clients.push(tokio::spawn(async move { http_get(&url, None).await }));
+    }
+    for c in clients {
+        let r = c.await.unwrap().unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(sha256_hex(&r.body), want);
+    }
+    assert_eq!(fleet.origin_gets(), 24);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_a_disagreeing_peer_list_still_serves_correctly() {
+    // Replica 2 believes it is alone with replica 0; replicas 0 and 1 see all three. Requests
+    // it sends to a peer that does not coordinate the chunk get 409 and are filled locally.
+    let fleet = Fleet::start(
+        3,
+        |i, all| {
+            if i == 2 {
+                vec![all[0].clone(), all[2].clone()]
+            } else {
+                all.to_vec()
+            }
+        },
+        "",
+    )
+    .await;
+    let data = deterministic_bytes(25, 24 * MIB);
+    fleet.put("split", &data).await;
+    let want = sha256_hex(&data);
+    let mut clients = Vec::new();
+    for i in 0..12 {
+        let url = fleet.replicas[i % 3].object_url(BUCKET, "split");
+        clients.push(tokio::spawn(async move { http_get(&url, None).await }));
+    }
+    for c in clients {
+        let r = c.await.unwrap().unwrap();
+        assert_eq!(sha256_hex(&r.body), want);
+    }
+    let gets = fleet.origin_gets();
+    assert!(
+        (24..=48).contains(&gets),
+        "{gets} origin GETs for 24 chunks"
+    );
+    let refused: f64 = fleet
+        .replicas
+        .iter()
+        .map(|r| r.metric_value("orca_peer_requests_rejected_total{reason=\"not_coordinator\"}"))
+        .sum();
+    let not_coord =
+        fleet.replicas[2].metric_value("orca_peer_fills_total{result=\"not_coordinator\"}");
+    assert_eq!(refused, not_coord);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_replica_mid_read_costs_only_its_own_clients() {
+    let mut fleet = Fleet::start(3, everyone, "").await;
+    let data = deterministic_bytes(26, 24 * MIB);
+    fleet.put("doomed", &data).await;
+    let want = sha256_hex(&data);
+    let mut clients = Vec::new();
+    for i in 0..12 {
+        // Clients of replicas 0 and 1 only; replica 2 dies while they read.
+        let url = fleet.replicas[i % 2].object_url(BUCKET, "doomed");
+        clients.push(tokio::spawn(async move {
+            let client = http_client();
+            let mut resp = client.get(&url).send().await.unwrap();
+            let mut body = Vec::new();
+            while let Some(piece) = resp.chunk().await.unwrap() {
+                body.extend_from_slice(&piece);
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            body
+        }));
+    }
+    // Once it has fetched chunks for its peers, the coordinator of a third of the chunks dies.
+    fleet.replicas[2].wait_metric_at_least(
+        "orca_chunk_reads_total{source=\"origin\"}",
+        1.0,
+        std::time::Duration::from_secs(30),
+    );
+    fleet.replicas[2].kill();
+    for c in clients {
+        let body = c.await.unwrap();
+        assert_eq!(sha256_hex(&body), want);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_must_present_the_shared_secret() {
+    let fleet = Fleet::start(2, everyone, "  shared_secret_env: ORCA_TEST_PEER_SECRET\n").await;
+    let _ = &fleet;
+    let data = deterministic_bytes(27, 8 * MIB);
+    let etag = fleet.put("secret", &data).await;
+    // The fleet itself works: both replicas carry the secret.
+    let r = http_get(&fleet.replicas[0].object_url(BUCKET, "secret"), None)
+        .await
+        .unwrap();
+    assert_eq!(sha256_hex(&r.body), sha256_hex(&data));
+    assert_eq!(fleet.origin_gets(), 8);
+    // A request to the internal port without it: 403, counted.
+    let query = format!(
+        "origin=test-origin&bucket={BUCKET}&key=secret&etag={etag}&chunk_size={MIB}&index=0&object_size={}",
+        data.len()
+    );
+    for (i, r) in fleet.replicas.iter().enumerate() {
+        let resp = http_get(&format!("{}/internal/fill?{query}", r.internal_url()), None)
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 403, "replica {i}: {}", resp.text());
+        assert!(resp.text().contains("AccessDenied"));
+        assert_eq!(
+            r.metric_value("orca_peer_requests_rejected_total{reason=\"auth\"}"),
+            1.0
+        );
+    }
+    let mut by_replica = HashMap::new();
+    for (i, chunks) in fleet.fetched_by().iter().enumerate() {
+        by_replica.insert(i, chunks.len());
+    }
+    assert_eq!(by_replica.values().sum::<usize>(), 8);
+}
