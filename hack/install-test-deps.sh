@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Orca's tests and demo need and a fresh Debian bookworm machine lacks:
-#   - cmake (pingora's flate2 builds zlib-ng with it) and curl, from apt;
-#   - moto[server] 5.2.x, boto3 and awscli, from PyPI with `python3 -m pip`.
+#   - cmake (pingora's flate2 builds zlib-ng with it), curl and rclone, from apt;
+#   - moto[server] 5.2.x, boto3 (with its crt extra), awscli and pyarrow, from PyPI with
+#     `python3 -m pip`.
 # Idempotent and quiet when everything is present; prints one line per thing it installs.
 # Used by hack/test.sh and hack/demo.sh.
 set -euo pipefail
@@ -22,7 +23,7 @@ as_root() {
 # --- apt packages ------------------------------------------------------------------------------
 
 apt_missing=()
-for cmd in cmake curl; do
+for cmd in cmake curl rclone; do
     if ! command -v "$cmd" >/dev/null 2>&1; then
         apt_missing+=("$cmd")
     fi
@@ -96,8 +97,26 @@ if ! command -v aws >/dev/null 2>&1; then
     log "installed awscli ($(aws --version 2>&1 | cut -d' ' -f1))"
 fi
 
+# The crt extra (awscrt) at the boto3 version already installed, so pip keeps the botocore that
+# awscli pins; both must still work afterwards.
+if ! python3 -c 'import awscrt' >/dev/null 2>&1; then
+    pip_install "boto3[crt]==$(python3 -c 'import boto3; print(boto3.__version__)')"
+    rehash
+    if ! aws --version >/dev/null 2>&1 || ! python3 -c 'import boto3, awscrt' >/dev/null 2>&1; then
+        log "boto3[crt] broke aws or boto3: check their botocore pins" >&2
+        exit 1
+    fi
+    log "installed boto3[crt] (awscrt $(python3 -c 'import awscrt; print(awscrt.__version__)'))"
+fi
+
+if ! python3 -c 'import pyarrow.fs, pyarrow.parquet' >/dev/null 2>&1; then
+    pip_install pyarrow
+    rehash
+    log "installed pyarrow $(python3 -c 'import pyarrow; print(pyarrow.__version__)')"
+fi
+
 # Fail loudly now rather than in the middle of a test run.
-for cmd in cmake curl moto_server aws; do
+for cmd in cmake curl rclone moto_server aws; do
     if ! command -v "$cmd" >/dev/null 2>&1; then
         log "$cmd still missing after install (is pip's bin directory on PATH?)" >&2
         exit 1

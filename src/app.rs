@@ -4,6 +4,7 @@
 //! connectors and tasks are created lazily inside its runtimes.
 
 use crate::cachestore::fs::FsStore;
+use crate::cachestore::s3::S3Store;
 use crate::cachestore::storage::ChunkStorage;
 use crate::cachestore::CacheStore;
 use crate::cluster::{Cluster, PeerSource};
@@ -14,8 +15,9 @@ use crate::edge::EdgeService;
 use crate::fill::FillService;
 use crate::metadata::{MetadataCache, OriginHealth};
 use crate::ops::OpsService;
-use crate::origin::s3::{S3Auth, S3Origin};
+use crate::origin::s3::S3Origin;
 use crate::origin::Origin;
+use crate::s3::{S3Auth, S3Client};
 use anyhow::{bail, Context};
 use aws_credential_types::Credentials;
 use pingora::apps::http_app::HttpServer;
@@ -25,7 +27,6 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora_proxy::{http_proxy, http_proxy_service_with_name};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -52,8 +53,8 @@ pub struct Orca {
     pub fill_client: FillClient,
     /// The peer set and each chunk's coordinator.
     pub cluster: Arc<Cluster>,
-    /// The cache store passed its start-up checks.
-    pub store_ready: AtomicBool,
+    /// Why the cache store failed its start-up checks, if it did (`/readyz` says it).
+    pub store_problem: Option<String>,
 }
 
 impl Orca {
@@ -62,38 +63,57 @@ impl Orca {
     pub fn build(config: Config) -> anyhow::Result<Arc<Self>> {
         let timeout = config.limits.origin_timeout;
         let origin: Arc<dyn Origin> = match &config.origin.driver {
-            OriginDriver::S3(s3) => {
-                let auth = match &s3.credentials {
-                    S3Credentials::Anonymous => S3Auth::Anonymous,
-                    S3Credentials::Static {
-                        access_key_id,
-                        secret_access_key,
-                        session_token,
-                    } => S3Auth::Sign(Credentials::new(
-                        access_key_id,
-                        secret_access_key,
-                        session_token.clone(),
-                        None,
-                        "orca-config",
-                    )),
-                };
-                Arc::new(
-                    S3Origin::new(&s3.endpoint, &s3.region, s3.path_style, auth, timeout)
-                        .map_err(anyhow::Error::msg)
-                        .context("origin.s3.endpoint")?,
+            OriginDriver::S3(s3) => Arc::new(
+                S3Origin::new(
+                    &s3.endpoint,
+                    &s3.region,
+                    s3.path_style,
+                    s3_auth(&s3.credentials),
+                    timeout,
                 )
-            }
-            OriginDriver::AzureBlob(_) => {
-                bail!("origin.driver: azureblob is not available in this build yet")
-            }
+                .map_err(anyhow::Error::msg)
+                .context("origin.s3.endpoint")?,
+            ),
+            OriginDriver::AzureBlob(az) => Arc::new(
+                crate::origin::azureblob::AzureBlobOrigin::from_config(az, timeout)
+                    .map_err(anyhow::Error::msg)
+                    .context("origin.azureblob")?,
+            ),
         };
+        let mut store_problem = None;
         let store: Arc<dyn CacheStore> = match &config.cachestore {
             CacheStoreConfig::Fs { root } => Arc::new(
                 FsStore::open(root)
                     .with_context(|| format!("cachestore.fs.root {}", root.display()))?,
             ),
-            CacheStoreConfig::S3 { .. } => {
-                bail!("cachestore.driver: s3 is not available in this build yet")
+            CacheStoreConfig::S3 {
+                endpoint,
+                region,
+                bucket,
+                path_style,
+                credentials,
+            } => {
+                let client = |t| {
+                    S3Client::new(endpoint, region, *path_style, s3_auth(credentials), t)
+                        .map_err(anyhow::Error::msg)
+                        .context("cachestore.s3.endpoint")
+                };
+                // The checks run now, before Pingora starts, on a runtime and a client of
+                // their own: nothing of them survives into the server's runtimes.
+                let checker = S3Store::new(client(timeout)?, bucket);
+                let verdict = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("runtime for the cache store checks")?
+                    .block_on(checker.check())
+                    .map_err(anyhow::Error::msg)?;
+                let mut s3 = S3Store::new(client(timeout)?, bucket);
+                if let Some(reason) = verdict {
+                    tracing::error!(%reason, "cache store refused for commits");
+                    s3.refuse_commits(reason.clone());
+                    store_problem = Some(reason);
+                }
+                Arc::new(s3)
             }
         };
         let storage: &'static ChunkStorage = Box::leak(Box::new(ChunkStorage::new(
@@ -125,7 +145,7 @@ impl Orca {
             health,
             fill_client,
             cluster,
-            store_ready: AtomicBool::new(true),
+            store_problem,
         }))
     }
 
@@ -144,8 +164,8 @@ impl Orca {
     /// listener is closed with the others, so probes see the replica go away.
     pub fn readiness_problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        if !self.store_ready.load(Ordering::Relaxed) {
-            problems.push("cache store failed its start-up checks".to_string());
+        if let Some(p) = &self.store_problem {
+            problems.push(p.clone());
         }
         if !self.health.credentials_ok() {
             problems.push(format!(
@@ -154,6 +174,24 @@ impl Orca {
             ));
         }
         problems
+    }
+}
+
+/// The signing identity of a credentials section.
+fn s3_auth(credentials: &S3Credentials) -> S3Auth {
+    match credentials {
+        S3Credentials::Anonymous => S3Auth::Anonymous,
+        S3Credentials::Static {
+            access_key_id,
+            secret_access_key,
+            session_token,
+        } => S3Auth::Sign(Credentials::new(
+            access_key_id,
+            secret_access_key,
+            session_token.clone(),
+            None,
+            "orca-config",
+        )),
     }
 }
 

@@ -12,4 +12,5 @@ pub mod metadata;
 pub mod metrics;
 pub mod ops;
 pub mod origin;
+pub mod s3;
 pub mod telemetry;

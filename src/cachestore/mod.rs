@@ -7,6 +7,7 @@
 //! the presence catalog.
 
 pub mod fs;
+pub mod s3;
 pub mod storage;
 
 use crate::chunk::ChunkId;

@@ -45,10 +45,16 @@ pub enum S3Request {
     ListBuckets,
 }
 
-/// Query parameters that never change what is read: presigned-URL and SDK parameters.
+/// Query parameters that never change what is read: presigned-URL parameters (SigV4's
+/// `X-Amz-*`, and SigV2's `AWSAccessKeyId`, `Signature`, `Expires`, which boto3 still makes by
+/// default for us-east-1) and SDK markers.
 fn is_neutral_param(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
-    lower.starts_with("x-amz-") || lower == "x-id"
+    lower.starts_with("x-amz-")
+        || matches!(
+            lower.as_str(),
+            "x-id" | "awsaccesskeyid" | "signature" | "expires"
+        )
 }
 
 /// `response-*` overrides of response headers (GetObject / HeadObject).
@@ -143,6 +149,7 @@ pub fn parse(req: &RequestHeader, edge: &EdgeConfig) -> Result<S3Request, S3Erro
         return Err(S3Error::method_not_allowed());
     }
     let path = req.uri.path();
+    // Host names are case-insensitive; bucket names are lowercase.
     let host = req
         .headers
         .get("host")
@@ -156,10 +163,11 @@ pub fn parse(req: &RequestHeader, edge: &EdgeConfig) -> Result<S3Request, S3Erro
                 }
             })
         })
-        .unwrap_or("");
+        .unwrap_or("")
+        .to_ascii_lowercase();
     let rest = path.strip_prefix('/').unwrap_or(path);
     let virtual_bucket = edge.virtual_host_suffix.as_deref().and_then(|suffix| {
-        host.strip_suffix(suffix)
+        host.strip_suffix(suffix.to_ascii_lowercase().as_str())
             .and_then(|b| b.strip_suffix('.'))
             .filter(|b| !b.is_empty())
     });
@@ -191,9 +199,11 @@ pub fn parse(req: &RequestHeader, edge: &EdgeConfig) -> Result<S3Request, S3Erro
         let request = list_request(&params)?;
         return Ok(S3Request::ListObjects { bucket, request });
     }
-    for (name, _) in &params {
+    for (name, value) in &params {
         let overriding = RESPONSE_OVERRIDES.iter().any(|(p, _)| p == name);
-        if !overriding && !is_neutral_param(name) {
+        // The "null" version of an unversioned object is the object itself.
+        let null_version = name == "versionId" && value == "null";
+        if !overriding && !null_version && !is_neutral_param(name) {
             return Err(not_implemented(&format!(
                 "the {name:?} sub-resource or parameter"
             )));
@@ -352,6 +362,8 @@ mod tests {
     #[test]
     fn presigned_parameters_do_not_change_the_object() {
         let e = edge(None, &[]);
+        let v2 = "/b/k?AWSAccessKeyId=AK&Signature=abc%3D&Expires=1700000000&versionId=null";
+        assert_eq!(parse(&req("GET", v2, "h"), &e), Ok(get("b", "k")));
         let p = "/b/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=abc&x-id=GetObject&response-content-type=text%2Fplain";
         assert_eq!(parse(&req("GET", p, "h"), &e), Ok(get("b", "k")));
     }

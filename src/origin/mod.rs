@@ -4,6 +4,7 @@
 //! the fill service sends through Pingora. Every answer maps to a small typed set,
 //! [`OriginError`], and from there to exactly one S3 error the edge can send.
 
+pub mod azureblob;
 pub mod http;
 pub mod s3;
 

@@ -1,25 +1,17 @@
 //! The S3 origin driver: SigV4-signed HEAD and ranged GET against AWS S3 or any S3-compatible
 //! endpoint, path-style or virtual-hosted.
 
-use super::http::{exchange, make_peer, Endpoint, ExchangeError, Resolver};
+use super::http::ExchangeError;
 use super::{
-    classify_status, encode_key, header_str, unquote_etag, ListRequest, ObjectMeta, Origin,
-    OriginError,
+    classify_status, header_str, unquote_etag, ListRequest, ObjectMeta, Origin, OriginError,
 };
 use crate::metrics::ORIGIN_REQUESTS;
+use crate::s3::S3Client;
 use async_trait::async_trait;
-use aws_credential_types::Credentials;
-use aws_sigv4::http_request::{
-    sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings,
-    UriPathNormalizationMode,
-};
-use aws_sigv4::sign::v4;
 use bytes::Bytes;
-use once_cell::sync::OnceCell;
-use pingora::connectors::http::Connector;
 use pingora::upstreams::peer::HttpPeer;
 use pingora_http::RequestHeader;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// Largest listing answer read from the origin (1000 keys of 1 KiB each fit many times over).
 const MAX_LIST_BODY: usize = 64 << 20;
@@ -34,37 +26,14 @@ const PASSTHROUGH: &[&str] = &[
     "x-amz-server-side-encryption",
     "x-amz-storage-class",
     "x-amz-version-id",
+    "x-amz-tagging-count",
 ];
 
-/// Signing identity: static keys, or none for public buckets.
-#[derive(Clone)]
-pub enum S3Auth {
-    /// Sign with these credentials.
-    Sign(Credentials),
-    /// Send unsigned requests (public buckets).
-    Anonymous,
-}
-
-impl std::fmt::Debug for S3Auth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print secrets.
-        match self {
-            S3Auth::Sign(c) => write!(f, "Sign({})", c.access_key_id()),
-            S3Auth::Anonymous => write!(f, "Anonymous"),
-        }
-    }
-}
+pub use crate::s3::S3Auth;
 
 /// An S3 or S3-compatible origin.
 pub struct S3Origin {
-    endpoint: Endpoint,
-    region: String,
-    path_style: bool,
-    auth: S3Auth,
-    timeout: Duration,
-    resolver: Resolver,
-    // Built on first use, inside a runtime: nothing is spawned before Pingora forks.
-    connector: OnceCell<Connector>,
+    client: S3Client,
 }
 
 impl S3Origin {
@@ -77,42 +46,16 @@ impl S3Origin {
         timeout: Duration,
     ) -> Result<Self, String> {
         Ok(Self {
-            endpoint: Endpoint::parse(endpoint)?,
-            region: region.to_string(),
-            path_style,
-            auth,
-            timeout,
-            resolver: Resolver::default(),
-            connector: OnceCell::new(),
+            client: S3Client::new(endpoint, region, path_style, auth, timeout)?,
         })
     }
 
-    fn connector(&self) -> &Connector {
-        self.connector.get_or_init(|| Connector::new(None))
-    }
-
-    /// The host name requests for `bucket` go to.
-    fn host_for(&self, bucket: &str) -> String {
-        if self.path_style {
-            self.endpoint.host.clone()
-        } else {
-            format!("{bucket}.{}", self.endpoint.host)
-        }
-    }
-
-    /// The origin-form path of `bucket/key`, or of the bucket itself when `key` is `None`
-    /// (`/bucket` path-style, as the SDKs send it, or `/` virtual-hosted).
+    /// The origin-form path of `bucket/key` (or of the bucket itself when `key` is `None`).
     pub fn path_for(&self, bucket: &str, key: Option<&str>) -> String {
-        match (self.path_style, key) {
-            (true, Some(key)) => format!("/{}/{}", encode_key(bucket), encode_key(key)),
-            (true, None) => format!("/{}", encode_key(bucket)),
-            (false, Some(key)) => format!("/{}", encode_key(key)),
-            (false, None) => "/".to_string(),
-        }
+        self.client.path_for(bucket, key)
     }
 
-    /// Builds and signs a request. `query` is already encoded (`a=b&c=d`, sorted or not: the
-    /// signer canonicalizes it).
+    /// Builds and signs a request (see [`S3Client::signed_request`]).
     pub fn signed_request(
         &self,
         method: &str,
@@ -121,54 +64,9 @@ impl S3Origin {
         query: &str,
         extra: &[(&str, &str)],
     ) -> Result<RequestHeader, OriginError> {
-        let host = self.endpoint.authority_for(&self.host_for(bucket));
-        let mut path = self.path_for(bucket, key);
-        if !query.is_empty() {
-            path.push('?');
-            path.push_str(query);
-        }
-        let mut req = RequestHeader::build(method, path.as_bytes(), Some(8))
-            .map_err(|e| OriginError::Protocol(format!("cannot build request: {e}")))?;
-        let bad = |e: pingora_error::BError| OriginError::Protocol(format!("bad header: {e}"));
-        req.insert_header("host", &host).map_err(bad)?;
-        for (name, value) in extra {
-            req.insert_header(name.to_string(), *value).map_err(bad)?;
-        }
-        if let S3Auth::Sign(creds) = &self.auth {
-            let scheme = if self.endpoint.tls { "https" } else { "http" };
-            let url = format!("{scheme}://{host}{path}");
-            let mut headers: Vec<(&str, &str)> = vec![("host", host.as_str())];
-            headers.extend(extra.iter().copied());
-            let mut settings = SigningSettings::default();
-            // The key is encoded once, by encode_key, and signed as sent.
-            settings.percent_encoding_mode = PercentEncodingMode::Single;
-            settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
-            settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
-            let identity = creds.clone().into();
-            let params = v4::SigningParams::builder()
-                .identity(&identity)
-                .region(&self.region)
-                .name("s3")
-                .time(SystemTime::now())
-                .settings(settings)
-                .build()
-                .map_err(|e| OriginError::Protocol(format!("signing parameters: {e}")))?
-                .into();
-            let signable = SignableRequest::new(
-                method,
-                url,
-                headers.into_iter(),
-                SignableBody::UnsignedPayload,
-            )
-            .map_err(|e| OriginError::Protocol(format!("cannot sign: {e}")))?;
-            let (instructions, _) = sign(signable, &params)
-                .map_err(|e| OriginError::Protocol(format!("cannot sign: {e}")))?
-                .into_parts();
-            for (name, value) in instructions.headers() {
-                req.insert_header(name.to_string(), value).map_err(bad)?;
-            }
-        }
-        Ok(req)
+        self.client
+            .signed_request(method, bucket, key, query, extra)
+            .map_err(OriginError::Protocol)
     }
 
     /// Sends a signed request without a body and returns the whole (bounded) answer.
@@ -179,8 +77,7 @@ impl S3Origin {
         req: RequestHeader,
         max_body: usize,
     ) -> Result<super::http::Response, OriginError> {
-        let peer = self.chunk_peer(bucket).await?;
-        match exchange(self.connector(), &peer, req, max_body, self.timeout).await {
+        match self.client.send(bucket, req, max_body).await {
             Ok(resp) => {
                 ORIGIN_REQUESTS
                     .with_label_values(&[op, resp.header.status.as_str()])
@@ -284,17 +181,14 @@ impl Origin for S3Origin {
     }
 
     fn region(&self) -> &str {
-        &self.region
+        self.client.region()
     }
 
     async fn chunk_peer(&self, bucket: &str) -> Result<HttpPeer, OriginError> {
-        let host = self.host_for(bucket);
-        let addr = self
-            .resolver
-            .resolve(&host, self.endpoint.port)
+        self.client
+            .peer(bucket)
             .await
-            .map_err(|e| OriginError::Transient(format!("cannot resolve {host}: {e}")))?;
-        Ok(make_peer(addr, self.endpoint.tls, &host, self.timeout))
+            .map_err(OriginError::Transient)
     }
 
     fn chunk_request(
@@ -320,6 +214,7 @@ impl Origin for S3Origin {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aws_credential_types::Credentials;
 
     fn origin(path_style: bool) -> S3Origin {
         S3Origin::new(

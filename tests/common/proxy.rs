@@ -48,6 +48,9 @@ pub enum Fault {
     StallBodyAfter(usize, Duration),
     /// Close the downstream connection without answering (after reading the request).
     CloseWithoutResponse,
+    /// Forward the request without this header (case-insensitive), as a store that ignores
+    /// it would behave (e.g. `If-None-Match` on a PUT).
+    StripRequestHeader(String),
 }
 
 /// A fault with the predicate selecting the requests it applies to, and how many times.
@@ -861,8 +864,12 @@ async fn serve_one(down: &mut Conn, upstream: &str, shared: &Shared) -> io::Resu
         "{} {} HTTP/1.1\r\n",
         request.method, request.target_or_reason
     );
+    let stripped = match &fault {
+        Some(Fault::StripRequestHeader(h)) => Some(h.as_str()),
+        _ => None,
+    };
     for (name, value) in &request.headers {
-        if !is_hop_header(name) {
+        if !is_hop_header(name) && !stripped.is_some_and(|h| name.eq_ignore_ascii_case(h)) {
             forward.push_str(&format!("{name}: {value}\r\n"));
         }
     }

@@ -119,7 +119,7 @@ pub fn parse_enumeration(xml: &[u8]) -> Result<AzurePage, String> {
             Event::GeneralRef(r) => {
                 let c = match r.resolve_char_ref() {
                     Ok(Some(c)) => c,
-                    Ok(None) => match r.as_ref() {
+                    Ok(None) => match &*r {
                         b"amp" => '&',
                         b"lt" => '<',
                         b"gt" => '>',
@@ -146,9 +146,10 @@ pub fn parse_enumeration(xml: &[u8]) -> Result<AzurePage, String> {
                     (b"Name", Some(b"Blob")) => blob.name = Some(decode_name(value, encoded)?),
                     (b"Name", Some(b"BlobPrefix")) => prefix = Some(decode_name(value, encoded)?),
                     (b"Content-Length", Some(b"Properties")) => {
-                        blob.size = Some(value.trim().parse().map_err(|_| {
-                            format!("List Blobs XML: Content-Length {value:?}")
-                        })?);
+                        blob.size =
+                            Some(value.trim().parse().map_err(|_| {
+                                format!("List Blobs XML: Content-Length {value:?}")
+                            })?);
                     }
                     (b"Etag", Some(b"Properties")) => blob.etag = Some(value),
                     (b"Last-Modified", Some(b"Properties")) => blob.last_modified = Some(value),
@@ -425,7 +426,11 @@ pub fn render(bucket: &str, request: &ListRequest, max_keys: u32, page: &Collect
     x.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let _ = write!(x, "<ListBucketResult xmlns=\"{S3_XMLNS}\">");
     elem(&mut x, "Name", bucket);
-    elem(&mut x, "Prefix", &enc(request.prefix.as_deref().unwrap_or("")));
+    elem(
+        &mut x,
+        "Prefix",
+        &enc(request.prefix.as_deref().unwrap_or("")),
+    );
     let token = page.next.as_ref().map(Cursor::encode);
     if request.v2 {
         if let Some(t) = &request.continuation_token {
@@ -541,14 +546,12 @@ mod tests {
             matches!(&page.entries[0], Entry::Blob { etag, .. } if etag == "0x8DC2"),
             "{page:?}"
         );
-        let last = parse_enumeration(
-            b"<EnumerationResults><Blobs/><NextMarker/></EnumerationResults>",
-        )
-        .unwrap();
+        let last =
+            parse_enumeration(b"<EnumerationResults><Blobs/><NextMarker/></EnumerationResults>")
+                .unwrap();
         assert_eq!(last, AzurePage::default());
-        assert!(parse_enumeration(b"<EnumerationResults><Blobs><Blob>").is_ok_and(|p| p
-            .entries
-            .is_empty()));
+        assert!(parse_enumeration(b"<EnumerationResults><Blobs><Blob>")
+            .is_ok_and(|p| p.entries.is_empty()));
         assert!(parse_enumeration(b"<a></b>").is_err());
     }
 
@@ -621,14 +624,16 @@ mod tests {
 
         fn page(&self, marker: Option<String>, n: u32) -> Result<AzurePage, OriginError> {
             self.calls.lock().unwrap().push((marker.clone(), n));
-            let mut i: usize = marker.map_or(0, |m| m.strip_prefix("idx").unwrap().parse().unwrap());
+            let mut i: usize =
+                marker.map_or(0, |m| m.strip_prefix("idx").unwrap().parse().unwrap());
             let mut entries = Vec::new();
             let limit = (n as usize).min(self.cap);
             while i < self.names.len() && entries.len() < limit {
                 let name = &self.names[i];
-                let rolled = self.delimiter.as_deref().and_then(|d| {
-                    name.find(d).map(|at| name[..at + d.len()].to_string())
-                });
+                let rolled = self
+                    .delimiter
+                    .as_deref()
+                    .and_then(|d| name.find(d).map(|at| name[..at + d.len()].to_string()));
                 match rolled {
                     Some(p) => {
                         while i < self.names.len() && self.names[i].starts_with(&p) {
@@ -817,8 +822,14 @@ mod tests {
         let xml = String::from_utf8(render("bkt", &v1, 1000, &page).to_vec()).unwrap();
         assert!(xml.contains("<Key>d/a+b &lt;c&gt;.txt</Key>"), "{xml}");
         assert!(xml.contains("<Marker>a&lt;b</Marker>"), "{xml}");
-        assert!(xml.contains(&format!("<NextMarker>{token}</NextMarker>")), "{xml}");
-        assert!(!xml.contains("KeyCount") && !xml.contains("Delimiter"), "{xml}");
+        assert!(
+            xml.contains(&format!("<NextMarker>{token}</NextMarker>")),
+            "{xml}"
+        );
+        assert!(
+            !xml.contains("KeyCount") && !xml.contains("Delimiter"),
+            "{xml}"
+        );
         let done = Collected::default();
         let xml = String::from_utf8(render("bkt", &v1, 1000, &done).to_vec()).unwrap();
         assert!(xml.contains("<IsTruncated>false</IsTruncated>") && !xml.contains("NextMarker"));

@@ -284,7 +284,8 @@ mod tests {
         assert_eq!(auth, AZURITE_VECTOR);
     }
 
-    const AZURITE_VECTOR: &str = "SharedKey devstoreaccount1:PLACEHOLDER";
+    const AZURITE_VECTOR: &str =
+        "SharedKey devstoreaccount1:0vFHKed8LDuYVZPcAhLPeUvf+qRUT5wvZVYlXCBdgA8=";
 
     #[test]
     fn dates_are_rfc1123() {

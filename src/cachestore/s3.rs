@@ -1,0 +1,276 @@
+//! The `s3` cache store: chunks as objects in a shared S3-compatible bucket (MinIO, Ceph RGW,
+//! VAST, S3 Express, ...), for a fleet of replicas.
+//!
+//! Objects are named `v1/ab/<object hash>-<index>`. A commit is `PutObject` with
+//! `If-None-Match: *` and a declared `Content-Length`: 412 (or 409, a concurrent conditional
+//! write) means another writer's copy is there, which is success. Hits are ranged GETs streamed
+//! in the pieces the connection delivers, never one buffer per chunk.
+//!
+//! Two start-up checks guard the no-clobber rule. A bucket with versioning enabled or suspended
+//! is refused outright: conditional puts do not protect versions, and old versions would pile
+//! up. A store that ignores `If-None-Match: *` (the second put of a probe object succeeds) is
+//! refused for commits, and `/readyz` says why.
+
+use super::{CacheStore, ChunkRead, CommitOutcome, StoreError};
+use crate::chunk::{ChunkId, CACHE_VERSION};
+use crate::origin::header_str;
+use crate::s3::{S3Body, S3Client};
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::sync::Arc;
+
+/// A cache store in an S3-compatible bucket.
+pub struct S3Store {
+    client: Arc<S3Client>,
+    bucket: String,
+    /// Why commits are refused (the self-test failed), if they are.
+    refused: Option<String>,
+}
+
+fn backend(context: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::io(context.to_string(), std::io::Error::other(e.to_string()))
+}
+
+impl S3Store {
+    /// A store over `client`'s `bucket`. Run [`S3Store::check`] before serving.
+    pub fn new(client: S3Client, bucket: &str) -> Self {
+        Self {
+            client: Arc::new(client),
+            bucket: bucket.to_string(),
+            refused: None,
+        }
+    }
+
+    /// The object name of a chunk.
+    pub fn object_key(id: &ChunkId) -> String {
+        let hex = id.object_hex();
+        format!("v{CACHE_VERSION}/{}/{}", &hex[0..2], id.name())
+    }
+
+    /// The start-up checks. `Err` for a store that must not be used at all (missing or
+    /// versioned bucket, unreachable); `Ok(Some(reason))` when commits must be refused (the
+    /// conditional put is ignored); `Ok(None)` when all is well.
+    pub async fn check(&self) -> Result<Option<String>, StoreError> {
+        let b = &self.bucket;
+        let req = self
+            .client
+            .signed_request("GET", b, None, "versioning=", &[])
+            .map_err(StoreError::Check)?;
+        let resp = self.client.send(b, req, 64 * 1024).await.map_err(|e| {
+            StoreError::Check(format!("cachestore.s3: bucket {b:?} unreachable: {e}"))
+        })?;
+        match resp.header.status.as_u16() {
+            200 => {}
+            404 => {
+                return Err(StoreError::Check(format!(
+                    "cachestore.s3.bucket: bucket {b:?} does not exist"
+                )))
+            }
+            s => {
+                return Err(StoreError::Check(format!(
+                    "cachestore.s3: bucket {b:?} answered {s} to GetBucketVersioning (check the credentials)"
+                )))
+            }
+        }
+        let text = String::from_utf8_lossy(&resp.body);
+        for state in ["Enabled", "Suspended"] {
+            if text.contains(&format!("<Status>{state}</Status>")) {
+                return Err(StoreError::Check(format!(
+                    "cachestore.s3.bucket: bucket {b:?} has versioning {state}; Orca needs an unversioned bucket (no-clobber puts do not protect versions)"
+                )));
+            }
+        }
+        // Self-test: the second no-clobber put of one probe object must be refused.
+        let probe = format!(
+            "orca-selftest/{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        );
+        let body = [Bytes::from_static(b"orca no-clobber self-test")];
+        let first = self.put_if_absent(&probe, &body).await?;
+        let second = self.put_if_absent(&probe, &body).await?;
+        self.delete(&probe).await;
+        if first != CommitOutcome::Committed {
+            return Err(StoreError::Check(format!(
+                "cachestore.s3: a fresh probe object {probe:?} already existed"
+            )));
+        }
+        if second == CommitOutcome::Committed {
+            return Ok(Some(format!(
+                "cache store bucket {b:?} ignores If-None-Match: * (a second no-clobber put succeeded); commits are off"
+            )));
+        }
+        Ok(None)
+    }
+
+    /// Turns commits off for the reason given (the self-test failed).
+    pub fn refuse_commits(&mut self, reason: String) {
+        self.refused = Some(reason);
+    }
+
+    async fn put_if_absent(
+        &self,
+        key: &str,
+        pieces: &[Bytes],
+    ) -> Result<CommitOutcome, StoreError> {
+        let resp = self
+            .client
+            .put(&self.bucket, key, pieces, &[("if-none-match", "*")])
+            .await
+            .map_err(|e| backend(&format!("put {key}"), e))?;
+        match resp.header.status.as_u16() {
+            200 | 201 => Ok(CommitOutcome::Committed),
+            // 412: the object exists. 409: a concurrent conditional write is in progress.
+            412 | 409 => Ok(CommitOutcome::Lost),
+            s => Err(backend(
+                &format!("put {key}"),
+                format!("HTTP {s}: {}", String::from_utf8_lossy(&resp.body)),
+            )),
+        }
+    }
+
+    async fn delete(&self, key: &str) {
+        if let Ok(req) = self
+            .client
+            .signed_request("DELETE", &self.bucket, Some(key), "", &[])
+        {
+            let _ = self.client.send(&self.bucket, req, 64 * 1024).await;
+        }
+    }
+}
+
+#[async_trait]
+impl CacheStore for S3Store {
+    async fn stat(&self, id: &ChunkId) -> Result<Option<u64>, StoreError> {
+        let key = Self::object_key(id);
+        let req = self
+            .client
+            .signed_request("HEAD", &self.bucket, Some(&key), "", &[])
+            .map_err(|e| backend("stat", e))?;
+        let resp = self
+            .client
+            .send(&self.bucket, req, 64 * 1024)
+            .await
+            .map_err(|e| backend(&format!("stat {key}"), e))?;
+        match resp.header.status.as_u16() {
+            200 => Ok(header_str(&resp.header, "content-length").and_then(|v| v.parse().ok())),
+            404 => Ok(None),
+            s => Err(backend(&format!("stat {key}"), format!("HTTP {s}"))),
+        }
+    }
+
+    async fn read(
+        &self,
+        id: &ChunkId,
+        expected_len: u64,
+        from: u64,
+        to: u64,
+    ) -> Result<Option<Box<dyn ChunkRead>>, StoreError> {
+        let key = Self::object_key(id);
+        let to = to.min(expected_len);
+        if from >= to {
+            return Ok(Some(Box::new(S3Reader {
+                body: None,
+                left: 0,
+            })));
+        }
+        let (header, body) = self
+            .client
+            .get_stream(&self.bucket, &key, Some((from, to - 1)))
+            .await
+            .map_err(|e| backend(&format!("get {key}"), e))?;
+        match header.status.as_u16() {
+            206 | 200 => {}
+            404 => return Ok(None),
+            s => {
+                let text = body.text().await;
+                return Err(backend(&format!("get {key}"), format!("HTTP {s}: {text}")));
+            }
+        }
+        // The stored object must have the chunk's exact length (Content-Range's total).
+        let total = header_str(&header, "content-range")
+            .and_then(|r| r.rsplit('/').next())
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .or_else(|| header_str(&header, "content-length").and_then(|v| v.parse().ok()));
+        if total != Some(expected_len) {
+            drop(body);
+            self.delete(&key).await;
+            return Err(StoreError::Corrupt {
+                name: id.name(),
+                found: total.unwrap_or(0),
+                expected: expected_len,
+            });
+        }
+        Ok(Some(Box::new(S3Reader {
+            body: Some(body),
+            left: to - from,
+        })))
+    }
+
+    async fn commit(
+        &self,
+        id: &ChunkId,
+        pieces: Vec<Bytes>,
+        len: u64,
+    ) -> Result<CommitOutcome, StoreError> {
+        let got: u64 = pieces.iter().map(|p| p.len() as u64).sum();
+        if got != len {
+            return Err(StoreError::LengthMismatch {
+                name: id.name(),
+                got,
+                declared: len,
+            });
+        }
+        if let Some(reason) = &self.refused {
+            return Err(StoreError::Check(reason.clone()));
+        }
+        self.put_if_absent(&Self::object_key(id), &pieces).await
+    }
+
+    fn driver(&self) -> &'static str {
+        "s3"
+    }
+}
+
+/// Streams a ranged GET of a stored chunk; a body that ends early is an error.
+struct S3Reader {
+    body: Option<S3Body>,
+    left: u64,
+}
+
+#[async_trait]
+impl ChunkRead for S3Reader {
+    async fn next_piece(&mut self) -> Result<Option<Bytes>, StoreError> {
+        let Some(body) = self.body.as_mut() else {
+            return Ok(None);
+        };
+        match body.next().await.map_err(|e| backend("read chunk", e))? {
+            Some(piece) => {
+                let n = (piece.len() as u64).min(self.left);
+                self.left -= n;
+                Ok(Some(piece.slice(..n as usize)))
+            }
+            None if self.left == 0 => {
+                self.body = None;
+                Ok(None)
+            }
+            None => Err(backend(
+                "read chunk",
+                format!("{} bytes missing", self.left),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_keys_are_versioned_and_fanned_out() {
+        let id = ChunkId::from_fields("o", "b", "k", "e", 10, 3);
+        let key = S3Store::object_key(&id);
+        assert!(key.starts_with(&format!("v1/{}/", &id.object_hex()[..2])));
+        assert!(key.ends_with("-3"));
+    }
+}

@@ -1,0 +1,347 @@
+//! A small S3 client over Pingora's connector: SigV4-signed requests (aws-sigv4), path-style
+//! or virtual-hosted addressing, async cached DNS, pooled connections. The S3 origin driver and
+//! the shared S3 cache store both use it; it knows nothing of chunks or of origins.
+
+use crate::origin::encode_key;
+use crate::origin::http::{exchange, make_peer, Endpoint, ExchangeError, Resolver, Response};
+use aws_credential_types::Credentials;
+use aws_sigv4::http_request::{
+    sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings,
+    UriPathNormalizationMode,
+};
+use aws_sigv4::sign::v4;
+use bytes::Bytes;
+use once_cell::sync::OnceCell;
+use pingora::connectors::http::Connector;
+use pingora::protocols::http::client::HttpSession;
+use pingora::upstreams::peer::{HttpPeer, Peer};
+use pingora_http::{RequestHeader, ResponseHeader};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Signing identity: static keys, or none for public buckets.
+#[derive(Clone)]
+pub enum S3Auth {
+    /// Sign with these credentials.
+    Sign(Credentials),
+    /// Send unsigned requests (public buckets).
+    Anonymous,
+}
+
+impl std::fmt::Debug for S3Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print secrets.
+        match self {
+            S3Auth::Sign(c) => write!(f, "Sign({})", c.access_key_id()),
+            S3Auth::Anonymous => write!(f, "Anonymous"),
+        }
+    }
+}
+
+/// An S3 (or S3-compatible) endpoint with its credentials.
+pub struct S3Client {
+    endpoint: Endpoint,
+    region: String,
+    path_style: bool,
+    auth: S3Auth,
+    timeout: Duration,
+    resolver: Resolver,
+    // Built on first use, inside a runtime: nothing is spawned before Pingora forks.
+    connector: OnceCell<Connector>,
+}
+
+impl S3Client {
+    /// A client of `endpoint` (`http(s)://host[:port]`).
+    pub fn new(
+        endpoint: &str,
+        region: &str,
+        path_style: bool,
+        auth: S3Auth,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        Ok(Self {
+            endpoint: Endpoint::parse(endpoint)?,
+            region: region.to_string(),
+            path_style,
+            auth,
+            timeout,
+            resolver: Resolver::default(),
+            connector: OnceCell::new(),
+        })
+    }
+
+    /// The region requests are signed for.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    fn connector(&self) -> &Connector {
+        self.connector.get_or_init(|| Connector::new(None))
+    }
+
+    /// The host name requests for `bucket` go to.
+    fn host_for(&self, bucket: &str) -> String {
+        if self.path_style {
+            self.endpoint.host.clone()
+        } else {
+            format!("{bucket}.{}", self.endpoint.host)
+        }
+    }
+
+    /// The origin-form path of `bucket/key`, or of the bucket itself when `key` is `None`
+    /// (`/bucket` path-style, as the SDKs send it, or `/` virtual-hosted).
+    pub fn path_for(&self, bucket: &str, key: Option<&str>) -> String {
+        match (self.path_style, key) {
+            (true, Some(key)) => format!("/{}/{}", encode_key(bucket), encode_key(key)),
+            (true, None) => format!("/{}", encode_key(bucket)),
+            (false, Some(key)) => format!("/{}", encode_key(key)),
+            (false, None) => "/".to_string(),
+        }
+    }
+
+    /// Builds and signs a request. `query` is already encoded (`a=b&c=d`); the signer
+    /// canonicalizes it. The payload is signed as `UNSIGNED-PAYLOAD`.
+    pub fn signed_request(
+        &self,
+        method: &str,
+        bucket: &str,
+        key: Option<&str>,
+        query: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<RequestHeader, String> {
+        let host = self.endpoint.authority_for(&self.host_for(bucket));
+        let mut path = self.path_for(bucket, key);
+        if !query.is_empty() {
+            path.push('?');
+            path.push_str(query);
+        }
+        let mut req = RequestHeader::build(method, path.as_bytes(), Some(8))
+            .map_err(|e| format!("cannot build request: {e}"))?;
+        let bad = |e: pingora_error::BError| format!("bad header: {e}");
+        req.insert_header("host", &host).map_err(bad)?;
+        for (name, value) in extra {
+            req.insert_header(name.to_string(), *value).map_err(bad)?;
+        }
+        if let S3Auth::Sign(creds) = &self.auth {
+            let scheme = if self.endpoint.tls { "https" } else { "http" };
+            let url = format!("{scheme}://{host}{path}");
+            let mut headers: Vec<(&str, &str)> = vec![("host", host.as_str())];
+            headers.extend(extra.iter().copied());
+            let mut settings = SigningSettings::default();
+            // The key is encoded once, by encode_key, and signed as sent.
+            settings.percent_encoding_mode = PercentEncodingMode::Single;
+            settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
+            settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+            let identity = creds.clone().into();
+            let params = v4::SigningParams::builder()
+                .identity(&identity)
+                .region(&self.region)
+                .name("s3")
+                .time(SystemTime::now())
+                .settings(settings)
+                .build()
+                .map_err(|e| format!("signing parameters: {e}"))?
+                .into();
+            let signable = SignableRequest::new(
+                method,
+                url,
+                headers.into_iter(),
+                SignableBody::UnsignedPayload,
+            )
+            .map_err(|e| format!("cannot sign: {e}"))?;
+            let (instructions, _) = sign(signable, &params)
+                .map_err(|e| format!("cannot sign: {e}"))?
+                .into_parts();
+            for (name, value) in instructions.headers() {
+                req.insert_header(name.to_string(), value).map_err(bad)?;
+            }
+        }
+        Ok(req)
+    }
+
+    /// The peer requests for `bucket` go to (its address resolved asynchronously, cached).
+    pub async fn peer(&self, bucket: &str) -> Result<HttpPeer, String> {
+        let host = self.host_for(bucket);
+        let addr = self
+            .resolver
+            .resolve(&host, self.endpoint.port)
+            .await
+            .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+        Ok(make_peer(addr, self.endpoint.tls, &host, self.timeout))
+    }
+
+    /// Sends a request without a body and reads the whole (bounded) answer.
+    pub async fn send(
+        &self,
+        bucket: &str,
+        req: RequestHeader,
+        max_body: usize,
+    ) -> Result<Response, ExchangeError> {
+        let peer = self.peer(bucket).await.map_err(|e| {
+            ExchangeError::Io(pingora_error::Error::explain(
+                pingora_error::ErrorType::ConnectError,
+                e,
+            ))
+        })?;
+        exchange(self.connector(), &peer, req, max_body, self.timeout).await
+    }
+
+    /// PUTs `pieces` (declared as `Content-Length: len`) and reads the (small) answer. The
+    /// connection is pooled again only after a complete exchange.
+    pub async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        pieces: &[Bytes],
+        extra: &[(&str, &str)],
+    ) -> Result<Response, String> {
+        let len: u64 = pieces.iter().map(|p| p.len() as u64).sum();
+        let len_text = len.to_string();
+        let mut headers: Vec<(&str, &str)> = vec![("content-length", &len_text)];
+        headers.extend(extra.iter().copied());
+        let req = self.signed_request("PUT", bucket, Some(key), "", &headers)?;
+        let peer = self.peer(bucket).await?;
+        let connector = self.connector();
+        let exchange = async {
+            let (mut session, _) = connector
+                .get_http_session(&peer)
+                .await
+                .map_err(|e| e.to_string())?;
+            session
+                .write_request_header(Box::new(req))
+                .await
+                .map_err(|e| e.to_string())?;
+            for piece in pieces {
+                session
+                    .write_request_body(piece.clone(), false)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            session
+                .finish_request_body()
+                .await
+                .map_err(|e| e.to_string())?;
+            let resp = read_whole(&mut session, 64 * 1024).await?;
+            connector
+                .release_http_session(session, &peer, peer.idle_timeout())
+                .await;
+            Ok::<_, String>(resp)
+        };
+        // The timeout covers a put of a whole chunk: generous, but bounded.
+        tokio::time::timeout(self.timeout * 4, exchange)
+            .await
+            .map_err(|_| "PUT timed out".to_string())?
+    }
+
+    /// Starts a GET (ranged when `range` is set) and returns the header and a body reader
+    /// that streams the answer in the pieces the connection delivers.
+    pub async fn get_stream(
+        self: &Arc<Self>,
+        bucket: &str,
+        key: &str,
+        range: Option<(u64, u64)>,
+    ) -> Result<(ResponseHeader, S3Body), String> {
+        let range_text = range.map(|(a, b)| format!("bytes={a}-{b}"));
+        let extra: Vec<(&str, &str)> = range_text
+            .as_deref()
+            .map(|r| vec![("range", r)])
+            .unwrap_or_default();
+        let req = self.signed_request("GET", bucket, Some(key), "", &extra)?;
+        let peer = self.peer(bucket).await?;
+        let connector = self.connector();
+        let (mut session, _) = connector
+            .get_http_session(&peer)
+            .await
+            .map_err(|e| e.to_string())?;
+        let head = tokio::time::timeout(self.timeout, async {
+            session.write_request_header(Box::new(req)).await?;
+            session.finish_request_body().await?;
+            session.read_response_header().await
+        })
+        .await
+        .map_err(|_| "GET timed out".to_string())?;
+        head.map_err(|e| e.to_string())?;
+        let header = session
+            .response_header()
+            .cloned()
+            .ok_or_else(|| "no response header".to_string())?;
+        Ok((
+            header,
+            S3Body {
+                client: self.clone(),
+                peer,
+                session: Some(session),
+            },
+        ))
+    }
+}
+
+/// The body of a streamed GET; the connection goes back to the pool after a complete body.
+pub struct S3Body {
+    client: Arc<S3Client>,
+    peer: HttpPeer,
+    session: Option<HttpSession>,
+}
+
+impl S3Body {
+    /// The next piece, `None` at the end.
+    pub async fn next(&mut self) -> Result<Option<Bytes>, String> {
+        let Some(session) = self.session.as_mut() else {
+            return Ok(None);
+        };
+        match session.read_response_body().await {
+            Ok(Some(piece)) => Ok(Some(piece)),
+            Ok(None) => {
+                if let Some(s) = self.session.take() {
+                    self.client
+                        .connector()
+                        .release_http_session(s, &self.peer, self.peer.idle_timeout())
+                        .await;
+                }
+                Ok(None)
+            }
+            Err(e) => {
+                self.session = None;
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Reads the rest of a small body (error answers).
+    pub async fn text(mut self) -> String {
+        let mut out = Vec::new();
+        while let Ok(Some(p)) = self.next().await {
+            if out.len() > 64 * 1024 {
+                break;
+            }
+            out.extend_from_slice(&p);
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+async fn read_whole(session: &mut HttpSession, max: usize) -> Result<Response, String> {
+    session
+        .read_response_header()
+        .await
+        .map_err(|e| e.to_string())?;
+    let header = session
+        .response_header()
+        .cloned()
+        .ok_or_else(|| "no response header".to_string())?;
+    let mut body = Vec::new();
+    while let Some(p) = session
+        .read_response_body()
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        if body.len() + p.len() > max {
+            return Err(format!("response body over {max} bytes"));
+        }
+        body.extend_from_slice(&p);
+    }
+    Ok(Response {
+        header,
+        body: Bytes::from(body),
+    })
+}
