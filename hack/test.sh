@@ -13,6 +13,7 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "dependencies"
 hack/install-test-deps.sh
+hack/install-azurite.sh
 
 # A second S3 implementation that checks SigV4 (tests/origins.rs). Newer releases need a newer
 # Rust; the first install compiles for several minutes, later runs find it in ~/.cargo/bin.
@@ -26,6 +27,10 @@ cargo fmt --all -- --check
 
 step "clippy"
 cargo clippy --locked --all-targets -- -D warnings
+
+step "deploy manifests"
+cargo build --locked --quiet --bin orca
+ORCA_BIN="$CARGO_TARGET_DIR/debug/orca" hack/check-deploy.sh
 
 step "tests"
 if command -v cargo-nextest >/dev/null 2>&1; then

@@ -167,6 +167,9 @@ impl Orca {
         if let Some(p) = &self.store_problem {
             problems.push(p.clone());
         }
+        if !self.cluster.has_peer_set() {
+            problems.push("peer discovery has not produced a peer set yet".to_string());
+        }
         if !self.health.credentials_ok() {
             problems.push(format!(
                 "origin refused credentials {} times in a row",

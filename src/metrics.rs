@@ -199,6 +199,9 @@ pub fn init() {
     for r in ["ok", "not_coordinator", "error"] {
         PEER_FILLS.with_label_values(&[r]);
     }
+    for r in ["auth", "not_coordinator"] {
+        PEER_REJECTED.with_label_values(&[r]);
+    }
     // Alone until the cluster says otherwise: the set always holds this replica.
     CLUSTER_PEERS.set(1);
 }

@@ -47,6 +47,11 @@ pub enum PeerSource {
     },
 }
 
+enum Kind {
+    Dns,
+    Other,
+}
+
 /// The cluster as this replica sees it.
 pub struct Cluster {
     self_addr: String,
@@ -59,6 +64,8 @@ pub struct Cluster {
     secret: Option<String>,
     read_timeout: Duration,
     resolver: Resolver,
+    /// A peer set came from discovery at least once (static lists and "alone" start with one).
+    discovered: std::sync::atomic::AtomicBool,
 }
 
 impl Cluster {
@@ -69,6 +76,11 @@ impl Cluster {
         secret: Option<String>,
         read_timeout: Duration,
     ) -> Self {
+        let source_kind = if matches!(source, PeerSource::Dns { .. }) {
+            Kind::Dns
+        } else {
+            Kind::Other
+        };
         let mut membership = Membership::alone(self_addr);
         if let PeerSource::Static(list) = &source {
             membership.refresh::<()>(Ok(list.clone()));
@@ -85,7 +97,13 @@ impl Cluster {
             secret,
             read_timeout,
             resolver: Resolver::default(),
+            discovered: std::sync::atomic::AtomicBool::new(!matches!(source_kind, Kind::Dns)),
         }
+    }
+
+    /// Whether discovery has produced a peer set yet (`/readyz` waits for it).
+    pub fn has_peer_set(&self) -> bool {
+        self.discovered.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// This replica's address in the peer set.
@@ -162,8 +180,21 @@ impl Cluster {
 
     /// Applies one discovery result to the peer set.
     pub fn apply<E: std::fmt::Display>(&self, outcome: Result<Vec<String>, E>) {
-        if let Err(e) = &outcome {
-            tracing::warn!(error = %e, "peer discovery failed");
+        match &outcome {
+            Err(e) => tracing::warn!(error = %e, "peer discovery failed"),
+            Ok(found) => {
+                if !found.is_empty() && !found.contains(&self.self_addr) {
+                    // Peers would see this replica under another name: it would count itself
+                    // twice and answer 409 to much of its share.
+                    tracing::warn!(
+                        self_addr = %self.self_addr,
+                        found = ?found,
+                        "discovery does not list this replica as cluster.self (ORCA_SELF) spells it"
+                    );
+                }
+                self.discovered
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         let (change, peers, failures) = {
             let mut m = self.membership.lock();
@@ -236,5 +267,34 @@ impl BackgroundService for DnsRefresher {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_clusters_are_not_ready_before_their_first_peer_set() {
+        let dns = PeerSource::Dns {
+            name: "orca-peers".into(),
+            port: 8444,
+            refresh: Duration::from_secs(5),
+        };
+        let c = Cluster::new("10.0.0.1:8444", dns, None, Duration::from_secs(1));
+        assert!(!c.has_peer_set());
+        c.apply::<String>(Err("no answer".into()));
+        assert!(!c.has_peer_set());
+        c.apply::<String>(Ok(vec!["10.0.0.1:8444".into(), "10.0.0.2:8444".into()]));
+        assert!(c.has_peer_set());
+        assert_eq!(c.peers().len(), 2);
+        let stat = Cluster::new(
+            "a:1",
+            PeerSource::Static(vec!["a:1".into(), "b:1".into()]),
+            None,
+            Duration::from_secs(1),
+        );
+        assert!(stat.has_peer_set());
+        assert_eq!(stat.peers().len(), 2);
     }
 }

@@ -17,12 +17,9 @@ impl EdgeService {
         bucket: &str,
         request: &ListRequest,
     ) -> Answer {
-        let body = self
-            .orca
-            .origin
-            .list(bucket, request)
-            .await
-            .map_err(|e| e.to_s3())?;
+        let result = self.orca.origin.list(bucket, request).await;
+        self.orca.health.record(&result);
+        let body = result.map_err(|e| e.to_s3())?;
         self.write_body(session, ctx, 200, "application/xml", body)
             .await
     }
@@ -33,11 +30,9 @@ impl EdgeService {
         ctx: &mut EdgeCtx,
         bucket: &str,
     ) -> Answer {
-        self.orca
-            .origin
-            .head_bucket(bucket)
-            .await
-            .map_err(|e| e.to_s3())?;
+        let result = self.orca.origin.head_bucket(bucket).await;
+        self.orca.health.record(&result);
+        result.map_err(|e| e.to_s3())?;
         self.write_body(session, ctx, 200, "application/xml", Bytes::new())
             .await
     }

@@ -209,6 +209,7 @@ impl FillClient {
             }
             .await;
             if let Err(e) = head {
+                tracing::debug!(reused, attempt, error = %e, "fill request failed before its answer");
                 last_err = Some(unreachable(e.to_string()));
                 if reused && attempt == 0 {
                     continue;
@@ -276,6 +277,7 @@ impl FillClient {
                     "body ended at {offset} of {expected_len} bytes"
                 )));
             }
+            tracing::trace!(reused, "fill answered; connection back to the pool");
             self.release(session).await;
             return Ok(source);
         }

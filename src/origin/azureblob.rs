@@ -269,6 +269,9 @@ pub fn azure_error(resp: &ResponseHeader) -> OriginError {
         Some("ContainerNotFound") => OriginError::BucketNotFound,
         Some("BlobNotFound") => OriginError::NotFound,
         Some("ConditionNotMet") => OriginError::ETagChanged,
+        Some("BlobArchived") => {
+            OriginError::Protocol("the blob is in the Archive tier; rehydrate it to read it".into())
+        }
         _ => classify_status(status),
     }
 }
@@ -519,6 +522,10 @@ mod tests {
             o.classify(&resp(403, Some("AuthenticationFailed"))),
             OriginError::Auth(403)
         );
+        assert!(matches!(
+            o.classify(&resp(409, Some("BlobArchived"))),
+            OriginError::Protocol(m) if m.contains("Archive")
+        ));
         assert!(o.classify(&resp(503, Some("ServerBusy"))).is_retryable());
         assert!(o
             .classify(&resp(500, Some("OperationTimedOut")))

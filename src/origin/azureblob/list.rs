@@ -104,10 +104,6 @@ pub fn parse_enumeration(xml: &[u8]) -> Result<AzurePage, String> {
                 stack.push(name);
                 text.clear();
             }
-            Event::Empty(e) => {
-                // `<NextMarker/>` and empty properties: nothing to record.
-                let _ = e;
-            }
             Event::Text(t) => {
                 let s = t.decode().map_err(|e| format!("List Blobs XML: {e}"))?;
                 text.push_str(&s);
@@ -167,6 +163,7 @@ pub fn parse_enumeration(xml: &[u8]) -> Result<AzurePage, String> {
                 }
             }
             Event::Eof => break,
+            // `<NextMarker/>`, empty properties, declarations: nothing to record.
             _ => {}
         }
         buf.clear();

@@ -162,10 +162,14 @@ impl SharedKey {
         query: &[(&str, &str)],
         headers: &[(&str, &str)],
     ) -> Result<String, SignError> {
-        let sts = self.string_to_sign(method, path, query, headers);
-        let signature =
-            azure_core::hmac::hmac_sha256(&sts, &self.key).map_err(|_| SignError::BadKey)?;
+        let signature = self.sign(&self.string_to_sign(method, path, query, headers))?;
         Ok(format!("SharedKey {}:{signature}", self.account))
+    }
+
+    /// `base64(hmac-sha256(key, string_to_sign))`: the signature of a Shared Key request, and
+    /// also of a SAS token (whose string-to-sign differs; operators and tests build those).
+    pub fn sign(&self, string_to_sign: &str) -> Result<String, SignError> {
+        azure_core::hmac::hmac_sha256(string_to_sign, &self.key).map_err(|_| SignError::BadKey)
     }
 }
 
