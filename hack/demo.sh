@@ -78,6 +78,8 @@ wait_http() {
 }
 
 stop
+# A fresh cache and origin each time, so the first read shows a cold fill.
+rm -rf "$dir/cache" "$dir/azurite"
 mkdir -p "$dir"
 origin_port=$moto_port
 $azure && origin_port=$azurite_port
