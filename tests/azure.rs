@@ -1018,23 +1018,6 @@ fn regex_like_s3_time(xml: &str) -> bool {
         })
 }
 
-fn run_cli(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_CA_BUNDLE")
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_cli_and_boto3_list_and_download_byte_exact() {
     let s = Stack::start(|c| c).await;
@@ -1049,7 +1032,7 @@ async fn aws_cli_and_boto3_list_and_download_byte_exact() {
         s.az.put_blob(CONTAINER, name, data).await;
     }
     let edge = s.orca.edge_url();
-    let listing = String::from_utf8(run_cli(
+    let listing = String::from_utf8(run_client(
         Command::new("aws")
             .args(["--endpoint-url", &edge, "s3", "ls", "--recursive"])
             .arg(format!("s3://{CONTAINER}/")),
@@ -1064,7 +1047,7 @@ async fn aws_cli_and_boto3_list_and_download_byte_exact() {
     }
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("one.bin");
-    run_cli(
+    run_client(
         Command::new("aws")
             .args(["--endpoint-url", &edge, "s3", "cp", "--only-show-errors"])
             .arg(format!("s3://{CONTAINER}/dir/data file+1.bin"))
@@ -1075,7 +1058,7 @@ async fn aws_cli_and_boto3_list_and_download_byte_exact() {
         sha256_hex(&big)
     );
     let tree = dir.path().join("tree");
-    run_cli(
+    run_client(
         Command::new("aws")
             .args([
                 "--endpoint-url",
@@ -1110,7 +1093,8 @@ async fn aws_cli_and_boto3_list_and_download_byte_exact() {
          \x20       assert len(body) == o['Size']\n\
          \x20       sys.stdout.write(hashlib.sha256(body).hexdigest() + '\\t' + o['Key'] + '\\n')\n"
     );
-    let out = String::from_utf8(run_cli(Command::new("python3").arg("-c").arg(&script))).unwrap();
+    let out =
+        String::from_utf8(run_client(Command::new("python3").arg("-c").arg(&script))).unwrap();
     let mut got: Vec<(String, String)> = out
         .lines()
         .map(|l| {

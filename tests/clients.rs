@@ -10,23 +10,6 @@ use std::process::Command;
 
 const MIB: usize = 1 << 20;
 
-fn run(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_CA_BUNDLE")
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_cli_boto3_and_curl_read_byte_exact() {
     let moto = Moto::start();
@@ -49,11 +32,13 @@ async fn aws_cli_boto3_and_curl_read_byte_exact() {
 
     for pass in ["cold", "warm"] {
         let target = dir.path().join(format!("aws-{pass}.bin"));
-        run(Command::new("aws")
-            .args(["--endpoint-url", &edge, "s3", "cp"])
-            .arg("s3://clients/dir/data file+1.bin")
-            .arg(&target)
-            .arg("--only-show-errors"));
+        run_client(
+            Command::new("aws")
+                .args(["--endpoint-url", &edge, "s3", "cp"])
+                .arg("s3://clients/dir/data file+1.bin")
+                .arg(&target)
+                .arg("--only-show-errors"),
+        );
         assert_eq!(
             sha256_hex(&std::fs::read(&target).unwrap()),
             want,
@@ -70,7 +55,8 @@ async fn aws_cli_boto3_and_curl_read_byte_exact() {
          part = s3.get_object(Bucket='clients', Key='dir/data file+1.bin', Range='bytes=1048570-1048580')['Body'].read()\n\
          sys.stdout.write(hashlib.sha256(body).hexdigest() + ' ' + part.hex())\n"
     );
-    let out = String::from_utf8(run(Command::new("python3").arg("-c").arg(&script))).unwrap();
+    let out =
+        String::from_utf8(run_client(Command::new("python3").arg("-c").arg(&script))).unwrap();
     let (whole, part) = out.split_once(' ').unwrap();
     assert_eq!(whole, want, "boto3 get_object");
     assert_eq!(
@@ -80,9 +66,9 @@ async fn aws_cli_boto3_and_curl_read_byte_exact() {
     );
 
     let url = orca.object_url("clients", "dir/data file+1.bin");
-    let out = run(Command::new("curl").args(["-sS", "--fail", "-r", "0-99", &url]));
+    let out = run_client(Command::new("curl").args(["-sS", "--fail", "-r", "0-99", &url]));
     assert_eq!(out, &data[..100]);
-    let out = run(Command::new("curl").args(["-sS", "--fail", "-r", "-7", &url]));
+    let out = run_client(Command::new("curl").args(["-sS", "--fail", "-r", "-7", &url]));
     assert_eq!(out, &data[data.len() - 7..]);
     // Everything after the aws CLI's cold pass came from the cache store.
     assert_eq!(proxy.counts().gets_with_range, origin_gets);

@@ -223,14 +223,7 @@ impl CacheStore for FsStore {
         pieces: Vec<Bytes>,
         len: u64,
     ) -> Result<CommitOutcome, StoreError> {
-        let got: u64 = pieces.iter().map(|p| p.len() as u64).sum();
-        if got != len {
-            return Err(StoreError::LengthMismatch {
-                name: id.name(),
-                got,
-                declared: len,
-            });
-        }
+        super::check_commit_len(id, &pieces, len)?;
         let final_path = self.chunk_path(id);
         let tmp = self.tmp_path(id);
         tokio::task::spawn_blocking(move || commit_blocking(&final_path, &tmp, &pieces))

@@ -62,6 +62,21 @@ impl StoreError {
     }
 }
 
+/// Checks, before anything is written, that the pieces handed to a commit add up to the
+/// declared length (every driver's first step).
+pub fn check_commit_len(id: &ChunkId, pieces: &[Bytes], len: u64) -> Result<(), StoreError> {
+    let got: u64 = pieces.iter().map(|p| p.len() as u64).sum();
+    if got == len {
+        Ok(())
+    } else {
+        Err(StoreError::LengthMismatch {
+            name: id.name(),
+            got,
+            declared: len,
+        })
+    }
+}
+
 /// The result of a successful commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommitOutcome {

@@ -213,14 +213,7 @@ impl CacheStore for S3Store {
         pieces: Vec<Bytes>,
         len: u64,
     ) -> Result<CommitOutcome, StoreError> {
-        let got: u64 = pieces.iter().map(|p| p.len() as u64).sum();
-        if got != len {
-            return Err(StoreError::LengthMismatch {
-                name: id.name(),
-                got,
-                declared: len,
-            });
-        }
+        super::check_commit_len(id, &pieces, len)?;
         if let Some(reason) = &self.refused {
             return Err(StoreError::Check(reason.clone()));
         }

@@ -64,7 +64,10 @@ pub struct Cluster {
     secret: Option<String>,
     read_timeout: Duration,
     resolver: Resolver,
-    /// A peer set came from discovery at least once (static lists and "alone" start with one).
+    /// Discovery has run at least once (static lists and "alone" start with a set). A failed
+    /// first lookup counts: it yields a set too (this replica alone), and a new fleet's headless
+    /// Service answers NXDOMAIN until some replica is ready, so waiting for a success would
+    /// keep every replica unready forever.
     discovered: std::sync::atomic::AtomicBool,
 }
 
@@ -101,7 +104,7 @@ impl Cluster {
         }
     }
 
-    /// Whether discovery has produced a peer set yet (`/readyz` waits for it).
+    /// Whether discovery has produced a peer set yet (`/readyz` waits for the first one).
     pub fn has_peer_set(&self) -> bool {
         self.discovered.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -180,6 +183,8 @@ impl Cluster {
 
     /// Applies one discovery result to the peer set.
     pub fn apply<E: std::fmt::Display>(&self, outcome: Result<Vec<String>, E>) {
+        self.discovered
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         match &outcome {
             Err(e) => tracing::warn!(error = %e, "peer discovery failed"),
             Ok(found) => {
@@ -192,8 +197,6 @@ impl Cluster {
                         "discovery does not list this replica as cluster.self (ORCA_SELF) spells it"
                     );
                 }
-                self.discovered
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
             }
         }
         let (change, peers, failures) = {
@@ -275,7 +278,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dns_clusters_are_not_ready_before_their_first_peer_set() {
+    fn dns_clusters_are_ready_once_discovery_has_run() {
         let dns = PeerSource::Dns {
             name: "orca-peers".into(),
             port: 8444,
@@ -283,8 +286,10 @@ mod tests {
         };
         let c = Cluster::new("10.0.0.1:8444", dns, None, Duration::from_secs(1));
         assert!(!c.has_peer_set());
+        // NXDOMAIN while no replica is ready yet: alone, and ready (or no replica ever is).
         c.apply::<String>(Err("no answer".into()));
-        assert!(!c.has_peer_set());
+        assert!(c.has_peer_set());
+        assert_eq!(c.peers().as_slice(), ["10.0.0.1:8444".to_string()]);
         c.apply::<String>(Ok(vec!["10.0.0.1:8444".into(), "10.0.0.2:8444".into()]));
         assert!(c.has_peer_set());
         assert_eq!(c.peers().len(), 2);
