@@ -18,7 +18,6 @@ use crate::metrics::{ChunkSource, COMMITS};
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
-use pingora_cache::key::{CacheHashKey, CompactCacheKey};
 use pingora_cache::storage::{
     HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeType,
 };
@@ -523,14 +522,13 @@ impl Storage for ChunkStorage {
 
     async fn purge(
         &'static self,
-        target: PurgeTarget<'_>,
+        _target: PurgeTarget<'_>,
         _purge_type: PurgeType,
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
         // Chunks are immutable and named by version; eviction is the store's business
         // (directory sweeps, bucket lifecycle rules). Nothing to purge in-process but the
         // catalog's memory of it, which `open` corrects by itself.
-        let _: &CompactCacheKey = target.key();
         Ok(PurgeOutcome::NotFound)
     }
 
@@ -551,9 +549,4 @@ impl Storage for ChunkStorage {
     fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
         self
     }
-}
-
-#[allow(dead_code)]
-fn _assert_hash_key_in_scope(k: &CacheKey) -> String {
-    k.combined()
 }
