@@ -40,3 +40,10 @@ if command -v cargo-nextest >/dev/null 2>&1; then
 else
     cargo test --locked "$@"
 fi
+
+# The benchmark harness, as a one-minute smoke run, so it cannot rot (its targets are reported,
+# not asserted; it fails only if something broke). Set ORCA_SKIP_BENCH=1 to skip it locally.
+if [ -z "${ORCA_SKIP_BENCH:-}" ]; then
+    step "benchmark smoke (hack/bench/run.sh --quick)"
+    hack/bench/run.sh --quick
+fi

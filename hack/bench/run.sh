@@ -1,0 +1,486 @@
+#!/usr/bin/env bash
+# Orca's benchmark harness (issue 7): Orca side by side with nginx proxy_cache + slice, with nginx
+# serving the same files from disk (sendfile: the ceiling), and with the origin itself.
+#
+#   hack/bench/run.sh [--quick]
+#
+# Sets up, all on 127.0.0.1 (free ports from 18400 up):
+#   - the origin: nginx serving $dir/objects as anonymous path-style S3 objects (bucket "bucket"),
+#     plain, and a second server capped at 50 MB/s per connection (limit_rate 50m);
+#   - the same nginx serving the same files on a third port: nginx-static, the ceiling;
+#   - Orca (fs cache store, 8 MiB chunks, no tiers, readahead 8) in front of each origin;
+#   - nginx proxy_cache + slice 8m (settings from nginx's slice docs) in front of each origin.
+# Then measures figures 1-7 of the issue, prints a table with targets and PASS/FAIL (targets are not
+# assertions: the script exits 0 whatever they say, and non-zero only if something broke), and
+# writes $dir/results.tsv (every sample), $dir/summary.tsv, $dir/summary.json and a chart
+# $dir/benchmarks.png (a full run also copies the chart to docs/benchmarks.png).
+#
+# --quick: small objects (64 MiB for 1 GiB, 16 MiB for 256 MiB), 4 clients for 16, 5 s wrk runs,
+# one run of each; about a minute. The full run repeats each measurement 3 times (median and
+# min-max) and takes well under 20 minutes.
+#
+# Environment: ORCA_BENCH_DIR (default /tmp/orca-bench; wiped at start, caches removed at exit),
+# CARGO_TARGET_DIR (default ~/.cache/orca-target), ORCA_BENCH_NO_BUILD=1 to use the built binary.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+repo=$PWD
+
+quick=false
+case "${1:-}" in
+    --quick) quick=true ;;
+    "") ;;
+    *) echo "usage: $0 [--quick]" >&2; exit 2 ;;
+esac
+
+dir="${ORCA_BENCH_DIR:-/tmp/orca-bench}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/orca-target}"
+MiB=$((1024 * 1024))
+if $quick; then
+    big=$((64 * MiB)); med=$((16 * MiB)); nclients=4; wrk_secs=5; reps=1
+    rss_clients=16; rss_secs=5; curl_max=60; limit_secs=300
+else
+    big=$((1024 * MiB)); med=$((256 * MiB)); nclients=16; wrk_secs=20; reps=3
+    rss_clients=64; rss_secs=20; curl_max=180; limit_secs=1500
+fi
+chunk=$((8 * MiB)); readahead=8; origin_conc=64; ra_mem=$((1024 * MiB)); cap_rate=50m
+small_count=256; small_size=4096; wrk_conns=64
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { echo "bench: $*" >&2; exit 1; }
+t_start=$(date +%s)
+
+# ---------------------------------------------------------------------------------------------
+# Processes: every one we start is recorded here and stopped by pid on exit.
+pids=()
+cleanup() {
+    local rc=$?
+    set +e
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+        local p=${pids[i]}
+        kill -0 "$p" 2>/dev/null || continue
+        kill -TERM "$p" 2>/dev/null
+        for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$p" 2>/dev/null
+    done
+    # Keep results and logs, drop the bulky caches and objects.
+    rm -rf "$dir/objects" "$dir"/cache-* "$dir"/slice-cache-*
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+# The whole run is bounded: a watchdog ends it (through the EXIT trap) if it overruns.
+(
+    sleep "$limit_secs" & s=$!
+    trap 'kill $s 2>/dev/null; exit 0' TERM
+    wait $s
+    echo "bench: over ${limit_secs}s, giving up" >&2
+    kill -TERM $$
+) &
+pids+=($!)
+
+# ---------------------------------------------------------------------------------------------
+say "installing what is missing (nginx, wrk, curl, gnuplot)"
+need=()
+command -v nginx >/dev/null || need+=(nginx-light)
+command -v wrk >/dev/null || need+=(wrk)
+command -v curl >/dev/null || need+=(curl)
+command -v gnuplot >/dev/null || need+=(gnuplot-nox)
+command -v python3 >/dev/null || need+=(python3)
+if [ ${#need[@]} -gt 0 ]; then
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
+    timeout 300 $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive timeout 600 $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+nginx -V 2>&1 | grep -q http_slice_module || die "this nginx lacks the slice module"
+
+if [ "${ORCA_BENCH_NO_BUILD:-0}" != 1 ]; then
+    say "building orca (release)"
+    timeout 1800 cargo build --release --locked --bin orca >&2
+fi
+orca_bin="$CARGO_TARGET_DIR/release/orca"
+[ -x "$orca_bin" ] || die "no orca binary at $orca_bin"
+
+rm -rf "$dir"
+mkdir -p "$dir/objects/small" "$dir/logs" "$dir/tmp"
+raw="$dir/results.tsv"
+printf 'figure\tsetup\tmetric\trep\tvalue\n' >"$raw"
+rec() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$raw"; }
+# Errors are recorded in the results file (err may run in a subshell) and counted at the end.
+err() { echo "bench: ERROR: $*" >&2; rec error "$1" "${2:-}" 0 1; }
+
+next_port=18400
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for v in p_origin p_capped p_static p_slice p_slice_capped p_orca p_orca_fill p_orca_ops \
+    p_orcac p_orcac_fill p_orcac_ops; do
+    while ! port_free "$next_port"; do next_port=$((next_port + 1)); done
+    eval "$v=$next_port"; next_port=$((next_port + 1))
+done
+
+wait_http() {
+    local url=$1 what=$2 log=$3
+    for _ in $(seq 1 150); do
+        curl -s -o /dev/null --max-time 2 "$url" && return 0
+        sleep 0.2
+    done
+    tail -n 20 "$log" >&2
+    die "$what did not come up"
+}
+
+# ---------------------------------------------------------------------------------------------
+say "generating objects in $dir/objects"
+# One random file per size; every other object of that size is a hard link to it (distinct keys,
+# so distinct cache entries in Orca and nginx, but no extra disk or page cache on the origin).
+head -c "$big" /dev/urandom >"$dir/objects/big-src"
+head -c "$med" /dev/urandom >"$dir/objects/med-src"
+head -c $((small_count * small_size)) /dev/urandom |
+    split -b "$small_size" -d -a 3 - "$dir/objects/small/s"
+link() { ln -f "$dir/objects/$1" "$dir/objects/$2"; }
+
+# ---------------------------------------------------------------------------------------------
+user_line=""; [ "$(id -u)" -eq 0 ] && user_line="user root;"
+nginx_common() {
+    cat <<EOF
+$user_line
+worker_processes 2;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+events { worker_connections 4096; }
+EOF
+}
+http_common() {
+    cat <<EOF
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 100000;
+    default_type application/octet-stream;
+    client_body_temp_path $1/tmp/body;
+    proxy_temp_path $1/tmp/proxy;
+    fastcgi_temp_path $1/tmp/fastcgi;
+    uwsgi_temp_path $1/tmp/uwsgi;
+    scgi_temp_path $1/tmp/scgi;
+    log_format bytes '\$request_method \$uri \$status \$body_bytes_sent';
+EOF
+}
+start_nginx() { # name conf
+    local name=$1 conf=$2
+    mkdir -p "$dir/$name/tmp"
+    nginx -p "$dir/$name" -c "$conf" -e "$dir/$name/error.log" -g 'daemon off;' \
+        >"$dir/logs/$name.out" 2>&1 &
+    pids+=($!)
+    eval "pid_$name=$!"
+}
+
+say "starting the origin (:$p_origin, capped :$p_capped) and nginx-static (:$p_static)"
+mkdir -p "$dir/origin"
+cat >"$dir/origin/nginx.conf" <<EOF
+$(nginx_common "$dir/origin")
+http {
+$(http_common "$dir/origin")
+    server {
+        listen 127.0.0.1:$p_origin;
+        access_log $dir/logs/origin.log bytes;
+        location /bucket/ { alias $dir/objects/; }
+    }
+    server {
+        listen 127.0.0.1:$p_capped;
+        access_log $dir/logs/origin-capped.log bytes;
+        limit_rate $cap_rate;
+        location /bucket/ { alias $dir/objects/; }
+    }
+    server {
+        listen 127.0.0.1:$p_static;
+        access_log off;
+        location /bucket/ { alias $dir/objects/; }
+    }
+}
+EOF
+start_nginx origin "$dir/origin/nginx.conf"
+
+say "starting nginx proxy_cache + slice (:$p_slice, capped origin :$p_slice_capped)"
+mkdir -p "$dir/slice"
+slice_server() { # port upstream zone
+    cat <<EOF
+    server {
+        listen 127.0.0.1:$1;
+        access_log off;
+        location / {
+            slice 8m;
+            proxy_cache $3;
+            proxy_cache_key \$uri\$is_args\$args\$slice_range;
+            proxy_set_header Range \$slice_range;
+            proxy_cache_valid 200 206 1h;
+            proxy_cache_lock on;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_pass http://$2;
+        }
+    }
+EOF
+}
+cat >"$dir/slice/nginx.conf" <<EOF
+$(nginx_common "$dir/slice")
+http {
+$(http_common "$dir/slice")
+    proxy_cache_path $dir/slice-cache-plain levels=1:2 keys_zone=plain:64m max_size=100g inactive=1d use_temp_path=off;
+    proxy_cache_path $dir/slice-cache-capped levels=1:2 keys_zone=capped:64m max_size=100g inactive=1d use_temp_path=off;
+    upstream origin_plain { server 127.0.0.1:$p_origin; keepalive 64; }
+    upstream origin_capped { server 127.0.0.1:$p_capped; keepalive 64; }
+$(slice_server "$p_slice" origin_plain plain)
+$(slice_server "$p_slice_capped" origin_capped capped)
+}
+EOF
+start_nginx slice "$dir/slice/nginx.conf"
+
+start_orca() { # name origin_port edge fill ops
+    local name=$1
+    mkdir -p "$dir/$name"
+    cat >"$dir/$name/orca.yaml" <<EOF
+# Generated by hack/bench/run.sh
+listen:
+  edge: 127.0.0.1:$3
+  internal: 127.0.0.1:$4
+  ops: 127.0.0.1:$5
+origin: {id: bench, driver: s3, s3: {endpoint: "http://127.0.0.1:$2", region: us-east-1, path_style: true, anonymous: true}}
+cachestore:
+  driver: fs
+  fs: {root: $dir/cache-$name}
+chunking: {size: $chunk, tiers: [], readahead: $readahead}
+limits: {origin_concurrency: $origin_conc, readahead_memory: $ra_mem}
+logging: {level: warn, format: text}
+EOF
+    cat >"$dir/$name/pingora.yaml" <<EOF
+version: 1
+threads: 2
+pid_file: $dir/$name/orca.pid
+upgrade_sock: $dir/$name/upgrade.sock
+grace_period_seconds: 1
+graceful_shutdown_timeout_seconds: 1
+EOF
+    "$orca_bin" --config "$dir/$name/orca.yaml" -c "$dir/$name/pingora.yaml" \
+        >"$dir/logs/$name.log" 2>&1 &
+    pids+=($!)
+    eval "pid_$name=$!"
+}
+say "starting orca (:$p_orca) and orca on the capped origin (:$p_orcac)"
+start_orca orca "$p_origin" "$p_orca" "$p_orca_fill" "$p_orca_ops"
+start_orca orcac "$p_capped" "$p_orcac" "$p_orcac_fill" "$p_orcac_ops"
+
+: >"$dir/objects/probe"
+wait_http "http://127.0.0.1:$p_origin/bucket/probe" origin "$dir/origin/error.log"
+wait_http "http://127.0.0.1:$p_slice/bucket/probe" nginx-slice "$dir/slice/error.log"
+wait_http "http://127.0.0.1:$p_orca_ops/healthz" orca "$dir/logs/orca.log"
+wait_http "http://127.0.0.1:$p_orcac_ops/healthz" orca-capped "$dir/logs/orcac.log"
+for v in pid_origin pid_slice pid_orca pid_orcac; do
+    kill -0 "${!v}" 2>/dev/null || die "${v#pid_} exited at start (see $dir/logs)"
+done
+
+# The origin must look like S3 enough: a strong ETag, Range and If-Match on static files.
+etag=$(curl -sI "http://127.0.0.1:$p_origin/bucket/med-src" | tr -d '\r' | awk -F': ' 'tolower($1)=="etag"{print $2}')
+case "$etag" in W/*|"") err origin-etag "weak or missing ETag: '$etag'" ;; esac
+code=$(curl -s -o /dev/null -w '%{http_code}' -r 0-9 -H "If-Match: $etag" "http://127.0.0.1:$p_origin/bucket/med-src")
+[ "$code" = 206 ] || err origin-if-match "Range + matching If-Match gave $code, not 206"
+code=$(curl -s -o /dev/null -w '%{http_code}' -r 0-9 -H 'If-Match: "nope"' "http://127.0.0.1:$p_origin/bucket/med-src")
+[ "$code" = 412 ] || err origin-if-match "a stale If-Match gave $code, not 412"
+
+# ---------------------------------------------------------------------------------------------
+# Helpers.
+url() { # setup key
+    case $1 in
+        orca) echo "http://127.0.0.1:$p_orca/bucket/$2" ;;
+        orcac) echo "http://127.0.0.1:$p_orcac/bucket/$2" ;;
+        slice) echo "http://127.0.0.1:$p_slice/bucket/$2" ;;
+        slicec) echo "http://127.0.0.1:$p_slice_capped/bucket/$2" ;;
+        static) echo "http://127.0.0.1:$p_static/bucket/$2" ;;
+        origin) echo "http://127.0.0.1:$p_origin/bucket/$2" ;;
+        capped) echo "http://127.0.0.1:$p_capped/bucket/$2" ;;
+    esac
+}
+now() { date +%s.%N; }
+# One read: prints "bytes seconds"; checks status and size.
+get() { # url expected_bytes
+    local out
+    out=$(curl -s -o /dev/null --max-time "$curl_max" -w '%{http_code} %{size_download} %{time_total}' "$1") || true
+    set -- $out "$1" "$2"
+    if [ "${1:-}" != 200 ] || [ "${2:-}" != "$5" ]; then
+        err read "$4: status ${1:-none}, ${2:-0} of $5 bytes"
+    fi
+    echo "${2:-0} ${3:-1}"
+}
+# (awk sums print with %.0f, not %d: Debian's mawk caps %d at 2^31 - 1.)
+# N reads at once of the given URLs: prints "total_bytes wall_seconds".
+par_get() { # expected_bytes url...
+    local exp=$1; shift
+    local t0 t1 i=0 ps=()
+    t0=$(now)
+    for u in "$@"; do
+        get "$u" "$exp" >"$dir/tmp/par.$i" & ps+=($!); i=$((i + 1))
+    done
+    wait "${ps[@]}"
+    t1=$(now)
+    cat "$dir/tmp"/par.* | awk -v t0="$t0" -v t1="$t1" '{b += $1} END {printf "%.0f %.6f\n", b, t1 - t0}'
+    rm -f "$dir/tmp"/par.*
+}
+mibps() { awk '{printf "%.1f\n", $1 / 1048576 / $2}'; }
+# CPU seconds (user + sys) of a process and its children (nginx workers).
+cpu_of() {
+    local tck total=0 p
+    tck=$(getconf CLK_TCK)
+    for p in "$1" $(pgrep -P "$1" || true); do
+        [ -r "/proc/$p/stat" ] || continue
+        total=$((total + $(sed 's/^.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
+    done
+    awk -v t="$total" -v k="$tck" 'BEGIN {printf "%.2f\n", t / k}'
+}
+origin_bytes() { # log uri-prefix: body bytes the origin sent for keys under the prefix
+    sleep 0.5
+    awk -v p="/bucket/$2" 'index($2, p) == 1 {s += $4} END {printf "%.0f\n", s}' "$dir/logs/$1"
+}
+metric() { # ops_port name
+    curl -s "http://127.0.0.1:$1/metrics" | awk -v n="$2" '$1 == n || index($1, n "{") == 1 {s += $2} END {printf "%.0f\n", s}'
+}
+warm() { # setup expected key...: read each once (cold fill), untimed
+    local s=$1 exp=$2; shift 2
+    local us=()
+    for k in "$@"; do us+=("$(url "$s" "$k")"); done
+    par_get "$exp" "${us[@]}" >/dev/null
+}
+
+cpu_orca=0; cpu_slice=0; warm_bytes_orca=0; warm_bytes_slice=0
+timed_warm() { # setup figure rep expected url...: one parallel read, recorded as MiB/s
+    local s=$1 fig=$2 rep=$3 exp=$4; shift 4
+    local c0 c1 res
+    case $s in orca) c0=$(cpu_of "$pid_orca") ;; slice) c0=$(cpu_of "$pid_slice") ;; esac
+    res=$(par_get "$exp" "$@")
+    case $s in
+        orca) c1=$(cpu_of "$pid_orca"); cpu_orca=$(awk -v a="$cpu_orca" -v b="$c0" -v c="$c1" 'BEGIN{print a + c - b}')
+              warm_bytes_orca=$((warm_bytes_orca + ${res%% *})) ;;
+        slice) c1=$(cpu_of "$pid_slice"); cpu_slice=$(awk -v a="$cpu_slice" -v b="$c0" -v c="$c1" 'BEGIN{print a + c - b}')
+               warm_bytes_slice=$((warm_bytes_slice + ${res%% *})) ;;
+    esac
+    rec "$fig" "$s" MiB/s "$rep" "$(echo "$res" | mibps)"
+}
+
+# ---------------------------------------------------------------------------------------------
+say "1. warm read of one $((big / MiB)) MiB object, one client (x$reps)"
+link big-src w1
+warm orca "$big" w1; warm slice "$big" w1
+for r in $(seq 1 "$reps"); do
+    for s in static orca slice origin; do
+        timed_warm "$s" 1 "$r" "$big" "$(url "$s" w1)"
+    done
+done
+
+say "2. warm reads by $nclients clients of $nclients different $((med / MiB)) MiB objects (x$reps)"
+keys=()
+for i in $(seq 1 "$nclients"); do link med-src "w2-$i"; keys+=("w2-$i"); done
+warm orca "$med" "${keys[@]}"; warm slice "$med" "${keys[@]}"
+for r in $(seq 1 "$reps"); do
+    for s in static orca slice origin; do
+        us=(); for k in "${keys[@]}"; do us+=("$(url "$s" "$k")"); done
+        timed_warm "$s" 2 "$r" "$med" "${us[@]}"
+    done
+done
+
+say "3. cold read of one $((big / MiB)) MiB object, one client, plain and capped origin (x$reps)"
+for r in $(seq 1 "$reps"); do
+    for mode in plain capped; do
+        if [ $mode = plain ]; then sets="origin orca slice"; else sets="capped orcac slicec"; fi
+        for s in $sets; do
+            k="c3-$s-$r"; link big-src "$k"
+            rec "3-$mode" "$s" MiB/s "$r" "$(get "$(url "$s" "$k")" "$big" | mibps)"
+        done
+    done
+done
+
+say "4. $nclients clients cold-reading one $((med / MiB)) MiB object at once, capped origin (x$reps)"
+for r in $(seq 1 "$reps"); do
+    for s in capped orcac slicec; do
+        k="c4-$s-$r"; link med-src "$k"
+        us=(); for _ in $(seq 1 "$nclients"); do us+=("$(url "$s" "$k")"); done
+        m0=$(metric "$p_orcac_ops" orca_origin_bytes_total)
+        res=$(par_get "$med" "${us[@]}")
+        rec 4 "$s" wall_s "$r" "${res#* }"
+        if [ "$s" != capped ]; then
+            rec 4 "$s" origin_bytes_ratio "$r" "$(awk -v b="$(origin_bytes origin-capped.log "$k")" -v m="$med" 'BEGIN{printf "%.4f\n", b / m}')"
+        fi
+        if [ "$s" = orcac ]; then
+            m1=$(metric "$p_orcac_ops" orca_origin_bytes_total)
+            rec 4 "$s" metric_bytes_ratio "$r" "$(awk -v b=$((m1 - m0)) -v m="$med" 'BEGIN{printf "%.4f\n", b / m}')"
+        fi
+    done
+done
+
+say "5. $small_count objects of $small_size bytes, wrk $wrk_conns connections ${wrk_secs}s, warm (x$reps)"
+cat >"$dir/small.lua" <<EOF
+local n = $small_count
+local i = 0
+request = function()
+    i = (i + 7) % n
+    return wrk.format("GET", string.format("/bucket/small/s%03d", i))
+end
+EOF
+for s in orca slice; do
+    args=(); for i in $(seq 0 $((small_count - 1))); do args+=(-o /dev/null "$(url "$s" "$(printf 'small/s%03d' "$i")")"); done
+    curl -s --max-time "$curl_max" "${args[@]}" || err small-warm "$s"
+done
+wrk_ms() { # wrk latency value -> ms
+    awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f\n", n }'
+}
+for r in $(seq 1 "$reps"); do
+    for s in orca slice static; do
+        base=$(url "$s" "")
+        out=$(timeout $((wrk_secs + 30)) wrk -t 2 -c "$wrk_conns" -d "${wrk_secs}s" --latency -s "$dir/small.lua" "${base%/bucket/}") || err wrk "$s"
+        echo "$out" >"$dir/logs/wrk-$s-$r.txt"
+        rps=$(echo "$out" | awk '/^Requests\/sec/ {print $2}')
+        p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
+        non2xx=$(echo "$out" | awk '/Non-2xx/ {print $NF}')
+        [ -z "$non2xx" ] || err wrk "$s: $non2xx non-2xx answers"
+        rec 5 "$s" req/s "$r" "${rps:-0}"
+        rec 5 "$s" p99_ms "$r" "$(wrk_ms "${p99:-0}")"
+    done
+done
+
+say "6. peak RSS of orca: $rss_clients concurrent cold reads of different $((big / MiB)) MiB objects for ${rss_secs}s"
+us=()
+for i in $(seq 1 "$rss_clients"); do link big-src "r6-$i"; us+=("$(url orca "r6-$i")"); done
+peak=0; ps=()
+for u in "${us[@]}"; do
+    curl -s -o /dev/null --max-time "$rss_secs" "$u" & ps+=($!)
+done
+end=$(( $(date +%s) + rss_secs + 2 ))
+while [ "$(date +%s)" -lt "$end" ]; do
+    v=$(awk '/^VmRSS/ {print $2}' "/proc/$pid_orca/status" 2>/dev/null || echo 0)
+    [ "${v:-0}" -gt "$peak" ] && peak=$v
+    sleep 0.2
+done
+wait "${ps[@]}" || true  # curl ends by --max-time here (exit 28): expected
+hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$pid_orca/status" 2>/dev/null || echo 0)
+rec 6 orca peak_rss_sampled_MiB 1 $((peak / 1024))
+rec 6 orca vmhwm_MiB 1 $((hwm / 1024))
+rec 6 orca bound_MiB 1 $(((origin_conc * chunk + ra_mem) / MiB))
+kill -0 "$pid_orca" 2>/dev/null || err orca "orca died during the RSS phase"
+
+say "7. CPU seconds per GiB served warm (figures 1 and 2)"
+rec 7 orca cpu_s_per_GiB 1 "$(awk -v c="$cpu_orca" -v b="$warm_bytes_orca" 'BEGIN{printf "%.3f\n", c / (b / 1073741824)}')"
+rec 7 slice cpu_s_per_GiB 1 "$(awk -v c="$cpu_slice" -v b="$warm_bytes_slice" 'BEGIN{printf "%.3f\n", c / (b / 1073741824)}')"
+
+# Orca's own view of the origin traffic, for the record.
+for name in orca orcac; do
+    eval "ops=\$p_${name}_ops"
+    curl -s "http://127.0.0.1:$ops/metrics" | grep -E '^orca_(origin_requests|origin_bytes|chunk_reads)_total' \
+        >"$dir/logs/$name.metrics" || true
+done
+
+# ---------------------------------------------------------------------------------------------
+elapsed=$(( $(date +%s) - t_start ))
+mode=full; $quick && mode=quick
+python3 "$repo/hack/bench/summarize.py" "$raw" "$dir" "$mode" "$elapsed" \
+    "big=$((big / MiB))MiB med=$((med / MiB))MiB clients=$nclients reps=$reps wrk=${wrk_secs}s rss_clients=$rss_clients"
+if command -v gnuplot >/dev/null; then
+    gnuplot -e "datafile='$dir/chart.dat'; outfile='$dir/benchmarks.png'; subtitle='$mode run, $(date -u +%Y-%m-%d)'" \
+        "$repo/hack/bench/chart.gp" 2>"$dir/logs/gnuplot.log" || err chart "gnuplot failed: $(cat "$dir/logs/gnuplot.log")"
+    if ! $quick && [ -f "$dir/benchmarks.png" ]; then cp "$dir/benchmarks.png" "$repo/docs/benchmarks.png"; fi
+fi
+say "results: $raw, $dir/summary.tsv, $dir/summary.json, $dir/benchmarks.png; took ${elapsed}s"
+errors=$(grep -c '^error' "$raw" || true)
+[ "$errors" -eq 0 ] || die "$errors error(s) during the run (see above and $dir/logs)"
