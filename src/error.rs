@@ -4,7 +4,12 @@
 //! Origin faults are mapped here once (see [`crate::origin::OriginError::to_s3`]).
 
 use bytes::Bytes;
+use pingora_error::Result;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+use rand::Rng;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// An error answer to a client, in S3's shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +88,38 @@ impl std::fmt::Display for S3Error {
 }
 
 impl std::error::Error for S3Error {}
+
+/// A fresh request id: 16 hex characters, unique within the process and unlikely across.
+pub fn request_id() -> String {
+    static PREFIX: once_cell::sync::Lazy<u32> =
+        once_cell::sync::Lazy::new(|| rand::thread_rng().gen());
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{:08X}{:08X}",
+        *PREFIX,
+        NEXT.fetch_add(1, Ordering::Relaxed) as u32
+    )
+}
+
+/// Writes an S3 XML error as the whole response, under the request's id.
+pub async fn write_error(
+    session: &mut Session,
+    e: &S3Error,
+    resource: &str,
+    request_id: &str,
+) -> Result<()> {
+    let body = e.to_xml(resource, request_id);
+    let mut resp = ResponseHeader::build(e.status, Some(4))?;
+    resp.insert_header("content-type", "application/xml")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    resp.insert_header("x-amz-request-id", request_id)?;
+    let head = session.req_header().method == http::Method::HEAD;
+    session.write_response_header(Box::new(resp), head).await?;
+    if !head {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
 
 /// Appends `text` to `out` with XML's five special characters escaped.
 pub fn xml_escape_into(out: &mut String, text: &str) {

@@ -231,16 +231,6 @@ impl ChunkStorage {
         }
     }
 
-    /// The store underneath.
-    pub fn store(&self) -> &Arc<dyn CacheStore> {
-        &self.store
-    }
-
-    /// Number of fills in the registry (writing, or complete and not yet committed).
-    pub fn flights_len(&self) -> usize {
-        self.flights.lock().len()
-    }
-
     /// Opens bytes `[from, to)` of a chunk: from a fill in flight if there is one, else from the
     /// store. `Ok(None)` is a miss. A store failure is logged and reported as a miss.
     pub async fn open(

@@ -109,11 +109,6 @@ impl Cluster {
         self.discovered.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// This replica's address in the peer set.
-    pub fn self_addr(&self) -> &str {
-        &self.self_addr
-    }
-
     /// The current peer set.
     pub fn peers(&self) -> Arc<Vec<String>> {
         self.peers.read().clone()

@@ -20,7 +20,7 @@ impl EdgeService {
         let result = self.orca.origin.list(bucket, request).await;
         self.orca.health.record(&result);
         let body = result.map_err(|e| e.to_s3())?;
-        self.write_body(session, ctx, 200, "application/xml", body)
+        self.write_body(session, ctx, 200, "application/xml", body, &[])
             .await
     }
 
@@ -33,7 +33,7 @@ impl EdgeService {
         let result = self.orca.origin.head_bucket(bucket).await;
         self.orca.health.record(&result);
         result.map_err(|e| e.to_s3())?;
-        self.write_body(session, ctx, 200, "application/xml", Bytes::new())
+        self.write_body(session, ctx, 200, "application/xml", Bytes::new(), &[])
             .await
     }
 
@@ -49,7 +49,7 @@ impl EdgeService {
             .await
             .map_err(|e| e.to_s3())?;
         let body = location_xml(self.orca.origin.region());
-        self.write_body(session, ctx, 200, "application/xml", body)
+        self.write_body(session, ctx, 200, "application/xml", body, &[])
             .await
     }
 
@@ -63,7 +63,7 @@ impl EdgeService {
             ));
         }
         let body = list_buckets_xml(buckets);
-        self.write_body(session, ctx, 200, "application/xml", body)
+        self.write_body(session, ctx, 200, "application/xml", body, &[])
             .await
     }
 }

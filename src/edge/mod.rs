@@ -18,7 +18,7 @@ pub mod request;
 
 use crate::app::Orca;
 use crate::error::S3Error;
-use crate::fill::write_error;
+use crate::error::{request_id, write_error};
 use crate::metrics::{EDGE_DURATION, EDGE_REQUESTS};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -26,23 +26,9 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
-use rand::Rng;
 use request::S3Request;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-
-/// A fresh request id: 16 hex characters, unique within the process and unlikely across.
-pub fn request_id() -> String {
-    static PREFIX: once_cell::sync::Lazy<u32> =
-        once_cell::sync::Lazy::new(|| rand::thread_rng().gen());
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{:08X}{:08X}",
-        *PREFIX,
-        NEXT.fetch_add(1, Ordering::Relaxed) as u32
-    )
-}
 
 /// The edge service.
 pub struct EdgeService {
@@ -181,7 +167,7 @@ impl ProxyHttp for EdgeService {
 }
 
 impl EdgeService {
-    /// Writes a complete response with a body (XML, by default).
+    /// Writes a complete response with a body (and any extra headers).
     async fn write_body(
         &self,
         session: &mut Session,
@@ -189,6 +175,7 @@ impl EdgeService {
         status: u16,
         content_type: &str,
         body: Bytes,
+        extra: &[(&'static str, String)],
     ) -> Answer {
         let mut resp = ResponseHeader::build(status, Some(4)).map_err(internal)?;
         let head = session.req_header().method == http::Method::HEAD;
@@ -196,6 +183,9 @@ impl EdgeService {
             resp.insert_header("content-type", content_type)?;
             resp.insert_header("content-length", body.len().to_string())?;
             resp.insert_header("x-amz-request-id", &ctx.request_id)?;
+            for (name, value) in extra {
+                resp.insert_header(*name, value)?;
+            }
             Ok(())
         })()
         .map_err(internal)?;

@@ -257,23 +257,8 @@ impl EdgeService {
         let e = S3Error::invalid_range();
         let resource = session.req_header().uri.path().to_string();
         let body = e.to_xml(&resource, &ctx.request_id);
-        let mut resp = ResponseHeader::build(416, Some(5)).map_err(internal)?;
-        (|| -> Result<()> {
-            resp.insert_header("content-type", "application/xml")?;
-            resp.insert_header("content-length", body.len().to_string())?;
-            resp.insert_header("content-range", format!("bytes */{}", meta.size))?;
-            resp.insert_header("x-amz-request-id", &ctx.request_id)?;
-            Ok(())
-        })()
-        .map_err(internal)?;
-        ctx.status = 416;
-        session
-            .write_response_header(Box::new(resp), false)
+        let range = ("content-range", format!("bytes */{}", meta.size));
+        self.write_body(session, ctx, 416, "application/xml", body, &[range])
             .await
-            .map_err(internal)?;
-        session
-            .write_response_body(Some(body), true)
-            .await
-            .map_err(internal)
     }
 }

@@ -159,7 +159,8 @@ impl ProxyHttp for FillService {
             }
             Err(e) => {
                 let resource = session.req_header().uri.path().to_string();
-                write_error(session, &e, &resource, &crate::edge::request_id()).await?;
+                crate::error::write_error(session, &e, &resource, &crate::error::request_id())
+                    .await?;
                 Ok(true)
             }
         }
@@ -442,7 +443,8 @@ impl ProxyHttp for FillService {
         });
         let s3 = oe.to_s3();
         let resource = session.req_header().uri.path().to_string();
-        let _ = write_error(session, &s3, &resource, &crate::edge::request_id()).await;
+        let _ =
+            crate::error::write_error(session, &s3, &resource, &crate::error::request_id()).await;
         FailToProxy {
             error_code: s3.status,
             can_reuse_downstream: false,
@@ -550,26 +552,6 @@ async fn serve_hit(
             ErrorType::ReadError,
             format!("chunk ended at {sent} of {expected_len} bytes"),
         );
-    }
-    Ok(())
-}
-
-/// Writes an S3 XML error as the whole response, under the request's id.
-pub async fn write_error(
-    session: &mut Session,
-    e: &S3Error,
-    resource: &str,
-    request_id: &str,
-) -> Result<()> {
-    let body = e.to_xml(resource, request_id);
-    let mut resp = ResponseHeader::build(e.status, Some(4))?;
-    resp.insert_header("content-type", "application/xml")?;
-    resp.insert_header("content-length", body.len().to_string())?;
-    resp.insert_header("x-amz-request-id", request_id)?;
-    let head = session.req_header().method == http::Method::HEAD;
-    session.write_response_header(Box::new(resp), head).await?;
-    if !head {
-        session.write_response_body(Some(body), true).await?;
     }
     Ok(())
 }
