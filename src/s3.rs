@@ -4,6 +4,7 @@
 
 use crate::origin::encode_key;
 use crate::origin::http::{exchange, make_peer, Endpoint, ExchangeError, Resolver, Response};
+use crate::origin::pool::ConnPool;
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{
     sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings,
@@ -11,10 +12,8 @@ use aws_sigv4::http_request::{
 };
 use aws_sigv4::sign::v4;
 use bytes::Bytes;
-use once_cell::sync::OnceCell;
-use pingora::connectors::http::Connector;
 use pingora::protocols::http::client::HttpSession;
-use pingora::upstreams::peer::{HttpPeer, Peer};
+use pingora::upstreams::peer::HttpPeer;
 use pingora_http::{RequestHeader, ResponseHeader};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -47,7 +46,7 @@ pub struct S3Client {
     timeout: Duration,
     resolver: Resolver,
     // Built on first use, inside a runtime: nothing is spawned before Pingora forks.
-    connector: OnceCell<Connector>,
+    connector: ConnPool,
 }
 
 impl S3Client {
@@ -66,7 +65,7 @@ impl S3Client {
             auth,
             timeout,
             resolver: Resolver::default(),
-            connector: OnceCell::new(),
+            connector: ConnPool::new(),
         })
     }
 
@@ -75,8 +74,8 @@ impl S3Client {
         &self.region
     }
 
-    fn connector(&self) -> &Connector {
-        self.connector.get_or_init(|| Connector::new(None))
+    fn connector(&self) -> &ConnPool {
+        &self.connector
     }
 
     /// The host name requests for `bucket` go to.
@@ -222,9 +221,7 @@ impl S3Client {
                 .await
                 .map_err(|e| e.to_string())?;
             let resp = read_whole(&mut session, 64 * 1024).await?;
-            connector
-                .release_http_session(session, &peer, peer.idle_timeout())
-                .await;
+            connector.release_http_session(session, &peer).await;
             Ok::<_, String>(resp)
         };
         // The timeout covers a put of a whole chunk: generous, but bounded.
@@ -295,7 +292,7 @@ impl S3Body {
                 if let Some(s) = self.session.take() {
                     self.client
                         .connector()
-                        .release_http_session(s, &self.peer, self.peer.idle_timeout())
+                        .release_http_session(s, &self.peer)
                         .await;
                 }
                 Ok(None)

@@ -16,15 +16,15 @@ use crate::fill::FillService;
 use crate::fill::SOURCE_HEADER;
 use crate::metrics::ChunkSource;
 use crate::origin::http::make_peer;
+use crate::origin::pool::ConnPool;
 use crate::origin::OriginError;
 use bytes::Bytes;
 use once_cell::sync::OnceCell;
 use pingora::apps::HttpServerApp;
-use pingora::connectors::http::Connector;
 use pingora::protocols::http::client::HttpSession as ClientSession;
 use pingora::protocols::http::v1::client::HttpSession as H1Client;
 use pingora::protocols::http::ServerSession;
-use pingora::upstreams::peer::{HttpPeer, Peer};
+use pingora::upstreams::peer::HttpPeer;
 use pingora_http::RequestHeader;
 use pingora_proxy::HttpProxy;
 use std::net::SocketAddr;
@@ -85,10 +85,7 @@ pub struct FillClient {
 #[allow(clippy::large_enum_variant)]
 enum Target {
     /// Another replica's fill service.
-    Remote {
-        peer: HttpPeer,
-        connector: OnceCell<Connector>,
-    },
+    Remote { peer: HttpPeer, connector: ConnPool },
     /// This replica's own, in-process (set once the server's configuration is known).
     Local {
         proxy: OnceCell<Arc<HttpProxy<FillService>>>,
@@ -108,7 +105,7 @@ impl FillClient {
         Self {
             target: Target::Remote {
                 peer,
-                connector: OnceCell::new(),
+                connector: ConnPool::new(),
             },
             authority: addr.to_string(),
             read_timeout,
@@ -143,7 +140,6 @@ impl FillClient {
     async fn session(&self) -> Result<(ClientSession, bool), String> {
         match &self.target {
             Target::Remote { peer, connector } => connector
-                .get_or_init(|| Connector::new(None))
                 .get_http_session(peer)
                 .await
                 .map_err(|e| e.to_string()),
@@ -169,10 +165,7 @@ impl FillClient {
 
     async fn release(&self, session: ClientSession) {
         if let Target::Remote { peer, connector } = &self.target {
-            if let Some(c) = connector.get() {
-                c.release_http_session(session, peer, peer.idle_timeout())
-                    .await;
-            }
+            connector.release_http_session(session, peer).await;
         }
     }
 

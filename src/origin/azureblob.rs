@@ -18,11 +18,10 @@ use super::{
 };
 use crate::config::{AzureBlobConfig, AzureCredentials};
 use crate::metrics::ORIGIN_REQUESTS;
+use crate::origin::pool::ConnPool;
 use async_trait::async_trait;
 use bytes::Bytes;
 use list::{AzurePage, Cursor};
-use once_cell::sync::OnceCell;
-use pingora::connectors::http::Connector;
 use pingora::upstreams::peer::HttpPeer;
 use pingora_http::{RequestHeader, ResponseHeader};
 use sign::{SharedKey, API_VERSION};
@@ -71,7 +70,7 @@ pub struct AzureBlobOrigin {
     timeout: Duration,
     resolver: Resolver,
     // Built on first use, inside a runtime: nothing is spawned before Pingora forks.
-    connector: OnceCell<Connector>,
+    connector: ConnPool,
 }
 
 impl std::fmt::Debug for AzureBlobOrigin {
@@ -102,7 +101,7 @@ impl AzureBlobOrigin {
             auth,
             timeout,
             resolver: Resolver::default(),
-            connector: OnceCell::new(),
+            connector: ConnPool::new(),
         })
     }
 
@@ -118,8 +117,8 @@ impl AzureBlobOrigin {
         Self::new(&config.endpoint, auth, timeout)
     }
 
-    fn connector(&self) -> &Connector {
-        self.connector.get_or_init(|| Connector::new(None))
+    fn connector(&self) -> &ConnPool {
+        &self.connector
     }
 
     /// The origin-form path of a container, or of a blob in it.

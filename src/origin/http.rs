@@ -5,10 +5,10 @@
 //! so names are resolved here with tokio's resolver, cached for [`DNS_TTL`], and peers are
 //! built from socket addresses plus SNI.
 
+use crate::origin::pool::ConnPool;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
-use pingora::connectors::http::Connector;
-use pingora::upstreams::peer::{HttpPeer, Peer};
+use pingora::upstreams::peer::HttpPeer;
 use pingora_http::{RequestHeader, ResponseHeader};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -153,7 +153,7 @@ pub enum ExchangeError {
 /// reusing pooled connections. The connection goes back to the pool only after a complete,
 /// well-framed answer.
 pub async fn exchange(
-    connector: &Connector,
+    connector: &ConnPool,
     peer: &HttpPeer,
     req: RequestHeader,
     max_body: usize,
@@ -166,7 +166,7 @@ pub async fn exchange(
 }
 
 async fn exchange_inner(
-    connector: &Connector,
+    connector: &ConnPool,
     peer: &HttpPeer,
     req: RequestHeader,
     max_body: usize,
@@ -203,9 +203,7 @@ async fn exchange_inner(
             }
             body.extend_from_slice(&piece);
         }
-        connector
-            .release_http_session(session, peer, peer.idle_timeout())
-            .await;
+        connector.release_http_session(session, peer).await;
         return Ok(Response {
             header,
             body: body.freeze(),

@@ -6,6 +6,7 @@
 
 pub mod azureblob;
 pub mod http;
+pub mod pool;
 pub mod s3;
 
 use crate::error::S3Error;
