@@ -8,18 +8,31 @@
 //! `v1/`) and are removed at start, unless their process is still alive: `orca -t`, or a new
 //! process during a `-u` upgrade, must not delete a running Orca's commits in progress.
 
+use super::buf::{PieceBuf, PIECE};
 use super::{CacheStore, ChunkRead, CommitOutcome, StoreError};
 use crate::chunk::{ChunkId, CACHE_VERSION};
 use async_trait::async_trait;
 use bytes::Bytes;
+use lru::LruCache;
+use parking_lot::Mutex;
+use rustix::io::{Errno, ReadWriteFlags};
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::io::{ErrorKind, IoSliceMut, Write};
+use std::num::NonZeroUsize;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
-/// Bytes read from a chunk file per blocking call: large enough that the thread hop is noise,
-/// small enough that a reader never holds a whole chunk.
-const READ_PIECE: u64 = 512 * 1024;
+/// Open chunk files kept for reuse, so a warm hit costs neither an `open(2)` nor a trip to the
+/// blocking pool. A committed chunk file never changes (its name covers the object's ETag and
+/// the chunk's length, and commits never replace), so a kept descriptor always reads the right
+/// bytes, even after the file was unlinked; its disk space is freed when it leaves this cache.
+const OPEN_FILES: usize = 256;
+
+/// Whether `preadv2(RWF_NOWAIT)` works here (Linux 4.14+, and the filesystem must support
+/// it); cleared on the first `EOPNOTSUPP`.
+static NOWAIT: AtomicBool = AtomicBool::new(true);
 
 /// A cache store in a local directory.
 pub struct FsStore {
@@ -27,6 +40,7 @@ pub struct FsStore {
     chunks: PathBuf,
     tmp: PathBuf,
     seq: AtomicU64,
+    open_files: Mutex<LruCache<String, Arc<File>>>,
 }
 
 impl FsStore {
@@ -44,6 +58,9 @@ impl FsStore {
             chunks,
             tmp,
             seq: AtomicU64::new(0),
+            open_files: Mutex::new(LruCache::new(
+                NonZeroUsize::new(OPEN_FILES).unwrap_or(NonZeroUsize::MIN),
+            )),
         };
         let removed = store.clean_tmp()?;
         if removed > 0 {
@@ -175,46 +192,27 @@ impl CacheStore for FsStore {
         from: u64,
         to: u64,
     ) -> Result<Option<Box<dyn ChunkRead>>, StoreError> {
-        let path = self.chunk_path(id);
         let name = id.name();
-        let opened = tokio::task::spawn_blocking(move || -> Result<Option<File>, StoreError> {
-            let file = match File::open(&path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(StoreError::io(format!("open {}", path.display()), e)),
-            };
-            let found = file
-                .metadata()
-                .map_err(|e| StoreError::io(format!("stat {}", path.display()), e))?
-                .len();
-            if found != expected_len {
-                // Quarantine: remove it so the next fill can commit a good copy.
-                let _ = fs::remove_file(&path);
-                return Err(StoreError::Corrupt {
-                    name,
-                    found,
-                    expected: expected_len,
-                });
-            }
-            Ok(Some(file))
-        })
-        .await
-        .map_err(|e| StoreError::io("open task", std::io::Error::other(e)))??;
         let (pos, end) = (from.min(expected_len), to.min(expected_len));
-        match opened {
-            None => Ok(None),
-            Some(mut file) => {
-                if pos > 0 {
-                    file.seek(SeekFrom::Start(pos))
-                        .map_err(|e| StoreError::io(format!("seek {}", id.name()), e))?;
-                }
-                Ok(Some(Box::new(FsReader {
-                    file: Some(file),
-                    pos,
-                    end,
-                })))
+        let cached = self.open_files.lock().get(&name).cloned();
+        let file = match cached {
+            Some(file) => file,
+            None => {
+                let path = self.chunk_path(id);
+                let key = name.clone();
+                let opened =
+                    tokio::task::spawn_blocking(move || open_checked(&path, expected_len, key))
+                        .await
+                        .map_err(|e| StoreError::io("open task", std::io::Error::other(e)))??;
+                let Some(file) = opened else {
+                    return Ok(None);
+                };
+                let file = Arc::new(file);
+                self.open_files.lock().put(name, file.clone());
+                file
             }
-        }
+        };
+        Ok(Some(Box::new(FsReader { file, pos, end })))
     }
 
     async fn commit(
@@ -236,16 +234,58 @@ impl CacheStore for FsStore {
     }
 }
 
-/// Reads a chunk file in [`READ_PIECE`] pieces on the blocking pool.
+/// Opens a committed chunk file and checks its length: `None` when it is not there; a file of
+/// the wrong length is removed (so the next fill can commit a good copy) and reported.
+fn open_checked(path: &Path, expected_len: u64, name: String) -> Result<Option<File>, StoreError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::io(format!("open {}", path.display()), e)),
+    };
+    let found = file
+        .metadata()
+        .map_err(|e| StoreError::io(format!("stat {}", path.display()), e))?
+        .len();
+    if found != expected_len {
+        let _ = fs::remove_file(path);
+        return Err(StoreError::Corrupt {
+            name,
+            found,
+            expected: expected_len,
+        });
+    }
+    Ok(Some(file))
+}
+
+/// Reads a chunk file in pieces of at most [`PIECE`] bytes into recycled buffers.
 ///
-/// The reader owns its file handle and reads sequentially into fresh, uninitialized capacity
-/// (`read_to_end` on a `File` does not zero the buffer first): the only pass over the bytes is
-/// the kernel's copy into user space, and the `Vec` becomes the `Bytes` sent to the socket.
+/// A piece in the page cache is read right here with `preadv2(RWF_NOWAIT)`, which copies what
+/// is cached and never waits for the disk; only a piece that needs the disk goes to the
+/// blocking pool. The buffer becomes the `Bytes` written to the socket: one copy in user space.
 struct FsReader {
-    /// Taken by the blocking read and put back after it.
-    file: Option<File>,
+    file: Arc<File>,
     pos: u64,
     end: u64,
+}
+
+impl FsReader {
+    /// Whatever part of the next `buf.len()` bytes is in the page cache; `None` when none is.
+    fn read_cached(&self, buf: &mut [u8]) -> Result<Option<usize>, std::io::Error> {
+        if !NOWAIT.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let mut slices = [IoSliceMut::new(buf)];
+        match rustix::io::preadv2(&*self.file, &mut slices, self.pos, ReadWriteFlags::NOWAIT) {
+            Ok(0) => Err(ErrorKind::UnexpectedEof.into()),
+            Ok(n) => Ok(Some(n)),
+            Err(Errno::AGAIN) => Ok(None),
+            Err(Errno::OPNOTSUPP) | Err(Errno::NOSYS) => {
+                NOWAIT.store(false, Ordering::Relaxed);
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
 }
 
 #[async_trait]
@@ -254,30 +294,39 @@ impl ChunkRead for FsReader {
         if self.pos >= self.end {
             return Ok(None);
         }
-        let n = (self.end - self.pos).min(READ_PIECE);
-        let file = self.file.take().ok_or_else(|| {
-            StoreError::io("read chunk", std::io::Error::other("reader failed before"))
-        })?;
-        let (file, piece) = tokio::task::spawn_blocking(move || {
-            let mut buf = Vec::with_capacity(n as usize);
-            let read = (&file).take(n).read_to_end(&mut buf);
-            (file, read.map(|_| buf))
-        })
-        .await
-        .map_err(|e| StoreError::io("read task", std::io::Error::other(e)))?;
-        let piece = piece.map_err(|e| StoreError::io("read chunk", e))?;
-        if piece.len() as u64 != n {
-            return Err(StoreError::io(
+        let want = (self.end - self.pos).min(PIECE as u64) as usize;
+        let mut buf = PieceBuf::take(want);
+        let short = || {
+            StoreError::io(
                 "read chunk",
                 std::io::Error::new(
                     ErrorKind::UnexpectedEof,
                     "chunk file shorter than its length",
                 ),
-            ));
-        }
-        self.file = Some(file);
-        self.pos += n;
-        Ok(Some(Bytes::from(piece)))
+            )
+        };
+        let n = match self.read_cached(buf.as_mut_slice()) {
+            Ok(Some(n)) => n,
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Err(short()),
+            Err(e) => return Err(StoreError::io("read chunk", e)),
+            Ok(None) => {
+                let (file, pos) = (self.file.clone(), self.pos);
+                let (back, read) = tokio::task::spawn_blocking(move || {
+                    let read = file.read_exact_at(buf.as_mut_slice(), pos);
+                    (buf, read)
+                })
+                .await
+                .map_err(|e| StoreError::io("read task", std::io::Error::other(e)))?;
+                buf = back;
+                match read {
+                    Ok(()) => want,
+                    Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Err(short()),
+                    Err(e) => return Err(StoreError::io("read chunk", e)),
+                }
+            }
+        };
+        self.pos += n as u64;
+        Ok(Some(buf.into_bytes(n)))
     }
 }
 

@@ -6,6 +6,7 @@
 //! `pingora_cache::Storage`, adds the registry of fills in flight (streaming partial writes) and
 //! the presence catalog.
 
+pub mod buf;
 pub mod fs;
 pub mod s3;
 pub mod storage;
@@ -122,4 +123,11 @@ pub trait CacheStore: Send + Sync + 'static {
 
     /// The driver's name for logs (`fs`, `s3`).
     fn driver(&self) -> &'static str;
+
+    /// Whether a hit is worth reading ahead of the client, in parallel with the chunk being
+    /// sent (a network store, where each stream is slow), rather than as the client takes it
+    /// (a local disk, where reading ahead only holds memory).
+    fn prefetch_hits(&self) -> bool {
+        false
+    }
 }

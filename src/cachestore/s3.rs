@@ -220,6 +220,10 @@ impl CacheStore for S3Store {
         self.put_if_absent(&Self::object_key(id), &pieces).await
     }
 
+    fn prefetch_hits(&self) -> bool {
+        true
+    }
+
     fn driver(&self) -> &'static str {
         "s3"
     }

@@ -216,6 +216,9 @@ pub struct ChunkHit {
     pub source: ChunkSource,
     /// The reader.
     pub reader: Box<dyn ChunkRead>,
+    /// Read as the client takes the bytes, not ahead of it (bytes already in memory, or a
+    /// store that does not gain from reading ahead: [`CacheStore::prefetch_hits`]).
+    pub on_demand: bool,
 }
 
 impl ChunkStorage {
@@ -248,6 +251,7 @@ impl ChunkStorage {
                 return Some(ChunkHit {
                     source: ChunkSource::Memory,
                     reader: Box::new(FlightReader::new(flight, from, to)),
+                    on_demand: true,
                 });
             }
         }
@@ -257,6 +261,7 @@ impl ChunkStorage {
                 Some(ChunkHit {
                     source: ChunkSource::CacheStore,
                     reader,
+                    on_demand: !self.store.prefetch_hits(),
                 })
             }
             Ok(None) => {

@@ -7,9 +7,14 @@
 //! *and* a whole largest chunk stays free after them, so read-ahead (which a slow client may
 //! hold for long) never starves another request's current chunk, and the process never
 //! buffers more than the budget however many clients there are.
+//!
+//! A hit that gains nothing from reading ahead (a local-disk store, or a fill in flight whose
+//! bytes are already in memory) is opened ahead and its first piece read, then handed to the
+//! pipeline, which reads the rest as the client takes it.
 
 use super::fill_client::{FillError, PieceResult};
 use crate::app::Orca;
+use crate::cachestore::storage::ChunkHit;
 use crate::chunk::{chunk_span, slice_in_chunk, ByteRange, ChunkId, ObjectVersion};
 use crate::fill::FillSpec;
 use crate::metrics::{ChunkSource, FILL_JOINS, PEER_FILLS};
@@ -18,7 +23,7 @@ use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 
 /// The budget is counted in KiB so a `u32` reservation covers any chunk size.
@@ -28,6 +33,10 @@ pub fn budget_units(bytes: u64) -> u32 {
 
 struct Running {
     rx: UnboundedReceiver<PieceResult>,
+    /// An on-demand hit, handed over before `rx` closes.
+    hit_rx: oneshot::Receiver<ChunkHit>,
+    /// The on-demand hit once handed over: the rest of the chunk is read from it.
+    hit: Option<ChunkHit>,
     task: JoinHandle<()>,
     _reservation: OwnedSemaphorePermit,
 }
@@ -80,12 +89,30 @@ impl Pipeline {
             let Some(head) = self.queue.front_mut() else {
                 return Ok(None);
             };
+            if let Some(hit) = head.hit.as_mut() {
+                match hit.reader.next_piece().await {
+                    Ok(Some(piece)) => return Ok(Some(piece)),
+                    Ok(None) => {
+                        self.queue.pop_front();
+                        continue;
+                    }
+                    // Bytes of this chunk were sent already: the response cannot be mended.
+                    Err(e) => {
+                        return Err(OriginError::Transient(format!(
+                            "reading a stored chunk: {e}"
+                        )))
+                    }
+                }
+            }
             match head.rx.recv().await {
                 Some(Ok(piece)) => return Ok(Some(piece)),
                 Some(Err(e)) => return Err(e),
-                None => {
-                    self.queue.pop_front();
-                }
+                None => match head.hit_rx.try_recv() {
+                    Ok(hit) => head.hit = Some(hit),
+                    Err(_) => {
+                        self.queue.pop_front();
+                    }
+                },
             }
         }
     }
@@ -113,6 +140,7 @@ impl Pipeline {
                 }
             };
             let (tx, rx) = unbounded_channel();
+            let (hit_tx, hit_rx) = oneshot::channel();
             let task = tokio::spawn(read_chunk(
                 self.orca.clone(),
                 self.version.clone(),
@@ -121,9 +149,12 @@ impl Pipeline {
                 from,
                 to,
                 tx,
+                hit_tx,
             ));
             self.queue.push_back(Running {
                 rx,
+                hit_rx,
+                hit: None,
                 task,
                 _reservation: reservation,
             });
@@ -136,7 +167,9 @@ impl Pipeline {
 /// Reads bytes `[from, to)` of one chunk into `tx`: in-process from a fill in flight or the
 /// store when it is there; else from the chunk's coordinator when that is another replica;
 /// else (or when the coordinator cannot help) through this replica's own fill service, which
-/// fetches it from the origin once, whoever else asks.
+/// fetches it from the origin once, whoever else asks. An on-demand hit goes to `hit_tx`
+/// after its first piece.
+#[allow(clippy::too_many_arguments)]
 async fn read_chunk(
     orca: Arc<Orca>,
     version: Arc<ObjectVersion>,
@@ -145,6 +178,7 @@ async fn read_chunk(
     from: u64,
     to: u64,
     tx: UnboundedSender<PieceResult>,
+    hit_tx: oneshot::Sender<ChunkHit>,
 ) {
     if let Some(mut hit) = orca.storage.open(&id, len, from, to).await {
         let mut sent = 0u64;
@@ -155,12 +189,17 @@ async fn read_chunk(
                     if tx.send(Ok(piece)).is_err() {
                         return;
                     }
+                    if hit.on_demand {
+                        // The rest is read by the pipeline as the client takes it; `tx` is
+                        // dropped after the hand-over, so the pipeline finds the hit then.
+                        // Counted now: the pipeline may never ask past the last byte.
+                        count_hit(&hit);
+                        let _ = hit_tx.send(hit);
+                        return;
+                    }
                 }
                 Ok(None) => {
-                    hit.source.count();
-                    if hit.source == ChunkSource::Memory {
-                        FILL_JOINS.inc();
-                    }
+                    count_hit(&hit);
                     return;
                 }
                 Err(e) if sent == 0 => {
@@ -238,6 +277,14 @@ async fn fetch_from_peer(
         .await
         .map_err(FillError::Unreachable)?;
     client.fetch(query, len, range, tx, sent).await.map(|_| ())
+}
+
+/// Counts a hit read to its end by where its bytes came from.
+fn count_hit(hit: &ChunkHit) {
+    hit.source.count();
+    if hit.source == ChunkSource::Memory {
+        FILL_JOINS.inc();
+    }
 }
 
 fn fail(orca: &Orca, version: &ObjectVersion, tx: &UnboundedSender<PieceResult>, e: OriginError) {
