@@ -137,10 +137,21 @@ pub fn xml_escape_into(out: &mut String, text: &str) {
 
 /// Pulls `<Code>` out of an S3 XML error body (the fill service and origins answer with one).
 pub fn code_from_xml(body: &[u8]) -> Option<String> {
+    xml_text(body, "Code")
+}
+
+/// The text of the first `<tag>` element of a small XML answer, unescaped and trimmed.
+pub fn xml_text(body: &[u8], tag: &str) -> Option<String> {
     let text = std::str::from_utf8(body).ok()?;
-    let start = text.find("<Code>")? + "<Code>".len();
-    let end = text[start..].find("</Code>")? + start;
-    Some(text[start..end].trim().to_string())
+    let open = format!("<{tag}>");
+    let start = text.find(&open)? + open.len();
+    let end = text[start..].find(&format!("</{tag}>"))? + start;
+    let raw = text[start..end].trim();
+    Some(
+        quick_xml::escape::unescape(raw)
+            .map(|t| t.into_owned())
+            .unwrap_or_else(|_| raw.to_string()),
+    )
 }
 
 #[cfg(test)]

@@ -1,7 +1,14 @@
 //! A small S3 client over Pingora's connector: SigV4-signed requests (aws-sigv4), path-style
 //! or virtual-hosted addressing, async cached DNS, pooled connections. The S3 origin driver and
 //! the shared S3 cache store both use it; it knows nothing of chunks or of origins.
+//!
+//! S3 Express One Zone directory buckets (named `base--zone-id--x-s3`) authorize data requests
+//! with sessions: `CreateSession` (signed with the client's own keys, service `s3express`)
+//! returns credentials that last 5 minutes; requests are then signed with those (service
+//! `s3express`) and carry the session token in `x-amz-s3session-token`. The client keeps one
+//! session per directory bucket and renews it after [`EXPRESS_SESSION_REUSE`].
 
+use crate::error::xml_text;
 use crate::origin::encode_key;
 use crate::origin::http::{exchange, make_peer, Endpoint, ExchangeError, Resolver, Response};
 use crate::origin::pool::ConnPool;
@@ -15,8 +22,28 @@ use bytes::Bytes;
 use pingora::protocols::http::client::HttpSession;
 use pingora::upstreams::peer::HttpPeer;
 use pingora_http::{RequestHeader, ResponseHeader};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
+
+/// How long an S3 Express session is used: they last 5 minutes; a minute is left for clock
+/// skew and requests in flight.
+pub const EXPRESS_SESSION_REUSE: Duration = Duration::from_secs(240);
+
+/// Whether `bucket` is an S3 Express One Zone directory bucket (its name ends in `--x-s3`).
+pub fn is_directory_bucket(bucket: &str) -> bool {
+    bucket.ends_with("--x-s3")
+}
+
+/// How a request is signed.
+enum Signer<'a> {
+    /// The client's own keys, for service `s3` (or `s3express` for CreateSession).
+    Own(&'a Credentials, &'static str),
+    /// An S3 Express session's credentials.
+    Session(Credentials),
+    /// Not at all.
+    Unsigned,
+}
 
 /// Signing identity: static keys, or none for public buckets.
 #[derive(Clone)]
@@ -47,6 +74,10 @@ pub struct S3Client {
     resolver: Resolver,
     // Built on first use, inside a runtime: nothing is spawned before Pingora forks.
     connector: ConnPool,
+    /// S3 Express sessions by directory bucket, with when they were made.
+    sessions: parking_lot::Mutex<HashMap<String, (Credentials, Instant)>>,
+    /// One CreateSession at a time (callers that waited find the new session).
+    session_flight: tokio::sync::Mutex<()>,
 }
 
 impl S3Client {
@@ -66,7 +97,66 @@ impl S3Client {
             timeout,
             resolver: Resolver::default(),
             connector: ConnPool::new(),
+            sessions: parking_lot::Mutex::new(HashMap::new()),
+            session_flight: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Makes sure requests for `bucket` can be signed: for an S3 Express directory bucket,
+    /// fetches (or renews) its session with CreateSession; for any other bucket, nothing.
+    pub async fn prepare(&self, bucket: &str) -> Result<(), String> {
+        if !is_directory_bucket(bucket) || self.session(bucket).is_some() {
+            return Ok(());
+        }
+        let _one = self.session_flight.lock().await;
+        if self.session(bucket).is_some() {
+            return Ok(());
+        }
+        let S3Auth::Sign(own) = &self.auth else {
+            return Err(format!(
+                "bucket {bucket:?} is an S3 Express directory bucket, which needs credentials (CreateSession)"
+            ));
+        };
+        let req = self.sign_with(
+            "GET",
+            bucket,
+            None,
+            "session=",
+            &[],
+            Signer::Own(own, "s3express"),
+            SystemTime::now(),
+        )?;
+        let resp = self
+            .send(bucket, req, 64 * 1024)
+            .await
+            .map_err(|e| format!("CreateSession on {bucket:?}: {e}"))?;
+        let status = resp.header.status.as_u16();
+        let field = |tag: &str| xml_text(&resp.body, tag).filter(|v| !v.is_empty());
+        if status != 200 {
+            let code = field("Code").unwrap_or_else(|| "no error code".into());
+            return Err(format!("CreateSession on {bucket:?}: HTTP {status} {code}"));
+        }
+        let (Some(id), Some(secret), Some(token)) = (
+            field("AccessKeyId"),
+            field("SecretAccessKey"),
+            field("SessionToken"),
+        ) else {
+            return Err(format!(
+                "CreateSession on {bucket:?}: the answer lacks the session credentials"
+            ));
+        };
+        let creds = Credentials::new(id, secret, Some(token), None, "s3express-session");
+        self.sessions
+            .lock()
+            .insert(bucket.to_string(), (creds, Instant::now()));
+        Ok(())
+    }
+
+    /// The current session of a directory bucket, if it is fresh enough to use.
+    fn session(&self, bucket: &str) -> Option<Credentials> {
+        let sessions = self.sessions.lock();
+        let (creds, made) = sessions.get(bucket)?;
+        (made.elapsed() < EXPRESS_SESSION_REUSE).then(|| creds.clone())
     }
 
     /// The region requests are signed for.
@@ -99,7 +189,8 @@ impl S3Client {
     }
 
     /// Builds and signs a request. `query` is already encoded (`a=b&c=d`); the signer
-    /// canonicalizes it. The payload is signed as `UNSIGNED-PAYLOAD`.
+    /// canonicalizes it. The payload is signed as `UNSIGNED-PAYLOAD`. For a directory bucket,
+    /// [`S3Client::prepare`] must have been called first.
     pub fn signed_request(
         &self,
         method: &str,
@@ -107,6 +198,52 @@ impl S3Client {
         key: Option<&str>,
         query: &str,
         extra: &[(&str, &str)],
+    ) -> Result<RequestHeader, String> {
+        let signer = match &self.auth {
+            S3Auth::Anonymous => Signer::Unsigned,
+            S3Auth::Sign(_) if is_directory_bucket(bucket) => {
+                Signer::Session(self.session(bucket).ok_or_else(|| {
+                    format!("no S3 Express session for bucket {bucket:?} (CreateSession failed or was not made)")
+                })?)
+            }
+            S3Auth::Sign(own) => Signer::Own(own, "s3"),
+        };
+        self.sign_with(method, bucket, key, query, extra, signer, SystemTime::now())
+    }
+
+    /// [`S3Client::signed_request`] signed with an S3 Express session's credentials at `time`
+    /// (tests compare this with other SigV4 implementations).
+    #[doc(hidden)]
+    pub fn sign_with_session_at(
+        &self,
+        method: &str,
+        bucket: &str,
+        key: Option<&str>,
+        extra: &[(&str, &str)],
+        session: Credentials,
+        time: SystemTime,
+    ) -> Result<RequestHeader, String> {
+        self.sign_with(
+            method,
+            bucket,
+            key,
+            "",
+            extra,
+            Signer::Session(session),
+            time,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn sign_with(
+        &self,
+        method: &str,
+        bucket: &str,
+        key: Option<&str>,
+        query: &str,
+        extra: &[(&str, &str)],
+        signer: Signer<'_>,
+        time: SystemTime,
     ) -> Result<RequestHeader, String> {
         let host = self.endpoint.authority_for(&self.host_for(bucket));
         let mut path = self.path_for(bucket, key);
@@ -121,7 +258,12 @@ impl S3Client {
         for (name, value) in extra {
             req.insert_header(name.to_string(), *value).map_err(bad)?;
         }
-        if let S3Auth::Sign(creds) = &self.auth {
+        let (creds, service, session) = match signer {
+            Signer::Unsigned => return Ok(req),
+            Signer::Own(creds, service) => (creds.clone(), service, false),
+            Signer::Session(creds) => (creds, "s3express", true),
+        };
+        {
             let scheme = if self.endpoint.tls { "https" } else { "http" };
             let url = format!("{scheme}://{host}{path}");
             let mut headers: Vec<(&str, &str)> = vec![("host", host.as_str())];
@@ -131,12 +273,16 @@ impl S3Client {
             settings.percent_encoding_mode = PercentEncodingMode::Single;
             settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
             settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
-            let identity = creds.clone().into();
+            if session {
+                // S3 Express takes the session token in its own (signed) header.
+                settings.session_token_name_override = Some("x-amz-s3session-token");
+            }
+            let identity = creds.into();
             let params = v4::SigningParams::builder()
                 .identity(&identity)
                 .region(&self.region)
-                .name("s3")
-                .time(SystemTime::now())
+                .name(service)
+                .time(time)
                 .settings(settings)
                 .build()
                 .map_err(|e| format!("signing parameters: {e}"))?
@@ -198,6 +344,7 @@ impl S3Client {
         let len_text = len.to_string();
         let mut headers: Vec<(&str, &str)> = vec![("content-length", &len_text)];
         headers.extend(extra.iter().copied());
+        self.prepare(bucket).await?;
         let req = self.signed_request("PUT", bucket, Some(key), "", &headers)?;
         let peer = self.peer(bucket).await?;
         let connector = self.connector();
@@ -243,6 +390,7 @@ impl S3Client {
             .as_deref()
             .map(|r| vec![("range", r)])
             .unwrap_or_default();
+        self.prepare(bucket).await?;
         let req = self.signed_request("GET", bucket, Some(key), "", &extra)?;
         let peer = self.peer(bucket).await?;
         let connector = self.connector();

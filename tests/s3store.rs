@@ -1,5 +1,7 @@
 //! The shared S3 cache store against moto: no-clobber commits under a race, the versioning
-//! gate, and the self-test that refuses a store ignoring `If-None-Match: *`.
+//! gate, the self-test that refuses a store ignoring `If-None-Match: *`, and S3 Express One
+//! Zone directory buckets (signature checked against botocore; sessions against moto behind a
+//! proxy that answers the `CreateSession` moto lacks).
 
 #![allow(clippy::unwrap_used)]
 
@@ -150,4 +152,203 @@ async fn a_store_that_ignores_conditional_puts_is_refused_and_readyz_says_why() 
         orca.metric_value("orca_cachestore_commits_total{result=\"committed\"}"),
         0.0
     );
+}
+
+/// Signs a request for an S3 Express One Zone directory bucket with session credentials and
+/// checks the Authorization header against botocore's own S3 Express signer, given the same
+/// request, credentials and time: no S3 Express server runs on loopback, so the signature is
+/// checked against a second implementation instead.
+#[test]
+fn s3_express_requests_are_signed_as_botocore_signs_them() {
+    let client = S3Client::new(
+        "https://s3express-use1-az4.us-east-1.amazonaws.com",
+        "us-east-1",
+        false,
+        S3Auth::Sign(Credentials::new(
+            "AKIDOWN",
+            "own-secret",
+            None,
+            None,
+            "test",
+        )),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let bucket = "orca-cache--use1-az4--x-s3";
+    let session = Credentials::new(
+        "ASIASESSION",
+        "session/secret+key",
+        Some("session-token/abc+def==".into()),
+        None,
+        "test",
+    );
+    // 2026-11-23T10:11:12Z.
+    let time = std::time::UNIX_EPOCH + Duration::from_secs(1_795_428_672);
+    let req = client
+        .sign_with_session_at(
+            "GET",
+            bucket,
+            Some("v1/ab/a key+1"),
+            &[("range", "bytes=0-99")],
+            session,
+            time,
+        )
+        .unwrap();
+    let header = |n: &str| {
+        req.headers
+            .get(n)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(header("x-amz-s3session-token"), "session-token/abc+def==");
+    assert!(req.headers.get("x-amz-security-token").is_none());
+    let ours = header("authorization");
+    assert!(
+        ours.contains("Credential=ASIASESSION/20261123/us-east-1/s3express/aws4_request"),
+        "{ours}"
+    );
+    let url = format!("https://{}{}", header("host"), req.uri);
+    let theirs = run_client(Command::new("python3").args(["-c", BOTOCORE_S3EXPRESS, &url]));
+    assert_eq!(ours, String::from_utf8_lossy(&theirs).trim());
+}
+
+const BOTOCORE_S3EXPRESS: &str = r#"
+import sys, datetime
+from unittest import mock
+from botocore.auth import S3ExpressAuth
+from botocore.awsrequest import AWSRequest
+from botocore.config import Config
+from botocore.credentials import Credentials
+url = sys.argv[1]
+creds = Credentials("ASIASESSION", "session/secret+key", "session-token/abc+def==")
+req = AWSRequest(method="GET", url=url, headers={"Range": "bytes=0-99"})
+req.context["client_config"] = Config(s3={"payload_signing_enabled": False})
+now = datetime.datetime(2026, 11, 23, 10, 11, 12)
+with mock.patch("botocore.auth.get_current_datetime", return_value=now):
+    S3ExpressAuth(creds, "s3express", "us-east-1", identity_cache=None).add_auth(req)
+print(req.headers["Authorization"])
+"#;
+
+/// A directory bucket as the cache store. moto has no S3 Express, so a proxy in front of it
+/// answers `CreateSession` (the one call moto lacks) and records every request; the rest goes
+/// to moto. Orca must make one session and sign every store request with it, skip the
+/// versioning check (directory buckets have none), pass the no-clobber self-test and commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_express_directory_bucket_works_as_the_cache_store() {
+    let moto = Moto::start();
+    let bucket = "orca-cache--use1-az4--x-s3";
+    create_bucket(&moto.endpoint(), "origin-bucket").await;
+    create_bucket(&moto.endpoint(), bucket).await;
+    let express = FaultProxy::start(&moto.endpoint());
+    let token = "emulated-session-token/1+2==";
+    express.push_fault(
+        FaultRule::new(Fault::Respond(
+            200,
+            format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<CreateSessionResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Credentials><SessionToken>{token}</SessionToken><SecretAccessKey>session-secret</SecretAccessKey><AccessKeyId>ASIAEMULATED</AccessKeyId><Expiration>2099-01-01T00:00:00Z</Expiration></Credentials></CreateSessionResult>"
+            ),
+        ))
+        .method("GET")
+        .path_contains("?session")
+        .times(1000),
+    );
+    let orca = OrcaProcess::start(
+        OrcaConfig::new(&moto.endpoint())
+            .extra_yaml(&cache_yaml(&express.endpoint(), bucket))
+            .env("ORCA_CACHESTORE_ACCESS_KEY_ID", "AKIDOWN")
+            .env("ORCA_CACHESTORE_SECRET_ACCESS_KEY", "own-secret"),
+    );
+    let (status, body) = orca.ops_get("/readyz");
+    assert_eq!(status, 200, "{body}");
+    let data = deterministic_bytes(9, 3 << 20);
+    put_object(&moto.endpoint(), "origin-bucket", "k", data.clone()).await;
+    let r = http_get(&orca.object_url("origin-bucket", "k"), None)
+        .await
+        .unwrap();
+    assert_eq!(sha256_hex(&r.body), sha256_hex(&data));
+    let committed = orca.wait_metric_at_least(
+        "orca_cachestore_commits_total{result=\"committed\"}",
+        3.0,
+        Duration::from_secs(20),
+    );
+    assert_eq!(committed, 3.0);
+
+    let log = express.counts().log;
+    let sessions: Vec<_> = log
+        .iter()
+        .filter(|r| r.target.contains("?session"))
+        .collect();
+    // One session for the start-up check (its own client, in a runtime that ends with it) and
+    // one for the running store, reused by every request since.
+    assert_eq!(sessions.len(), 2, "{log:?}");
+    for create in sessions {
+        assert!(create.header("x-amz-s3session-token").is_none());
+        let auth = create.header("authorization").unwrap_or_default();
+        assert!(
+            auth.contains("Credential=AKIDOWN/")
+                && auth.contains("/us-east-1/s3express/aws4_request"),
+            "{create:?}"
+        );
+    }
+    assert!(
+        !log.iter().any(|r| r.target.contains("versioning")),
+        "{log:?}"
+    );
+    let data_requests: Vec<_> = log
+        .iter()
+        .filter(|r| !r.target.contains("?session"))
+        .collect();
+    // The self-test's two puts and its delete, and the three chunk commits at least.
+    assert!(data_requests.len() >= 6, "{log:?}");
+    for r in data_requests {
+        assert_eq!(r.header("x-amz-s3session-token"), Some(token), "{r:?}");
+        let auth = r.header("authorization").unwrap_or_default();
+        assert!(
+            auth.contains("Credential=ASIAEMULATED/") && auth.contains("/s3express/aws4_request"),
+            "{r:?}"
+        );
+    }
+}
+
+/// A directory bucket whose CreateSession is refused stops `orca -t` with the bucket's name
+/// and S3's error code (the keys lack `s3express:CreateSession`, or the bucket is not there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_s3_express_session_stops_orca_naming_the_bucket() {
+    let moto = Moto::start();
+    let bucket = "denied--use1-az4--x-s3";
+    create_bucket(&moto.endpoint(), bucket).await;
+    let express = FaultProxy::start(&moto.endpoint());
+    express.push_fault(
+        FaultRule::new(Fault::Status(403))
+            .path_contains("?session")
+            .times(10),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("orca.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "origin:\n  id: o\n  s3:\n    endpoint: {}\n    path_style: true\n{}",
+            moto.endpoint(),
+            cache_yaml(&express.endpoint(), bucket)
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_orca"))
+        .args(["-t", "--config"])
+        .arg(&path)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("ORCA_CACHESTORE_ACCESS_KEY_ID", "test")
+        .env("ORCA_CACHESTORE_SECRET_ACCESS_KEY", "test")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted: {stderr}");
+    assert!(stderr.contains(bucket), "{stderr}");
+    assert!(stderr.contains("CreateSession"), "{stderr}");
+    assert!(stderr.contains("AccessDenied"), "{stderr}");
+    // Nothing but the session was asked for: no versioning call, no probe put.
+    let log = express.counts().log;
+    assert!(log.iter().all(|r| r.target.contains("?session")), "{log:?}");
 }

@@ -67,6 +67,10 @@ rows = [
      "<=", 1.0),
     ("7b", "CPU s per GiB served warm: Orca", values("7", "orca", "cpu_s_per_GiB"), None, None),
     ("7c", "CPU s per GiB served warm: nginx-slice", values("7", "slice", "cpu_s_per_GiB"), None, None),
+    ("8a", "fleet of 3, N clients 1 cold object: origin bytes / size", values("8", "fleet", "origin_bytes_ratio"), "==", 1.0),
+    ("8b", "fleet of 3: origin bytes / size, the replicas' metric", values("8", "fleet", "metric_bytes_ratio"), "==", 1.0),
+    ("8c", "fleet of 3: chunks read through a peer", values("8", "fleet", "peer_fills"), None, None),
+    ("8d", "fleet of 3: wall time, s", values("8", "fleet", "wall_s"), None, None),
 ]
 
 

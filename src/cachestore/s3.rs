@@ -10,11 +10,15 @@
 //! is refused outright: conditional puts do not protect versions, and old versions would pile
 //! up. A store that ignores `If-None-Match: *` (the second put of a probe object succeeds) is
 //! refused for commits, and `/readyz` says why.
+//!
+//! An S3 Express One Zone directory bucket (`name--zone-id--x-s3`) has no versioning: the
+//! versioning check is replaced by `CreateSession`, and every request is signed with the
+//! session the client keeps (see [`crate::s3`]).
 
 use super::{CacheStore, ChunkRead, CommitOutcome, StoreError};
 use crate::chunk::{ChunkId, CACHE_VERSION};
 use crate::origin::header_str;
-use crate::s3::{S3Body, S3Client};
+use crate::s3::{is_directory_bucket, S3Body, S3Client};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -52,6 +56,42 @@ impl S3Store {
     /// conditional put is ignored); `Ok(None)` when all is well.
     pub async fn check(&self) -> Result<Option<String>, StoreError> {
         let b = &self.bucket;
+        if is_directory_bucket(b) {
+            // S3 Express One Zone: directory buckets have no versioning (and no
+            // GetBucketVersioning). CreateSession proves the bucket and the keys.
+            self.client
+                .prepare(b)
+                .await
+                .map_err(|e| StoreError::Check(format!("cachestore.s3.bucket: {e}")))?;
+        } else {
+            self.check_unversioned().await?;
+        }
+        // Self-test: the second no-clobber put of one probe object must be refused.
+        let probe = format!(
+            "orca-selftest/{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        );
+        let body = [Bytes::from_static(b"orca no-clobber self-test")];
+        let first = self.put_if_absent(&probe, &body).await?;
+        let second = self.put_if_absent(&probe, &body).await?;
+        self.delete(&probe).await;
+        if first != CommitOutcome::Committed {
+            return Err(StoreError::Check(format!(
+                "cachestore.s3: a fresh probe object {probe:?} already existed"
+            )));
+        }
+        if second == CommitOutcome::Committed {
+            return Ok(Some(format!(
+                "cache store bucket {b:?} ignores If-None-Match: * (a second no-clobber put succeeded); commits are off"
+            )));
+        }
+        Ok(None)
+    }
+
+    /// Refuses a bucket that is missing, unreachable, or has (or had) versioning on.
+    async fn check_unversioned(&self) -> Result<(), StoreError> {
+        let b = &self.bucket;
         let req = self
             .client
             .signed_request("GET", b, None, "versioning=", &[])
@@ -80,27 +120,7 @@ impl S3Store {
                 )));
             }
         }
-        // Self-test: the second no-clobber put of one probe object must be refused.
-        let probe = format!(
-            "orca-selftest/{}-{:016x}",
-            std::process::id(),
-            rand::random::<u64>()
-        );
-        let body = [Bytes::from_static(b"orca no-clobber self-test")];
-        let first = self.put_if_absent(&probe, &body).await?;
-        let second = self.put_if_absent(&probe, &body).await?;
-        self.delete(&probe).await;
-        if first != CommitOutcome::Committed {
-            return Err(StoreError::Check(format!(
-                "cachestore.s3: a fresh probe object {probe:?} already existed"
-            )));
-        }
-        if second == CommitOutcome::Committed {
-            return Ok(Some(format!(
-                "cache store bucket {b:?} ignores If-None-Match: * (a second no-clobber put succeeded); commits are off"
-            )));
-        }
-        Ok(None)
+        Ok(())
     }
 
     /// Turns commits off for the reason given (the self-test failed).
@@ -130,6 +150,9 @@ impl S3Store {
     }
 
     async fn delete(&self, key: &str) {
+        if self.client.prepare(&self.bucket).await.is_err() {
+            return;
+        }
         if let Ok(req) = self
             .client
             .signed_request("DELETE", &self.bucket, Some(key), "", &[])
@@ -143,6 +166,10 @@ impl S3Store {
 impl CacheStore for S3Store {
     async fn stat(&self, id: &ChunkId) -> Result<Option<u64>, StoreError> {
         let key = Self::object_key(id);
+        self.client
+            .prepare(&self.bucket)
+            .await
+            .map_err(|e| backend("stat", e))?;
         let req = self
             .client
             .signed_request("HEAD", &self.bucket, Some(&key), "", &[])

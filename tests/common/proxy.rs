@@ -51,6 +51,9 @@ pub enum Fault {
     /// Forward the request without this header (case-insensitive), as a store that ignores
     /// it would behave (e.g. `If-None-Match` on a PUT).
     StripRequestHeader(String),
+    /// Answer with this status and XML body, without contacting the upstream: a part of an API
+    /// that the real server lacks (e.g. S3 Express One Zone's `CreateSession` in front of moto).
+    Respond(u16, String),
 }
 
 /// A fault with the predicate selecting the requests it applies to, and how many times.
@@ -846,6 +849,27 @@ async fn serve_one(down: &mut Conn, upstream: &str, shared: &Shared) -> io::Resu
         Some(Fault::CloseWithoutResponse) => {
             copy_body(down, &mut Sink::new(None), request_framing).await?;
             return Ok(Next::Close);
+        }
+        Some(Fault::Respond(status, body)) => {
+            copy_body(down, &mut Sink::new(None), request_framing).await?;
+            let mut answer = format!(
+                "HTTP/1.1 {status} {}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n",
+                reason(status),
+                body.len()
+            );
+            if !keep_alive {
+                answer.push_str("Connection: close\r\n");
+            }
+            answer.push_str("\r\n");
+            if !head_request {
+                answer.push_str(&body);
+            }
+            down.write_all(answer.as_bytes()).await?;
+            return Ok(if keep_alive {
+                Next::KeepAlive
+            } else {
+                Next::Close
+            });
         }
         _ => {}
     }
