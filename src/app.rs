@@ -21,6 +21,7 @@ use crate::s3::{S3Auth, S3Client};
 use anyhow::{bail, Context};
 use aws_credential_types::Credentials;
 use pingora::apps::http_app::HttpServer;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::Opt;
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -227,6 +228,9 @@ fn build_cluster(config: &Config, read_timeout: Duration) -> anyhow::Result<Clus
     Ok(Cluster::new(&self_addr, source, secret, read_timeout))
 }
 
+/// The edge's per-connection write buffer.
+const EDGE_WRITE_BUFFER: usize = 64 * 1024;
+
 /// Builds the Pingora server with the edge, fill and ops services.
 pub fn build_server(opt: Opt, config: Config) -> anyhow::Result<Server> {
     crate::metrics::init();
@@ -237,7 +241,15 @@ pub fn build_server(opt: Opt, config: Config) -> anyhow::Result<Server> {
     let conf = server.configuration.clone();
 
     let mut edge = http_proxy_service_with_name(&conf, EdgeService::new(orca.clone()), "edge");
-    edge.add_tcp(&listen.edge);
+    // A write buffer that holds a response header and a small body, so a small object goes
+    // out in one write instead of two (Pingora's default buffers 1460 bytes; a body piece
+    // larger than the buffer still goes straight to the socket, uncopied).
+    edge.add_listener(
+        ListenerConfig::tcp(listen.edge.as_str()).l4_buffer(L4BufferSettings {
+            read: None,
+            write: Some(EDGE_WRITE_BUFFER),
+        }),
+    );
     // The edge reaches this replica's fill service in-process, through its own instance.
     let local_fill = Arc::new(http_proxy(&conf, FillService::for_local_edge(orca.clone())));
     orca.fill_client.set_local(local_fill);

@@ -46,7 +46,7 @@ fi
 chunk=$((8 * MiB)); readahead=8; origin_conc=64; ra_mem=$((1024 * MiB)); cap_rate=50m
 small_count=256; small_size=4096; wrk_conns=64
 
-say() { printf '==> %s\n' "$*" >&2; }
+say() { printf '==> [%ss] %s\n' "$(( $(date +%s) - t_start ))" "$*" >&2; }
 die() { echo "bench: $*" >&2; exit 1; }
 t_start=$(date +%s)
 
