@@ -26,9 +26,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-/// How long an S3 Express session is used: they last 5 minutes; a minute is left for clock
-/// skew and requests in flight.
+/// When an S3 Express session is renewed: they last 5 minutes.
 pub const EXPRESS_SESSION_REUSE: Duration = Duration::from_secs(240);
+
+/// How long an S3 Express session is used at most, while one caller renews it: 30 s are left
+/// for the time between S3 making it and Orca receiving it, and for requests in flight.
+const EXPRESS_SESSION_USABLE: Duration = Duration::from_secs(270);
 
 /// Whether `bucket` is an S3 Express One Zone directory bucket (its name ends in `--x-s3`).
 pub fn is_directory_bucket(bucket: &str) -> bool {
@@ -103,15 +106,36 @@ impl S3Client {
     }
 
     /// Makes sure requests for `bucket` can be signed: for an S3 Express directory bucket,
-    /// fetches (or renews) its session with CreateSession; for any other bucket, nothing.
+    /// fetches its session with CreateSession, or renews it once it is
+    /// [`EXPRESS_SESSION_REUSE`] old; for any other bucket, nothing. While a session is renewed,
+    /// the other callers keep using the old one (it is still valid): only a missing or expired
+    /// session makes them wait, for one CreateSession between them.
     pub async fn prepare(&self, bucket: &str) -> Result<(), String> {
-        if !is_directory_bucket(bucket) || self.session(bucket).is_some() {
+        if !is_directory_bucket(bucket) {
             return Ok(());
         }
-        let _one = self.session_flight.lock().await;
-        if self.session(bucket).is_some() {
-            return Ok(());
+        match self.session_age(bucket) {
+            Some(age) if age < EXPRESS_SESSION_REUSE => Ok(()),
+            Some(age) if age < EXPRESS_SESSION_USABLE => {
+                if let Ok(_one) = self.session_flight.try_lock() {
+                    if let Err(e) = self.create_session(bucket).await {
+                        tracing::warn!(bucket, error = %e, "S3 Express session renewal failed; retrying on the next request");
+                    }
+                }
+                Ok(())
+            }
+            _ => {
+                let _one = self.session_flight.lock().await;
+                if self.session(bucket).is_some() {
+                    return Ok(());
+                }
+                self.create_session(bucket).await
+            }
         }
+    }
+
+    /// CreateSession on a directory bucket; the session replaces the previous one.
+    async fn create_session(&self, bucket: &str) -> Result<(), String> {
         let S3Auth::Sign(own) = &self.auth else {
             return Err(format!(
                 "bucket {bucket:?} is an S3 Express directory bucket, which needs credentials (CreateSession)"
@@ -152,11 +176,27 @@ impl S3Client {
         Ok(())
     }
 
-    /// The current session of a directory bucket, if it is fresh enough to use.
+    /// The current session of a directory bucket, if it is still valid.
     fn session(&self, bucket: &str) -> Option<Credentials> {
         let sessions = self.sessions.lock();
         let (creds, made) = sessions.get(bucket)?;
-        (made.elapsed() < EXPRESS_SESSION_REUSE).then(|| creds.clone())
+        (made.elapsed() < EXPRESS_SESSION_USABLE).then(|| creds.clone())
+    }
+
+    /// Makes the directory bucket's session `by` older (tests of renewal and expiry).
+    #[doc(hidden)]
+    pub fn age_session(&self, bucket: &str, by: Duration) {
+        if let Some((_, made)) = self.sessions.lock().get_mut(bucket) {
+            *made = made.checked_sub(by).unwrap_or(*made);
+        }
+    }
+
+    /// How old the directory bucket's session is, if it has one.
+    fn session_age(&self, bucket: &str) -> Option<Duration> {
+        self.sessions
+            .lock()
+            .get(bucket)
+            .map(|(_, made)| made.elapsed())
     }
 
     /// The region requests are signed for.

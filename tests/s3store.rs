@@ -352,3 +352,84 @@ async fn a_refused_s3_express_session_stops_orca_naming_the_bucket() {
     let log = express.counts().log;
     assert!(log.iter().all(|r| r.target.contains("?session")), "{log:?}");
 }
+
+/// S3 Express sessions are renewed after 4 minutes without failing requests, and a session
+/// that could not be renewed stops signing once it has expired. (The session's age is moved
+/// forward instead of waiting 4 minutes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_express_sessions_are_renewed_and_expire() {
+    let moto = Moto::start();
+    let bucket = "renew--use1-az4--x-s3";
+    create_bucket(&moto.endpoint(), bucket).await;
+    let express = FaultProxy::start(&moto.endpoint());
+    let session_xml = |n: u32| {
+        format!(
+            "<CreateSessionResult><Credentials><SessionToken>token-{n}</SessionToken><SecretAccessKey>secret-{n}</SecretAccessKey><AccessKeyId>ASIA{n}</AccessKeyId><Expiration>2099-01-01T00:00:00Z</Expiration></Credentials></CreateSessionResult>"
+        )
+    };
+    let session_rule = |xml: String| {
+        FaultRule::new(Fault::Respond(200, xml))
+            .path_contains("?session")
+            .times(1)
+    };
+    express.push_fault(session_rule(session_xml(1)));
+    let client = Arc::new(
+        S3Client::new(
+            &express.endpoint(),
+            "us-east-1",
+            true,
+            S3Auth::Sign(Credentials::new("AKIDOWN", "own", None, None, "test")),
+            Duration::from_secs(10),
+        )
+        .unwrap(),
+    );
+    let token_of = |c: &S3Client| {
+        let req = c.signed_request("HEAD", bucket, Some("k"), "", &[])?;
+        Ok::<_, String>(
+            req.headers
+                .get("x-amz-s3session-token")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default(),
+        )
+    };
+    client.prepare(bucket).await.unwrap();
+    assert_eq!(token_of(&client).unwrap(), "token-1");
+    // Young: no new session.
+    client.prepare(bucket).await.unwrap();
+    assert_eq!(express.counts().total, 1);
+
+    // Due for renewal: the next caller renews it.
+    express.push_fault(session_rule(session_xml(2)));
+    client.age_session(bucket, Duration::from_secs(250));
+    client.prepare(bucket).await.unwrap();
+    assert_eq!(token_of(&client).unwrap(), "token-2");
+    assert_eq!(express.counts().total, 2);
+
+    // Due for renewal, and the renewal fails: the old session is still used while it lasts.
+    express.push_fault(
+        FaultRule::new(Fault::Status(503))
+            .path_contains("?session")
+            .times(1),
+    );
+    client.age_session(bucket, Duration::from_secs(250));
+    client.prepare(bucket).await.unwrap();
+    assert_eq!(token_of(&client).unwrap(), "token-2");
+    assert_eq!(express.counts().total, 3);
+
+    // Expired, and CreateSession fails: nothing can be signed; the error names the bucket.
+    express.push_fault(
+        FaultRule::new(Fault::Status(403))
+            .path_contains("?session")
+            .times(1),
+    );
+    client.age_session(bucket, Duration::from_secs(30));
+    let e = client.prepare(bucket).await.unwrap_err();
+    assert!(e.contains(bucket) && e.contains("AccessDenied"), "{e}");
+    assert!(token_of(&client).unwrap_err().contains(bucket));
+
+    // The next successful CreateSession restores signing.
+    express.push_fault(session_rule(session_xml(3)));
+    client.prepare(bucket).await.unwrap();
+    assert_eq!(token_of(&client).unwrap(), "token-3");
+    assert_eq!(express.counts().total, 5);
+}

@@ -99,7 +99,7 @@ impl Pipeline {
                     // Bytes of this chunk were sent already: the response cannot be mended.
                     Err(e) => {
                         return Err(OriginError::Transient(format!(
-                            "reading a stored chunk: {e}"
+                            "reading a cached chunk: {e}"
                         )))
                     }
                 }
@@ -279,7 +279,7 @@ async fn fetch_from_peer(
     client.fetch(query, len, range, tx, sent).await.map(|_| ())
 }
 
-/// Counts a hit read to its end by where its bytes came from.
+/// Counts a hit by where its bytes come from (a join of a fill in flight also as a join).
 fn count_hit(hit: &ChunkHit) {
     hit.source.count();
     if hit.source == ChunkSource::Memory {
