@@ -195,6 +195,16 @@ impl CacheStore for FsStore {
         let name = id.name();
         let (pos, end) = (from.min(expected_len), to.min(expected_len));
         let cached = self.open_files.lock().get(&name).cloned();
+        // A kept descriptor is checked like a fresh open (an `fstat`, no disk I/O): a file
+        // truncated behind Orca's back is quarantined, not read short forever.
+        let cached = match cached {
+            Some(file) if file.metadata().map(|m| m.len()).ok() == Some(expected_len) => Some(file),
+            Some(_) => {
+                self.open_files.lock().pop(&name);
+                None
+            }
+            None => None,
+        };
         let file = match cached {
             Some(file) => file,
             None => {
@@ -269,21 +279,22 @@ struct FsReader {
 }
 
 impl FsReader {
-    /// Whatever part of the next `buf.len()` bytes is in the page cache; `None` when none is.
-    fn read_cached(&self, buf: &mut [u8]) -> Result<Option<usize>, std::io::Error> {
+    /// Whatever part of the next `buf.len()` bytes is in the page cache; `None` when none is,
+    /// or when this read should go through the blocking pool (which reports real errors).
+    fn read_cached(&self, buf: &mut [u8]) -> Option<usize> {
         if !NOWAIT.load(Ordering::Relaxed) {
-            return Ok(None);
+            return None;
         }
         let mut slices = [IoSliceMut::new(buf)];
         match rustix::io::preadv2(&*self.file, &mut slices, self.pos, ReadWriteFlags::NOWAIT) {
-            Ok(0) => Err(ErrorKind::UnexpectedEof.into()),
-            Ok(n) => Ok(Some(n)),
-            Err(Errno::AGAIN) => Ok(None),
+            Ok(0) => None,
+            Ok(n) => Some(n),
             Err(Errno::OPNOTSUPP) | Err(Errno::NOSYS) => {
                 NOWAIT.store(false, Ordering::Relaxed);
-                Ok(None)
+                None
             }
-            Err(e) => Err(e.into()),
+            // `EAGAIN`: not in the page cache.
+            Err(_) => None,
         }
     }
 }
@@ -306,10 +317,8 @@ impl ChunkRead for FsReader {
             )
         };
         let n = match self.read_cached(buf.as_mut_slice()) {
-            Ok(Some(n)) => n,
-            Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Err(short()),
-            Err(e) => return Err(StoreError::io("read chunk", e)),
-            Ok(None) => {
+            Some(n) => n,
+            None => {
                 let (file, pos) = (self.file.clone(), self.pos);
                 let (back, read) = tokio::task::spawn_blocking(move || {
                     let read = file.read_exact_at(buf.as_mut_slice(), pos);
@@ -433,6 +442,31 @@ mod tests {
         let err = store.read(&id(0), 10, 0, 10).await.err().unwrap();
         assert!(matches!(err, StoreError::Corrupt { .. }));
         assert_eq!(store.stat(&id(0)).await.unwrap(), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_kept_file_truncated_behind_orcas_back_is_quarantined() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let good = vec![Bytes::from_static(b"0123456789")];
+        store.commit(&id(5), good.clone(), 10).await.unwrap();
+        // Read once: the descriptor is kept.
+        assert_eq!(read_all(&store, &id(5), 10, 0, 10).await, b"0123456789");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(store.chunk_path(&id(5)))
+            .unwrap()
+            .set_len(4)
+            .unwrap();
+        let err = store.read(&id(5), 10, 0, 10).await.err().unwrap();
+        assert!(matches!(err, StoreError::Corrupt { found: 4, .. }), "{err}");
+        assert_eq!(store.stat(&id(5)).await.unwrap(), None);
+        // The next fill can commit a good copy, and it is what is read.
+        assert_eq!(
+            store.commit(&id(5), good, 10).await.unwrap(),
+            CommitOutcome::Committed
+        );
+        assert_eq!(read_all(&store, &id(5), 10, 2, 6).await, b"2345");
     }
 
     #[test]
