@@ -6,17 +6,69 @@ use async_trait::async_trait;
 use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long `/readyz` waits for a listener to accept its test connection.
+const LISTENER_CHECK: Duration = Duration::from_secs(1);
 
 /// The ops service.
 pub struct OpsService {
     orca: Arc<Orca>,
+    /// Set once the edge and fill listeners have accepted a connection. Pingora binds each
+    /// service's listeners in that service's own runtime, so this port can answer before the
+    /// edge accepts anything; until then `/readyz` connects to both to find out.
+    listening: AtomicBool,
 }
 
 impl OpsService {
     /// Ops over shared state.
     pub fn new(orca: Arc<Orca>) -> Self {
-        Self { orca }
+        Self {
+            orca,
+            listening: AtomicBool::new(false),
+        }
+    }
+
+    /// The listeners not accepting connections yet, as readiness problems.
+    async fn listener_problems(&self) -> Vec<String> {
+        if self.listening.load(Ordering::Relaxed) {
+            return Vec::new();
+        }
+        let listen = &self.orca.config.listen;
+        let mut problems = Vec::new();
+        for (key, addr) in [
+            ("listen.edge", &listen.edge),
+            ("listen.internal", &listen.internal),
+        ] {
+            let Ok(target) = addr.parse::<SocketAddr>().map(reachable) else {
+                continue;
+            };
+            let connected =
+                tokio::time::timeout(LISTENER_CHECK, tokio::net::TcpStream::connect(target)).await;
+            if !matches!(connected, Ok(Ok(_))) {
+                problems.push(format!("{key} {addr} is not accepting connections yet"));
+            }
+        }
+        if problems.is_empty() {
+            self.listening.store(true, Ordering::Relaxed);
+        }
+        problems
+    }
+}
+
+/// The address to connect to for a listener on `addr`: loopback for a wildcard address.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), addr.port())
+        }
+        _ => addr,
     }
 }
 
@@ -35,7 +87,8 @@ impl ServeHttp for OpsService {
         match session.req_header().uri.path() {
             "/healthz" => reply(200, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {
-                let problems = self.orca.readiness_problems();
+                let mut problems = self.listener_problems().await;
+                problems.extend(self.orca.readiness_problems());
                 if problems.is_empty() {
                     reply(200, "text/plain", b"ready\n".to_vec())
                 } else {
@@ -47,5 +100,20 @@ impl ServeHttp for OpsService {
             "/metrics" => reply(200, "text/plain; version=0.0.4", metrics::render()),
             _ => reply(404, "text/plain", b"not found\n".to_vec()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_listeners_are_checked_on_loopback() {
+        let v4: SocketAddr = "0.0.0.0:8443".parse().unwrap_or_else(|_| unreachable!());
+        let v6: SocketAddr = "[::]:8444".parse().unwrap_or_else(|_| unreachable!());
+        let named: SocketAddr = "10.1.2.3:8443".parse().unwrap_or_else(|_| unreachable!());
+        assert_eq!(reachable(v4).to_string(), "127.0.0.1:8443");
+        assert_eq!(reachable(v6).to_string(), "[::1]:8444");
+        assert_eq!(reachable(named), named);
     }
 }

@@ -627,13 +627,14 @@ fn moto_stops_on_drop_and_proxy_stops_on_drop() {
 }
 
 /// A stand-in for the `orca` binary (the real one is tested elsewhere): a Python script that
-/// reads the generated config, serves `/healthz` and `/metrics` on the ops port, and exits 0 on
-/// SIGTERM. It exercises `OrcaProcess`'s start, readiness, metrics, restart and stop logic.
+/// reads the generated config, serves `/healthz` and `/metrics` on the ops port (and the same on
+/// the edge port, which `OrcaProcess::start` waits for too), and exits 0 on SIGTERM. It exercises `OrcaProcess`'s start, readiness, metrics, restart and stop logic.
 const FAKE_ORCA: &str = r#"#!/usr/bin/env python3
-import http.server, os, re, signal, sys
+import http.server, os, re, signal, sys, threading
 config = open(sys.argv[sys.argv.index("--config") + 1]).read()
 assert "-c" in sys.argv
 ops = int(re.search(r'ops: "127\.0\.0\.1:(\d+)"', config).group(1))
+edge = int(re.search(r'edge: "127\.0\.0\.1:(\d+)"', config).group(1))
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/healthz":
@@ -656,6 +657,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
 print("fake orca pid", os.getpid(), "ops", ops, "key", os.environ.get("AWS_ACCESS_KEY_ID"),
       "level", os.environ.get("ORCA_LOG_LEVEL"), flush=True)
+edge_server = http.server.HTTPServer(("127.0.0.1", edge), Handler)
+threading.Thread(target=edge_server.serve_forever, daemon=True).start()
 http.server.HTTPServer(("127.0.0.1", ops), Handler).serve_forever()
 "#;
 

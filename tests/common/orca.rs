@@ -3,7 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -328,8 +328,9 @@ pub struct OrcaProcess {
 
 impl OrcaProcess {
     /// Writes the configuration, starts `orca --config orca.yaml -c pingora.yaml` and waits (at
-    /// most 30 s) until `GET /healthz` on the ops port answers 200. Panics with the log tail on
-    /// failure.
+    /// most 30 s) until `GET /healthz` on the ops port answers 200 and the edge port accepts
+    /// connections (Pingora binds each service's listeners separately, so the ops port can be
+    /// up first). Panics with the log tail on failure.
     pub fn start(config: OrcaConfig) -> OrcaProcess {
         let dir = tempfile::Builder::new()
             .prefix("orca-test-")
@@ -394,7 +395,13 @@ impl OrcaProcess {
                 );
             }
             match blocking_get(addr, "/healthz", Duration::from_secs(2)) {
-                Ok(response) if response.status == 200 => return,
+                Ok(response) if response.status == 200 => {
+                    let edge = SocketAddr::from(([127, 0, 0, 1], self.ports.edge));
+                    if TcpStream::connect_timeout(&edge, Duration::from_millis(200)).is_ok() {
+                        return;
+                    }
+                    last = "the edge port is not accepting yet".to_string();
+                }
                 Ok(response) => last = format!("status {}", response.status),
                 Err(e) => last = e,
             }
