@@ -64,10 +64,12 @@ port_free() {
     ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
+# Waits for any HTTP answer from URL (with WAIT_FAIL=1, for a 2xx: /readyz answers 503 until
+# Orca's listeners are up).
 wait_http() {
     local url=$1 what=$2 log=$3
     for _ in $(seq 1 150); do
-        if curl -s -o /dev/null "$url"; then
+        if curl -s ${WAIT_FAIL:+-f} -o /dev/null "$url"; then
             return 0
         fi
         sleep 0.2
@@ -193,7 +195,7 @@ EOF
 AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo AZURE_STORAGE_KEY="$azurite_key" \
     "$orca_bin" --config "$dir/orca.yaml" -c "$dir/pingora.yaml" >"$dir/orca.log" 2>&1 &
 echo $! >"$dir/orca.pid.demo"
-wait_http "http://127.0.0.1:$ops_port/healthz" "orca" "$dir/orca.log"
+WAIT_FAIL=1 wait_http "http://127.0.0.1:$ops_port/readyz" "orca" "$dir/orca.log"
 
 aws_orca="AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo aws --region us-east-1 --endpoint-url http://127.0.0.1:$edge_port"
 cat <<EOF

@@ -121,7 +121,7 @@ done
 wait_http() {
     local url=$1 what=$2 log=$3
     for _ in $(seq 1 150); do
-        curl -s -o /dev/null --max-time 2 "$url" && return 0
+        curl -sf -o /dev/null --max-time 2 "$url" && return 0
         sleep 0.2
     done
     tail -n 20 "$log" >&2
@@ -271,8 +271,8 @@ start_orca orcac "$p_capped" "$p_orcac" "$p_orcac_fill" "$p_orcac_ops"
 : >"$dir/objects/probe"
 wait_http "http://127.0.0.1:$p_origin/bucket/probe" origin "$dir/origin/error.log"
 wait_http "http://127.0.0.1:$p_slice/bucket/probe" nginx-slice "$dir/slice/error.log"
-wait_http "http://127.0.0.1:$p_orca_ops/healthz" orca "$dir/logs/orca.log"
-wait_http "http://127.0.0.1:$p_orcac_ops/healthz" orca-capped "$dir/logs/orcac.log"
+wait_http "http://127.0.0.1:$p_orca_ops/readyz" orca "$dir/logs/orca.log"
+wait_http "http://127.0.0.1:$p_orcac_ops/readyz" orca-capped "$dir/logs/orcac.log"
 for v in pid_origin pid_slice pid_orca pid_orcac; do
     kill -0 "${!v}" 2>/dev/null || die "${v#pid_} exited at start (see $dir/logs)"
 done
@@ -448,7 +448,7 @@ say "6. peak RSS of orca: $rss_clients concurrent cold reads of different $((big
 kill -TERM "$pid_orca"
 for _ in $(seq 1 100); do kill -0 "$pid_orca" 2>/dev/null || break; sleep 0.1; done
 start_orca orca "$p_origin" "$p_orca" "$p_orca_fill" "$p_orca_ops"
-wait_http "http://127.0.0.1:$p_orca_ops/healthz" orca "$dir/logs/orca.log"
+wait_http "http://127.0.0.1:$p_orca_ops/readyz" orca "$dir/logs/orca.log"
 us=()
 for i in $(seq 1 "$rss_clients"); do link big-src "r6-$i"; us+=("$(url orca "r6-$i")"); done
 peak=0; ps=()
