@@ -11,8 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How long `/readyz` waits for a listener to accept its test connection.
-const LISTENER_CHECK: Duration = Duration::from_secs(1);
+/// How long `/readyz` waits for the listeners to accept their test connections (both are
+/// tried at once, well within a Kubernetes probe's default 1 s timeout).
+const LISTENER_CHECK: Duration = Duration::from_millis(500);
 
 /// The ops service.
 pub struct OpsService {
@@ -38,20 +39,18 @@ impl OpsService {
             return Vec::new();
         }
         let listen = &self.orca.config.listen;
-        let mut problems = Vec::new();
-        for (key, addr) in [
-            ("listen.edge", &listen.edge),
-            ("listen.internal", &listen.internal),
-        ] {
-            let Ok(target) = addr.parse::<SocketAddr>().map(reachable) else {
-                continue;
-            };
+        let check = |key: &'static str, addr: String| async move {
+            let target = addr.parse::<SocketAddr>().ok().map(reachable)?;
             let connected =
                 tokio::time::timeout(LISTENER_CHECK, tokio::net::TcpStream::connect(target)).await;
-            if !matches!(connected, Ok(Ok(_))) {
-                problems.push(format!("{key} {addr} is not accepting connections yet"));
-            }
-        }
+            (!matches!(connected, Ok(Ok(_))))
+                .then(|| format!("{key} {addr} is not accepting connections yet"))
+        };
+        let (edge, internal) = tokio::join!(
+            check("listen.edge", listen.edge.clone()),
+            check("listen.internal", listen.internal.clone())
+        );
+        let problems: Vec<String> = edge.into_iter().chain(internal).collect();
         if problems.is_empty() {
             self.listening.store(true, Ordering::Relaxed);
         }

@@ -81,6 +81,12 @@ pub struct S3Client {
     sessions: parking_lot::Mutex<HashMap<String, (Credentials, Instant)>>,
     /// One CreateSession at a time (callers that waited find the new session).
     session_flight: tokio::sync::Mutex<()>,
+    /// The last failed CreateSession, when and why: callers that waited for it get its error
+    /// instead of trying again one after another.
+    session_failure: parking_lot::Mutex<Option<(Instant, String)>>,
+    /// Whether `--x-s3` bucket names are S3 Express directory buckets (the cache store's
+    /// client); an origin's client signs every bucket as a plain one.
+    directory_buckets: bool,
 }
 
 impl S3Client {
@@ -102,7 +108,21 @@ impl S3Client {
             connector: ConnPool::new(),
             sessions: parking_lot::Mutex::new(HashMap::new()),
             session_flight: tokio::sync::Mutex::new(()),
+            session_failure: parking_lot::Mutex::new(None),
+            directory_buckets: false,
         })
+    }
+
+    /// Treats bucket names ending in `--x-s3` as S3 Express One Zone directory buckets
+    /// (sessions from CreateSession sign their requests).
+    pub fn with_directory_buckets(mut self) -> Self {
+        self.directory_buckets = true;
+        self
+    }
+
+    /// Whether requests for `bucket` are signed with S3 Express sessions.
+    pub fn is_directory(&self, bucket: &str) -> bool {
+        self.directory_buckets && is_directory_bucket(bucket)
     }
 
     /// Makes sure requests for `bucket` can be signed: for an S3 Express directory bucket,
@@ -111,27 +131,40 @@ impl S3Client {
     /// the other callers keep using the old one (it is still valid): only a missing or expired
     /// session makes them wait, for one CreateSession between them.
     pub async fn prepare(&self, bucket: &str) -> Result<(), String> {
-        if !is_directory_bucket(bucket) {
+        if !self.is_directory(bucket) {
             return Ok(());
         }
-        match self.session_age(bucket) {
-            Some(age) if age < EXPRESS_SESSION_REUSE => Ok(()),
-            Some(age) if age < EXPRESS_SESSION_USABLE => {
-                if let Ok(_one) = self.session_flight.try_lock() {
+        let due = |age: Option<Duration>| age.is_none_or(|a| a >= EXPRESS_SESSION_REUSE);
+        if !due(self.session_age(bucket)) {
+            return Ok(());
+        }
+        if self.session(bucket).is_some() {
+            // Due for renewal but still valid: one caller renews, the others go on with it.
+            if let Ok(_one) = self.session_flight.try_lock() {
+                if due(self.session_age(bucket)) {
                     if let Err(e) = self.create_session(bucket).await {
                         tracing::warn!(bucket, error = %e, "S3 Express session renewal failed; retrying on the next request");
                     }
                 }
-                Ok(())
             }
-            _ => {
-                let _one = self.session_flight.lock().await;
-                if self.session(bucket).is_some() {
-                    return Ok(());
-                }
-                self.create_session(bucket).await
+            if self.session(bucket).is_some() {
+                return Ok(());
             }
         }
+        // No valid session: wait for one CreateSession between all callers.
+        let asked = Instant::now();
+        let _one = self.session_flight.lock().await;
+        if self.session(bucket).is_some() {
+            return Ok(());
+        }
+        if let Some((when, error)) = self.session_failure.lock().clone() {
+            if when >= asked {
+                return Err(error);
+            }
+        }
+        self.create_session(bucket).await.inspect_err(|e| {
+            *self.session_failure.lock() = Some((Instant::now(), e.clone()));
+        })
     }
 
     /// CreateSession on a directory bucket; the session replaces the previous one.
@@ -241,7 +274,7 @@ impl S3Client {
     ) -> Result<RequestHeader, String> {
         let signer = match &self.auth {
             S3Auth::Anonymous => Signer::Unsigned,
-            S3Auth::Sign(_) if is_directory_bucket(bucket) => {
+            S3Auth::Sign(_) if self.is_directory(bucket) => {
                 Signer::Session(self.session(bucket).ok_or_else(|| {
                     format!("no S3 Express session for bucket {bucket:?} (CreateSession failed or was not made)")
                 })?)
@@ -529,4 +562,51 @@ async fn read_whole(session: &mut HttpSession, max: usize) -> Result<Response, S
         header,
         body: Bytes::from(body),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> S3Client {
+        S3Client::new(
+            "https://s3.example.test",
+            "us-east-1",
+            true,
+            S3Auth::Sign(Credentials::new("AKID", "secret", None, None, "test")),
+            Duration::from_secs(5),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn authorization(req: &RequestHeader) -> String {
+        req.headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    #[test]
+    fn only_the_cache_stores_client_treats_x_s3_names_as_directory_buckets() {
+        // An origin's client: an S3-compatible store may well have such a bucket name.
+        let origin = client();
+        assert!(!origin.is_directory("data--use1-az4--x-s3"));
+        let req = origin
+            .signed_request("GET", "data--use1-az4--x-s3", Some("k"), "", &[])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(authorization(&req).contains("/us-east-1/s3/aws4_request"));
+        assert!(req.headers.get("x-amz-s3session-token").is_none());
+        // The cache store's client: no session yet, so nothing can be signed.
+        let store = client().with_directory_buckets();
+        assert!(store.is_directory("data--use1-az4--x-s3"));
+        assert!(!store.is_directory("data"));
+        let err = store
+            .signed_request("GET", "data--use1-az4--x-s3", Some("k"), "", &[])
+            .unwrap_err();
+        assert!(err.contains("no S3 Express session"), "{err}");
+        assert!(store
+            .signed_request("GET", "data", Some("k"), "", &[])
+            .is_ok());
+    }
 }

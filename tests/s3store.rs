@@ -381,7 +381,8 @@ async fn s3_express_sessions_are_renewed_and_expire() {
             S3Auth::Sign(Credentials::new("AKIDOWN", "own", None, None, "test")),
             Duration::from_secs(10),
         )
-        .unwrap(),
+        .unwrap()
+        .with_directory_buckets(),
     );
     let token_of = |c: &S3Client| {
         let req = c.signed_request("HEAD", bucket, Some("k"), "", &[])?;
@@ -432,4 +433,44 @@ async fn s3_express_sessions_are_renewed_and_expire() {
     client.prepare(bucket).await.unwrap();
     assert_eq!(token_of(&client).unwrap(), "token-3");
     assert_eq!(express.counts().total, 5);
+}
+
+/// Callers waiting for a session while CreateSession fails get that failure, not one more
+/// CreateSession each (a hung endpoint would otherwise cost each of them a timeout in turn).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_waiting_on_a_failed_s3_express_session_share_its_error() {
+    let moto = Moto::start();
+    let bucket = "shared--use1-az4--x-s3";
+    create_bucket(&moto.endpoint(), bucket).await;
+    let express = FaultProxy::start(&moto.endpoint());
+    // A slow failure: held 300 ms, then moto's own answer, which carries no credentials.
+    express.push_fault(
+        FaultRule::new(Fault::Stall(Duration::from_millis(300)))
+            .path_contains("?session")
+            .times(10),
+    );
+    let client = Arc::new(
+        S3Client::new(
+            &express.endpoint(),
+            "us-east-1",
+            true,
+            S3Auth::Sign(Credentials::new("AKIDOWN", "own", None, None, "test")),
+            Duration::from_secs(10),
+        )
+        .unwrap()
+        .with_directory_buckets(),
+    );
+    let mut callers = Vec::new();
+    for _ in 0..4 {
+        let c = client.clone();
+        callers.push(tokio::spawn(async move { c.prepare(bucket).await }));
+    }
+    for c in callers {
+        let e = c.await.unwrap().unwrap_err();
+        assert!(e.contains("CreateSession") && e.contains(bucket), "{e}");
+    }
+    assert_eq!(express.counts().total, 1, "{:?}", express.counts().log);
+    // A later call tries again.
+    assert!(client.prepare(bucket).await.is_err());
+    assert_eq!(express.counts().total, 2);
 }

@@ -18,7 +18,7 @@
 use super::{CacheStore, ChunkRead, CommitOutcome, StoreError};
 use crate::chunk::{ChunkId, CACHE_VERSION};
 use crate::origin::header_str;
-use crate::s3::{is_directory_bucket, S3Body, S3Client};
+use crate::s3::{S3Body, S3Client};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -39,7 +39,8 @@ impl S3Store {
     /// A store over `client`'s `bucket`. Run [`S3Store::check`] before serving.
     pub fn new(client: S3Client, bucket: &str) -> Self {
         Self {
-            client: Arc::new(client),
+            // The cache store is where S3 Express directory buckets are supported.
+            client: Arc::new(client.with_directory_buckets()),
             bucket: bucket.to_string(),
             refused: None,
         }
@@ -56,7 +57,7 @@ impl S3Store {
     /// conditional put is ignored); `Ok(None)` when all is well.
     pub async fn check(&self) -> Result<Option<String>, StoreError> {
         let b = &self.bucket;
-        if is_directory_bucket(b) {
+        if self.client.is_directory(b) {
             // S3 Express One Zone: directory buckets have no versioning (and no
             // GetBucketVersioning). CreateSession proves the bucket and the keys.
             self.client

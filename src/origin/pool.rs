@@ -9,8 +9,10 @@
 //! moving it out of a `Vec` under a short lock, so a released connection is always reusable.
 //!
 //! There is no background poller: a connection the server closed while idle shows up as
-//! readable (EOF) when it is taken, and is dropped then; connections idle longer than the
-//! peer's idle timeout are dropped when taken or when another is released.
+//! readable (EOF) when it is taken, and is dropped then. Connections idle longer than their
+//! peer's idle timeout are dropped when taken, and by a sweep over every peer at most every
+//! [`SWEEP_EVERY`] when any connection is released, so connections to an address no longer
+//! used (DNS moved on) are closed too.
 
 use futures::FutureExt;
 use parking_lot::Mutex;
@@ -27,11 +29,33 @@ use tokio::io::AsyncReadExt;
 /// one request at once, so this only bounds a burst's leftovers.
 const MAX_IDLE_PER_PEER: usize = 128;
 
+/// How often a release sweeps every peer's idle connections for expired ones.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// An idle connection, since when, and how long it may stay idle.
+struct Entry {
+    stream: Stream,
+    since: Instant,
+    max_idle: Duration,
+}
+
+impl Entry {
+    fn expired(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.since) >= self.max_idle
+    }
+}
+
+struct Idle {
+    by_peer: HashMap<u64, Vec<Entry>>,
+    last_sweep: Instant,
+}
+
 /// Pooled HTTP/1.1 connections, keyed by the peer's reuse hash (address, TLS, SNI).
 pub struct ConnPool {
     // Built on first use, inside a runtime: nothing is spawned before Pingora forks.
     transport: once_cell::sync::OnceCell<TransportConnector>,
-    idle: Mutex<HashMap<u64, Vec<(Stream, Instant)>>>,
+    idle: Mutex<Idle>,
+    sweep_every: Duration,
 }
 
 impl Default for ConnPool {
@@ -45,7 +69,11 @@ impl ConnPool {
     pub fn new() -> Self {
         Self {
             transport: once_cell::sync::OnceCell::new(),
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(Idle {
+                by_peer: HashMap::new(),
+                last_sweep: Instant::now(),
+            }),
+            sweep_every: SWEEP_EVERY,
         }
     }
 
@@ -78,24 +106,50 @@ impl ConnPool {
         let Some(stream) = h1.reuse().await else {
             return;
         };
-        let max_idle = peer.idle_timeout().unwrap_or(Duration::MAX);
         let now = Instant::now();
-        let mut idle = self.idle.lock();
-        let list = idle.entry(peer.reuse_hash()).or_default();
-        list.retain(|(_, since)| now.duration_since(*since) < max_idle);
-        if list.len() < MAX_IDLE_PER_PEER {
-            list.push((stream, now));
+        let entry = Entry {
+            stream,
+            since: now,
+            max_idle: peer.idle_timeout().unwrap_or(Duration::MAX),
+        };
+        // Closed after the lock is released (closing is a syscall).
+        let mut closing = Vec::new();
+        {
+            let mut idle = self.idle.lock();
+            if now.saturating_duration_since(idle.last_sweep) >= self.sweep_every {
+                idle.last_sweep = now;
+                for list in idle.by_peer.values_mut() {
+                    let (old, kept) = std::mem::take(list)
+                        .into_iter()
+                        .partition(|e| e.expired(now));
+                    *list = kept;
+                    closing.extend::<Vec<Entry>>(old);
+                }
+                idle.by_peer.retain(|_, list| !list.is_empty());
+            }
+            let list = idle.by_peer.entry(peer.reuse_hash()).or_default();
+            if list.len() < MAX_IDLE_PER_PEER {
+                list.push(entry);
+            } else {
+                closing.push(entry);
+            }
         }
+        drop(closing);
     }
 
     /// The most recently released live connection to `peer`, if any.
     fn take_idle(&self, peer: &HttpPeer) -> Option<Stream> {
-        let max_idle = peer.idle_timeout().unwrap_or(Duration::MAX);
         loop {
-            let (mut stream, since) = self.idle.lock().get_mut(&peer.reuse_hash())?.pop()?;
-            if since.elapsed() >= max_idle {
+            let entry = self
+                .idle
+                .lock()
+                .by_peer
+                .get_mut(&peer.reuse_hash())?
+                .pop()?;
+            if entry.expired(Instant::now()) {
                 continue;
             }
+            let mut stream = entry.stream;
             // An idle connection has nothing to read: anything ready (EOF, an error, stray
             // bytes) means the server closed it or broke the protocol. `unconstrained`, so
             // tokio's cooperative budget cannot make a closed connection look idle.
@@ -114,6 +168,7 @@ impl ConnPool {
     fn idle_len(&self, peer: &HttpPeer) -> usize {
         self.idle
             .lock()
+            .by_peer
             .get(&peer.reuse_hash())
             .map_or(0, |l| l.len())
     }
@@ -191,6 +246,26 @@ mod tests {
         }
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert_eq!(pool.idle_len(&peer), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_connections_to_a_peer_no_longer_used_are_closed_by_the_sweep() {
+        // Two peers (two servers); the first is used once and then never again, as when DNS
+        // moves to another address.
+        let (a, _) = server(usize::MAX).await;
+        let (b, _) = server(usize::MAX).await;
+        let mut pool = ConnPool::new();
+        pool.sweep_every = Duration::from_millis(50);
+        let mut old = make_peer(a, false, "", Duration::from_secs(5));
+        old.options.idle_timeout = Some(Duration::from_millis(50));
+        let new = make_peer(b, false, "", Duration::from_secs(5));
+        get(&pool, &old).await;
+        assert_eq!(pool.idle_len(&old), 1);
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        get(&pool, &new).await;
+        assert_eq!(pool.idle_len(&old), 0);
+        assert!(!pool.idle.lock().by_peer.contains_key(&old.reuse_hash()));
+        assert_eq!(pool.idle_len(&new), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
