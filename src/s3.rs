@@ -1,6 +1,7 @@
-//! A small S3 client over Pingora's connector: SigV4-signed requests (aws-sigv4), path-style
-//! or virtual-hosted addressing, async cached DNS, pooled connections. The S3 origin driver and
-//! the shared S3 cache store both use it; it knows nothing of chunks or of origins.
+//! A small S3 client: SigV4-signed requests (aws-sigv4), path-style or virtual-hosted
+//! addressing, async cached DNS, connections kept alive by [`crate::origin::pool`]. The S3
+//! origin driver and the shared S3 cache store both use it; it knows nothing of chunks or of
+//! origins.
 //!
 //! S3 Express One Zone directory buckets (named `base--zone-id--x-s3`) authorize data requests
 //! with sessions: `CreateSession` (signed with the client's own keys, service `s3express`)
@@ -75,7 +76,8 @@ pub struct S3Client {
     auth: S3Auth,
     timeout: Duration,
     resolver: Resolver,
-    // Built on first use, inside a runtime: nothing is spawned before Pingora forks.
+    /// Kept-alive connections (its transport connector is built on first use, inside a
+    /// runtime: nothing is spawned before Pingora forks).
     connector: ConnPool,
     /// S3 Express sessions by directory bucket, with when they were made.
     sessions: parking_lot::Mutex<HashMap<String, (Credentials, Instant)>>,
@@ -237,10 +239,6 @@ impl S3Client {
         &self.region
     }
 
-    fn connector(&self) -> &ConnPool {
-        &self.connector
-    }
-
     /// The host name requests for `bucket` go to.
     fn host_for(&self, bucket: &str) -> String {
         if self.path_style {
@@ -282,6 +280,20 @@ impl S3Client {
             S3Auth::Sign(own) => Signer::Own(own, "s3"),
         };
         self.sign_with(method, bucket, key, query, extra, signer, SystemTime::now())
+    }
+
+    /// [`S3Client::prepare`], then [`S3Client::signed_request`]: the way async callers build a
+    /// request, so a directory bucket's session is never left out.
+    pub async fn request(
+        &self,
+        method: &str,
+        bucket: &str,
+        key: Option<&str>,
+        query: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<RequestHeader, String> {
+        self.prepare(bucket).await?;
+        self.signed_request(method, bucket, key, query, extra)
     }
 
     /// [`S3Client::signed_request`] signed with an S3 Express session's credentials at `time`
@@ -401,7 +413,7 @@ impl S3Client {
                 e,
             ))
         })?;
-        exchange(self.connector(), &peer, req, max_body, self.timeout).await
+        exchange(&self.connector, &peer, req, max_body, self.timeout).await
     }
 
     /// PUTs `pieces` (declared as `Content-Length: len`) and reads the (small) answer. The
@@ -417,10 +429,9 @@ impl S3Client {
         let len_text = len.to_string();
         let mut headers: Vec<(&str, &str)> = vec![("content-length", &len_text)];
         headers.extend(extra.iter().copied());
-        self.prepare(bucket).await?;
-        let req = self.signed_request("PUT", bucket, Some(key), "", &headers)?;
+        let req = self.request("PUT", bucket, Some(key), "", &headers).await?;
         let peer = self.peer(bucket).await?;
-        let connector = self.connector();
+        let connector = &self.connector;
         let exchange = async {
             let (mut session, _) = connector
                 .get_http_session(&peer)
@@ -463,10 +474,9 @@ impl S3Client {
             .as_deref()
             .map(|r| vec![("range", r)])
             .unwrap_or_default();
-        self.prepare(bucket).await?;
-        let req = self.signed_request("GET", bucket, Some(key), "", &extra)?;
+        let req = self.request("GET", bucket, Some(key), "", &extra).await?;
         let peer = self.peer(bucket).await?;
-        let connector = self.connector();
+        let connector = &self.connector;
         let (mut session, _) = connector
             .get_http_session(&peer)
             .await
@@ -512,7 +522,7 @@ impl S3Body {
             Ok(None) => {
                 if let Some(s) = self.session.take() {
                     self.client
-                        .connector()
+                        .connector
                         .release_http_session(s, &self.peer)
                         .await;
                 }

@@ -36,6 +36,60 @@ fn cache_yaml(endpoint: &str, bucket: &str) -> String {
     )
 }
 
+/// Runs `orca -t` with moto (at `origin`) as the origin and the cache bucket `bucket` at
+/// `store`; returns whether it passed and its stderr.
+fn orca_check(origin: &str, store: &str, bucket: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("orca.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "origin:\n  id: o\n  s3:\n    endpoint: {origin}\n    path_style: true\n{}",
+            cache_yaml(store, bucket)
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_orca"))
+        .args(["-t", "--config"])
+        .arg(&path)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("ORCA_CACHESTORE_ACCESS_KEY_ID", "test")
+        .env("ORCA_CACHESTORE_SECRET_ACCESS_KEY", "test")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// An S3 Express `CreateSession` answer with these session credentials, as the test proxy
+/// gives it in front of moto (which has no CreateSession).
+fn create_session_answer(key_id: &str, secret: &str, token: &str) -> Fault {
+    Fault::Respond(
+        200,
+        format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<CreateSessionResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Credentials><SessionToken>{token}</SessionToken><SecretAccessKey>{secret}</SecretAccessKey><AccessKeyId>{key_id}</AccessKeyId><Expiration>2099-01-01T00:00:00Z</Expiration></Credentials></CreateSessionResult>"
+        ),
+    )
+}
+
+/// The cache store's S3 client (directory buckets on) for `endpoint`, with the keys `AKIDOWN`.
+fn express_client(endpoint: &str) -> Arc<S3Client> {
+    Arc::new(
+        S3Client::new(
+            endpoint,
+            "us-east-1",
+            true,
+            S3Auth::Sign(Credentials::new("AKIDOWN", "own", None, None, "test")),
+            Duration::from_secs(10),
+        )
+        .unwrap()
+        .with_directory_buckets(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_commits_all_succeed_and_leave_one_exact_object() {
     let moto = Moto::start();
@@ -85,34 +139,14 @@ async fn racing_commits_all_succeed_and_leave_one_exact_object() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_versioned_cache_bucket_is_refused_at_start_by_name() {
     let moto = Moto::start();
-    let dir = tempfile::tempdir().unwrap();
     for (bucket, enable) in [("versioned-cache", true), ("suspended-cache", false)] {
         create_bucket(&moto.endpoint(), bucket).await;
         put_bucket_versioning(&moto.endpoint(), bucket, true).await;
         if !enable {
             put_bucket_versioning(&moto.endpoint(), bucket, false).await;
         }
-        let path = dir.path().join(format!("{bucket}.yaml"));
-        std::fs::write(
-            &path,
-            format!(
-                "origin:\n  id: o\n  s3:\n    endpoint: {}\n    path_style: true\n{}",
-                moto.endpoint(),
-                cache_yaml(&moto.endpoint(), bucket)
-            ),
-        )
-        .unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_orca"))
-            .args(["-t", "--config"])
-            .arg(&path)
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("ORCA_CACHESTORE_ACCESS_KEY_ID", "test")
-            .env("ORCA_CACHESTORE_SECRET_ACCESS_KEY", "test")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{bucket} accepted");
+        let (passed, stderr) = orca_check(&moto.endpoint(), &moto.endpoint(), bucket);
+        assert!(!passed, "{bucket} accepted");
         assert!(stderr.contains(bucket), "{stderr}");
         assert!(stderr.contains("versioning"), "{stderr}");
     }
@@ -242,11 +276,10 @@ async fn an_s3_express_directory_bucket_works_as_the_cache_store() {
     let express = FaultProxy::start(&moto.endpoint());
     let token = "emulated-session-token/1+2==";
     express.push_fault(
-        FaultRule::new(Fault::Respond(
-            200,
-            format!(
-                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<CreateSessionResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Credentials><SessionToken>{token}</SessionToken><SecretAccessKey>session-secret</SecretAccessKey><AccessKeyId>ASIAEMULATED</AccessKeyId><Expiration>2099-01-01T00:00:00Z</Expiration></Credentials></CreateSessionResult>"
-            ),
+        FaultRule::new(create_session_answer(
+            "ASIAEMULATED",
+            "session-secret",
+            token,
         ))
         .method("GET")
         .path_contains("?session")
@@ -323,28 +356,8 @@ async fn a_refused_s3_express_session_stops_orca_naming_the_bucket() {
             .path_contains("?session")
             .times(10),
     );
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("orca.yaml");
-    std::fs::write(
-        &path,
-        format!(
-            "origin:\n  id: o\n  s3:\n    endpoint: {}\n    path_style: true\n{}",
-            moto.endpoint(),
-            cache_yaml(&express.endpoint(), bucket)
-        ),
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_orca"))
-        .args(["-t", "--config"])
-        .arg(&path)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("ORCA_CACHESTORE_ACCESS_KEY_ID", "test")
-        .env("ORCA_CACHESTORE_SECRET_ACCESS_KEY", "test")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "accepted: {stderr}");
+    let (passed, stderr) = orca_check(&moto.endpoint(), &express.endpoint(), bucket);
+    assert!(!passed, "accepted: {stderr}");
     assert!(stderr.contains(bucket), "{stderr}");
     assert!(stderr.contains("CreateSession"), "{stderr}");
     assert!(stderr.contains("AccessDenied"), "{stderr}");
@@ -362,28 +375,17 @@ async fn s3_express_sessions_are_renewed_and_expire() {
     let bucket = "renew--use1-az4--x-s3";
     create_bucket(&moto.endpoint(), bucket).await;
     let express = FaultProxy::start(&moto.endpoint());
-    let session_xml = |n: u32| {
-        format!(
-            "<CreateSessionResult><Credentials><SessionToken>token-{n}</SessionToken><SecretAccessKey>secret-{n}</SecretAccessKey><AccessKeyId>ASIA{n}</AccessKeyId><Expiration>2099-01-01T00:00:00Z</Expiration></Credentials></CreateSessionResult>"
-        )
+    let session_rule = |n: u32| {
+        FaultRule::new(create_session_answer(
+            &format!("ASIA{n}"),
+            &format!("secret-{n}"),
+            &format!("token-{n}"),
+        ))
+        .path_contains("?session")
+        .times(1)
     };
-    let session_rule = |xml: String| {
-        FaultRule::new(Fault::Respond(200, xml))
-            .path_contains("?session")
-            .times(1)
-    };
-    express.push_fault(session_rule(session_xml(1)));
-    let client = Arc::new(
-        S3Client::new(
-            &express.endpoint(),
-            "us-east-1",
-            true,
-            S3Auth::Sign(Credentials::new("AKIDOWN", "own", None, None, "test")),
-            Duration::from_secs(10),
-        )
-        .unwrap()
-        .with_directory_buckets(),
-    );
+    express.push_fault(session_rule(1));
+    let client = express_client(&express.endpoint());
     let token_of = |c: &S3Client| {
         let req = c.signed_request("HEAD", bucket, Some("k"), "", &[])?;
         Ok::<_, String>(
@@ -400,7 +402,7 @@ async fn s3_express_sessions_are_renewed_and_expire() {
     assert_eq!(express.counts().total, 1);
 
     // Due for renewal: the next caller renews it.
-    express.push_fault(session_rule(session_xml(2)));
+    express.push_fault(session_rule(2));
     client.age_session(bucket, Duration::from_secs(250));
     client.prepare(bucket).await.unwrap();
     assert_eq!(token_of(&client).unwrap(), "token-2");
@@ -429,7 +431,7 @@ async fn s3_express_sessions_are_renewed_and_expire() {
     assert!(token_of(&client).unwrap_err().contains(bucket));
 
     // The next successful CreateSession restores signing.
-    express.push_fault(session_rule(session_xml(3)));
+    express.push_fault(session_rule(3));
     client.prepare(bucket).await.unwrap();
     assert_eq!(token_of(&client).unwrap(), "token-3");
     assert_eq!(express.counts().total, 5);
@@ -449,17 +451,7 @@ async fn callers_waiting_on_a_failed_s3_express_session_share_its_error() {
             .path_contains("?session")
             .times(10),
     );
-    let client = Arc::new(
-        S3Client::new(
-            &express.endpoint(),
-            "us-east-1",
-            true,
-            S3Auth::Sign(Credentials::new("AKIDOWN", "own", None, None, "test")),
-            Duration::from_secs(10),
-        )
-        .unwrap()
-        .with_directory_buckets(),
-    );
+    let client = express_client(&express.endpoint());
     let mut callers = Vec::new();
     for _ in 0..4 {
         let c = client.clone();

@@ -151,12 +151,10 @@ impl S3Store {
     }
 
     async fn delete(&self, key: &str) {
-        if self.client.prepare(&self.bucket).await.is_err() {
-            return;
-        }
         if let Ok(req) = self
             .client
-            .signed_request("DELETE", &self.bucket, Some(key), "", &[])
+            .request("DELETE", &self.bucket, Some(key), "", &[])
+            .await
         {
             let _ = self.client.send(&self.bucket, req, 64 * 1024).await;
         }
@@ -167,13 +165,10 @@ impl S3Store {
 impl CacheStore for S3Store {
     async fn stat(&self, id: &ChunkId) -> Result<Option<u64>, StoreError> {
         let key = Self::object_key(id);
-        self.client
-            .prepare(&self.bucket)
-            .await
-            .map_err(|e| backend("stat", e))?;
         let req = self
             .client
-            .signed_request("HEAD", &self.bucket, Some(&key), "", &[])
+            .request("HEAD", &self.bucket, Some(&key), "", &[])
+            .await
             .map_err(|e| backend("stat", e))?;
         let resp = self
             .client

@@ -1,11 +1,11 @@
 //! The edge's client of a fill service: one HTTP GET per missing chunk, streamed into the
 //! chunk's buffer as it arrives.
 //!
-//! A peer's fill service is reached over Pingora's pooled connector. This replica's own fill
-//! service is reached in-process: a second instance of the fill proxy (sharing the storage and
-//! the cache lock with the listening one) served over an in-memory duplex stream. That costs no
-//! socket, and it keeps working during a graceful shutdown, when Pingora has closed the
-//! listeners but in-flight downloads still need their remaining chunks.
+//! A peer's fill service is reached over Orca's connection pool ([`crate::origin::pool`]).
+//! This replica's own fill service is reached in-process: a second instance of the fill proxy
+//! (sharing the storage and the cache lock with the listening one) served over an in-memory
+//! duplex stream. That costs no socket, and it keeps working during a graceful shutdown, when
+//! Pingora has closed the listeners but in-flight downloads still need their remaining chunks.
 //!
 //! The whole response is always drained at network speed, whatever the client's speed: the
 //! fill service paces its origin read by this reader, so a reader that stopped to wait for a

@@ -69,7 +69,8 @@ pub struct AzureBlobOrigin {
     auth: AzureAuth,
     timeout: Duration,
     resolver: Resolver,
-    // Built on first use, inside a runtime: nothing is spawned before Pingora forks.
+    /// Kept-alive connections (its transport connector is built on first use, inside a
+    /// runtime: nothing is spawned before Pingora forks).
     connector: ConnPool,
 }
 
@@ -115,10 +116,6 @@ impl AzureBlobOrigin {
             AzureCredentials::Sas(sas) => AzureAuth::Sas(sas.clone()),
         };
         Self::new(&config.endpoint, auth, timeout)
-    }
-
-    fn connector(&self) -> &ConnPool {
-        &self.connector
     }
 
     /// The origin-form path of a container, or of a blob in it.
@@ -189,7 +186,7 @@ impl AzureBlobOrigin {
         max_body: usize,
     ) -> Result<super::http::Response, OriginError> {
         let peer = self.peer().await?;
-        match exchange(self.connector(), &peer, req, max_body, self.timeout).await {
+        match exchange(&self.connector, &peer, req, max_body, self.timeout).await {
             Ok(resp) => {
                 ORIGIN_REQUESTS
                     .with_label_values(&[op, resp.header.status.as_str()])

@@ -1,5 +1,5 @@
 //! HTTP plumbing shared by origin drivers (and the cache store): endpoint URLs, an async DNS
-//! cache, and a small request/response exchange over Pingora's pooled connector.
+//! cache, and a small request/response exchange over Orca's connection pool.
 //!
 //! `HttpPeer::new` with a host name resolves synchronously and panics when resolution fails,
 //! so names are resolved here with tokio's resolver, cached for [`DNS_TTL`], and peers are

@@ -759,6 +759,17 @@ async fn write_error(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\
          <Message>Injected by FaultProxy</Message><RequestId>faultproxy</RequestId></Error>"
     );
+    write_xml(down, status, &body, head_request, keep_alive).await
+}
+
+/// Writes an XML answer with this status and body (no body for HEAD).
+async fn write_xml(
+    down: &mut Conn,
+    status: u16,
+    body: &str,
+    head_request: bool,
+    keep_alive: bool,
+) -> io::Result<()> {
     let mut answer = format!(
         "HTTP/1.1 {status} {}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\
          x-amz-request-id: faultproxy\r\n",
@@ -770,7 +781,7 @@ async fn write_error(
     }
     answer.push_str("\r\n");
     if !head_request {
-        answer.push_str(&body);
+        answer.push_str(body);
     }
     down.write_all(answer.as_bytes()).await
 }
@@ -823,6 +834,17 @@ enum Next {
     Drop,
 }
 
+impl Next {
+    /// After a complete answer: keep the connection or close it.
+    fn after(keep_alive: bool) -> Next {
+        if keep_alive {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        }
+    }
+}
+
 async fn serve_one(down: &mut Conn, upstream: &str, shared: &Shared) -> io::Result<Next> {
     let Some(raw_head) = down.read_head().await? else {
         return Ok(Next::Drop);
@@ -836,40 +858,20 @@ async fn serve_one(down: &mut Conn, upstream: &str, shared: &Shared) -> io::Resu
     }
     let fault = record(shared, &request);
 
-    match fault {
+    match &fault {
         Some(Fault::Status(status)) => {
             copy_body(down, &mut Sink::new(None), request_framing).await?;
-            write_error(down, status, head_request, keep_alive).await?;
-            return Ok(if keep_alive {
-                Next::KeepAlive
-            } else {
-                Next::Close
-            });
+            write_error(down, *status, head_request, keep_alive).await?;
+            return Ok(Next::after(keep_alive));
+        }
+        Some(Fault::Respond(status, body)) => {
+            copy_body(down, &mut Sink::new(None), request_framing).await?;
+            write_xml(down, *status, body, head_request, keep_alive).await?;
+            return Ok(Next::after(keep_alive));
         }
         Some(Fault::CloseWithoutResponse) => {
             copy_body(down, &mut Sink::new(None), request_framing).await?;
             return Ok(Next::Close);
-        }
-        Some(Fault::Respond(status, body)) => {
-            copy_body(down, &mut Sink::new(None), request_framing).await?;
-            let mut answer = format!(
-                "HTTP/1.1 {status} {}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n",
-                reason(status),
-                body.len()
-            );
-            if !keep_alive {
-                answer.push_str("Connection: close\r\n");
-            }
-            answer.push_str("\r\n");
-            if !head_request {
-                answer.push_str(&body);
-            }
-            down.write_all(answer.as_bytes()).await?;
-            return Ok(if keep_alive {
-                Next::KeepAlive
-            } else {
-                Next::Close
-            });
         }
         _ => {}
     }
@@ -972,9 +974,5 @@ async fn serve_one(down: &mut Conn, upstream: &str, shared: &Shared) -> io::Resu
             _ => Next::Close,
         });
     }
-    Ok(if keep_alive {
-        Next::KeepAlive
-    } else {
-        Next::Close
-    })
+    Ok(Next::after(keep_alive))
 }
