@@ -1,16 +1,35 @@
 //! Orca: a chunked, read-through cache for S3 and Azure Blob origins, on Pingora.
+//!
+//! # Layout
+//!
+//! Modules are layered; each imports only from layers below it (`tests/layering.rs` checks it):
+//!
+//! | layer | modules | owns |
+//! |---|---|---|
+//! | 5 | `app` | wiring: the Pingora server and its services (`main.rs` calls it) |
+//! | 4 | `edge`, `ops` | the S3 surface clients talk to; health, readiness and metrics |
+//! | 3 | `fill` | the fill protocol: request, service (pingora-cache over the origin), clients |
+//! | 2 | `state` | the state the services share, built from the configuration |
+//! | 1 | `origin`, `cachestore`, `metadata`, `cluster` | origin drivers; chunk stores and the pingora-cache storage; HEAD cache; peer set and rendezvous |
+//! | 0 | `s3client`, `net`, `chunk`, `config`, `error`, `metrics`, `telemetry` | S3 requests and signing; HTTP plumbing; chunk identity and math; configuration; S3 errors; metric names; logging |
+//!
+//! The request path: `edge` parses an S3 request, resolves the object through `metadata`, and
+//! streams its chunks from `cachestore` (hits) or through `fill` (misses, to the chunk's
+//! coordinator from `cluster`, which fetches it from `origin` once). See `docs/design.md`.
+
 pub mod app;
 pub mod cachestore;
-pub mod catalog;
 pub mod chunk;
 pub mod cluster;
 pub mod config;
-pub mod edge;
-pub mod error;
-pub mod fill;
-pub mod metadata;
-pub mod metrics;
-pub mod ops;
+pub(crate) mod edge;
+pub(crate) mod error;
+pub(crate) mod fill;
+pub(crate) mod metadata;
+pub(crate) mod metrics;
+pub mod net;
+pub(crate) mod ops;
 pub mod origin;
-pub mod s3;
+pub mod s3client;
+pub(crate) mod state;
 pub mod telemetry;

@@ -6,18 +6,15 @@
 //! Successes are kept for `ttl`; answers that will not change soon (404, missing ETag,
 //! unsupported blob type) for `negative_ttl`; transient failures are not kept at all.
 
+use crate::net::retry::with_retries;
 use crate::origin::{ObjectMeta, Origin, OriginError};
 use lru::LruCache;
 use parking_lot::Mutex;
-use rand::Rng;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-
-/// Attempts of a HEAD that fails transiently, the first included.
-pub const HEAD_ATTEMPTS: u32 = 3;
 
 type HeadResult = Result<ObjectMeta, OriginError>;
 
@@ -37,10 +34,14 @@ enum Slot {
     },
 }
 
-/// Counts consecutive credential refusals by the origin (`/readyz` turns false at 3).
+/// Counts consecutive credential refusals by the origin (`/readyz` turns false at 3), and
+/// remembers the last object they happened on, which [`HealthProbe`] asks again until the
+/// origin accepts the credentials (an unready replica gets no traffic to do it).
 #[derive(Default)]
 pub struct OriginHealth {
     auth_failures: AtomicU32,
+    /// The bucket and key of the last HEAD refused for its credentials.
+    last_refused: Mutex<Option<(String, String)>>,
 }
 
 impl OriginHealth {
@@ -56,6 +57,14 @@ impl OriginHealth {
             Err(e) if !e.is_negative_cacheable() => {}
             _ => self.auth_failures.store(0, Ordering::Relaxed),
         }
+    }
+
+    /// Records the answer to a HEAD of `bucket/key` (a refusal names what to probe).
+    pub fn record_head<T>(&self, bucket: &str, key: &str, result: &Result<T, OriginError>) {
+        if matches!(result, Err(OriginError::Auth(_))) {
+            *self.last_refused.lock() = Some((bucket.to_string(), key.to_string()));
+        }
+        self.record(result);
     }
 
     /// Whether the origin accepts Orca's credentials (fewer than 3 refusals in a row).
@@ -155,7 +164,7 @@ impl MetadataCache {
             id,
         };
         let result = self.head_with_retries(&k.0, &k.1).await;
-        self.health.record(&result);
+        self.health.record_head(&k.0, &k.1, &result);
         let keep_for = match &result {
             Ok(_) => Some(self.ttl),
             Err(e) if e.is_negative_cacheable() => Some(self.negative_ttl),
@@ -184,17 +193,72 @@ impl MetadataCache {
     }
 
     async fn head_with_retries(&self, bucket: &str, key: &str) -> HeadResult {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
+        with_retries(OriginError::is_retryable, |attempt| async move {
             let result = self.origin.head(bucket, key).await;
-            match &result {
-                Err(e) if e.is_retryable() && attempt < HEAD_ATTEMPTS => {
-                    tracing::debug!(bucket, key, attempt, error = %e, "HEAD failed; retrying");
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
-                _ => return result,
+            if let Err(e) = &result {
+                tracing::debug!(bucket, key, attempt, error = %e, "HEAD failed");
             }
+            result
+        })
+        .await
+    }
+}
+
+/// First and longest wait between probes of an origin that refuses the credentials.
+const PROBE_FIRST: Duration = Duration::from_secs(1);
+const PROBE_MAX: Duration = Duration::from_secs(60);
+
+/// Brings readiness back by itself: while the origin refuses the credentials, HEADs the last
+/// refused object again, waiting 1 s, then twice as long each time up to 60 s. The first
+/// answer that is not a credential refusal makes the replica ready again (a Pingora
+/// background service; the credentials may have been fixed at the origin or, for sources
+/// that refresh, in Orca).
+pub struct HealthProbe {
+    health: Arc<OriginHealth>,
+    origin: Arc<dyn Origin>,
+}
+
+impl HealthProbe {
+    /// A probe of `origin` for `health`.
+    pub fn new(health: Arc<OriginHealth>, origin: Arc<dyn Origin>) -> Self {
+        Self { health, origin }
+    }
+
+    /// One probe, if one is due: `true` when the replica is (again) healthy.
+    async fn probe_once(&self) -> bool {
+        if self.health.credentials_ok() {
+            return true;
+        }
+        let Some((bucket, key)) = self.health.last_refused.lock().clone() else {
+            return false;
+        };
+        let result = self.origin.head(&bucket, &key).await;
+        tracing::info!(
+            bucket,
+            key,
+            ok = result.is_ok(),
+            error = result.as_ref().err().map(|e| e.to_string()),
+            "origin credentials probe"
+        );
+        self.health.record(&result);
+        self.health.credentials_ok()
+    }
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for HealthProbe {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let mut wait = PROBE_FIRST;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return,
+            }
+            wait = if self.probe_once().await {
+                PROBE_FIRST
+            } else {
+                (wait * 2).min(PROBE_MAX)
+            };
         }
     }
 }
@@ -213,12 +277,6 @@ impl Drop for FlightGuard<'_> {
             entries.pop(self.key);
         }
     }
-}
-
-/// Exponential backoff with full jitter: attempt 1 waits up to 100 ms, 2 up to 200 ms, ...
-pub fn backoff(attempt: u32) -> Duration {
-    let cap_ms = 100u64 << attempt.saturating_sub(1).min(6);
-    Duration::from_millis(rand::thread_rng().gen_range(cap_ms / 2..=cap_ms))
 }
 
 #[cfg(test)]
@@ -262,14 +320,7 @@ mod tests {
         async fn chunk_peer(&self, _b: &str) -> Result<HttpPeer, OriginError> {
             Err(OriginError::Timeout)
         }
-        fn chunk_request(
-            &self,
-            _b: &str,
-            _k: &str,
-            _e: &str,
-            _s: u64,
-            _en: u64,
-        ) -> Result<RequestHeader, OriginError> {
+        fn chunk_request(&self, _c: &crate::chunk::Chunk) -> Result<RequestHeader, OriginError> {
             Err(OriginError::Timeout)
         }
     }
@@ -383,6 +434,57 @@ mod tests {
         assert_eq!(o.heads.load(Ordering::SeqCst), 2);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn the_probe_brings_readiness_back_once_the_origin_accepts() {
+        struct Refusing(AtomicU32);
+        #[async_trait]
+        impl Origin for Refusing {
+            async fn head(&self, _b: &str, _k: &str) -> Result<ObjectMeta, OriginError> {
+                // Refuses twice more, then accepts.
+                if self.0.fetch_add(1, Ordering::SeqCst) < 2 {
+                    Err(OriginError::Auth(403))
+                } else {
+                    Ok(meta("e"))
+                }
+            }
+            async fn list(
+                &self,
+                _b: &str,
+                _r: &crate::origin::ListRequest,
+            ) -> Result<bytes::Bytes, OriginError> {
+                Err(OriginError::Timeout)
+            }
+            async fn head_bucket(&self, _b: &str) -> Result<(), OriginError> {
+                Err(OriginError::Timeout)
+            }
+            async fn chunk_peer(&self, _b: &str) -> Result<HttpPeer, OriginError> {
+                Err(OriginError::Timeout)
+            }
+            fn chunk_request(
+                &self,
+                _c: &crate::chunk::Chunk,
+            ) -> Result<RequestHeader, OriginError> {
+                Err(OriginError::Timeout)
+            }
+        }
+        let health = Arc::new(OriginHealth::default());
+        let probe = HealthProbe::new(health.clone(), Arc::new(Refusing(AtomicU32::new(0))));
+        assert!(probe.probe_once().await, "healthy: nothing to probe");
+        for _ in 0..3 {
+            health.record_head::<()>("b", "k", &Err(OriginError::Auth(403)));
+        }
+        assert!(!health.credentials_ok());
+        assert!(!probe.probe_once().await);
+        assert!(!probe.probe_once().await);
+        assert!(probe.probe_once().await, "the third probe is accepted");
+        assert!(health.credentials_ok());
+        // A refusal of one object (not the credentials) never counts.
+        for _ in 0..5 {
+            health.record::<()>(&Err(OriginError::AccessDenied));
+        }
+        assert!(health.credentials_ok());
+    }
+
     #[test]
     fn health_counts_consecutive_refusals() {
         let h = OriginHealth::default();
@@ -394,14 +496,5 @@ mod tests {
         assert!(!h.credentials_ok());
         h.record(&Ok(()));
         assert!(h.credentials_ok());
-    }
-
-    #[test]
-    fn backoff_grows_with_jitter() {
-        for attempt in 1..5 {
-            let d = backoff(attempt);
-            let cap = 100u64 << (attempt - 1);
-            assert!(d >= Duration::from_millis(cap / 2) && d <= Duration::from_millis(cap));
-        }
     }
 }

@@ -1,4 +1,5 @@
-//! Every metric Orca exports: names and labels live here and nowhere else (contract.md).
+//! Every metric Orca exports: names and labels live here and nowhere else (documented in
+//! `docs/operations.md`, "Metrics").
 //!
 //! One registry, served by the ops service. Counters are plain statics so the hot path pays
 //! an atomic add, not a lookup by name.

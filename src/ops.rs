@@ -1,7 +1,7 @@
 //! The ops service: `/healthz`, `/readyz` and `/metrics` (Prometheus text).
 
-use crate::app::Orca;
 use crate::metrics;
+use crate::state::Orca;
 use async_trait::async_trait;
 use http::Response;
 use pingora::apps::http_app::ServeHttp;

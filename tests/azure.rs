@@ -11,8 +11,8 @@
 
 mod common;
 
+use ::orca::net::encode::{encode_key, encode_query_value};
 use ::orca::origin::azureblob::sign::{now_rfc1123, SharedKey, API_VERSION};
-use ::orca::origin::{encode_key, encode_query_value};
 use common::*;
 use std::collections::BTreeMap;
 use std::fs::File;

@@ -394,3 +394,49 @@ async fn a_thousand_peer_fills_reuse_pooled_connections() {
         "{opened} connections for {peer_fills} peer fills"
     );
 }
+
+/// A coordinator whose own way to the origin fails (an overloaded or sick replica: 500s, its
+/// retries used up) answers the asking replica with a transient error. That is the
+/// coordinator's trouble, not the object's: the asking replica fills the chunk itself and the
+/// client gets its bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinators_transient_origin_failure_falls_back_to_a_local_fill() {
+    let fleet = Fleet::start(2, everyone, "", false).await;
+    let data = deterministic_bytes(31, MIB);
+    let etag = fleet.put("obj", &data).await;
+    let id = ChunkId::from_fields("test-origin", BUCKET, "obj", &etag, MIB as u64, 0);
+    let coordinator = fleet
+        .addrs
+        .iter()
+        .position(|a| Some(a.as_str()) == rendezvous::choose(&fleet.addrs, &id))
+        .unwrap();
+    let entry = 1 - coordinator;
+    // Every chunk GET of the coordinator fails with a 500 (more than its retries).
+    fleet.proxies[coordinator].push_fault(
+        FaultRule::new(Fault::Status(500))
+            .method("GET")
+            .with_range()
+            .times(50),
+    );
+    let got = http_get(&fleet.replicas[entry].object_url(BUCKET, "obj"), None)
+        .await
+        .unwrap();
+    assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+    assert_eq!(sha256_hex(&got.body), sha256_hex(&data));
+    let r = &fleet.replicas[entry];
+    let peer_errors = metric_value_opt(&r.metrics(), "orca_peer_fills_total{result=\"error\"}");
+    assert_eq!(
+        peer_errors,
+        Some(1.0),
+        "the peer's failure was seen and counted"
+    );
+    assert!(
+        fleet.proxies[coordinator].counts().gets_with_range >= 1,
+        "the coordinator did try the origin"
+    );
+    assert_eq!(
+        fleet.proxies[entry].counts().gets_with_range,
+        1,
+        "then the entry replica filled the chunk itself"
+    );
+}

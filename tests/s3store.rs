@@ -10,7 +10,7 @@ mod common;
 use ::orca::cachestore::s3::S3Store;
 use ::orca::cachestore::{CacheStore, CommitOutcome};
 use ::orca::chunk::ChunkId;
-use ::orca::s3::{S3Auth, S3Client};
+use ::orca::s3client::{S3Auth, S3Client};
 use aws_credential_types::Credentials;
 use bytes::Bytes;
 use common::*;
@@ -387,7 +387,9 @@ async fn s3_express_sessions_are_renewed_and_expire() {
     express.push_fault(session_rule(1));
     let client = express_client(&express.endpoint());
     let token_of = |c: &S3Client| {
-        let req = c.signed_request("HEAD", bucket, Some("k"), "", &[])?;
+        let req = c
+            .signed_request("HEAD", bucket, Some("k"), "", &[])
+            .map_err(|e| e.to_string())?;
         Ok::<_, String>(
             req.headers
                 .get("x-amz-s3session-token")
@@ -426,7 +428,7 @@ async fn s3_express_sessions_are_renewed_and_expire() {
             .times(1),
     );
     client.age_session(bucket, Duration::from_secs(30));
-    let e = client.prepare(bucket).await.unwrap_err();
+    let e = client.prepare(bucket).await.unwrap_err().to_string();
     assert!(e.contains(bucket) && e.contains("AccessDenied"), "{e}");
     assert!(token_of(&client).unwrap_err().contains(bucket));
 
@@ -458,11 +460,52 @@ async fn callers_waiting_on_a_failed_s3_express_session_share_its_error() {
         callers.push(tokio::spawn(async move { c.prepare(bucket).await }));
     }
     for c in callers {
-        let e = c.await.unwrap().unwrap_err();
+        let e = c.await.unwrap().unwrap_err().to_string();
         assert!(e.contains("CreateSession") && e.contains(bucket), "{e}");
     }
     assert_eq!(express.counts().total, 1, "{:?}", express.counts().log);
     // A later call tries again.
     assert!(client.prepare(bucket).await.is_err());
     assert_eq!(express.counts().total, 2);
+}
+
+/// A store (or a hop in front of it) that ignores `Range` answers a ranged read with the whole
+/// object: its first bytes must never be served as the bytes asked for. A read of the whole
+/// chunk may use the 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_ignores_range_is_never_served_from_the_wrong_offset() {
+    let moto = Moto::start();
+    let bucket = "ranges";
+    create_bucket(&moto.endpoint(), bucket).await;
+    let direct = store(&moto.endpoint(), bucket);
+    let id = ChunkId::from_fields("o", "b", "k", "e", 1000, 0);
+    let bytes: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(
+        direct
+            .commit(&id, vec![Bytes::from(bytes.clone())], 1000)
+            .await
+            .unwrap(),
+        CommitOutcome::Committed
+    );
+    let proxy = FaultProxy::start(&moto.endpoint());
+    proxy.push_fault(FaultRule::new(Fault::StripRequestHeader("range".into())).times(10));
+    let ignoring = store(&proxy.endpoint(), bucket);
+    // A range inside the chunk: the whole-object 200 is refused, not served from byte 0.
+    let read = ignoring.read(&id, 1000, 100, 200).await;
+    assert!(read.is_err(), "a 200 to a ranged read must not be used");
+    // The chunk is still there (nothing was deleted for it) and reads correctly direct.
+    let mut reader = direct.read(&id, 1000, 100, 200).await.unwrap().unwrap();
+    let mut got = Vec::new();
+    while let Some(p) = reader.next_piece().await.unwrap() {
+        got.extend_from_slice(&p);
+    }
+    assert_eq!(got, bytes[100..200]);
+    // The whole chunk through the same hop: a 200 of the whole object is exactly right.
+    let mut reader = ignoring.read(&id, 1000, 0, 1000).await.unwrap().unwrap();
+    let mut got = Vec::new();
+    while let Some(p) = reader.next_piece().await.unwrap() {
+        got.extend_from_slice(&p);
+    }
+    assert_eq!(got, bytes);
+    assert!(proxy.counts().total >= 2);
 }

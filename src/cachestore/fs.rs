@@ -70,11 +70,6 @@ impl FsStore {
         Ok(store)
     }
 
-    /// The directory the store lives in.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// The file a committed chunk lives in.
     pub fn chunk_path(&self, id: &ChunkId) -> PathBuf {
         let hex = id.object_hex();

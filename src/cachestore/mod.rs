@@ -6,10 +6,13 @@
 //! `pingora_cache::Storage`, adds the registry of fills in flight (streaming partial writes) and
 //! the presence catalog.
 
-pub mod buf;
-pub mod fs;
+pub(crate) mod buf;
+pub(crate) mod catalog;
+pub(crate) mod fs;
+#[cfg(test)]
+pub(crate) mod mem;
 pub mod s3;
-pub mod storage;
+pub(crate) mod storage;
 
 use crate::chunk::ChunkId;
 use async_trait::async_trait;
@@ -47,6 +50,34 @@ pub enum StoreError {
         got: u64,
         /// Bytes declared.
         declared: u64,
+    },
+    /// The store's S3 client failed: it could not reach, sign for or read the store.
+    #[error("{context}: {source}")]
+    Client {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        #[source]
+        source: crate::s3client::S3ClientError,
+    },
+    /// The store answered with a status that means neither success nor "not there".
+    #[error("{context}: HTTP {status}: {body}")]
+    Status {
+        /// What was being done.
+        context: String,
+        /// The HTTP status.
+        status: u16,
+        /// The start of the answer's body (an S3 XML error, usually).
+        body: String,
+    },
+    /// The store's answer does not fit the request (e.g. a ranged read answered with other
+    /// bytes): nothing of it is used.
+    #[error("{context}: {detail}")]
+    Protocol {
+        /// What was being done.
+        context: String,
+        /// What did not fit.
+        detail: String,
     },
     /// The store refused its start-up checks.
     #[error("cache store check failed: {0}")]

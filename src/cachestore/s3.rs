@@ -13,12 +13,12 @@
 //!
 //! An S3 Express One Zone directory bucket (`name--zone-id--x-s3`) has no versioning: the
 //! versioning check is replaced by `CreateSession`, and every request is signed with the
-//! session the client keeps (see [`crate::s3`]).
+//! session the client keeps (see [`crate::s3client`]).
 
 use super::{CacheStore, ChunkRead, CommitOutcome, StoreError};
 use crate::chunk::{ChunkId, CACHE_VERSION};
-use crate::origin::header_str;
-use crate::s3::{S3Body, S3Client};
+use crate::net::http::header_str;
+use crate::s3client::{S3Body, S3Client, S3ClientError};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -31,8 +31,18 @@ pub struct S3Store {
     refused: Option<String>,
 }
 
-fn backend(context: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::io(context.to_string(), std::io::Error::other(e.to_string()))
+fn client_error(context: impl Into<String>) -> impl FnOnce(S3ClientError) -> StoreError {
+    let context = context.into();
+    move |source| StoreError::Client { context, source }
+}
+
+fn status_error(context: impl Into<String>, status: u16, body: &[u8]) -> StoreError {
+    let body = String::from_utf8_lossy(&body[..body.len().min(1024)]).into_owned();
+    StoreError::Status {
+        context: context.into(),
+        status,
+        body,
+    }
 }
 
 impl S3Store {
@@ -96,7 +106,7 @@ impl S3Store {
         let req = self
             .client
             .signed_request("GET", b, None, "versioning=", &[])
-            .map_err(StoreError::Check)?;
+            .map_err(|e| StoreError::Check(format!("cachestore.s3: {e}")))?;
         let resp = self.client.send(b, req, 64 * 1024).await.map_err(|e| {
             StoreError::Check(format!("cachestore.s3: bucket {b:?} unreachable: {e}"))
         })?;
@@ -138,15 +148,12 @@ impl S3Store {
             .client
             .put(&self.bucket, key, pieces, &[("if-none-match", "*")])
             .await
-            .map_err(|e| backend(&format!("put {key}"), e))?;
+            .map_err(client_error(format!("put {key}")))?;
         match resp.header.status.as_u16() {
             200 | 201 => Ok(CommitOutcome::Committed),
             // 412: the object exists. 409: a concurrent conditional write is in progress.
             412 | 409 => Ok(CommitOutcome::Lost),
-            s => Err(backend(
-                &format!("put {key}"),
-                format!("HTTP {s}: {}", String::from_utf8_lossy(&resp.body)),
-            )),
+            s => Err(status_error(format!("put {key}"), s, &resp.body)),
         }
     }
 
@@ -169,16 +176,16 @@ impl CacheStore for S3Store {
             .client
             .request("HEAD", &self.bucket, Some(&key), "", &[])
             .await
-            .map_err(|e| backend("stat", e))?;
+            .map_err(client_error(format!("stat {key}")))?;
         let resp = self
             .client
             .send(&self.bucket, req, 64 * 1024)
             .await
-            .map_err(|e| backend(&format!("stat {key}"), e))?;
+            .map_err(|e| client_error(format!("stat {key}"))(e.into()))?;
         match resp.header.status.as_u16() {
             200 => Ok(header_str(&resp.header, "content-length").and_then(|v| v.parse().ok())),
             404 => Ok(None),
-            s => Err(backend(&format!("stat {key}"), format!("HTTP {s}"))),
+            s => Err(status_error(format!("stat {key}"), s, &resp.body)),
         }
     }
 
@@ -201,20 +208,39 @@ impl CacheStore for S3Store {
             .client
             .get_stream(&self.bucket, &key, Some((from, to - 1)))
             .await
-            .map_err(|e| backend(&format!("get {key}"), e))?;
-        match header.status.as_u16() {
-            206 | 200 => {}
+            .map_err(client_error(format!("get {key}")))?;
+        let whole = from == 0 && to == expected_len;
+        let range_answer = match header.status.as_u16() {
+            206 => match header_str(&header, "content-range") {
+                Some(r) => Some(r.trim()),
+                None => {
+                    return Err(StoreError::Protocol {
+                        context: format!("get {key}"),
+                        detail: "a 206 without Content-Range".into(),
+                    })
+                }
+            },
+            // A 200 is the whole object: usable only when the whole chunk was asked for (a
+            // store that ignores `Range` must never have its first bytes served as others).
+            200 if whole => None,
+            200 => {
+                return Err(StoreError::Protocol {
+                    context: format!("get {key} bytes {from}-{}", to - 1),
+                    detail: "the store ignored Range and answered the whole object".into(),
+                })
+            }
             404 => return Ok(None),
             s => {
                 let text = body.text().await;
-                return Err(backend(&format!("get {key}"), format!("HTTP {s}: {text}")));
+                return Err(status_error(format!("get {key}"), s, text.as_bytes()));
             }
-        }
-        // The stored object must have the chunk's exact length (Content-Range's total).
-        let total = header_str(&header, "content-range")
-            .and_then(|r| r.rsplit('/').next())
-            .and_then(|t| t.trim().parse::<u64>().ok())
-            .or_else(|| header_str(&header, "content-length").and_then(|v| v.parse().ok()));
+        };
+        // The stored object must have the chunk's exact length: `Content-Range`'s total for a
+        // 206, `Content-Length` for a 200.
+        let total = match range_answer {
+            Some(r) => r.rsplit('/').next().and_then(|t| t.parse::<u64>().ok()),
+            None => header_str(&header, "content-length").and_then(|v| v.trim().parse().ok()),
+        };
         if total != Some(expected_len) {
             drop(body);
             self.delete(&key).await;
@@ -223,6 +249,16 @@ impl CacheStore for S3Store {
                 found: total.unwrap_or(0),
                 expected: expected_len,
             });
+        }
+        // And a 206 must carry exactly the bytes asked for.
+        if let Some(r) = range_answer {
+            let want = format!("bytes {from}-{}/{expected_len}", to - 1);
+            if r != want {
+                return Err(StoreError::Protocol {
+                    context: format!("get {key}"),
+                    detail: format!("Content-Range {r:?}, expected {want:?}"),
+                });
+            }
         }
         Ok(Some(Box::new(S3Reader {
             body: Some(body),
@@ -264,7 +300,7 @@ impl ChunkRead for S3Reader {
         let Some(body) = self.body.as_mut() else {
             return Ok(None);
         };
-        match body.next().await.map_err(|e| backend("read chunk", e))? {
+        match body.next().await.map_err(client_error("read chunk"))? {
             Some(piece) => {
                 let n = (piece.len() as u64).min(self.left);
                 self.left -= n;
@@ -274,9 +310,12 @@ impl ChunkRead for S3Reader {
                 self.body = None;
                 Ok(None)
             }
-            None => Err(backend(
+            None => Err(StoreError::io(
                 "read chunk",
-                format!("{} bytes missing", self.left),
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("{} bytes missing", self.left),
+                ),
             )),
         }
     }

@@ -11,9 +11,9 @@
 //! clean end of stream, and the flight leaves the registry at once so the next caller starts a
 //! fresh fill.
 
+use super::catalog::Catalog;
 use super::{CacheStore, ChunkRead, CommitOutcome, StoreError};
-use crate::catalog::Catalog;
-use crate::chunk::ChunkId;
+use crate::chunk::{Chunk, ChunkId};
 use crate::metrics::{ChunkSource, COMMITS};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -36,39 +36,47 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 /// chunk stays a miss, and its bytes leave memory.
 pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// What the fill service attaches to a chunk's cache key (`CacheKey::extensions`) so the
-/// storage knows the chunk behind the key and its exact length.
-#[derive(Debug, Clone)]
-pub struct ChunkKeyInfo {
-    /// The chunk.
-    pub id: ChunkId,
-    /// Its exact length (`ChunkId::expected_len` of the object size).
-    pub expected_len: u64,
-}
-
-/// Builds the pingora cache key of a chunk: its name, with [`ChunkKeyInfo`] attached.
-pub fn cache_key(id: &ChunkId, expected_len: u64) -> CacheKey {
-    let mut key = CacheKey::new(id.name(), "");
-    key.extensions.insert(ChunkKeyInfo {
-        id: id.clone(),
-        expected_len,
-    });
+/// Builds the pingora cache key of a chunk: its name, with the [`Chunk`] itself attached
+/// (`CacheKey::extensions`) so the storage knows the chunk behind the key and its length.
+pub fn cache_key(chunk: &Chunk) -> CacheKey {
+    let mut key = CacheKey::new(chunk.id.name(), "");
+    key.extensions.insert(chunk.clone());
     key
 }
 
-#[derive(Default)]
+/// Where a flight stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FlightStatus {
+    /// The writer is still appending.
+    Filling,
+    /// Every byte is in and the length checked: readers may read to the end.
+    Complete,
+    /// The writer failed or went away: readers get this error, never a clean end.
+    Failed(String),
+}
+
 struct FlightState {
     pieces: Vec<Bytes>,
     len: u64,
-    /// `None` while writing; `Some(Ok)` once whole and checked; `Some(Err)` when it failed.
-    done: Option<std::result::Result<(), String>>,
+    status: FlightStatus,
+}
+
+/// What a reader finds at its position in a flight.
+enum Next {
+    /// The next piece.
+    Piece(Bytes),
+    /// Nothing yet: wait for the writer.
+    Wait,
+    /// The flight is complete and the reader has had every piece.
+    End,
+    /// The flight failed.
+    Failed(String),
 }
 
 /// A chunk being filled, readable while it is written.
 pub struct Flight {
     name: String,
-    id: ChunkId,
-    expected_len: u64,
+    chunk: Chunk,
     tag: u64,
     state: Mutex<FlightState>,
     changed: watch::Sender<()>,
@@ -78,14 +86,30 @@ pub struct Flight {
 }
 
 impl Flight {
+    fn new(chunk: Chunk, tag: u64, permit: OwnedSemaphorePermit) -> Self {
+        let (changed, _) = watch::channel(());
+        Self {
+            name: chunk.id.name(),
+            chunk,
+            tag,
+            state: Mutex::new(FlightState {
+                pieces: Vec::new(),
+                len: 0,
+                status: FlightStatus::Filling,
+            }),
+            changed,
+            permit: Mutex::new(Some(permit)),
+        }
+    }
+
     fn append(&self, data: Bytes) -> std::result::Result<(), String> {
         {
             let mut s = self.state.lock();
             let new_len = s.len + data.len() as u64;
-            if new_len > self.expected_len {
+            if new_len > self.chunk.len {
                 return Err(format!(
                     "chunk {} longer than its expected {} bytes",
-                    self.name, self.expected_len
+                    self.name, self.chunk.len
                 ));
             }
             s.len = new_len;
@@ -97,14 +121,30 @@ impl Flight {
         Ok(())
     }
 
-    fn finish(&self, result: std::result::Result<(), String>) {
+    /// Ends the flight (the first end wins: a complete flight is never failed afterwards).
+    fn finish(&self, status: FlightStatus) {
         {
             let mut s = self.state.lock();
-            if s.done.is_none() {
-                s.done = Some(result);
+            if s.status == FlightStatus::Filling {
+                s.status = status;
             }
         }
         self.changed.send_replace(());
+    }
+
+    fn failed(&self) -> bool {
+        matches!(self.state.lock().status, FlightStatus::Failed(_))
+    }
+
+    /// What a reader that has had `index` pieces finds next.
+    fn next(&self, index: usize) -> Next {
+        let s = self.state.lock();
+        match (s.pieces.get(index), &s.status) {
+            (Some(p), _) => Next::Piece(p.clone()),
+            (None, FlightStatus::Filling) => Next::Wait,
+            (None, FlightStatus::Complete) => Next::End,
+            (None, FlightStatus::Failed(e)) => Next::Failed(e.clone()),
+        }
     }
 
     fn pieces(&self) -> (Vec<Bytes>, u64) {
@@ -127,7 +167,7 @@ pub struct FlightReader {
 impl FlightReader {
     fn new(flight: Arc<Flight>, from: u64, to: u64) -> Self {
         let rx = flight.changed.subscribe();
-        let to = to.min(flight.expected_len);
+        let to = to.min(flight.chunk.len);
         Self {
             flight,
             rx,
@@ -147,19 +187,14 @@ impl ChunkRead for FlightReader {
                 return Ok(None);
             }
             self.rx.borrow_and_update();
-            let next = {
-                let s = self.flight.state.lock();
-                match s.pieces.get(self.next_piece) {
-                    Some(p) => Ok(Some(p.clone())),
-                    None => match &s.done {
-                        None => Ok(None),
-                        Some(Ok(())) => Err(None),
-                        Some(Err(e)) => Err(Some(e.clone())),
-                    },
-                }
+            let fault = |kind, e: &str| {
+                StoreError::io(
+                    format!("fill of {}", self.flight.name),
+                    std::io::Error::new(kind, e.to_string()),
+                )
             };
-            match next {
-                Ok(Some(piece)) => {
+            match self.flight.next(self.next_piece) {
+                Next::Piece(piece) => {
                     self.next_piece += 1;
                     let start = self.piece_offset;
                     let end = start + piece.len() as u64;
@@ -171,40 +206,30 @@ impl ChunkRead for FlightReader {
                     let hi = (self.to.min(end) - start) as usize;
                     return Ok(Some(piece.slice(lo..hi)));
                 }
-                Ok(None) => {
+                Next::Wait => {
                     if self.rx.changed().await.is_err() {
-                        return Err(StoreError::io(
-                            format!("fill of {}", self.flight.name),
-                            std::io::Error::other("writer vanished"),
-                        ));
+                        return Err(fault(std::io::ErrorKind::Other, "writer vanished"));
                     }
                 }
                 // Complete, yet short of `to`: cannot happen for a checked flight; be loud.
-                Err(None) => {
-                    return Err(StoreError::io(
-                        format!("fill of {}", self.flight.name),
-                        std::io::Error::new(
-                            std::io::ErrorKind::UnexpectedEof,
-                            "flight ended early",
-                        ),
+                Next::End => {
+                    return Err(fault(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "flight ended early",
                     ))
                 }
-                Err(Some(e)) => {
-                    return Err(StoreError::io(
-                        format!("fill of {}", self.flight.name),
-                        std::io::Error::other(e),
-                    ))
-                }
+                Next::Failed(e) => return Err(fault(std::io::ErrorKind::Other, &e)),
             }
         }
     }
 }
 
-/// The pingora-cache storage of chunks: in-flight registry, catalog and store.
+/// The pingora-cache storage of chunks: in-flight registry, miss catalog and store.
 pub struct ChunkStorage {
     store: Arc<dyn CacheStore>,
-    catalog: Catalog,
-    flights: Mutex<HashMap<String, Arc<Flight>>>,
+    /// Chunks the edge found missing just now, which the fill service's lookups trust.
+    misses: Catalog,
+    flights: Mutex<HashMap<ChunkId, Arc<Flight>>>,
     /// Bounds the flights in the registry, committing ones included.
     flight_permits: Arc<Semaphore>,
     next_tag: AtomicU64,
@@ -227,7 +252,7 @@ impl ChunkStorage {
     pub fn new(store: Arc<dyn CacheStore>, catalog_entries: usize, max_flights: usize) -> Self {
         Self {
             store,
-            catalog: Catalog::new(catalog_entries),
+            misses: Catalog::new(catalog_entries),
             flights: Mutex::new(HashMap::new()),
             flight_permits: Arc::new(Semaphore::new(max_flights.max(1))),
             next_tag: AtomicU64::new(1),
@@ -235,19 +260,28 @@ impl ChunkStorage {
     }
 
     /// Opens bytes `[from, to)` of a chunk: from a fill in flight if there is one, else from the
-    /// store. `Ok(None)` is a miss. A store failure is logged and reported as a miss.
-    pub async fn open(
+    /// store. `None` is a miss; a store failure is logged and reported as a miss. The miss is
+    /// recorded, so the fill service that is asked next does not ask the store again.
+    pub async fn open(&self, chunk: &Chunk, from: u64, to: u64) -> Option<ChunkHit> {
+        self.lookup_chunk(chunk, from, to, false).await
+    }
+
+    /// [`ChunkStorage::open`] for the fill service: a miss recorded within
+    /// [`super::catalog::MISS_TTL`] is trusted instead of asking the store again.
+    pub async fn open_for_fill(&self, chunk: &Chunk) -> Option<ChunkHit> {
+        self.lookup_chunk(chunk, 0, chunk.len, true).await
+    }
+
+    async fn lookup_chunk(
         &self,
-        id: &ChunkId,
-        expected_len: u64,
+        chunk: &Chunk,
         from: u64,
         to: u64,
+        trust_recent_miss: bool,
     ) -> Option<ChunkHit> {
-        let name = id.name();
-        let flight = self.flights.lock().get(&name).cloned();
+        let flight = self.flights.lock().get(&chunk.id).cloned();
         if let Some(flight) = flight {
-            let failed = matches!(flight.state.lock().done, Some(Err(_)));
-            if !failed {
+            if !flight.failed() {
                 return Some(ChunkHit {
                     source: ChunkSource::Memory,
                     reader: Box::new(FlightReader::new(flight, from, to)),
@@ -255,47 +289,46 @@ impl ChunkStorage {
                 });
             }
         }
-        match self.store.read(id, expected_len, from, to).await {
-            Ok(Some(reader)) => {
-                self.catalog.record(name);
-                Some(ChunkHit {
-                    source: ChunkSource::CacheStore,
-                    reader,
-                    on_demand: !self.store.prefetch_hits(),
-                })
-            }
+        if trust_recent_miss && self.misses.recently_missing(&chunk.id) {
+            return None;
+        }
+        let read_began = tokio::time::Instant::now();
+        match self.store.read(&chunk.id, chunk.len, from, to).await {
+            Ok(Some(reader)) => Some(ChunkHit {
+                source: ChunkSource::CacheStore,
+                reader,
+                on_demand: !self.store.prefetch_hits(),
+            }),
             Ok(None) => {
-                self.catalog.forget(&name);
+                self.misses.record_miss(&chunk.id, read_began);
                 None
             }
             Err(e) => {
-                self.catalog.forget(&name);
-                tracing::warn!(chunk = %name, error = %e, "cache store read failed; treating as a miss");
+                tracing::warn!(chunk = %chunk.id, error = %e, "cache store read failed; treating as a miss");
+                self.misses.record_miss(&chunk.id, read_began);
                 None
             }
         }
     }
 
-    fn key_info(key: &CacheKey) -> Result<ChunkKeyInfo> {
-        key.extensions
-            .get::<ChunkKeyInfo>()
-            .cloned()
-            .ok_or_else(|| {
-                Error::explain(
-                    ErrorType::InternalError,
-                    "chunk cache key without ChunkKeyInfo",
-                )
-            })
+    fn key_chunk(key: &CacheKey) -> Result<Chunk> {
+        key.extensions.get::<Chunk>().cloned().ok_or_else(|| {
+            Error::explain(
+                ErrorType::InternalError,
+                "chunk cache key without its Chunk",
+            )
+        })
     }
 
     fn remove_flight(&self, flight: &Arc<Flight>) {
         {
             let mut flights = self.flights.lock();
+            // Only this flight: a newer writer's flight under the same chunk stays.
             if flights
-                .get(&flight.name)
+                .get(&flight.chunk.id)
                 .is_some_and(|f| Arc::ptr_eq(f, flight))
             {
-                flights.remove(&flight.name);
+                flights.remove(&flight.chunk.id);
             }
         }
         // Out of the registry: its slot is free for the next fill.
@@ -307,7 +340,7 @@ impl ChunkStorage {
             let (pieces, len) = flight.pieces();
             let result = match tokio::time::timeout(
                 COMMIT_TIMEOUT,
-                self.store.commit(&flight.id, pieces, len),
+                self.store.commit(&flight.chunk.id, pieces, len),
             )
             .await
             {
@@ -325,7 +358,7 @@ impl ChunkStorage {
             COMMITS.with_label_values(&[label]).inc();
             tracing::debug!(chunk = %flight.name, result = label, "chunk commit");
             match result {
-                Ok(_) => self.catalog.record(flight.name.clone()),
+                Ok(_) => self.misses.committed(&flight.chunk.id),
                 Err(e) => {
                     tracing::warn!(chunk = %flight.name, error = %e, "commit to the cache store failed")
                 }
@@ -400,16 +433,16 @@ impl HandleMiss for ChunkMissHandler {
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
         self.finished = true;
         let (_, len) = self.flight.pieces();
-        if len != self.flight.expected_len {
+        if len != self.flight.chunk.len {
             let msg = format!(
                 "chunk {} ended at {len} of {} bytes",
-                self.flight.name, self.flight.expected_len
+                self.flight.name, self.flight.chunk.len
             );
-            self.flight.finish(Err(msg.clone()));
+            self.flight.finish(FlightStatus::Failed(msg.clone()));
             self.storage.remove_flight(&self.flight);
             return Error::e_explain(ErrorType::InternalError, msg);
         }
-        self.flight.finish(Ok(()));
+        self.flight.finish(FlightStatus::Complete);
         tracing::debug!(chunk = %self.flight.name, len, "fill complete; committing in the background");
         self.storage.commit_in_background(self.flight.clone());
         Ok(MissFinishType::Created(len as usize))
@@ -424,7 +457,8 @@ impl Drop for ChunkMissHandler {
     fn drop(&mut self) {
         if !self.finished {
             tracing::debug!(chunk = %self.flight.name, "fill abandoned before its end");
-            self.flight.finish(Err("the fill was abandoned".into()));
+            self.flight
+                .finish(FlightStatus::Failed("the fill was abandoned".into()));
             self.storage.remove_flight(&self.flight);
         }
     }
@@ -437,18 +471,15 @@ impl Storage for ChunkStorage {
         key: &CacheKey,
         _trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let info = Self::key_info(key)?;
-        let Some(hit) = self
-            .open(&info.id, info.expected_len, 0, info.expected_len)
-            .await
-        else {
+        let chunk = Self::key_chunk(key)?;
+        let Some(hit) = self.open_for_fill(&chunk).await else {
             return Ok(None);
         };
         let handler = ChunkHitHandler {
             source: hit.source,
             reader: hit.reader,
         };
-        Ok(Some((chunk_meta(info.expected_len)?, Box::new(handler))))
+        Ok(Some((chunk_meta(chunk.len)?, Box::new(handler))))
     }
 
     async fn lookup_streaming_write(
@@ -457,19 +488,19 @@ impl Storage for ChunkStorage {
         streaming_write_tag: Option<&[u8]>,
         trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let info = Self::key_info(key)?;
+        let chunk = Self::key_chunk(key)?;
         let tag = streaming_write_tag
             .and_then(|t| <[u8; 8]>::try_from(t).ok())
             .map(u64::from_be_bytes);
-        let flight = self.flights.lock().get(&info.id.name()).cloned();
+        let flight = self.flights.lock().get(&chunk.id).cloned();
         match (flight, tag) {
             (Some(f), Some(tag)) if f.tag == tag => {
                 let handler = ChunkHitHandler {
                     // The writer's own downstream: the bytes are this request's origin fill.
                     source: ChunkSource::Origin,
-                    reader: Box::new(FlightReader::new(f, 0, info.expected_len)),
+                    reader: Box::new(FlightReader::new(f, 0, chunk.len)),
                 };
-                Ok(Some((chunk_meta(info.expected_len)?, Box::new(handler))))
+                Ok(Some((chunk_meta(chunk.len)?, Box::new(handler))))
             }
             _ => self.lookup(key, trace).await,
         }
@@ -481,7 +512,7 @@ impl Storage for ChunkStorage {
         _meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        let info = Self::key_info(key)?;
+        let chunk = Self::key_chunk(key)?;
         // Waits while `max_flights` chunks are filling or committing: memory stays bounded
         // however fast the origin is and however slow the store.
         let permit = self
@@ -491,22 +522,13 @@ impl Storage for ChunkStorage {
             .await
             .map_err(|_| Error::explain(ErrorType::InternalError, "flight permits closed"))?;
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
-        let (changed, _) = watch::channel(());
-        let flight = Arc::new(Flight {
-            name: info.id.name(),
-            id: info.id,
-            expected_len: info.expected_len,
-            tag,
-            state: Mutex::new(FlightState::default()),
-            changed,
-            permit: Mutex::new(Some(permit)),
-        });
+        let flight = Arc::new(Flight::new(chunk, tag, permit));
         tracing::debug!(chunk = %flight.name, tag, "fill registered");
         // A newer writer replaces an older one (e.g. after a lock timeout); the older flight's
         // readers keep their Arc and finish or fail with it.
         self.flights
             .lock()
-            .insert(flight.name.clone(), flight.clone());
+            .insert(flight.chunk.id.clone(), flight.clone());
         Ok(Box::new(ChunkMissHandler {
             storage: self,
             flight,
@@ -522,8 +544,7 @@ impl Storage for ChunkStorage {
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
         // Chunks are immutable and named by version; eviction is the store's business
-        // (directory sweeps, bucket lifecycle rules). Nothing to purge in-process but the
-        // catalog's memory of it, which `open` corrects by itself.
+        // (directory sweeps, bucket lifecycle rules). Nothing to purge in-process.
         Ok(PurgeOutcome::NotFound)
     }
 
@@ -543,5 +564,237 @@ impl Storage for ChunkStorage {
 
     fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The flight machinery driven through the `Storage` trait, as pingora-cache drives it,
+    //! over an in-memory store. Time is paused: a reader that is never woken fails its
+    //! `timeout` at once instead of hanging the test.
+    use super::*;
+    use crate::cachestore::mem::MemStore;
+    use crate::chunk::ObjectVersion;
+    use pingora_cache::trace::Span;
+    use std::time::Duration;
+
+    /// Long enough for any in-process step; with paused time it costs nothing.
+    const WAIT: Duration = Duration::from_secs(60);
+
+    fn chunk(size: u64, index: u64) -> Chunk {
+        let version = ObjectVersion {
+            origin_id: "o".into(),
+            bucket: "b".into(),
+            key: "k".into(),
+            etag: "e".into(),
+            size,
+        };
+        Chunk::new(Arc::new(version), 10, index).expect("inside the object")
+    }
+
+    fn storage(store: Arc<MemStore>, max_flights: usize) -> &'static ChunkStorage {
+        Box::leak(Box::new(ChunkStorage::new(store, 64, max_flights)))
+    }
+
+    async fn miss_handler(storage: &'static ChunkStorage, chunk: &Chunk) -> MissHandler {
+        let meta = chunk_meta(chunk.len).expect("meta");
+        let span = Span::inactive().handle();
+        tokio::time::timeout(
+            WAIT,
+            storage.get_miss_handler(&cache_key(chunk), &meta, &span),
+        )
+        .await
+        .expect("a flight permit")
+        .expect("a miss handler")
+    }
+
+    async fn read_all(reader: &mut Box<dyn ChunkRead>) -> std::result::Result<Vec<u8>, StoreError> {
+        let mut out = Vec::new();
+        while let Some(p) = tokio::time::timeout(WAIT, reader.next_piece())
+            .await
+            .expect("no lost wake-up")?
+        {
+            out.extend_from_slice(&p);
+        }
+        Ok(out)
+    }
+
+    /// Waits (in paused time) until the background commit has landed and the flight left.
+    async fn settle(storage: &ChunkStorage, chunk: &Chunk) {
+        for _ in 0..1000 {
+            if !storage.flights.lock().contains_key(&chunk.id) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("the flight never left the registry");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_reader_gets_every_byte_and_commit_follows_the_last_one() {
+        let store = Arc::new(MemStore::new());
+        let storage = storage(store.clone(), 4);
+        let c = chunk(25, 1);
+        let mut writer = miss_handler(storage, &c).await;
+        writer
+            .write_body(Bytes::from_static(b"01234"), false)
+            .await
+            .unwrap();
+        // Joins after the first piece, from an offset inside it.
+        let mut late = storage.open(&c, 2, 10).await.expect("the flight").reader;
+        let waiting = tokio::spawn(async move { read_all(&mut late).await });
+        tokio::task::yield_now().await;
+        writer
+            .write_body(Bytes::from_static(b"56789"), true)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get(&c.id),
+            None,
+            "nothing is stored before the last byte"
+        );
+        writer.finish().await.unwrap();
+        assert_eq!(waiting.await.unwrap().unwrap(), b"23456789");
+        settle(storage, &c).await;
+        assert_eq!(store.get(&c.id).as_deref(), Some(&b"0123456789"[..]));
+        let mut hit = storage.open(&c, 0, 10).await.expect("stored").reader;
+        assert_eq!(read_all(&mut hit).await.unwrap(), b"0123456789");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_writer_that_dies_fails_its_readers_and_frees_its_slot() {
+        let store = Arc::new(MemStore::new());
+        let storage = storage(store.clone(), 1);
+        let c = chunk(25, 0);
+        let mut writer = miss_handler(storage, &c).await;
+        writer
+            .write_body(Bytes::from_static(b"0123"), false)
+            .await
+            .unwrap();
+        let mut reader = storage.open(&c, 0, 10).await.expect("the flight").reader;
+        let waiting = tokio::spawn(async move { read_all(&mut reader).await });
+        tokio::task::yield_now().await;
+        drop(writer);
+        assert!(
+            waiting.await.unwrap().is_err(),
+            "an error, never a clean end"
+        );
+        assert!(
+            storage.open(&c, 0, 10).await.is_none(),
+            "gone: the next caller refills"
+        );
+        assert_eq!(store.get(&c.id), None);
+        // Its permit came back: with one permit, a new flight can start.
+        let _again = miss_handler(storage, &c).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wrong_lengths_are_never_stored() {
+        let store = Arc::new(MemStore::new());
+        let storage = storage(store.clone(), 1);
+        let c = chunk(25, 2); // 5 bytes
+        let mut writer = miss_handler(storage, &c).await;
+        assert!(writer
+            .write_body(Bytes::from_static(b"012345"), false)
+            .await
+            .is_err());
+        writer
+            .write_body(Bytes::from_static(b"0123"), true)
+            .await
+            .unwrap();
+        let mut reader = storage.open(&c, 0, 5).await.expect("the flight").reader;
+        assert!(writer.finish().await.is_err(), "4 of 5 bytes");
+        assert!(read_all(&mut reader).await.is_err());
+        assert_eq!(store.get(&c.id), None);
+        let _again = miss_handler(storage, &c).await; // the permit is back
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_flight_serves_until_its_commit_lands_and_holds_its_permit() {
+        let store = Arc::new(MemStore::gated(0));
+        let storage = storage(store.clone(), 1);
+        let (a, b) = (chunk(25, 0), chunk(25, 1));
+        let mut writer = miss_handler(storage, &a).await;
+        writer
+            .write_body(Bytes::from_static(b"0123456789"), true)
+            .await
+            .unwrap();
+        writer.finish().await.unwrap();
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        // The commit is held: the chunk is still served from memory, never missing.
+        let hit = storage
+            .open(&a, 0, 10)
+            .await
+            .expect("served while committing");
+        assert_eq!(hit.source, ChunkSource::Memory);
+        // The committing flight still holds the only permit: a second fill waits.
+        let meta = chunk_meta(b.len).unwrap();
+        let span = Span::inactive().handle();
+        let key = cache_key(&b);
+        let blocked = tokio::time::timeout(
+            Duration::from_secs(1),
+            storage.get_miss_handler(&key, &meta, &span),
+        )
+        .await;
+        assert!(blocked.is_err(), "memory is bounded by the flight permits");
+        store.open_gate(1);
+        settle(storage, &a).await;
+        let hit = storage.open(&a, 0, 10).await.expect("stored");
+        assert_eq!(hit.source, ChunkSource::CacheStore);
+        let _b = miss_handler(storage, &b).await; // the permit came back with the commit
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_older_writer_never_removes_a_newer_flight() {
+        let store = Arc::new(MemStore::new());
+        let storage = storage(store.clone(), 4);
+        let c = chunk(25, 0);
+        let old = miss_handler(storage, &c).await;
+        let mut new = miss_handler(storage, &c).await; // e.g. after a lock timeout
+        drop(old); // fails the old flight only
+        new.write_body(Bytes::from_static(b"0123456789"), true)
+            .await
+            .unwrap();
+        let mut reader = storage
+            .open(&c, 0, 10)
+            .await
+            .expect("the newer flight")
+            .reader;
+        new.finish().await.unwrap();
+        assert_eq!(read_all(&mut reader).await.unwrap(), b"0123456789");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cold_miss_asks_the_store_once() {
+        let store = Arc::new(MemStore::new());
+        let storage = storage(store.clone(), 4);
+        let c = chunk(25, 0);
+        let span = Span::inactive().handle();
+        assert!(storage.open(&c, 0, 10).await.is_none()); // the edge's lookup
+        assert!(storage
+            .lookup(&cache_key(&c), &span)
+            .await
+            .unwrap()
+            .is_none()); // the fill's
+        assert!(storage.open_for_fill(&c).await.is_none()); // the writer's re-check
+        assert_eq!(store.reads.load(Ordering::Relaxed), 1);
+        // A commit by this replica voids the recorded miss at once.
+        let mut writer = miss_handler(storage, &c).await;
+        writer
+            .write_body(Bytes::from_static(b"0123456789"), true)
+            .await
+            .unwrap();
+        writer.finish().await.unwrap();
+        settle(storage, &c).await;
+        assert!(storage.open_for_fill(&c).await.is_some());
+        // And a recorded miss is trusted only briefly.
+        let d = chunk(25, 1);
+        assert!(storage.open(&d, 0, 10).await.is_none());
+        tokio::time::advance(super::super::catalog::MISS_TTL).await;
+        let before = store.reads.load(Ordering::Relaxed);
+        assert!(storage.open_for_fill(&d).await.is_none());
+        assert_eq!(store.reads.load(Ordering::Relaxed), before + 1);
     }
 }

@@ -12,6 +12,7 @@ pub use range::{parse_range, ByteRange, RangeRequest};
 
 use sha2::{Digest, Sha256};
 use std::fmt;
+use std::sync::Arc;
 
 /// Bumped when the naming scheme or the stored format changes, so a new release never reads
 /// chunks written under an older scheme (they simply become unreachable and age out).
@@ -90,18 +91,6 @@ impl ChunkId {
         format!("{}-{}", self.object_hex(), self.index)
     }
 
-    /// Parses a [`ChunkId::name`] back (the chunk size is not part of the name; pass it).
-    pub fn parse_name(name: &str, chunk_size: u64) -> Option<Self> {
-        let (hex_part, idx) = name.split_once('-')?;
-        let mut object_hash = [0u8; 32];
-        hex::decode_to_slice(hex_part, &mut object_hash).ok()?;
-        Some(Self {
-            object_hash,
-            chunk_size,
-            index: idx.parse().ok()?,
-        })
-    }
-
     /// A stable 64-bit digest of the chunk (object hash and index), for placement decisions.
     pub fn placement_digest(&self) -> [u8; 40] {
         let mut out = [0u8; 40];
@@ -133,6 +122,42 @@ impl fmt::Debug for ChunkId {
 impl fmt::Display for ChunkId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.name())
+    }
+}
+
+/// One chunk of one object version: the typed identity that travels from the edge through the
+/// fill protocol to the store and the origin request. The [`ChunkId`] (and so its hash) is
+/// computed once, when the chunk is named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    /// The object version the chunk belongs to.
+    pub version: Arc<ObjectVersion>,
+    /// The chunk's identity: its store name, cache key and rendezvous input.
+    pub id: ChunkId,
+    /// Its exact length: `min(chunk_size, size - offset)`.
+    pub len: u64,
+}
+
+impl Chunk {
+    /// Chunk `index` of `version` split into `chunk_size` pieces; `None` when the index is past
+    /// the object's last chunk (or the chunk size is 0).
+    pub fn new(version: Arc<ObjectVersion>, chunk_size: u64, index: u64) -> Option<Self> {
+        if chunk_size == 0 || index >= chunk_count(version.size, chunk_size) {
+            return None;
+        }
+        let id = ChunkId::new(&version, chunk_size, index);
+        let len = id.expected_len(version.size);
+        Some(Self { version, id, len })
+    }
+
+    /// The chunk's first byte in the object.
+    pub fn offset(&self) -> u64 {
+        self.id.offset()
+    }
+
+    /// The chunk's last byte in the object (inclusive, as HTTP ranges count).
+    pub fn last_byte(&self) -> u64 {
+        self.offset() + self.len - 1
     }
 }
 
@@ -205,14 +230,6 @@ mod tests {
     }
 
     #[test]
-    fn name_round_trips() {
-        let a = ChunkId::new(&v("k", "e"), 1 << 20, 17);
-        assert_eq!(ChunkId::parse_name(&a.name(), 1 << 20), Some(a));
-        assert_eq!(ChunkId::parse_name("zz-1", 1), None);
-        assert_eq!(ChunkId::parse_name("nodash", 1), None);
-    }
-
-    #[test]
     fn expected_len_at_every_boundary() {
         let cs = 10;
         let id = |i| ChunkId::from_fields("o", "b", "k", "e", cs, i);
@@ -225,6 +242,16 @@ mod tests {
         assert_eq!(id(1).expected_len(20), 10);
         assert_eq!(id(2).expected_len(25), 5);
         assert_eq!(id(u64::MAX).expected_len(25), 0);
+    }
+
+    #[test]
+    fn chunks_exist_only_inside_the_object() {
+        let version = Arc::new(v("k", "e"));
+        let last = Chunk::new(version.clone(), 30, 3).expect("the last chunk");
+        assert_eq!((last.offset(), last.len, last.last_byte()), (90, 10, 99));
+        assert_eq!(last.id, ChunkId::new(&version, 30, 3));
+        assert_eq!(Chunk::new(version.clone(), 30, 4), None);
+        assert_eq!(Chunk::new(version, 0, 0), None);
     }
 
     #[test]

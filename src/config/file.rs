@@ -1,5 +1,5 @@
 //! The configuration file as operators write it: serde structs that mirror the YAML keys of
-//! `contract.md` one for one, with `deny_unknown_fields` everywhere so a typo is an error rather
+//! `docs/configuration.md` one for one, with `deny_unknown_fields` everywhere so a typo is an error rather
 //! than a silently ignored key. Defaults live here, next to the keys; the only value without one
 //! is `origin.id`, which stays an `Option` so that its absence is reported by validation together
 //! with every other problem. Nothing here checks cross-field rules or reads the environment: that
@@ -41,7 +41,7 @@ pub struct OrcaFile {
     /// `metadata`: the HEAD-result cache.
     #[serde(deserialize_with = "null_default")]
     pub metadata: MetadataFile,
-    /// `catalog`: the in-memory index of chunks known to be stored.
+    /// `catalog`: the in-memory record of chunks recently found missing from the store.
     #[serde(deserialize_with = "null_default")]
     pub catalog: CatalogFile,
     /// `limits`: concurrency and memory bounds.

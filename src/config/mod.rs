@@ -1,4 +1,4 @@
-//! Orca's configuration: the YAML file of `contract.md` read into serde structs ([`file`](mod@file), what
+//! Orca's configuration: the YAML file of `docs/configuration.md` read into serde structs ([`file`](mod@file), what
 //! operators write), then checked and completed from the environment (`validate`) into
 //! [`Config`] ([`validated`], what code uses). Loading fails with a [`ConfigError`] that names
 //! the line for malformed YAML, the key path for a wrong value or an unknown key, and lists every

@@ -50,7 +50,7 @@ pub struct Config {
     pub chunking: Chunking,
     /// The HEAD-result cache.
     pub metadata: MetadataConfig,
-    /// The index of chunks known to be stored.
+    /// The record of chunks recently found missing from the store.
     pub catalog: CatalogConfig,
     /// Concurrency and memory bounds.
     pub limits: Limits,
@@ -255,7 +255,7 @@ pub struct MetadataConfig {
     pub max_entries: usize,
 }
 
-/// The index of chunks known to be in the cachestore.
+/// The record of chunks recently found missing from the cachestore (see `cachestore::catalog`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CatalogConfig {
     /// Entries kept.

@@ -11,15 +11,15 @@
 
 mod bucket;
 pub mod conditional;
-pub mod fill_client;
 mod object;
 pub mod pipeline;
 pub mod request;
 
-use crate::app::Orca;
 use crate::error::S3Error;
 use crate::error::{request_id, write_error};
+use crate::fill::FillClients;
 use crate::metrics::{EDGE_DURATION, EDGE_REQUESTS};
+use crate::state::Orca;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::upstreams::peer::HttpPeer;
@@ -29,16 +29,34 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use request::S3Request;
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::sync::Semaphore;
 
 /// The edge service.
 pub struct EdgeService {
     orca: Arc<Orca>,
+    shared: Arc<EdgeShared>,
+}
+
+/// What every request's chunk pipeline uses.
+pub(crate) struct EdgeShared {
+    /// The replica's shared state.
+    orca: Arc<Orca>,
+    /// This replica's fill service and its peers'.
+    fills: FillClients,
+    /// `limits.readahead_memory` in KiB: bytes the edge may buffer across all requests.
+    readahead_budget: Arc<Semaphore>,
 }
 
 impl EdgeService {
-    /// An edge over shared state.
-    pub fn new(orca: Arc<Orca>) -> Self {
-        Self { orca }
+    /// An edge over shared state, asking `fills` for the chunks it misses.
+    pub fn new(orca: Arc<Orca>, fills: FillClients) -> Self {
+        let budget = pipeline::budget_units(orca.config.limits.readahead_memory) as usize;
+        let shared = Arc::new(EdgeShared {
+            orca: orca.clone(),
+            fills,
+            readahead_budget: Arc::new(Semaphore::new(budget)),
+        });
+        Self { orca, shared }
     }
 }
 

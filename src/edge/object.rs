@@ -133,17 +133,48 @@ impl EdgeService {
         bucket: &str,
         key: &str,
     ) -> Answer {
-        let Some((meta, _)) = self.resolve(session, ctx, bucket, key).await? else {
+        let Some((meta, use_range)) = self.resolve(session, ctx, bucket, key).await? else {
             return Ok(());
+        };
+        // A HEAD with a Range describes that part, as S3 answers it: 206 with its
+        // Content-Range and length, or 416.
+        let range_header = session
+            .req_header()
+            .headers
+            .get("range")
+            .filter(|_| use_range)
+            .map(|v| v.as_bytes().to_vec());
+        let (status, part) = match parse_range(range_header.as_deref(), meta.size) {
+            RangeRequest::Unsatisfiable => {
+                let mut resp = ResponseHeader::build(416, Some(3)).map_err(internal)?;
+                resp.insert_header("content-range", format!("bytes */{}", meta.size))
+                    .and_then(|_| resp.insert_header("x-amz-request-id", &ctx.request_id))
+                    .map_err(internal)?;
+                ctx.status = 416;
+                return session
+                    .write_response_header(Box::new(resp), true)
+                    .await
+                    .map_err(internal);
+            }
+            RangeRequest::Partial(r) => (206, Some(r)),
+            RangeRequest::Whole => (200, None),
         };
         let shape = Shape {
             overrides: overrides(session)?,
-            checksums: checksum_mode(session),
+            checksums: status == 200 && checksum_mode(session),
         };
-        let resp = self
-            .object_headers(200, &meta, meta.size, ctx, &shape)
+        let len = part.map_or(meta.size, |r| r.len());
+        let mut resp = self
+            .object_headers(status, &meta, len, ctx, &shape)
             .map_err(internal)?;
-        ctx.status = 200;
+        if let Some(r) = part {
+            resp.insert_header(
+                "content-range",
+                format!("bytes {}-{}/{}", r.start, r.end, meta.size),
+            )
+            .map_err(internal)?;
+        }
+        ctx.status = status;
         session
             .write_response_header(Box::new(resp), true)
             .await
@@ -202,7 +233,7 @@ impl EdgeService {
             etag: meta.etag.clone(),
             size: meta.size,
         };
-        let mut pipeline = Pipeline::new(self.orca.clone(), version, chunk_size, range);
+        let mut pipeline = Pipeline::new(self.shared.clone(), version, chunk_size, range);
         // Status only after the first byte is in hand.
         let first = pipeline
             .next_piece()

@@ -12,11 +12,12 @@
 //! bytes are already in memory) is opened ahead and its first piece read, then handed to the
 //! pipeline, which reads the rest as the client takes it.
 
-use super::fill_client::{FillError, PieceResult};
-use crate::app::Orca;
+use super::EdgeShared;
 use crate::cachestore::storage::ChunkHit;
-use crate::chunk::{chunk_span, slice_in_chunk, ByteRange, ChunkId, ObjectVersion};
-use crate::fill::FillSpec;
+use crate::cachestore::StoreError;
+use crate::chunk::{chunk_span, slice_in_chunk, ByteRange, Chunk, ObjectVersion};
+use crate::error::S3Error;
+use crate::fill::FillError;
 use crate::metrics::{ChunkSource, FILL_JOINS, PEER_FILLS};
 use crate::origin::OriginError;
 use bytes::Bytes;
@@ -26,12 +27,45 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 
+/// Why a range's bytes stopped coming.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PipelineError {
+    /// The object's or the origin's failure (as a fill service reported it, or the fill
+    /// client's own: no answer, a broken body).
+    #[error(transparent)]
+    Origin(#[from] OriginError),
+    /// The cache store failed in the middle of a chunk it had started to serve.
+    #[error("reading chunk {chunk} from the cache store: {source}")]
+    Store {
+        /// The chunk's name.
+        chunk: String,
+        /// The store's error.
+        #[source]
+        source: StoreError,
+    },
+}
+
+impl PipelineError {
+    /// The S3 error a client sees when this happens before its first byte.
+    pub(crate) fn to_s3(&self) -> S3Error {
+        match self {
+            PipelineError::Origin(e) => e.to_s3(),
+            PipelineError::Store { .. } => S3Error::internal(self.to_string()),
+        }
+    }
+}
+
+/// A piece of chunk bytes or the reason the chunk failed.
+type PieceResult = Result<Bytes, PipelineError>;
+
 /// The budget is counted in KiB so a `u32` reservation covers any chunk size.
 pub fn budget_units(bytes: u64) -> u32 {
     u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
 }
 
 struct Running {
+    /// The chunk's name, for errors.
+    name: String,
     rx: UnboundedReceiver<PieceResult>,
     /// An on-demand hit, handed over before `rx` closes.
     hit_rx: oneshot::Receiver<ChunkHit>,
@@ -51,7 +85,7 @@ impl Drop for Running {
 
 /// The ordered stream of a range's bytes.
 pub struct Pipeline {
-    orca: Arc<Orca>,
+    edge: Arc<EdgeShared>,
     version: Arc<ObjectVersion>,
     chunk_size: u64,
     range: ByteRange,
@@ -65,12 +99,18 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// A pipeline over `range` of `version`.
-    pub fn new(orca: Arc<Orca>, version: ObjectVersion, chunk_size: u64, range: ByteRange) -> Self {
+    pub(crate) fn new(
+        edge: Arc<EdgeShared>,
+        version: ObjectVersion,
+        chunk_size: u64,
+        range: ByteRange,
+    ) -> Self {
         let (first, last) = chunk_span(range, chunk_size);
-        let readahead = orca.config.chunking.readahead;
-        let reserve = budget_units(orca.config.chunking.max_chunk_size()) as usize;
+        let chunking = &edge.orca.config.chunking;
+        let readahead = chunking.readahead;
+        let reserve = budget_units(chunking.max_chunk_size()) as usize;
         Self {
-            orca,
+            edge,
             version: Arc::new(version),
             chunk_size,
             range,
@@ -83,7 +123,7 @@ impl Pipeline {
     }
 
     /// The next piece of the range, `Ok(None)` at its end.
-    pub async fn next_piece(&mut self) -> Result<Option<Bytes>, OriginError> {
+    pub async fn next_piece(&mut self) -> Result<Option<Bytes>, PipelineError> {
         loop {
             self.top_up().await?;
             let Some(head) = self.queue.front_mut() else {
@@ -97,10 +137,11 @@ impl Pipeline {
                         continue;
                     }
                     // Bytes of this chunk were sent already: the response cannot be mended.
-                    Err(e) => {
-                        return Err(OriginError::Transient(format!(
-                            "reading a cached chunk: {e}"
-                        )))
+                    Err(source) => {
+                        return Err(PipelineError::Store {
+                            chunk: head.name.clone(),
+                            source,
+                        })
                     }
                 }
             }
@@ -117,14 +158,16 @@ impl Pipeline {
         }
     }
 
-    async fn top_up(&mut self) -> Result<(), OriginError> {
+    async fn top_up(&mut self) -> Result<(), PipelineError> {
         while self.next_index <= self.last_index && self.queue.len() <= self.readahead {
             let index = self.next_index;
-            let id = ChunkId::new(&self.version, self.chunk_size, index);
-            let len = id.expected_len(self.version.size);
-            let (from, to) = slice_in_chunk(self.range, self.chunk_size, index, len);
+            let chunk =
+                Chunk::new(self.version.clone(), self.chunk_size, index).ok_or_else(|| {
+                    OriginError::Protocol(format!("chunk {index} is past the object's end"))
+                })?;
+            let (from, to) = slice_in_chunk(self.range, self.chunk_size, index, chunk.len);
             let units = budget_units(to - from);
-            let budget = self.orca.readahead_budget.clone();
+            let budget = self.edge.readahead_budget.clone();
             let reservation = if self.queue.is_empty() {
                 budget
                     .acquire_many_owned(units)
@@ -141,17 +184,10 @@ impl Pipeline {
             };
             let (tx, rx) = unbounded_channel();
             let (hit_tx, hit_rx) = oneshot::channel();
-            let task = tokio::spawn(read_chunk(
-                self.orca.clone(),
-                self.version.clone(),
-                id,
-                len,
-                from,
-                to,
-                tx,
-                hit_tx,
-            ));
+            let name = chunk.id.name();
+            let task = tokio::spawn(read_chunk(self.edge.clone(), chunk, (from, to), tx, hit_tx));
             self.queue.push_back(Running {
+                name,
                 rx,
                 hit_rx,
                 hit: None,
@@ -169,18 +205,15 @@ impl Pipeline {
 /// else (or when the coordinator cannot help) through this replica's own fill service, which
 /// fetches it from the origin once, whoever else asks. An on-demand hit goes to `hit_tx`
 /// after its first piece.
-#[allow(clippy::too_many_arguments)]
 async fn read_chunk(
-    orca: Arc<Orca>,
-    version: Arc<ObjectVersion>,
-    id: ChunkId,
-    len: u64,
-    from: u64,
-    to: u64,
+    edge: Arc<EdgeShared>,
+    chunk: Chunk,
+    (from, to): (u64, u64),
     tx: UnboundedSender<PieceResult>,
     hit_tx: oneshot::Sender<ChunkHit>,
 ) {
-    if let Some(mut hit) = orca.storage.open(&id, len, from, to).await {
+    let orca = &edge.orca;
+    if let Some(mut hit) = orca.storage.open(&chunk, from, to).await {
         let mut sent = 0u64;
         loop {
             match hit.reader.next_piece().await {
@@ -204,37 +237,34 @@ async fn read_chunk(
                 }
                 Err(e) if sent == 0 => {
                     // A store that fails before the first byte is a miss: fill instead.
-                    tracing::warn!(chunk = %id, error = %e, "chunk read failed; filling instead");
+                    tracing::warn!(chunk = %chunk.id, error = %e, "chunk read failed; filling instead");
                     break;
                 }
-                Err(e) => {
-                    let _ = tx.send(Err(OriginError::Transient(format!(
-                        "reading chunk {id}: {e}"
-                    ))));
+                Err(source) => {
+                    let _ = tx.send(Err(PipelineError::Store {
+                        chunk: chunk.id.name(),
+                        source,
+                    }));
                     return;
                 }
             }
         }
     }
-    let query = FillSpec::query(
-        &version.origin_id,
-        &version.bucket,
-        &version.key,
-        &version.etag,
-        id.chunk_size,
-        id.index,
-        version.size,
-    );
     let mut sent = 0u64;
-    if let Some(peer) = orca.cluster.coordinator(&id) {
-        if !orca.cluster.is_down(&peer) {
-            match fetch_from_peer(&orca, &peer, &query, len, (from, to), &tx, &mut sent).await {
+    if let Some(peer) = orca.cluster.coordinator(&chunk.id) {
+        if !edge.fills.is_down(&peer) {
+            match fetch_from_peer(&edge, &peer, &chunk, (from, to), &tx, &mut sent).await {
                 Ok(()) => {
                     PEER_FILLS.with_label_values(&["ok"]).inc();
                     ChunkSource::Peer.count();
                     return;
                 }
-                Err(FillError::Origin(e)) => return fail(&orca, &version, &tx, e),
+                // The object's own answer (not found, changed...): the same anywhere.
+                Err(FillError::Origin(e)) if !e.is_retryable() => {
+                    return fail(&edge, &chunk, &tx, e)
+                }
+                // A transient failure or a timeout on the coordinator's side may be its own
+                // trouble (an overloaded or sick replica, its path to the origin): fill here.
                 Err(e) => {
                     let result = if e == FillError::NotCoordinator {
                         "not_coordinator"
@@ -242,9 +272,9 @@ async fn read_chunk(
                         "error"
                     };
                     PEER_FILLS.with_label_values(&[result]).inc();
-                    tracing::debug!(chunk = %id, peer, error = ?e, sent, "peer fill failed; filling locally");
+                    tracing::debug!(chunk = %chunk.id, peer, error = ?e, sent, "peer fill failed; filling locally");
                     if matches!(e, FillError::Unreachable(_)) {
-                        orca.cluster.mark_down(&peer);
+                        edge.fills.mark_down(&peer);
                     }
                 }
             }
@@ -252,31 +282,27 @@ async fn read_chunk(
     }
     // Locally, from where the peer left off (nothing was sent twice).
     let mut more = 0u64;
-    match orca
-        .fill_client
-        .fetch(&query, len, (from + sent, to), &tx, &mut more)
+    match edge
+        .fills
+        .local()
+        .fetch(&chunk, (from + sent, to), &tx, &mut more)
         .await
     {
         Ok(source) => source.count(),
-        Err(e) => fail(&orca, &version, &tx, e.into_origin()),
+        Err(e) => fail(&edge, &chunk, &tx, e.into_origin()),
     }
 }
 
 async fn fetch_from_peer(
-    orca: &Orca,
+    edge: &EdgeShared,
     peer: &str,
-    query: &str,
-    len: u64,
+    chunk: &Chunk,
     range: (u64, u64),
     tx: &UnboundedSender<PieceResult>,
     sent: &mut u64,
 ) -> Result<(), FillError> {
-    let client = orca
-        .cluster
-        .client(peer)
-        .await
-        .map_err(FillError::Unreachable)?;
-    client.fetch(query, len, range, tx, sent).await.map(|_| ())
+    let client = edge.fills.peer(peer).await?;
+    client.fetch(chunk, range, tx, sent).await.map(|_| ())
 }
 
 /// Counts a hit by where its bytes come from (a join of a fill in flight also as a join).
@@ -287,11 +313,12 @@ fn count_hit(hit: &ChunkHit) {
     }
 }
 
-fn fail(orca: &Orca, version: &ObjectVersion, tx: &UnboundedSender<PieceResult>, e: OriginError) {
+fn fail(edge: &EdgeShared, chunk: &Chunk, tx: &UnboundedSender<PieceResult>, e: OriginError) {
     if e == OriginError::ETagChanged {
-        orca.metadata.invalidate(&version.bucket, &version.key);
+        let v = &chunk.version;
+        edge.orca.metadata.invalidate(&v.bucket, &v.key);
     }
-    let _ = tx.send(Err(e));
+    let _ = tx.send(Err(e.into()));
 }
 
 #[cfg(test)]

@@ -8,17 +8,19 @@
 //! Azure's (quoted), `x-ms-meta-*` comes back as `x-amz-meta-*`. Only block blobs are served:
 //! page and append blobs answer 501 `UnsupportedBlobType`.
 
-pub mod list;
+pub(crate) mod list;
 pub mod sign;
 
-use super::http::{exchange, make_peer, Endpoint, ExchangeError, Resolver};
 use super::{
-    classify_status, encode_key, encode_query_value, header_str, unquote_etag, ListRequest,
-    ObjectMeta, Origin, OriginError,
+    classify_refusal, classify_status, strong_etag, ListRequest, ObjectMeta, Origin, OriginError,
 };
+use crate::chunk::Chunk;
 use crate::config::{AzureBlobConfig, AzureCredentials};
 use crate::metrics::ORIGIN_REQUESTS;
-use crate::origin::pool::ConnPool;
+use crate::net::encode::{encode_key, encode_query_value};
+use crate::net::http::{exchange, header_str, make_peer, Endpoint, ExchangeError, Resolver};
+use crate::net::pool::ConnPool;
+use crate::net::retry::with_retries;
 use async_trait::async_trait;
 use bytes::Bytes;
 use list::{AzurePage, Cursor};
@@ -184,7 +186,7 @@ impl AzureBlobOrigin {
         op: &'static str,
         req: RequestHeader,
         max_body: usize,
-    ) -> Result<super::http::Response, OriginError> {
+    ) -> Result<crate::net::http::Response, OriginError> {
         let peer = self.peer().await?;
         match exchange(&self.connector, &peer, req, max_body, self.timeout).await {
             Ok(resp) => {
@@ -234,27 +236,16 @@ impl AzureBlobOrigin {
             query.push(("marker", m));
         }
         query.push(("maxresults", &max_results));
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
+        with_retries(OriginError::is_retryable, |_| async {
             let req = self.request("GET", container, None, &query, &[])?;
-            let result = match self.send("list", req, MAX_LIST_BODY).await {
-                Ok(resp) if resp.header.status.as_u16() == 200 => {
-                    list::parse_enumeration(&resp.body).map_err(OriginError::Protocol)
-                }
-                Ok(resp) => Err(match resp.header.status.as_u16() {
-                    404 => OriginError::BucketNotFound,
-                    _ => azure_error(&resp.header),
-                }),
-                Err(e) => Err(e),
-            };
-            match result {
-                Err(e) if e.is_retryable() && attempt < crate::metadata::HEAD_ATTEMPTS => {
-                    tokio::time::sleep(crate::metadata::backoff(attempt)).await;
-                }
-                other => return other,
+            let resp = self.send("list", req, MAX_LIST_BODY).await?;
+            match resp.header.status.as_u16() {
+                200 => list::parse_enumeration(&resp.body).map_err(OriginError::Protocol),
+                404 => Err(OriginError::BucketNotFound),
+                _ => Err(azure_error(&resp.header)),
             }
-        }
+        })
+        .await
     }
 }
 
@@ -267,6 +258,12 @@ pub fn azure_error(resp: &ResponseHeader) -> OriginError {
         Some("ConditionNotMet") => OriginError::ETagChanged,
         Some("BlobArchived") => {
             OriginError::Protocol("the blob is in the Archive tier; rehydrate it to read it".into())
+        }
+        // A refusal: of the credentials (AuthenticationFailed...) or of this blob or container
+        // (AuthorizationFailure, AuthorizationPermissionMismatch...). Azure always sends the
+        // code; a bare 401 or 403 came from something in between and counts as credentials.
+        code @ Some(_) if status == 401 || status == 403 => {
+            classify_refusal(status, code, OriginError::Auth(status))
         }
         _ => classify_status(status),
     }
@@ -318,10 +315,10 @@ impl Origin for AzureBlobOrigin {
             .ok_or_else(|| {
                 OriginError::Protocol("Get Blob Properties without Content-Length".into())
             })?;
-        let etag = header_str(h, "etag").map(unquote_etag).unwrap_or_default();
-        if etag.is_empty() {
-            return Err(OriginError::MissingETag);
-        }
+        // No ETag, or only a weak one: no version can be pinned.
+        let etag = header_str(h, "etag")
+            .and_then(strong_etag)
+            .ok_or(OriginError::MissingETag)?;
         let mut extra_headers = Vec::new();
         for (name, value) in h.headers.iter() {
             let n = name.as_str();
@@ -390,16 +387,10 @@ impl Origin for AzureBlobOrigin {
         self.peer().await
     }
 
-    fn chunk_request(
-        &self,
-        bucket: &str,
-        key: &str,
-        etag: &str,
-        start: u64,
-        end: u64,
-    ) -> Result<RequestHeader, OriginError> {
-        let range = format!("bytes={start}-{end}");
-        let if_match = format!("\"{etag}\"");
+    fn chunk_request(&self, chunk: &Chunk) -> Result<RequestHeader, OriginError> {
+        let range = format!("bytes={}-{}", chunk.offset(), chunk.last_byte());
+        let if_match = format!("\"{}\"", chunk.version.etag);
+        let (bucket, key) = (&chunk.version.bucket, chunk.version.key.as_str());
         self.request(
             "GET",
             bucket,
@@ -417,6 +408,7 @@ impl Origin for AzureBlobOrigin {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::origin::test_chunk;
 
     const AZURITE_KEY: &str =
         "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
@@ -451,7 +443,9 @@ mod tests {
     #[test]
     fn chunk_requests_are_signed_ranged_and_pinned() {
         let o = azurite();
-        let req = o.chunk_request("data", "dir/k 1", "0x8DC", 0, 9).unwrap();
+        let req = o
+            .chunk_request(&test_chunk("data", "dir/k 1", "0x8DC", 10))
+            .unwrap();
         assert_eq!(req.uri.path(), "/devstoreaccount1/data/dir/k%201");
         assert_eq!(req.headers.get("host").unwrap(), "127.0.0.1:10000");
         assert_eq!(req.headers.get("x-ms-range").unwrap(), "bytes=0-9");

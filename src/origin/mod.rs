@@ -5,11 +5,12 @@
 //! [`OriginError`], and from there to exactly one S3 error the edge can send.
 
 pub mod azureblob;
-pub mod http;
-pub mod pool;
-pub mod s3;
+pub(crate) mod s3;
 
+use crate::chunk::Chunk;
 use crate::error::S3Error;
+use crate::net::encode::encode_query_value;
+use crate::net::http::header_str;
 use async_trait::async_trait;
 use pingora::upstreams::peer::HttpPeer;
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -123,15 +124,23 @@ pub enum OriginError {
     /// 404 NoSuchBucket: the bucket or container is not at the origin.
     #[error("bucket not found at origin")]
     BucketNotFound,
-    /// 502 OriginAuthFailed: the origin refused Orca's credentials.
+    /// 502 OriginAuthFailed: the origin refused Orca's credentials themselves (an unknown or
+    /// disabled key, a wrong secret, an expired token: see [`CREDENTIAL_CODES`]). Counted by
+    /// `OriginHealth`: three in a row make the replica unready.
     #[error("origin refused credentials (status {0})")]
     Auth(u16),
+    /// 403 AccessDenied: the origin refused this object or bucket to credentials it otherwise
+    /// accepts (a policy, or S3's 403 for a missing key without `s3:ListBucket`). The client's
+    /// own answer, not the replica's health.
+    #[error("origin denied access to this object or bucket")]
+    AccessDenied,
     /// 503 OriginObjectChanged: the ETag pinned by HEAD no longer matches (If-Match failed).
     #[error("object changed at origin while being read")]
     ETagChanged,
-    /// 502 OriginMissingETag: the origin answered without an ETag, so versions cannot be told
-    /// apart and nothing may be cached.
-    #[error("origin answered without an ETag")]
+    /// 502 OriginMissingETag: the origin answered without a strong ETag (none, or only a weak
+    /// `W/` one, which `If-Match` never matches), so versions cannot be told apart and nothing
+    /// may be cached.
+    #[error("origin answered without a strong ETag")]
     MissingETag,
     /// 501 UnsupportedBlobType: an Azure page or append blob.
     #[error("unsupported blob type {0}")]
@@ -161,6 +170,7 @@ impl OriginError {
                 | OriginError::BucketNotFound
                 | OriginError::MissingETag
                 | OriginError::UnsupportedType(_)
+                | OriginError::AccessDenied
         )
     }
 
@@ -174,6 +184,11 @@ impl OriginError {
                 "OriginAuthFailed",
                 format!("The origin refused Orca's credentials (HTTP {s})."),
             ),
+            OriginError::AccessDenied => S3Error::new(
+                403,
+                "AccessDenied",
+                "The origin denied access to this object or bucket.",
+            ),
             OriginError::ETagChanged => S3Error::new(
                 503,
                 "OriginObjectChanged",
@@ -182,7 +197,7 @@ impl OriginError {
             OriginError::MissingETag => S3Error::new(
                 502,
                 "OriginMissingETag",
-                "The origin answered without an ETag; Orca cannot cache such objects.",
+                "The origin answered without a strong ETag (none, or a weak one); Orca cannot cache such objects.",
             ),
             OriginError::UnsupportedType(t) => S3Error::new(
                 501,
@@ -211,26 +226,12 @@ impl OriginError {
             "NoSuchKey" => OriginError::NotFound,
             "NoSuchBucket" => OriginError::BucketNotFound,
             "OriginAuthFailed" => OriginError::Auth(status),
+            "AccessDenied" if status == 403 => OriginError::AccessDenied,
             "OriginObjectChanged" => OriginError::ETagChanged,
             "OriginMissingETag" => OriginError::MissingETag,
             "UnsupportedBlobType" => OriginError::UnsupportedType("non-block blob".into()),
             "OriginTimeout" => OriginError::Timeout,
             other => OriginError::Transient(format!("fill answered {status} {other}")),
-        }
-    }
-
-    /// The metric/log label of the variant.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            OriginError::NotFound => "not_found",
-            OriginError::BucketNotFound => "bucket_not_found",
-            OriginError::Auth(_) => "auth",
-            OriginError::ETagChanged => "etag_changed",
-            OriginError::MissingETag => "missing_etag",
-            OriginError::UnsupportedType(_) => "unsupported_type",
-            OriginError::Transient(_) => "transient",
-            OriginError::Timeout => "timeout",
-            OriginError::Protocol(_) => "protocol",
         }
     }
 }
@@ -260,15 +261,8 @@ pub trait Origin: Send + Sync + 'static {
     /// The peer chunk GETs for `bucket` go to (its address resolved asynchronously, cached).
     async fn chunk_peer(&self, bucket: &str) -> Result<HttpPeer, OriginError>;
 
-    /// The signed GET of bytes `[start, end]` (inclusive) of `key`, pinned with `If-Match`.
-    fn chunk_request(
-        &self,
-        bucket: &str,
-        key: &str,
-        etag: &str,
-        start: u64,
-        end: u64,
-    ) -> Result<RequestHeader, OriginError>;
+    /// The signed GET of `chunk`'s bytes of its object, pinned to its version with `If-Match`.
+    fn chunk_request(&self, chunk: &Chunk) -> Result<RequestHeader, OriginError>;
 
     /// Classifies a chunk GET answer that is not a 206/200 (called before any byte is used).
     fn classify(&self, resp: &ResponseHeader) -> OriginError {
@@ -277,7 +271,34 @@ pub trait Origin: Send + Sync + 'static {
 
     /// The ETag of a chunk GET answer, unquoted.
     fn etag_of(&self, resp: &ResponseHeader) -> Option<String> {
-        header_str(resp, "etag").map(|e| unquote_etag(e).to_string())
+        // A weak ETag is kept as sent, so it never equals the strong one a chunk is pinned to.
+        header_str(resp, "etag").map(|e| strong_etag(e).unwrap_or(e).to_string())
+    }
+}
+
+/// Error codes (S3's `<Code>`, Azure's `x-ms-error-code`) that say the credentials themselves
+/// were refused, as opposed to a refusal of one object or bucket.
+pub const CREDENTIAL_CODES: &[&str] = &[
+    // S3 and S3-compatible stores.
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "TokenRefreshRequired",
+    "AuthorizationHeaderMalformed",
+    "RequestTimeTooSkewed",
+    // Azure Blob.
+    "AuthenticationFailed",
+    "InvalidAuthenticationInfo",
+];
+
+/// Maps a refusal (401 or 403) by its error code: a credential code is [`OriginError::Auth`],
+/// any other code is [`OriginError::AccessDenied`]. Without a code, `when_unknown` decides.
+pub fn classify_refusal(status: u16, code: Option<&str>, when_unknown: OriginError) -> OriginError {
+    match code {
+        Some(c) if CREDENTIAL_CODES.contains(&c) => OriginError::Auth(status),
+        Some(_) => OriginError::AccessDenied,
+        None => when_unknown,
     }
 }
 
@@ -292,46 +313,35 @@ pub fn classify_status(status: u16) -> OriginError {
     }
 }
 
-/// A response header as a string, if present and valid.
-pub fn header_str<'a>(resp: &'a ResponseHeader, name: &str) -> Option<&'a str> {
-    resp.headers.get(name).and_then(|v| v.to_str().ok())
+/// A strong entity tag without its quotes; `None` for a weak (`W/`) or empty one. Only a
+/// strong ETag pins a version: `If-Match` compares strongly, so a weak one never matches.
+pub fn strong_etag(etag: &str) -> Option<&str> {
+    let e = etag.trim();
+    if e.starts_with("W/") {
+        return None;
+    }
+    Some(e.trim_matches('"')).filter(|e| !e.is_empty())
 }
 
-/// Strips the quotes (and a weak `W/` prefix) from an entity tag.
+/// Strips the quotes (and a weak `W/` prefix) from an entity tag (for comparing a client's
+/// conditional headers, where weak comparison applies).
 pub fn unquote_etag(etag: &str) -> &str {
     let e = etag.trim();
     let e = e.strip_prefix("W/").unwrap_or(e);
     e.trim_matches('"')
 }
 
-/// Percent-encodes an object key for a URL path exactly as S3 canonicalizes it: every byte but
-/// `A-Z a-z 0-9 - _ . ~` and `/` is encoded, so spaces, `+`, `%` and unicode survive and runs of
-/// `/` stay literal. The same string is signed and sent, so signatures always match.
-pub fn encode_key(key: &str) -> String {
-    encode_bytes(key, true)
-}
-
-/// Percent-encodes a query-string value (everything but the unreserved set).
-pub fn encode_query_value(value: &str) -> String {
-    encode_bytes(value, false)
-}
-
-fn encode_bytes(s: &str, keep_slash: bool) -> String {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut out = String::with_capacity(s.len() + 8);
-    for &b in s.as_bytes() {
-        let keep = b.is_ascii_alphanumeric()
-            || matches!(b, b'-' | b'_' | b'.' | b'~')
-            || (keep_slash && b == b'/');
-        if keep {
-            out.push(b as char);
-        } else {
-            out.push('%');
-            out.push(HEX[(b >> 4) as usize] as char);
-            out.push(HEX[(b & 15) as usize] as char);
-        }
-    }
-    out
+/// A whole small object as one chunk, for the drivers' request tests.
+#[cfg(test)]
+pub(crate) fn test_chunk(bucket: &str, key: &str, etag: &str, len: u64) -> Chunk {
+    let version = crate::chunk::ObjectVersion {
+        origin_id: "test".into(),
+        bucket: bucket.into(),
+        key: key.into(),
+        etag: etag.into(),
+        size: len,
+    };
+    Chunk::new(std::sync::Arc::new(version), len, 0).expect("a non-empty object")
 }
 
 #[cfg(test)]
@@ -339,21 +349,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_encode_as_s3_canonicalizes() {
-        assert_eq!(encode_key("a b+c%d~e"), "a%20b%2Bc%25d~e");
-        assert_eq!(encode_key("dir//x/"), "dir//x/");
-        assert_eq!(encode_key("ünï"), "%C3%BCn%C3%AF");
-        assert_eq!(encode_key("../x"), "../x");
-        assert_eq!(encode_query_value("a/b c"), "a%2Fb%20c");
-        let long = "k".repeat(1024);
-        assert_eq!(encode_key(&long), long);
-    }
-
-    #[test]
     fn etags_unquote() {
         assert_eq!(unquote_etag("\"abc\""), "abc");
         assert_eq!(unquote_etag("W/\"abc\""), "abc");
         assert_eq!(unquote_etag("abc"), "abc");
+        assert_eq!(strong_etag("\"abc\""), Some("abc"));
+        assert_eq!(strong_etag("W/\"abc\""), None);
+        assert_eq!(strong_etag("\"\""), None);
     }
 
     #[test]
@@ -378,6 +380,28 @@ mod tests {
     fn statuses_classify() {
         assert_eq!(classify_status(404), OriginError::NotFound);
         assert_eq!(classify_status(403), OriginError::Auth(403));
+        let unknown = || OriginError::Auth(403);
+        for code in [
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+            "ExpiredToken",
+            "AuthenticationFailed",
+        ] {
+            assert_eq!(
+                classify_refusal(403, Some(code), unknown()),
+                OriginError::Auth(403)
+            );
+        }
+        assert_eq!(
+            classify_refusal(403, Some("AccessDenied"), unknown()),
+            OriginError::AccessDenied
+        );
+        assert_eq!(
+            classify_refusal(403, None, unknown()),
+            OriginError::Auth(403)
+        );
+        assert_eq!(OriginError::AccessDenied.to_s3().status, 403);
+        assert!(!OriginError::AccessDenied.is_retryable());
         assert_eq!(classify_status(412), OriginError::ETagChanged);
         assert!(classify_status(503).is_retryable());
         assert!(!classify_status(400).is_retryable());

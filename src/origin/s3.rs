@@ -1,16 +1,19 @@
 //! The S3 origin driver: SigV4-signed HEAD and ranged GET against AWS S3 or any S3-compatible
 //! endpoint, path-style or virtual-hosted.
 
-use super::http::ExchangeError;
 use super::{
-    classify_status, header_str, unquote_etag, ListRequest, ObjectMeta, Origin, OriginError,
+    classify_refusal, classify_status, strong_etag, ListRequest, ObjectMeta, Origin, OriginError,
 };
+use crate::chunk::Chunk;
+use crate::error::code_from_xml;
 use crate::metrics::ORIGIN_REQUESTS;
-use crate::s3::S3Client;
+use crate::net::http::{header_str, ExchangeError};
+use crate::net::retry::with_retries;
+use crate::s3client::{S3Client, S3ClientError};
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::upstreams::peer::HttpPeer;
-use pingora_http::RequestHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 use std::time::Duration;
 
 /// Largest listing answer read from the origin (1000 keys of 1 KiB each fit many times over).
@@ -29,7 +32,7 @@ const PASSTHROUGH: &[&str] = &[
     "x-amz-tagging-count",
 ];
 
-pub use crate::s3::S3Auth;
+pub use crate::s3client::S3Auth;
 
 /// An S3 or S3-compatible origin.
 pub struct S3Origin {
@@ -44,15 +47,10 @@ impl S3Origin {
         path_style: bool,
         auth: S3Auth,
         timeout: Duration,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, S3ClientError> {
         Ok(Self {
             client: S3Client::new(endpoint, region, path_style, auth, timeout)?,
         })
-    }
-
-    /// The origin-form path of `bucket/key` (or of the bucket itself when `key` is `None`).
-    pub fn path_for(&self, bucket: &str, key: Option<&str>) -> String {
-        self.client.path_for(bucket, key)
     }
 
     /// Builds and signs a request (see [`S3Client::signed_request`]).
@@ -66,7 +64,7 @@ impl S3Origin {
     ) -> Result<RequestHeader, OriginError> {
         self.client
             .signed_request(method, bucket, key, query, extra)
-            .map_err(OriginError::Protocol)
+            .map_err(|e| OriginError::Protocol(e.to_string()))
     }
 
     /// Sends a signed request without a body and returns the whole (bounded) answer.
@@ -76,7 +74,7 @@ impl S3Origin {
         bucket: &str,
         req: RequestHeader,
         max_body: usize,
-    ) -> Result<super::http::Response, OriginError> {
+    ) -> Result<crate::net::http::Response, OriginError> {
         match self.client.send(bucket, req, max_body).await {
             Ok(resp) => {
                 ORIGIN_REQUESTS
@@ -93,6 +91,41 @@ impl S3Origin {
             }
         }
     }
+}
+
+impl S3Origin {
+    /// Why a HEAD was refused. A HEAD's answer has no body, so nothing tells a refused key
+    /// from a refused object; a GET does (its `<Code>`): of one byte of the object, or of an
+    /// empty listing of the bucket. Counted as `orca_origin_requests_total{op="probe"}`.
+    async fn refusal(&self, bucket: &str, key: Option<&str>, status: u16) -> OriginError {
+        let req = match key {
+            Some(k) => self.signed_request("GET", bucket, Some(k), "", &[("range", "bytes=0-0")]),
+            None => self.signed_request("GET", bucket, None, "list-type=2&max-keys=0", &[]),
+        };
+        let answer = match req {
+            Ok(req) => self.send("probe", bucket, req, 64 * 1024).await,
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(resp) if matches!(resp.header.status.as_u16(), 401 | 403) => {
+                refusal_of(resp.header.status.as_u16(), &resp.body)
+            }
+            // The GET was allowed, or failed otherwise: the HEAD's refusal was about this
+            // object or bucket, not the credentials.
+            _ => classify_refusal(status, None, OriginError::AccessDenied),
+        }
+    }
+}
+
+/// A refusal with an S3 XML error body: by its `<Code>`; a 403 without one is taken as a
+/// refusal of the object or bucket, a 401 without one as a refusal of the credentials.
+fn refusal_of(status: u16, body: &[u8]) -> OriginError {
+    let unknown = if status == 401 {
+        OriginError::Auth(status)
+    } else {
+        OriginError::AccessDenied
+    };
+    classify_refusal(status, code_from_xml(body).as_deref(), unknown)
 }
 
 #[async_trait]
@@ -116,16 +149,19 @@ impl Origin for S3Origin {
                 _ => OriginError::NotFound,
             });
         }
+        if status == 401 || status == 403 {
+            return Err(self.refusal(bucket, Some(key), status).await);
+        }
         if status != 200 {
             return Err(classify_status(status));
         }
         let size = header_str(h, "content-length")
             .and_then(|v| v.trim().parse::<u64>().ok())
             .ok_or_else(|| OriginError::Protocol("HEAD without Content-Length".into()))?;
-        let etag = header_str(h, "etag").map(unquote_etag).unwrap_or_default();
-        if etag.is_empty() {
-            return Err(OriginError::MissingETag);
-        }
+        // No ETag, or only a weak one: no version can be pinned.
+        let etag = header_str(h, "etag")
+            .and_then(strong_etag)
+            .ok_or(OriginError::MissingETag)?;
         let mut extra_headers = Vec::new();
         let mut checksums = Vec::new();
         for (name, value) in h.headers.iter() {
@@ -148,26 +184,17 @@ impl Origin for S3Origin {
     }
 
     async fn list(&self, bucket: &str, request: &ListRequest) -> Result<Bytes, OriginError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
+        with_retries(OriginError::is_retryable, |_| async {
             let req = self.signed_request("GET", bucket, None, &request.query(), &[])?;
-            let result = self.send("list", bucket, req, MAX_LIST_BODY).await;
-            let result = match result {
-                Ok(resp) if resp.header.status.as_u16() == 200 => Ok(resp.body),
-                Ok(resp) => Err(match resp.header.status.as_u16() {
-                    404 => OriginError::BucketNotFound,
-                    s => classify_status(s),
-                }),
-                Err(e) => Err(e),
-            };
-            match result {
-                Err(e) if e.is_retryable() && attempt < crate::metadata::HEAD_ATTEMPTS => {
-                    tokio::time::sleep(crate::metadata::backoff(attempt)).await;
-                }
-                other => return other,
+            let resp = self.send("list", bucket, req, MAX_LIST_BODY).await?;
+            match resp.header.status.as_u16() {
+                200 => Ok(resp.body),
+                404 => Err(OriginError::BucketNotFound),
+                s @ (401 | 403) => Err(refusal_of(s, &resp.body)),
+                s => Err(classify_status(s)),
             }
-        }
+        })
+        .await
     }
 
     async fn head_bucket(&self, bucket: &str) -> Result<(), OriginError> {
@@ -176,6 +203,7 @@ impl Origin for S3Origin {
         match resp.header.status.as_u16() {
             200 => Ok(()),
             404 => Err(OriginError::BucketNotFound),
+            s @ (401 | 403) => Err(self.refusal(bucket, None, s).await),
             s => Err(classify_status(s)),
         }
     }
@@ -188,19 +216,22 @@ impl Origin for S3Origin {
         self.client
             .peer(bucket)
             .await
-            .map_err(OriginError::Transient)
+            .map_err(|e| OriginError::Transient(e.to_string()))
     }
 
-    fn chunk_request(
-        &self,
-        bucket: &str,
-        key: &str,
-        etag: &str,
-        start: u64,
-        end: u64,
-    ) -> Result<RequestHeader, OriginError> {
-        let range = format!("bytes={start}-{end}");
-        let if_match = format!("\"{etag}\"");
+    fn classify(&self, resp: &ResponseHeader) -> OriginError {
+        // A chunk GET's refusal is read before its body: with the HEAD accepted moments ago,
+        // a 403 is this object's (the next HEAD tells a refused key apart).
+        match resp.status.as_u16() {
+            403 => OriginError::AccessDenied,
+            s => classify_status(s),
+        }
+    }
+
+    fn chunk_request(&self, chunk: &Chunk) -> Result<RequestHeader, OriginError> {
+        let range = format!("bytes={}-{}", chunk.offset(), chunk.last_byte());
+        let if_match = format!("\"{}\"", chunk.version.etag);
+        let (bucket, key) = (&chunk.version.bucket, chunk.version.key.as_str());
         self.signed_request(
             "GET",
             bucket,
@@ -214,6 +245,7 @@ impl Origin for S3Origin {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::origin::test_chunk;
     use aws_credential_types::Credentials;
 
     fn origin(path_style: bool) -> S3Origin {
@@ -230,10 +262,12 @@ mod tests {
     #[test]
     fn path_and_virtual_hosted_addressing() {
         let o = origin(true);
-        assert_eq!(o.path_for("bkt", Some("a b/c")), "/bkt/a%20b/c");
-        assert_eq!(o.path_for("bkt", None), "/bkt");
-        assert_eq!(origin(false).path_for("bkt", None), "/");
-        let req = o.chunk_request("bkt", "k", "etag1", 0, 9).unwrap();
+        assert_eq!(o.client.path_for("bkt", Some("a b/c")), "/bkt/a%20b/c");
+        assert_eq!(o.client.path_for("bkt", None), "/bkt");
+        assert_eq!(origin(false).client.path_for("bkt", None), "/");
+        let req = o
+            .chunk_request(&test_chunk("bkt", "k", "etag1", 10))
+            .unwrap();
         assert_eq!(req.uri.path(), "/bkt/k");
         assert_eq!(req.headers.get("host").unwrap(), "127.0.0.1:9000");
         assert_eq!(req.headers.get("range").unwrap(), "bytes=0-9");
@@ -247,7 +281,9 @@ mod tests {
         );
 
         let v = origin(false);
-        let req = v.chunk_request("bkt", "dir//x/", "e", 0, 0).unwrap();
+        let req = v
+            .chunk_request(&test_chunk("bkt", "dir//x/", "e", 1))
+            .unwrap();
         assert_eq!(req.uri.path(), "/dir//x/");
         assert_eq!(req.headers.get("host").unwrap(), "bkt.127.0.0.1:9000");
     }
@@ -262,7 +298,7 @@ mod tests {
             Duration::from_secs(5),
         )
         .unwrap();
-        let req = o.chunk_request("b", "k", "e", 0, 1).unwrap();
+        let req = o.chunk_request(&test_chunk("b", "k", "e", 2)).unwrap();
         assert!(req.headers.get("authorization").is_none());
         assert_eq!(req.headers.get("host").unwrap(), "b.s3.amazonaws.com");
     }

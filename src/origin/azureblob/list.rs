@@ -16,8 +16,9 @@
 //! key or a common prefix) is returned only when it sorts after the cursor's key, so a v1
 //! `NextMarker` naming a common prefix never repeats it.
 
-use super::super::{encode_key, unquote_etag, ListRequest, OriginError};
 use crate::error::xml_escape_into;
+use crate::net::encode::encode_key;
+use crate::origin::{unquote_etag, ListRequest, OriginError};
 use bytes::Bytes;
 use quick_xml::events::Event;
 use quick_xml::Reader;

@@ -1,5 +1,5 @@
 //! A small S3 client: SigV4-signed requests (aws-sigv4), path-style or virtual-hosted
-//! addressing, async cached DNS, connections kept alive by [`crate::origin::pool`]. The S3
+//! addressing, async cached DNS, connections kept alive by [`crate::net::pool`]. The S3
 //! origin driver and the shared S3 cache store both use it; it knows nothing of chunks or of
 //! origins.
 //!
@@ -10,9 +10,9 @@
 //! session per directory bucket and renews it after [`EXPRESS_SESSION_REUSE`].
 
 use crate::error::xml_text;
-use crate::origin::encode_key;
-use crate::origin::http::{exchange, make_peer, Endpoint, ExchangeError, Resolver, Response};
-use crate::origin::pool::ConnPool;
+use crate::net::encode::encode_key;
+use crate::net::http::{exchange, make_peer, Endpoint, ExchangeError, Resolver, Response};
+use crate::net::pool::ConnPool;
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{
     sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings,
@@ -37,6 +37,76 @@ const EXPRESS_SESSION_USABLE: Duration = Duration::from_secs(270);
 /// Whether `bucket` is an S3 Express One Zone directory bucket (its name ends in `--x-s3`).
 pub fn is_directory_bucket(bucket: &str) -> bool {
     bucket.ends_with("--x-s3")
+}
+
+/// Why an S3 request could not be built, sent or answered. Cheap to clone: callers waiting
+/// for one CreateSession share its failure.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum S3ClientError {
+    /// The endpoint URL is not usable.
+    #[error("endpoint: {0}")]
+    Endpoint(String),
+    /// The request could not be built or signed.
+    #[error("cannot {what}: {source}")]
+    Build {
+        /// What was being done.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
+    /// A directory bucket's request with no session to sign it.
+    #[error("no S3 Express session for bucket {0:?} (CreateSession failed or was not made)")]
+    NoSession(String),
+    /// CreateSession was refused or its answer lacks the session.
+    #[error("CreateSession on {bucket:?}: {detail}")]
+    Session {
+        /// The directory bucket.
+        bucket: String,
+        /// What went wrong (the HTTP status and S3 error code, or what was missing).
+        detail: String,
+    },
+    /// The store's host name did not resolve.
+    #[error("cannot resolve {host}: {source}")]
+    Resolve {
+        /// The host name.
+        host: String,
+        /// The resolver's error.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// Connecting, writing or reading failed.
+    #[error("{0}")]
+    Io(#[source] Arc<pingora_error::Error>),
+    /// No complete answer within the deadline.
+    #[error("{0} timed out")]
+    Timeout(&'static str),
+    /// The answer's body was larger than the caller allows.
+    #[error("response body over {0} bytes")]
+    TooLarge(usize),
+}
+
+impl S3ClientError {
+    fn build(what: &'static str, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        S3ClientError::Build {
+            what,
+            source: Arc::new(e),
+        }
+    }
+
+    fn io(e: Box<pingora_error::Error>) -> Self {
+        S3ClientError::Io(Arc::from(e))
+    }
+}
+
+impl From<ExchangeError> for S3ClientError {
+    fn from(e: ExchangeError) -> Self {
+        match e {
+            ExchangeError::Io(e) => S3ClientError::io(e),
+            ExchangeError::Timeout => S3ClientError::Timeout("request"),
+            ExchangeError::TooLarge(n) => S3ClientError::TooLarge(n),
+        }
+    }
 }
 
 /// How a request is signed.
@@ -85,7 +155,7 @@ pub struct S3Client {
     session_flight: tokio::sync::Mutex<()>,
     /// The last failed CreateSession, when and why: callers that waited for it get its error
     /// instead of trying again one after another.
-    session_failure: parking_lot::Mutex<Option<(Instant, String)>>,
+    session_failure: parking_lot::Mutex<Option<(Instant, S3ClientError)>>,
     /// Whether `--x-s3` bucket names are S3 Express directory buckets (the cache store's
     /// client); an origin's client signs every bucket as a plain one.
     directory_buckets: bool,
@@ -99,9 +169,9 @@ impl S3Client {
         path_style: bool,
         auth: S3Auth,
         timeout: Duration,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, S3ClientError> {
         Ok(Self {
-            endpoint: Endpoint::parse(endpoint)?,
+            endpoint: Endpoint::parse(endpoint).map_err(S3ClientError::Endpoint)?,
             region: region.to_string(),
             path_style,
             auth,
@@ -132,7 +202,7 @@ impl S3Client {
     /// [`EXPRESS_SESSION_REUSE`] old; for any other bucket, nothing. While a session is renewed,
     /// the other callers keep using the old one (it is still valid): only a missing or expired
     /// session makes them wait, for one CreateSession between them.
-    pub async fn prepare(&self, bucket: &str) -> Result<(), String> {
+    pub async fn prepare(&self, bucket: &str) -> Result<(), S3ClientError> {
         if !self.is_directory(bucket) {
             return Ok(());
         }
@@ -170,10 +240,14 @@ impl S3Client {
     }
 
     /// CreateSession on a directory bucket; the session replaces the previous one.
-    async fn create_session(&self, bucket: &str) -> Result<(), String> {
+    async fn create_session(&self, bucket: &str) -> Result<(), S3ClientError> {
+        let session_error = |detail: String| S3ClientError::Session {
+            bucket: bucket.to_string(),
+            detail,
+        };
         let S3Auth::Sign(own) = &self.auth else {
-            return Err(format!(
-                "bucket {bucket:?} is an S3 Express directory bucket, which needs credentials (CreateSession)"
+            return Err(session_error(
+                "an S3 Express directory bucket needs credentials to create sessions".into(),
             ));
         };
         let req = self.sign_with(
@@ -188,20 +262,20 @@ impl S3Client {
         let resp = self
             .send(bucket, req, 64 * 1024)
             .await
-            .map_err(|e| format!("CreateSession on {bucket:?}: {e}"))?;
+            .map_err(|e| session_error(S3ClientError::from(e).to_string()))?;
         let status = resp.header.status.as_u16();
         let field = |tag: &str| xml_text(&resp.body, tag).filter(|v| !v.is_empty());
         if status != 200 {
             let code = field("Code").unwrap_or_else(|| "no error code".into());
-            return Err(format!("CreateSession on {bucket:?}: HTTP {status} {code}"));
+            return Err(session_error(format!("HTTP {status} {code}")));
         }
         let (Some(id), Some(secret), Some(token)) = (
             field("AccessKeyId"),
             field("SecretAccessKey"),
             field("SessionToken"),
         ) else {
-            return Err(format!(
-                "CreateSession on {bucket:?}: the answer lacks the session credentials"
+            return Err(session_error(
+                "the answer lacks the session credentials".into(),
             ));
         };
         let creds = Credentials::new(id, secret, Some(token), None, "s3express-session");
@@ -269,14 +343,13 @@ impl S3Client {
         key: Option<&str>,
         query: &str,
         extra: &[(&str, &str)],
-    ) -> Result<RequestHeader, String> {
+    ) -> Result<RequestHeader, S3ClientError> {
         let signer = match &self.auth {
             S3Auth::Anonymous => Signer::Unsigned,
-            S3Auth::Sign(_) if self.is_directory(bucket) => {
-                Signer::Session(self.session(bucket).ok_or_else(|| {
-                    format!("no S3 Express session for bucket {bucket:?} (CreateSession failed or was not made)")
-                })?)
-            }
+            S3Auth::Sign(_) if self.is_directory(bucket) => Signer::Session(
+                self.session(bucket)
+                    .ok_or_else(|| S3ClientError::NoSession(bucket.to_string()))?,
+            ),
             S3Auth::Sign(own) => Signer::Own(own, "s3"),
         };
         self.sign_with(method, bucket, key, query, extra, signer, SystemTime::now())
@@ -291,7 +364,7 @@ impl S3Client {
         key: Option<&str>,
         query: &str,
         extra: &[(&str, &str)],
-    ) -> Result<RequestHeader, String> {
+    ) -> Result<RequestHeader, S3ClientError> {
         self.prepare(bucket).await?;
         self.signed_request(method, bucket, key, query, extra)
     }
@@ -307,7 +380,7 @@ impl S3Client {
         extra: &[(&str, &str)],
         session: Credentials,
         time: SystemTime,
-    ) -> Result<RequestHeader, String> {
+    ) -> Result<RequestHeader, S3ClientError> {
         self.sign_with(
             method,
             bucket,
@@ -329,7 +402,7 @@ impl S3Client {
         extra: &[(&str, &str)],
         signer: Signer<'_>,
         time: SystemTime,
-    ) -> Result<RequestHeader, String> {
+    ) -> Result<RequestHeader, S3ClientError> {
         let host = self.endpoint.authority_for(&self.host_for(bucket));
         let mut path = self.path_for(bucket, key);
         if !query.is_empty() {
@@ -337,8 +410,8 @@ impl S3Client {
             path.push_str(query);
         }
         let mut req = RequestHeader::build(method, path.as_bytes(), Some(8))
-            .map_err(|e| format!("cannot build request: {e}"))?;
-        let bad = |e: pingora_error::BError| format!("bad header: {e}");
+            .map_err(|e| S3ClientError::build("build the request", *e))?;
+        let bad = |e: pingora_error::BError| S3ClientError::build("set a header", *e);
         req.insert_header("host", &host).map_err(bad)?;
         for (name, value) in extra {
             req.insert_header(name.to_string(), *value).map_err(bad)?;
@@ -370,7 +443,7 @@ impl S3Client {
                 .time(time)
                 .settings(settings)
                 .build()
-                .map_err(|e| format!("signing parameters: {e}"))?
+                .map_err(|e| S3ClientError::build("set the signing parameters", e))?
                 .into();
             let signable = SignableRequest::new(
                 method,
@@ -378,9 +451,9 @@ impl S3Client {
                 headers.into_iter(),
                 SignableBody::UnsignedPayload,
             )
-            .map_err(|e| format!("cannot sign: {e}"))?;
+            .map_err(|e| S3ClientError::build("sign", e))?;
             let (instructions, _) = sign(signable, &params)
-                .map_err(|e| format!("cannot sign: {e}"))?
+                .map_err(|e| S3ClientError::build("sign", e))?
                 .into_parts();
             for (name, value) in instructions.headers() {
                 req.insert_header(name.to_string(), value).map_err(bad)?;
@@ -390,13 +463,16 @@ impl S3Client {
     }
 
     /// The peer requests for `bucket` go to (its address resolved asynchronously, cached).
-    pub async fn peer(&self, bucket: &str) -> Result<HttpPeer, String> {
+    pub async fn peer(&self, bucket: &str) -> Result<HttpPeer, S3ClientError> {
         let host = self.host_for(bucket);
         let addr = self
             .resolver
             .resolve(&host, self.endpoint.port)
             .await
-            .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+            .map_err(|e| S3ClientError::Resolve {
+                host: host.clone(),
+                source: Arc::new(e),
+            })?;
         Ok(make_peer(addr, self.endpoint.tls, &host, self.timeout))
     }
 
@@ -408,8 +484,9 @@ impl S3Client {
         max_body: usize,
     ) -> Result<Response, ExchangeError> {
         let peer = self.peer(bucket).await.map_err(|e| {
-            ExchangeError::Io(pingora_error::Error::explain(
+            ExchangeError::Io(pingora_error::Error::because(
                 pingora_error::ErrorType::ConnectError,
+                "resolving the store",
                 e,
             ))
         })?;
@@ -424,7 +501,7 @@ impl S3Client {
         key: &str,
         pieces: &[Bytes],
         extra: &[(&str, &str)],
-    ) -> Result<Response, String> {
+    ) -> Result<Response, S3ClientError> {
         let len: u64 = pieces.iter().map(|p| p.len() as u64).sum();
         let len_text = len.to_string();
         let mut headers: Vec<(&str, &str)> = vec![("content-length", &len_text)];
@@ -436,29 +513,29 @@ impl S3Client {
             let (mut session, _) = connector
                 .get_http_session(&peer)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(S3ClientError::io)?;
             session
                 .write_request_header(Box::new(req))
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(S3ClientError::io)?;
             for piece in pieces {
                 session
                     .write_request_body(piece.clone(), false)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(S3ClientError::io)?;
             }
             session
                 .finish_request_body()
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(S3ClientError::io)?;
             let resp = read_whole(&mut session, 64 * 1024).await?;
             connector.release_http_session(session, &peer).await;
-            Ok::<_, String>(resp)
+            Ok::<_, S3ClientError>(resp)
         };
         // The timeout covers a put of a whole chunk: generous, but bounded.
         tokio::time::timeout(self.timeout * 4, exchange)
             .await
-            .map_err(|_| "PUT timed out".to_string())?
+            .map_err(|_| S3ClientError::Timeout("PUT"))?
     }
 
     /// Starts a GET (ranged when `range` is set) and returns the header and a body reader
@@ -468,7 +545,7 @@ impl S3Client {
         bucket: &str,
         key: &str,
         range: Option<(u64, u64)>,
-    ) -> Result<(ResponseHeader, S3Body), String> {
+    ) -> Result<(ResponseHeader, S3Body), S3ClientError> {
         let range_text = range.map(|(a, b)| format!("bytes={a}-{b}"));
         let extra: Vec<(&str, &str)> = range_text
             .as_deref()
@@ -480,19 +557,16 @@ impl S3Client {
         let (mut session, _) = connector
             .get_http_session(&peer)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(S3ClientError::io)?;
         let head = tokio::time::timeout(self.timeout, async {
             session.write_request_header(Box::new(req)).await?;
             session.finish_request_body().await?;
             session.read_response_header().await
         })
         .await
-        .map_err(|_| "GET timed out".to_string())?;
-        head.map_err(|e| e.to_string())?;
-        let header = session
-            .response_header()
-            .cloned()
-            .ok_or_else(|| "no response header".to_string())?;
+        .map_err(|_| S3ClientError::Timeout("GET"))?;
+        head.map_err(S3ClientError::io)?;
+        let header = session.response_header().cloned().ok_or_else(no_header)?;
         Ok((
             header,
             S3Body {
@@ -513,7 +587,7 @@ pub struct S3Body {
 
 impl S3Body {
     /// The next piece, `None` at the end.
-    pub async fn next(&mut self) -> Result<Option<Bytes>, String> {
+    pub async fn next(&mut self) -> Result<Option<Bytes>, S3ClientError> {
         let Some(session) = self.session.as_mut() else {
             return Ok(None);
         };
@@ -530,7 +604,7 @@ impl S3Body {
             }
             Err(e) => {
                 self.session = None;
-                Err(e.to_string())
+                Err(S3ClientError::io(e))
             }
         }
     }
@@ -548,23 +622,29 @@ impl S3Body {
     }
 }
 
-async fn read_whole(session: &mut HttpSession, max: usize) -> Result<Response, String> {
+/// A session that answered without a response header: Pingora's client reports a header it
+/// could not read as an error, so this only happens if the session was misused.
+fn no_header() -> S3ClientError {
+    S3ClientError::io(pingora_error::Error::explain(
+        pingora_error::ErrorType::InvalidHTTPHeader,
+        "no response header",
+    ))
+}
+
+async fn read_whole(session: &mut HttpSession, max: usize) -> Result<Response, S3ClientError> {
     session
         .read_response_header()
         .await
-        .map_err(|e| e.to_string())?;
-    let header = session
-        .response_header()
-        .cloned()
-        .ok_or_else(|| "no response header".to_string())?;
+        .map_err(S3ClientError::io)?;
+    let header = session.response_header().cloned().ok_or_else(no_header)?;
     let mut body = Vec::new();
     while let Some(p) = session
         .read_response_body()
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(S3ClientError::io)?
     {
         if body.len() + p.len() > max {
-            return Err(format!("response body over {max} bytes"));
+            return Err(S3ClientError::TooLarge(max));
         }
         body.extend_from_slice(&p);
     }
@@ -614,7 +694,7 @@ mod tests {
         let err = store
             .signed_request("GET", "data--use1-az4--x-s3", Some("k"), "", &[])
             .unwrap_err();
-        assert!(err.contains("no S3 Express session"), "{err}");
+        assert!(err.to_string().contains("no S3 Express session"), "{err}");
         assert!(store
             .signed_request("GET", "data", Some("k"), "", &[])
             .is_ok());

@@ -177,7 +177,7 @@ impl ConnPool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::origin::http::make_peer;
+    use crate::net::http::make_peer;
     use pingora_http::RequestHeader;
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;

@@ -1,7 +1,8 @@
-//! The edge's client of a fill service: one HTTP GET per missing chunk, streamed into the
-//! chunk's buffer as it arrives.
+//! The fill protocol's client: one HTTP GET per missing chunk, streamed to the caller as it
+//! arrives, and [`FillClients`], the edge's set of them: this replica's own fill service and
+//! one client per peer, with the back-off that skips a peer which refused a connection.
 //!
-//! A peer's fill service is reached over Orca's connection pool ([`crate::origin::pool`]).
+//! A peer's fill service is reached over Orca's connection pool ([`crate::net::pool`]).
 //! This replica's own fill service is reached in-process: a second instance of the fill proxy
 //! (sharing the storage and the cache lock with the listening one) served over an in-memory
 //! duplex stream. That costs no socket, and it keeps working during a graceful shutdown, when
@@ -11,15 +12,17 @@
 //! fill service paces its origin read by this reader, so a reader that stopped to wait for a
 //! slow client would slow every request joined to that chunk.
 
+use super::protocol::{FillRequest, SECRET_HEADER, SOURCE_HEADER};
+use super::service::FillService;
+use crate::chunk::Chunk;
+use crate::cluster::Cluster;
 use crate::error::code_from_xml;
-use crate::fill::FillService;
-use crate::fill::SOURCE_HEADER;
 use crate::metrics::ChunkSource;
-use crate::origin::http::make_peer;
-use crate::origin::pool::ConnPool;
+use crate::net::http::{make_peer, Resolver};
+use crate::net::pool::ConnPool;
 use crate::origin::OriginError;
 use bytes::Bytes;
-use once_cell::sync::OnceCell;
+use parking_lot::Mutex;
 use pingora::apps::HttpServerApp;
 use pingora::protocols::http::client::HttpSession as ClientSession;
 use pingora::protocols::http::v1::client::HttpSession as H1Client;
@@ -27,9 +30,12 @@ use pingora::protocols::http::ServerSession;
 use pingora::upstreams::peer::HttpPeer;
 use pingora_http::RequestHeader;
 use pingora_proxy::HttpProxy;
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::watch;
 
@@ -38,9 +44,6 @@ const LOCAL_PIPE: usize = 512 * 1024;
 
 /// Largest error body read from a fill service.
 const MAX_ERROR_BODY: usize = 64 * 1024;
-
-/// A piece of chunk bytes or the reason the chunk failed.
-pub type PieceResult = Result<Bytes, OriginError>;
 
 /// Why a fill request did not deliver its chunk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,9 +89,9 @@ pub struct FillClient {
 enum Target {
     /// Another replica's fill service.
     Remote { peer: HttpPeer, connector: ConnPool },
-    /// This replica's own, in-process (set once the server's configuration is known).
+    /// This replica's own, in-process.
     Local {
-        proxy: OnceCell<Arc<HttpProxy<FillService>>>,
+        proxy: Arc<HttpProxy<FillService>>,
         /// Never signalled: the in-process fill service outlives the listeners.
         shutdown: watch::Receiver<bool>,
         _keep: watch::Sender<bool>,
@@ -113,26 +116,18 @@ impl FillClient {
         }
     }
 
-    /// A client of this replica's own fill service, in-process; call [`FillClient::set_local`]
-    /// before the first fetch.
-    pub fn local(read_timeout: Duration) -> Self {
+    /// A client of this replica's own fill service, in-process.
+    pub fn local(proxy: Arc<HttpProxy<FillService>>, read_timeout: Duration) -> Self {
         let (keep, shutdown) = watch::channel(false);
         Self {
             target: Target::Local {
-                proxy: OnceCell::new(),
+                proxy,
                 shutdown,
                 _keep: keep,
             },
             authority: "orca.internal".to_string(),
             read_timeout,
             secret: None,
-        }
-    }
-
-    /// Hands the in-process fill proxy to a local client (no-op for a remote one).
-    pub fn set_local(&self, fill: Arc<HttpProxy<FillService>>) {
-        if let Target::Local { proxy, .. } = &self.target {
-            let _ = proxy.set(fill);
         }
     }
 
@@ -146,10 +141,7 @@ impl FillClient {
             Target::Local {
                 proxy, shutdown, ..
             } => {
-                let proxy = proxy
-                    .get()
-                    .cloned()
-                    .ok_or_else(|| "local fill service not started".to_string())?;
+                let proxy = proxy.clone();
                 let (client_io, server_io) = tokio::io::duplex(LOCAL_PIPE);
                 let shutdown = shutdown.clone();
                 tokio::spawn(async move {
@@ -169,26 +161,26 @@ impl FillClient {
         }
     }
 
-    /// Fetches one chunk (`query` from `FillSpec::query`) and sends bytes `[from, to)` of it
-    /// to `tx`, adding what it sent to `sent`. Returns where the fill service got the bytes.
-    /// The body length is checked against `expected_len`: a short body is an error, never a
-    /// complete chunk.
-    pub async fn fetch(
+    /// Fetches one chunk and sends bytes `[from, to)` of it to `tx`, adding what it sent to
+    /// `sent`. Returns where the fill service got the bytes. The body length is checked
+    /// against the chunk's length: a short body is an error, never a complete chunk. Only
+    /// bytes go to `tx`; failures are returned (`E` is the caller's error type).
+    pub async fn fetch<E>(
         &self,
-        query: &str,
-        expected_len: u64,
+        chunk: &Chunk,
         (from, to): (u64, u64),
-        tx: &UnboundedSender<PieceResult>,
+        tx: &UnboundedSender<Result<Bytes, E>>,
         sent: &mut u64,
     ) -> Result<ChunkSource, FillError> {
         let unreachable = |m: String| FillError::Unreachable(format!("fill service: {m}"));
-        let mut req =
-            RequestHeader::build("GET", format!("/internal/fill?{query}").as_bytes(), None)
-                .map_err(|e| unreachable(e.to_string()))?;
+        let expected_len = chunk.len;
+        let path = FillRequest::new(chunk.clone()).path_and_query();
+        let mut req = RequestHeader::build("GET", path.as_bytes(), None)
+            .map_err(|e| unreachable(e.to_string()))?;
         req.insert_header("host", &self.authority)
             .map_err(|e| unreachable(e.to_string()))?;
         if let Some(secret) = &self.secret {
-            req.insert_header(crate::cluster::SECRET_HEADER, secret)
+            req.insert_header(SECRET_HEADER, secret)
                 .map_err(|e| unreachable(e.to_string()))?;
         }
         let mut last_err = None;
@@ -275,5 +267,120 @@ impl FillClient {
             return Ok(source);
         }
         Err(last_err.unwrap_or_else(|| unreachable("connection failed".into())))
+    }
+}
+
+/// How long a peer that refused a connection is skipped.
+pub const PEER_DOWN_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The edge's fill clients: this replica's own fill service and one client per peer.
+pub struct FillClients {
+    local: FillClient,
+    cluster: Arc<Cluster>,
+    peers: Mutex<Peers>,
+    /// The peers' read timeout (see [`FillClient::remote`]).
+    read_timeout: Duration,
+    /// The cluster's shared secret, sent to peers.
+    secret: Option<String>,
+    resolver: Resolver,
+    /// The cluster generation `peers` was last pruned at.
+    pruned_at: AtomicU64,
+}
+
+#[derive(Default)]
+struct Peers {
+    clients: HashMap<String, Arc<FillClient>>,
+    /// Peers that refused a connection, skipped until the instant given.
+    down: HashMap<String, Instant>,
+}
+
+impl FillClients {
+    /// The clients of a replica: `local` is its own in-process fill service; peers are taken
+    /// from `cluster` as they are asked for.
+    pub fn new(
+        local: Arc<HttpProxy<FillService>>,
+        cluster: Arc<Cluster>,
+        read_timeout: Duration,
+        secret: Option<String>,
+    ) -> Self {
+        Self {
+            local: FillClient::local(local, read_timeout),
+            pruned_at: AtomicU64::new(cluster.generation()),
+            cluster,
+            peers: Mutex::new(Peers::default()),
+            read_timeout,
+            secret,
+            resolver: Resolver::default(),
+        }
+    }
+
+    /// This replica's own fill service.
+    pub fn local(&self) -> &FillClient {
+        &self.local
+    }
+
+    /// Forgets clients and back-offs of peers that left the peer set (once per change).
+    fn prune(&self) {
+        let generation = self.cluster.generation();
+        if self.pruned_at.swap(generation, Ordering::Relaxed) == generation {
+            return;
+        }
+        let members = self.cluster.peers();
+        let mut peers = self.peers.lock();
+        peers.clients.retain(|p, _| members.contains(p));
+        peers.down.retain(|p, _| members.contains(p));
+    }
+
+    /// Whether `peer` refused a connection within the back-off.
+    pub fn is_down(&self, peer: &str) -> bool {
+        self.prune();
+        let mut peers = self.peers.lock();
+        match peers.down.get(peer) {
+            Some(until) if Instant::now() < *until => true,
+            Some(_) => {
+                peers.down.remove(peer);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Skips `peer` for [`PEER_DOWN_BACKOFF`] and forgets its connections.
+    pub fn mark_down(&self, peer: &str) {
+        tracing::warn!(peer, "peer unreachable; filling locally for a while");
+        let mut peers = self.peers.lock();
+        peers
+            .down
+            .insert(peer.to_string(), Instant::now() + PEER_DOWN_BACKOFF);
+        peers.clients.remove(peer);
+    }
+
+    /// The fill client of `peer` (`host:port`, its name resolved asynchronously, once).
+    pub async fn peer(&self, peer: &str) -> Result<Arc<FillClient>, FillError> {
+        self.prune();
+        if let Some(c) = self.peers.lock().clients.get(peer) {
+            return Ok(c.clone());
+        }
+        let (host, port) = peer
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
+            .ok_or_else(|| FillError::Unreachable(format!("peer {peer:?} is not host:port")))?;
+        let addr = self
+            .resolver
+            .resolve(host, port)
+            .await
+            .map_err(|e| FillError::Unreachable(format!("cannot resolve peer {peer}: {e}")))?;
+        let client = Arc::new(FillClient::remote(
+            addr,
+            self.read_timeout,
+            self.secret.clone(),
+        ));
+        Ok(self
+            .peers
+            .lock()
+            .clients
+            .entry(peer.to_string())
+            .or_insert(client)
+            .clone())
     }
 }

@@ -5,7 +5,7 @@
 //! so names are resolved here with tokio's resolver, cached for [`DNS_TTL`], and peers are
 //! built from socket addresses plus SNI.
 
-use crate::origin::pool::ConnPool;
+use crate::net::pool::ConnPool;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use pingora::upstreams::peer::HttpPeer;
@@ -13,6 +13,11 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+/// A response header as a string, if present and valid.
+pub fn header_str<'a>(resp: &'a ResponseHeader, name: &str) -> Option<&'a str> {
+    resp.headers.get(name).and_then(|v| v.to_str().ok())
+}
 
 /// How long a resolved address is reused.
 pub const DNS_TTL: Duration = Duration::from_secs(30);

@@ -1,0 +1,558 @@
+//! The fill service (`GET /internal/fill`): one request is one whole chunk.
+//!
+//! A `ProxyHttp` with pingora-cache enabled. The cache key is the chunk's identity, the storage
+//! is [`ChunkStorage`], and pingora's cache lock makes concurrent requests for one chunk wait
+//! for a single origin GET; with streaming partial writes the waiters read the bytes as they
+//! arrive. The upstream is the origin: `upstream_request_filter` replaces the request with the
+//! driver's signed ranged GET pinned to the ETag, and `upstream_response_filter` checks the
+//! origin's 206 (status, Content-Range, ETag, length) and turns it into the chunk's 200 before
+//! pingora-cache sees it. Errors before the first body byte are retried with backoff and
+//! jitter; after it, the response is aborted and nothing is stored.
+//!
+//! # Hooks, in the order Pingora calls them
+//!
+//! | hook | what it does |
+//! |---|---|
+//! | `request_filter` | Decodes and checks the query into a `Chunk` with `FillRequest::decode` (`origin` must be this replica's `origin.id`; `chunk_size` from 1 byte to the largest chunk of this replica's `chunking` ladder, `object_size > 0`, `index` inside the object). On the listening instance it then admits the peer (`admit_peer`): the shared secret (`403 AccessDenied`), then whether this replica coordinates the chunk (`409 NotCoordinator`). The in-process instance skips both checks. |
+//! | `request_cache_filter` | Enables the cache with `ChunkStorage`, the shared `CacheLock`, and a lock wait timeout. |
+//! | `cache_key_callback` | `CacheKey::new(chunk name, "")`, with the `Chunk` attached as a key extension (the storage needs its identity and length). |
+//! | `cache_hit_filter` | Records where a hit came from (`memory` for a fill in flight, else `cachestore`). |
+//! | `proxy_upstream_filter` | Only the lock's writer gets here. Re-checks the storage, then takes an origin permit. |
+//! | `upstream_peer` | The origin's address, resolved asynchronously and cached for 30 s. Sleeps the backoff on a retry. |
+//! | `upstream_request_filter` | Replaces the request with the driver's signed, ETag-pinned ranged GET. |
+//! | `upstream_response_filter` | Checks the answer: `206` (or `200` when the chunk is the whole object), exact `Content-Range`, same ETag, right `Content-Length`. Rewrites it to the chunk's own `200` and marks it accepted (`response_accepted`): from here on no retry is made. |
+//! | `response_cache_filter` | `Cacheable` with Orca's own `CacheMeta` (fresh for ten years: the ETag is in the key). |
+//! | `fail_to_connect`, `error_while_proxy` | Decide whether to retry (see "Retries" in `docs/design.md`). A chunk GET that got no answer is counted as `orca_origin_requests_total{op="get",status="0"}`. |
+//! | `response_filter` | Adds `x-orca-source` (`origin`, `memory` or `cachestore`), which the asking fill client counts. |
+//! | `fail_to_proxy` | An S3 XML error before the first byte; after it, an abort. |
+//! | `logging` | On the listening instance, a fill that went to the origin counts as `orca_chunk_reads_total{source="origin"}` here. One debug `fill request` line. |
+
+use super::protocol::{FillRequest, FILL_PATH, SECRET_HEADER, SOURCE_HEADER};
+use crate::cachestore::storage::{cache_key, chunk_meta, ChunkHitHandler};
+use crate::chunk::Chunk;
+use crate::error::S3Error;
+use crate::metrics::{
+    ChunkSource, FILLS_INFLIGHT, FILL_JOINS, ORIGIN_BYTES, ORIGIN_REQUESTS, PEER_REJECTED,
+};
+use crate::net::http::header_str;
+use crate::net::retry::{backoff, ATTEMPTS};
+use crate::origin::OriginError;
+use crate::state::Orca;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::upstreams::peer::HttpPeer;
+use pingora_cache::{
+    CacheKey, CacheMeta, ForcedFreshness, HitHandler, NoCacheReason, RespCacheable,
+};
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
+
+/// Attempts of one chunk GET before its first byte, the first included.
+pub const ORIGIN_ATTEMPTS: u32 = ATTEMPTS;
+
+/// The fill service.
+pub struct FillService {
+    orca: Arc<Orca>,
+    /// This replica's own edge calling in-process (trusted, any chunk), rather than peers on
+    /// the listener (shared secret checked, coordinated chunks only).
+    local: bool,
+}
+
+impl FillService {
+    /// The fill service peers reach on the internal listener.
+    pub fn for_peers(orca: Arc<Orca>) -> Self {
+        Self { orca, local: false }
+    }
+
+    /// The instance this replica's edge calls in-process.
+    pub fn for_local_edge(orca: Arc<Orca>) -> Self {
+        Self { orca, local: true }
+    }
+
+    /// Checks a peer's request: the shared secret, then that this replica coordinates the
+    /// chunk in its own view (else 409: the caller fills locally).
+    fn admit_peer(&self, session: &Session, chunk: &Chunk) -> std::result::Result<(), S3Error> {
+        if let Some(secret) = &self.orca.peer_secret {
+            let given = session
+                .req_header()
+                .headers
+                .get(SECRET_HEADER)
+                .map(|v| v.as_bytes())
+                .unwrap_or_default();
+            if !bool::from(subtle::ConstantTimeEq::ct_eq(given, secret.as_bytes())) {
+                PEER_REJECTED.with_label_values(&["auth"]).inc();
+                return Err(S3Error::new(
+                    403,
+                    "AccessDenied",
+                    "Missing or wrong peer secret.",
+                ));
+            }
+        }
+        if self.orca.cluster.coordinator(&chunk.id).is_some() {
+            PEER_REJECTED.with_label_values(&["not_coordinator"]).inc();
+            return Err(S3Error::new(
+                409,
+                "NotCoordinator",
+                "This replica does not coordinate the chunk; fill it locally.",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Decrements `orca_fills_inflight` and returns the origin permit when the fill ends.
+struct InflightGuard {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        FILLS_INFLIGHT.dec();
+    }
+}
+
+/// Per-request state of a fill.
+#[derive(Default)]
+pub struct FillCtx {
+    chunk: Option<Chunk>,
+    attempts: u32,
+    /// The origin's answer passed its checks and went to pingora-cache (a miss handler may
+    /// exist): from here on a retry would register a second writer, so none is made.
+    response_accepted: bool,
+    source: Option<ChunkSource>,
+    error: Option<OriginError>,
+    inflight: Option<InflightGuard>,
+}
+
+fn origin_err(e: &OriginError) -> Box<Error> {
+    let et = match e {
+        OriginError::Timeout => ErrorType::ConnectTimedout,
+        _ => ErrorType::HTTPStatus(e.to_s3().status),
+    };
+    let mut err = Error::explain(et, e.to_string());
+    err.set_retry(e.is_retryable());
+    err
+}
+
+#[async_trait]
+impl ProxyHttp for FillService {
+    type CTX = FillCtx;
+
+    fn new_ctx(&self) -> Self::CTX {
+        FillCtx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        let req = session.req_header();
+        let result = if req.method != http::Method::GET {
+            Err(S3Error::method_not_allowed())
+        } else if req.uri.path() != FILL_PATH {
+            Err(S3Error::new(
+                404,
+                "NoSuchResource",
+                "Unknown internal path.",
+            ))
+        } else {
+            let config = &self.orca.config;
+            FillRequest::decode(
+                req.uri.query().unwrap_or(""),
+                &config.origin.id,
+                config.chunking.max_chunk_size(),
+            )
+            .map(|r| r.chunk)
+        };
+        let result = result.and_then(|chunk| {
+            if !self.local {
+                self.admit_peer(session, &chunk)?;
+            }
+            Ok(chunk)
+        });
+        match result {
+            Ok(chunk) => {
+                ctx.chunk = Some(chunk);
+                Ok(false)
+            }
+            Err(e) => {
+                let resource = session.req_header().uri.path().to_string();
+                crate::error::write_error(session, &e, &resource, &crate::error::request_id())
+                    .await?;
+                Ok(true)
+            }
+        }
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, _ctx: &mut Self::CTX) -> Result<()> {
+        let overrides = {
+            let mut o = pingora_cache::CacheOptionOverrides::default();
+            o.wait_timeout = Some(self.orca.lock_timeout());
+            o
+        };
+        session.cache.enable(
+            self.orca.storage,
+            None,
+            None,
+            Some(self.orca.cache_lock),
+            Some(overrides),
+        );
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, _session: &Session, ctx: &mut Self::CTX) -> Result<CacheKey> {
+        let chunk = ctx_chunk(ctx)?.clone();
+        Ok(cache_key(&chunk))
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        _session: &mut Session,
+        _meta: &CacheMeta,
+        hit_handler: &mut HitHandler,
+        _is_fresh: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<Option<ForcedFreshness>> {
+        let source = hit_handler
+            .as_any()
+            .downcast_ref::<ChunkHitHandler>()
+            .map(|h| h.source)
+            .unwrap_or(ChunkSource::CacheStore);
+        if source == ChunkSource::Memory {
+            FILL_JOINS.inc();
+        }
+        ctx.source = Some(source);
+        Ok(None)
+    }
+
+    async fn proxy_upstream_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<bool> {
+        // Only the cache lock's writer gets here. Its lookup may have missed just before
+        // another writer registered its fill and released the lock; look again now that the
+        // lock is ours, so a chunk is never fetched twice.
+        if ctx.attempts == 0 && ctx.inflight.is_none() {
+            let chunk = ctx_chunk(ctx)?.clone();
+            if let Some(hit) = self.orca.storage.open_for_fill(&chunk).await {
+                // Let the waiters look again (they will find the same chunk), then serve it.
+                session.cache.disable(NoCacheReason::DeclinedToUpstream);
+                if hit.source == ChunkSource::Memory {
+                    FILL_JOINS.inc();
+                }
+                ctx.source = Some(hit.source);
+                serve_hit(session, hit, chunk.len).await?;
+                return Ok(false);
+            }
+        }
+        // One origin fill per chunk per replica, at most `origin_concurrency` at once.
+        if ctx.inflight.is_none() {
+            let permit = self
+                .orca
+                .origin_permits
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| Error::explain(ErrorType::InternalError, "origin permits closed"))?;
+            FILLS_INFLIGHT.inc();
+            ctx.inflight = Some(InflightGuard { _permit: permit });
+        }
+        ctx.source = Some(ChunkSource::Origin);
+        Ok(true)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
+        if ctx.attempts > 0 {
+            tokio::time::sleep(backoff(ctx.attempts)).await;
+        }
+        ctx.attempts += 1;
+        ctx.error = None;
+        let chunk = ctx_chunk(ctx)?.clone();
+        match self.orca.origin.chunk_peer(&chunk.version.bucket).await {
+            Ok(peer) => Ok(Box::new(peer)),
+            Err(e) => {
+                let mut err = origin_err(&e);
+                err.set_retry(e.is_retryable() && ctx.attempts < ORIGIN_ATTEMPTS);
+                ctx.error = Some(e);
+                Err(err)
+            }
+        }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        let chunk = ctx_chunk(ctx)?.clone();
+        match self.orca.origin.chunk_request(&chunk) {
+            Ok(req) => {
+                tracing::debug!(
+                    chunk = %chunk.id,
+                    bucket = %chunk.version.bucket,
+                    key = %chunk.version.key,
+                    etag = %crate::chunk::etag_short(&chunk.version.etag),
+                    start = chunk.offset(),
+                    end = chunk.last_byte(),
+                    attempt = ctx.attempts,
+                    "origin chunk GET"
+                );
+                *upstream_request = req;
+                Ok(())
+            }
+            Err(e) => {
+                let err = origin_err(&e);
+                ctx.error = Some(e);
+                Err(err)
+            }
+        }
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        let status = resp.status.as_u16();
+        ORIGIN_REQUESTS
+            .with_label_values(&["get", resp.status.as_str()])
+            .inc();
+        let chunk = ctx_chunk(ctx)?.clone();
+        if let Err(e) = check_chunk_response(&*self.orca.origin, &chunk, resp) {
+            if e == OriginError::ETagChanged {
+                self.orca
+                    .metadata
+                    .invalidate(&chunk.version.bucket, &chunk.version.key);
+            }
+            self.orca.health.record::<()>(&Err(e.clone()));
+            tracing::warn!(chunk = %chunk.id, status, error = %e, attempt = ctx.attempts, "origin chunk GET failed");
+            let mut err = origin_err(&e);
+            err.set_retry(e.is_retryable() && ctx.attempts < ORIGIN_ATTEMPTS);
+            ctx.error = Some(e);
+            return Err(err);
+        }
+        // The chunk's own 200: whole, self-contained, exactly its expected length.
+        ctx.response_accepted = true;
+        resp.set_status(200)?;
+        resp.remove_header("content-range");
+        resp.insert_header("content-length", chunk.len.to_string())?;
+        Ok(())
+    }
+
+    fn response_cache_filter(
+        &self,
+        _session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<RespCacheable> {
+        match (&ctx.chunk, resp.status.as_u16()) {
+            (Some(chunk), 200) => Ok(RespCacheable::Cacheable(chunk_meta(chunk.len)?)),
+            _ => Ok(RespCacheable::Uncacheable(NoCacheReason::OriginNotCache)),
+        }
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        _ctx: &mut Self::CTX,
+    ) -> Result<Option<Duration>> {
+        if let Some(b) = body {
+            ORIGIN_BYTES.inc_by(b.len() as u64);
+        }
+        Ok(None)
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let Some(source) = ctx.source {
+            resp.insert_header(SOURCE_HEADER, source.as_str())?;
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Self::CTX,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        ORIGIN_REQUESTS.with_label_values(&["get", "0"]).inc();
+        e.set_retry(ctx.attempts < ORIGIN_ATTEMPTS);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        _session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Self::CTX,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("origin {peer}"));
+        if ctx.error.is_none() && !ctx.response_accepted {
+            // No answer at all (reset, timeout, a pooled connection the origin had closed).
+            ORIGIN_REQUESTS.with_label_values(&["get", "0"]).inc();
+        }
+        // Retry only before the origin's answer was accepted, only what may succeed next
+        // time (no answer, 5xx, timeouts: not 403, 404 or 412), and at most ORIGIN_ATTEMPTS.
+        let retryable = ctx.error.as_ref().is_none_or(OriginError::is_retryable);
+        e.set_retry(!ctx.response_accepted && retryable && ctx.attempts < ORIGIN_ATTEMPTS);
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Self::CTX,
+    ) -> FailToProxy {
+        if session.response_written().is_some() {
+            // Headers are out: abort, so the caller sees a short body, never a clean end.
+            tracing::warn!(error = %e, "fill failed after its first byte; aborting");
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
+        let oe = ctx.error.clone().unwrap_or_else(|| match e.etype() {
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                OriginError::Timeout
+            }
+            _ => OriginError::Transient(e.to_string()),
+        });
+        let s3 = oe.to_s3();
+        let resource = session.req_header().uri.path().to_string();
+        let _ =
+            crate::error::write_error(session, &s3, &resource, &crate::error::request_id()).await;
+        FailToProxy {
+            error_code: s3.status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
+        // A peer's fill that went to the origin is counted here, on the replica that fetched
+        // it; the asking replica counts it as `peer`. Summed over a fleet, `origin` equals the
+        // origin chunk GETs.
+        if !self.local && e.is_none() && ctx.source == Some(ChunkSource::Origin) {
+            ChunkSource::Origin.count();
+        }
+        if let Some(chunk) = &ctx.chunk {
+            tracing::debug!(
+                chunk = %chunk.id,
+                phase = ?session.cache.phase(),
+                source = ctx.source.map(ChunkSource::as_str),
+                attempts = ctx.attempts,
+                error = e.map(|e| e.to_string()),
+                "fill request"
+            );
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, _error: &Error) -> bool {
+        // Logged once by Orca with context; pingora's line would repeat it.
+        true
+    }
+}
+
+/// Checks an origin answer to a chunk GET: a 206 with the exact Content-Range and the pinned
+/// ETag (or a 200 carrying the whole object when the chunk is the whole object).
+fn check_chunk_response(
+    origin: &dyn crate::origin::Origin,
+    chunk: &Chunk,
+    resp: &ResponseHeader,
+) -> std::result::Result<(), OriginError> {
+    let status = resp.status.as_u16();
+    let (start, end, size) = (chunk.offset(), chunk.last_byte(), chunk.version.size);
+    match status {
+        206 => {
+            let want = format!("bytes {start}-{end}/{size}");
+            let got = header_str(resp, "content-range").unwrap_or("");
+            if got.trim() != want {
+                // A different total means a different object: the version changed.
+                let total = got
+                    .rsplit('/')
+                    .next()
+                    .and_then(|t| t.trim().parse::<u64>().ok());
+                if total.is_some_and(|t| t != size) {
+                    return Err(OriginError::ETagChanged);
+                }
+                return Err(OriginError::Protocol(format!(
+                    "Content-Range {got:?}, expected {want:?}"
+                )));
+            }
+        }
+        200 if start == 0 && chunk.len == size => {}
+        _ => return Err(origin.classify(resp)),
+    }
+    match origin.etag_of(resp) {
+        Some(etag) if etag == chunk.version.etag => {}
+        Some(_) => return Err(OriginError::ETagChanged),
+        None => return Err(OriginError::MissingETag),
+    }
+    if let Some(len) = header_str(resp, "content-length").and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        if len != chunk.len {
+            return Err(OriginError::Protocol(format!(
+                "Content-Length {len}, expected {}",
+                chunk.len
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The chunk `request_filter` decoded (every later hook runs after it succeeded).
+fn ctx_chunk(ctx: &FillCtx) -> Result<&Chunk> {
+    ctx.chunk
+        .as_ref()
+        .ok_or_else(|| Error::explain(ErrorType::InternalError, "fill without a chunk"))
+}
+
+/// Serves a whole chunk from a hit (a fill in flight or the store) as the response.
+async fn serve_hit(
+    session: &mut Session,
+    mut hit: crate::cachestore::storage::ChunkHit,
+    expected_len: u64,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(200, Some(3))?;
+    resp.insert_header("content-length", expected_len.to_string())?;
+    resp.insert_header("content-type", "application/octet-stream")?;
+    resp.insert_header(SOURCE_HEADER, hit.source.as_str())?;
+    session.write_response_header(Box::new(resp), false).await?;
+    let mut sent = 0u64;
+    while let Some(piece) = hit
+        .reader
+        .next_piece()
+        .await
+        .map_err(|e| Error::because(ErrorType::ReadError, "reading chunk", e))?
+    {
+        sent += piece.len() as u64;
+        session
+            .write_response_body(Some(piece), sent >= expected_len)
+            .await?;
+    }
+    if sent != expected_len {
+        return Error::e_explain(
+            ErrorType::ReadError,
+            format!("chunk ended at {sent} of {expected_len} bytes"),
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,217 @@
+//! The state Orca's services share: the configuration, the origin driver, the chunk storage
+//! and its cache lock, the metadata cache, the budgets and the cluster view. Built once at
+//! start by [`Orca::build`]; the services hold it behind an `Arc`. It holds no service itself
+//! (the edge's clients of the fill service live in the edge), so nothing here depends on the
+//! services that use it.
+
+use crate::cachestore::fs::FsStore;
+use crate::cachestore::s3::S3Store;
+use crate::cachestore::storage::ChunkStorage;
+use crate::cachestore::CacheStore;
+use crate::cluster::{Cluster, PeerSource};
+use crate::config::{CacheStoreConfig, Config, OriginDriver, S3Credentials};
+use crate::metadata::{MetadataCache, OriginHealth};
+use crate::origin::s3::S3Origin;
+use crate::origin::Origin;
+use crate::s3client::{S3Auth, S3Client};
+use anyhow::{bail, Context};
+use aws_credential_types::Credentials;
+use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// Everything the services share.
+pub struct Orca {
+    /// The validated configuration.
+    pub config: Config,
+    /// The origin driver.
+    pub origin: Arc<dyn Origin>,
+    /// The pingora-cache storage over the cache store (leaked once: pingora wants `'static`).
+    pub storage: &'static ChunkStorage,
+    /// The fill service's cache lock (one origin fill per chunk per replica).
+    pub cache_lock: &'static CacheKeyLockImpl,
+    /// HEAD results.
+    pub metadata: MetadataCache,
+    /// Consecutive credential refusals by the origin.
+    pub health: Arc<OriginHealth>,
+    /// `limits.origin_concurrency` permits: origin fills in flight.
+    pub origin_permits: Arc<Semaphore>,
+    /// The cluster's shared secret: peers must present it, and it is sent to them.
+    pub peer_secret: Option<String>,
+    /// The peer set and each chunk's coordinator.
+    pub cluster: Arc<Cluster>,
+    /// Why the cache store failed its start-up checks, if it did (`/readyz` says it).
+    pub store_problem: Option<String>,
+}
+
+impl Orca {
+    /// Builds the shared state: origin driver, cache store (with its start-up checks),
+    /// metadata cache and budgets.
+    pub fn build(config: Config) -> anyhow::Result<Arc<Self>> {
+        let timeout = config.limits.origin_timeout;
+        let origin: Arc<dyn Origin> = match &config.origin.driver {
+            OriginDriver::S3(s3) => Arc::new(
+                S3Origin::new(
+                    &s3.endpoint,
+                    &s3.region,
+                    s3.path_style,
+                    s3_auth(&s3.credentials),
+                    timeout,
+                )
+                .context("origin.s3.endpoint")?,
+            ),
+            OriginDriver::AzureBlob(az) => Arc::new(
+                crate::origin::azureblob::AzureBlobOrigin::from_config(az, timeout)
+                    .map_err(anyhow::Error::msg)
+                    .context("origin.azureblob")?,
+            ),
+        };
+        let mut store_problem = None;
+        let store: Arc<dyn CacheStore> = match &config.cachestore {
+            CacheStoreConfig::Fs { root } => Arc::new(
+                FsStore::open(root)
+                    .with_context(|| format!("cachestore.fs.root {}", root.display()))?,
+            ),
+            CacheStoreConfig::S3 {
+                endpoint,
+                region,
+                bucket,
+                path_style,
+                credentials,
+            } => {
+                let client = |t| {
+                    S3Client::new(endpoint, region, *path_style, s3_auth(credentials), t)
+                        .context("cachestore.s3.endpoint")
+                };
+                // The checks run now, before Pingora starts, on a runtime and a client of
+                // their own: nothing of them survives into the server's runtimes.
+                let checker = S3Store::new(client(timeout)?, bucket);
+                let verdict = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("runtime for the cache store checks")?
+                    .block_on(checker.check())?;
+                let mut s3 = S3Store::new(client(timeout)?, bucket);
+                if let Some(reason) = verdict {
+                    tracing::error!(%reason, "cache store refused for commits");
+                    s3.refuse_commits(reason.clone());
+                    store_problem = Some(reason);
+                }
+                Arc::new(s3)
+            }
+        };
+        let storage: &'static ChunkStorage = Box::leak(Box::new(ChunkStorage::new(
+            store,
+            config.catalog.max_entries,
+            config.limits.origin_concurrency,
+        )));
+        let lock_age = Self::lock_timeout_for(&config);
+        let cache_lock: &'static CacheKeyLockImpl = Box::leak(CacheLock::new_boxed(lock_age));
+        let health = Arc::new(OriginHealth::default());
+        let metadata = MetadataCache::new(
+            origin.clone(),
+            config.metadata.ttl,
+            config.metadata.negative_ttl,
+            config.metadata.max_entries,
+            health.clone(),
+        );
+        let (cluster, peer_secret) = build_cluster(&config)?;
+        Ok(Arc::new(Self {
+            origin_permits: Arc::new(Semaphore::new(config.limits.origin_concurrency)),
+            config,
+            origin,
+            storage,
+            cache_lock,
+            metadata,
+            health,
+            peer_secret,
+            cluster: Arc::new(cluster),
+            store_problem,
+        }))
+    }
+
+    fn lock_timeout_for(config: &Config) -> Duration {
+        // Longer than the slowest fill (every attempt timing out, plus backoff), so waiters do
+        // not give up on a fill that is still going and stampede the origin.
+        config.limits.origin_timeout * (crate::net::retry::ATTEMPTS + 1) + Duration::from_secs(5)
+    }
+
+    /// How long a cache-lock waiter waits for another request's fill.
+    pub fn lock_timeout(&self) -> Duration {
+        Self::lock_timeout_for(&self.config)
+    }
+
+    /// How long the edge waits for each piece of a fill it asked for: a fill may wait on
+    /// another caller's origin fill (the lock timeout) and then make its own.
+    pub fn fill_read_timeout(&self) -> Duration {
+        self.lock_timeout() + self.config.limits.origin_timeout
+    }
+
+    /// Why the replica is not ready (empty when it is). During a graceful shutdown the ops
+    /// listener is closed with the others, so probes see the replica go away.
+    pub fn readiness_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(p) = &self.store_problem {
+            problems.push(p.clone());
+        }
+        if !self.cluster.has_peer_set() {
+            problems.push("peer discovery has not produced a peer set yet".to_string());
+        }
+        if !self.health.credentials_ok() {
+            problems.push(format!(
+                "origin refused credentials {} times in a row",
+                OriginHealth::MAX_AUTH_FAILURES
+            ));
+        }
+        problems
+    }
+}
+
+/// The signing identity of a credentials section.
+fn s3_auth(credentials: &S3Credentials) -> S3Auth {
+    match credentials {
+        S3Credentials::Anonymous => S3Auth::Anonymous,
+        S3Credentials::Static {
+            access_key_id,
+            secret_access_key,
+            session_token,
+        } => S3Auth::Sign(Credentials::new(
+            access_key_id,
+            secret_access_key,
+            session_token.clone(),
+            None,
+            "orca-config",
+        )),
+    }
+}
+
+/// The cluster view from `cluster.*` (alone, a static list, or DNS discovery) and the
+/// shared secret.
+fn build_cluster(config: &Config) -> anyhow::Result<(Cluster, Option<String>)> {
+    let c = &config.cluster;
+    let source = match (&c.dns, c.peers.is_empty()) {
+        (Some(dns), _) => PeerSource::Dns {
+            name: dns.name.clone(),
+            port: dns.port,
+            refresh: dns.refresh,
+        },
+        (None, false) => PeerSource::Static(c.peers.clone()),
+        (None, true) => PeerSource::Alone,
+    };
+    let self_addr = match (&source, &c.self_addr) {
+        (PeerSource::Alone, _) => config.listen.internal.clone(),
+        (_, Some(s)) => s.clone(),
+        (_, None) => bail!("cluster.self: required with peers or dns (env ORCA_SELF)"),
+    };
+    let secret = match &c.shared_secret_env {
+        Some(var) => Some(
+            std::env::var(var)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .with_context(|| format!("cluster.shared_secret_env: {var} is not set"))?,
+        ),
+        None => None,
+    };
+    Ok((Cluster::new(&self_addr, source), secret))
+}

@@ -1,0 +1,171 @@
+//! Availability and correctness under odd origins and requesters (issue 12's bugs), each shown
+//! against real moto behind the fault-injecting proxy and the real orca binary.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+
+const MIB: usize = 1 << 20;
+const BUCKET: &str = "bkt";
+
+/// moto, a counting/fault proxy in front of it, and Orca reading through the proxy.
+struct Origin {
+    moto: Moto,
+    proxy: FaultProxy,
+    orca: OrcaProcess,
+}
+
+impl Origin {
+    async fn start(configure: impl FnOnce(OrcaConfig) -> OrcaConfig) -> Origin {
+        let moto = Moto::start();
+        create_bucket(&moto.endpoint(), BUCKET).await;
+        let proxy = FaultProxy::start(&moto.endpoint());
+        let orca = OrcaProcess::start(configure(OrcaConfig::new(&proxy.endpoint())));
+        Origin { moto, proxy, orca }
+    }
+
+    async fn put(&self, key: &str, data: &[u8]) -> String {
+        let etag = put_object(&self.moto.endpoint(), BUCKET, key, data.to_vec()).await;
+        etag.trim_matches('"').to_string()
+    }
+}
+
+/// An origin that marks its ETags weak (`W/"..."`) cannot have a version pinned: `If-Match`
+/// compares strongly, so a strict origin refuses every chunk GET. Orca answers at once with
+/// `502 OriginMissingETag` (kept for the negative TTL) instead of pinning the weak tag as if it
+/// were strong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weak_etag_is_refused_not_pinned_as_a_strong_one() {
+    let s = Origin::start(|c| c).await;
+    let data = deterministic_bytes(41, MIB / 2);
+    let etag = s.put("weak", &data).await;
+    s.proxy.push_fault(
+        FaultRule::new(Fault::ReplaceEtag(format!("W/\"{etag}\"")))
+            .method("HEAD")
+            .times(5),
+    );
+    let got = http_get(&s.orca.object_url(BUCKET, "weak"), None)
+        .await
+        .unwrap();
+    assert_eq!(got.status, 502, "{}", got.text());
+    assert!(got.text().contains("OriginMissingETag"), "{}", got.text());
+    assert_eq!(
+        s.proxy.counts().gets_with_range,
+        0,
+        "no chunk GET was pinned to it"
+    );
+}
+
+/// The fill service bounds the chunk a requester may name by this replica's own ladder: a
+/// peer (or anyone on the internal port) asking for a 4 GiB "chunk" gets `400`, and the
+/// replica never holds more than its largest configured chunk for one fill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_request_for_a_chunk_larger_than_the_ladder_is_refused() {
+    let s = Origin::start(|c| c.chunk_size("1MiB")).await;
+    let data = deterministic_bytes(42, 3 * MIB);
+    let etag = s.put("big", &data).await;
+    let query = |chunk_size: u64| {
+        format!(
+            "{}/internal/fill?origin=test-origin&bucket={BUCKET}&key=big&etag={etag}&chunk_size={chunk_size}&index=0&object_size={}",
+            s.orca.internal_url(),
+            data.len()
+        )
+    };
+    let refused = http_get(&query(4 << 30), None).await.unwrap();
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert!(refused.text().contains("chunk_size"), "{}", refused.text());
+    assert_eq!(s.proxy.counts().gets_with_range, 0);
+    // The ladder's own chunk size is served.
+    let ok = http_get(&query(MIB as u64), None).await.unwrap();
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.body, &data[..MIB]);
+}
+
+/// S3 answers `403`, not `404`, for a missing key when the role lacks `s3:ListBucket`, and for
+/// a bucket that is someone else's. That is the object's answer, not the replica's health: the
+/// client gets `403 AccessDenied` (which SDKs do not retry), and readiness stays up however
+/// many there are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_object_is_access_denied_and_readiness_stays_up() {
+    let s = Origin::start(|c| c).await;
+    let data = deterministic_bytes(43, 1000);
+    s.put("open", &data).await;
+    s.put("secret", &data).await;
+    // Every request for this key is refused (a HEAD without a body, a GET with S3's
+    // AccessDenied XML), as a bucket policy would.
+    s.proxy.push_fault(
+        FaultRule::new(Fault::Status(403))
+            .path_contains("/bkt/secret")
+            .times(100),
+    );
+    for _ in 0..5 {
+        let r = http_get(&s.orca.object_url(BUCKET, "secret"), None)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 403, "{}", r.text());
+        assert!(
+            r.text().contains("<Code>AccessDenied</Code>"),
+            "{}",
+            r.text()
+        );
+    }
+    assert_eq!(
+        s.orca.ops_get("/readyz").0,
+        200,
+        "a refused object is not a sick replica"
+    );
+    let r = http_get(&s.orca.object_url(BUCKET, "open"), None)
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.body), (200, data));
+}
+
+/// Credentials the origin refuses (`InvalidAccessKeyId`) make the replica unready after three
+/// refusals in a row; once the origin accepts them again, a background probe makes it ready
+/// again with no client request (an unready pod gets no traffic that could do it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_make_the_replica_unready_until_a_probe_sees_them_accepted() {
+    let s = Origin::start(|c| c).await;
+    let data = deterministic_bytes(44, 1000);
+    s.put("k", &data).await;
+    let refused = "<Error><Code>InvalidAccessKeyId</Code><Message>The AWS Access Key Id you provided does not exist in our records.</Message></Error>";
+    // Three client GETs, each a HEAD and a GET that reads the code, then the probe's first
+    // round; after that the origin accepts again.
+    s.proxy.push_fault(
+        FaultRule::new(Fault::Respond(403, refused.into()))
+            .path_contains("/bkt/k")
+            .times(8),
+    );
+    for _ in 0..3 {
+        let r = http_get(&s.orca.object_url(BUCKET, "k"), None)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 502, "{}", r.text());
+        assert!(r.text().contains("OriginAuthFailed"), "{}", r.text());
+    }
+    let (status, body) = s.orca.ops_get("/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("credentials"), "{body}");
+    // No client request from here on: the probe alone brings readiness back.
+    let mut ready = false;
+    for _ in 0..300 {
+        if s.orca.ops_get("/readyz").0 == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ready, "readiness came back by itself");
+    assert!(
+        s.orca
+            .metric_value("orca_origin_requests_total{op=\"probe\"}")
+            >= 3.0,
+        "refusals were told apart by GETs"
+    );
+    let r = http_get(&s.orca.object_url(BUCKET, "k"), None)
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.body), (200, data));
+}
