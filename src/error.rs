@@ -108,11 +108,25 @@ pub async fn write_error(
     resource: &str,
     request_id: &str,
 ) -> Result<()> {
+    write_error_with(session, e, resource, request_id, &[]).await
+}
+
+/// [`write_error`] with extra response headers.
+pub async fn write_error_with(
+    session: &mut Session,
+    e: &S3Error,
+    resource: &str,
+    request_id: &str,
+    extra: &[(&'static str, &str)],
+) -> Result<()> {
     let body = e.to_xml(resource, request_id);
-    let mut resp = ResponseHeader::build(e.status, Some(4))?;
+    let mut resp = ResponseHeader::build(e.status, Some(4 + extra.len()))?;
     resp.insert_header("content-type", "application/xml")?;
     resp.insert_header("content-length", body.len().to_string())?;
     resp.insert_header("x-amz-request-id", request_id)?;
+    for (name, value) in extra {
+        resp.insert_header(*name, *value)?;
+    }
     let head = session.req_header().method == http::Method::HEAD;
     session.write_response_header(Box::new(resp), head).await?;
     if !head {

@@ -40,8 +40,9 @@ enum Slot {
 #[derive(Default)]
 pub struct OriginHealth {
     auth_failures: AtomicU32,
-    /// The bucket and key of the last HEAD refused for its credentials.
-    last_refused: Mutex<Option<(String, String)>>,
+    /// What the last credential refusal was about: a bucket, and the key when it was about an
+    /// object. The probe asks it again.
+    last_refused: Mutex<Option<(String, Option<String>)>>,
 }
 
 impl OriginHealth {
@@ -59,10 +60,11 @@ impl OriginHealth {
         }
     }
 
-    /// Records the answer to a HEAD of `bucket/key` (a refusal names what to probe).
-    pub fn record_head<T>(&self, bucket: &str, key: &str, result: &Result<T, OriginError>) {
+    /// Records an origin answer about `bucket` (and `key`, for an object): a credential
+    /// refusal names what the probe asks again.
+    pub fn record_for<T>(&self, bucket: &str, key: Option<&str>, result: &Result<T, OriginError>) {
         if matches!(result, Err(OriginError::Auth(_))) {
-            *self.last_refused.lock() = Some((bucket.to_string(), key.to_string()));
+            *self.last_refused.lock() = Some((bucket.to_string(), key.map(str::to_string)));
         }
         self.record(result);
     }
@@ -164,7 +166,7 @@ impl MetadataCache {
             id,
         };
         let result = self.head_with_retries(&k.0, &k.1).await;
-        self.health.record_head(&k.0, &k.1, &result);
+        self.health.record_for(&k.0, Some(&k.1), &result);
         let keep_for = match &result {
             Ok(_) => Some(self.ttl),
             Err(e) if e.is_negative_cacheable() => Some(self.negative_ttl),
@@ -232,11 +234,13 @@ impl HealthProbe {
         let Some((bucket, key)) = self.health.last_refused.lock().clone() else {
             return false;
         };
-        let result = self.origin.head(&bucket, &key).await;
+        let result = match &key {
+            Some(key) => self.origin.head(&bucket, key).await.map(|_| ()),
+            None => self.origin.head_bucket(&bucket).await,
+        };
         tracing::info!(
             bucket,
             key,
-            ok = result.is_ok(),
             error = result.as_ref().err().map(|e| e.to_string()),
             "origin credentials probe"
         );
@@ -471,7 +475,7 @@ mod tests {
         let probe = HealthProbe::new(health.clone(), Arc::new(Refusing(AtomicU32::new(0))));
         assert!(probe.probe_once().await, "healthy: nothing to probe");
         for _ in 0..3 {
-            health.record_head::<()>("b", "k", &Err(OriginError::Auth(403)));
+            health.record_for::<()>("b", Some("k"), &Err(OriginError::Auth(403)));
         }
         assert!(!health.credentials_ok());
         assert!(!probe.probe_once().await);

@@ -109,6 +109,15 @@ metric!(
     )
 );
 metric!(
+    READAHEAD_WAIT_TIMEOUTS,
+    IntCounter,
+    register_int_counter_with_registry!(
+        "orca_readahead_wait_timeouts_total",
+        "GETs answered 503 SlowDown because no read-ahead memory came free within limits.readahead_wait",
+        REGISTRY
+    )
+);
+metric!(
     PEER_FILLS,
     IntCounterVec,
     register_int_counter_vec_with_registry!(
@@ -196,6 +205,7 @@ pub fn init() {
     for r in ["committed", "lost", "error"] {
         COMMITS.with_label_values(&[r]);
     }
+    Lazy::force(&READAHEAD_WAIT_TIMEOUTS);
     Lazy::force(&PEER_FILLS);
     for r in ["ok", "not_coordinator", "error"] {
         PEER_FILLS.with_label_values(&[r]);

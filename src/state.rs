@@ -105,6 +105,7 @@ impl Orca {
             store,
             config.catalog.max_entries,
             config.limits.origin_concurrency,
+            Self::stall_timeout_for(&config),
         )));
         let lock_age = Self::lock_timeout_for(&config);
         let cache_lock: &'static CacheKeyLockImpl = Box::leak(CacheLock::new_boxed(lock_age));
@@ -135,6 +136,17 @@ impl Orca {
         // Longer than the slowest fill (every attempt timing out, plus backoff), so waiters do
         // not give up on a fill that is still going and stampede the origin.
         config.limits.origin_timeout * (crate::net::retry::ATTEMPTS + 1) + Duration::from_secs(5)
+    }
+
+    /// How long a reader of a fill in flight waits for its next byte: a healthy writer
+    /// appends at least once per origin read (each bounded by `origin_timeout`), unless its
+    /// own downstream is slow, which `client_write_timeout` bounds.
+    fn stall_timeout_for(config: &Config) -> Duration {
+        config
+            .limits
+            .origin_timeout
+            .max(config.limits.client_write_timeout)
+            + Duration::from_secs(5)
     }
 
     /// How long a cache-lock waiter waits for another request's fill.

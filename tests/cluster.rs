@@ -395,13 +395,15 @@ async fn a_thousand_peer_fills_reuse_pooled_connections() {
     );
 }
 
-/// A coordinator whose own way to the origin fails (an overloaded or sick replica: 500s, its
-/// retries used up) answers the asking replica with a transient error. That is the
+/// A coordinator that cannot get its answer in time (its own slow path to the origin, an
+/// overloaded replica) answers the asking replica `504 OriginTimeout`. That is the
 /// coordinator's trouble, not the object's: the asking replica fills the chunk itself and the
-/// client gets its bytes.
+/// client gets its bytes. (The origin's own verdicts, a 5xx after the coordinator's retries
+/// included, go to the client: asking the origin again from every replica would multiply its
+/// load when it is struggling.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_coordinators_transient_origin_failure_falls_back_to_a_local_fill() {
-    let fleet = Fleet::start(2, everyone, "", false).await;
+async fn a_coordinators_timeout_falls_back_to_a_local_fill() {
+    let fleet = Fleet::start(2, everyone, "limits:\n  origin_timeout: 1s\n", false).await;
     let data = deterministic_bytes(31, MIB);
     let etag = fleet.put("obj", &data).await;
     let id = ChunkId::from_fields("test-origin", BUCKET, "obj", &etag, MIB as u64, 0);
@@ -411,12 +413,12 @@ async fn a_coordinators_transient_origin_failure_falls_back_to_a_local_fill() {
         .position(|a| Some(a.as_str()) == rendezvous::choose(&fleet.addrs, &id))
         .unwrap();
     let entry = 1 - coordinator;
-    // Every chunk GET of the coordinator fails with a 500 (more than its retries).
+    // Every chunk GET of the coordinator stalls past its origin timeout (all its attempts).
     fleet.proxies[coordinator].push_fault(
-        FaultRule::new(Fault::Status(500))
+        FaultRule::new(Fault::Stall(std::time::Duration::from_secs(5)))
             .method("GET")
             .with_range()
-            .times(50),
+            .times(10),
     );
     let got = http_get(&fleet.replicas[entry].object_url(BUCKET, "obj"), None)
         .await
@@ -430,10 +432,7 @@ async fn a_coordinators_transient_origin_failure_falls_back_to_a_local_fill() {
         Some(1.0),
         "the peer's failure was seen and counted"
     );
-    assert!(
-        fleet.proxies[coordinator].counts().gets_with_range >= 1,
-        "the coordinator did try the origin"
-    );
+    assert!(fleet.proxies[coordinator].counts().gets_with_range >= 1);
     assert_eq!(
         fleet.proxies[entry].counts().gets_with_range,
         1,

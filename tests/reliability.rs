@@ -169,3 +169,100 @@ async fn refused_credentials_make_the_replica_unready_until_a_probe_sees_them_ac
         .unwrap();
     assert_eq!((r.status, r.body), (200, data));
 }
+
+/// Opens a connection that asks for `path` and then never reads: the way a stuck client (or a
+/// frozen process) holds a response. The small receive buffer makes the stall bite at once.
+async fn stalled_client(addr: &str, path: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr.parse().unwrap()).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    stream
+}
+
+/// Clients that stop reading a large object must not take the replica's read-ahead memory
+/// for good: each fails its own request after `limits.client_write_timeout` without progress,
+/// and meanwhile a request that finds no memory free waits at most `limits.readahead_wait`,
+/// then is told to slow down. Every request of a well-behaved client completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_stop_reading_do_not_starve_the_others() {
+    let s = Origin::start(|c| {
+        c.chunk_size("1MiB").readahead(4).extra_yaml(
+            "limits:\n  readahead_memory: 4MiB\n  client_write_timeout: 2s\n  readahead_wait: 1s\n",
+        )
+    })
+    .await;
+    let big = deterministic_bytes(45, 48 * MIB);
+    s.put("big", &big).await;
+    let small = deterministic_bytes(46, 1024);
+    s.put("small", &small).await;
+    let addr = s.orca.edge_addr();
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        stalled.push(stalled_client(&addr, &format!("/{BUCKET}/big")).await);
+    }
+    // Give the stalled requests time to take the budget and fill their socket buffers.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mut served = 0;
+    let mut slowed = 0;
+    for _ in 0..20 {
+        let r = http_get(&s.orca.object_url(BUCKET, "small"), None)
+            .await
+            .expect("answered, not hung");
+        match r.status {
+            200 => {
+                assert_eq!(r.body, small);
+                served += 1;
+            }
+            503 => {
+                assert!(r.text().contains("SlowDown"), "{}", r.text());
+                slowed += 1;
+            }
+            other => panic!("unexpected {other}: {}", r.text()),
+        }
+        if served >= 3 {
+            break;
+        }
+    }
+    assert!(served >= 3, "served {served}, slowed down {slowed}");
+    drop(stalled);
+    // The stalled requests' memory came back: a whole read of the large object works.
+    let r = http_get(&s.orca.object_url(BUCKET, "big"), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(sha256_hex(&r.body), sha256_hex(&big));
+}
+
+/// A chunk GET refused by the origin (a KMS key the role cannot use, credentials that expired
+/// while the HEAD was still cached) reaches the client as `403 AccessDenied`, whichever replica
+/// fetched it, never as a retryable `502`; it does not count against readiness.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_chunk_get_is_access_denied() {
+    let s = Origin::start(|c| c).await;
+    let data = deterministic_bytes(47, 1000);
+    s.put("kms", &data).await;
+    s.proxy.push_fault(
+        FaultRule::new(Fault::Status(403))
+            .method("GET")
+            .with_range()
+            .path_contains("/bkt/kms")
+            .times(10),
+    );
+    for _ in 0..3 {
+        let r = http_get(&s.orca.object_url(BUCKET, "kms"), None)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 403, "{}", r.text());
+        assert!(
+            r.text().contains("<Code>AccessDenied</Code>"),
+            "{}",
+            r.text()
+        );
+    }
+    assert_eq!(s.orca.ops_get("/readyz").0, 200);
+}

@@ -156,6 +156,8 @@ impl Flight {
 /// Reads bytes `[from, to)` of a flight as they arrive.
 pub struct FlightReader {
     flight: Arc<Flight>,
+    /// The longest wait for the next byte.
+    stall_timeout: Duration,
     rx: watch::Receiver<()>,
     next_piece: usize,
     /// Offset in the chunk of the start of `next_piece`.
@@ -165,11 +167,12 @@ pub struct FlightReader {
 }
 
 impl FlightReader {
-    fn new(flight: Arc<Flight>, from: u64, to: u64) -> Self {
+    fn new(flight: Arc<Flight>, from: u64, to: u64, stall_timeout: Duration) -> Self {
         let rx = flight.changed.subscribe();
         let to = to.min(flight.chunk.len);
         Self {
             flight,
+            stall_timeout,
             rx,
             next_piece: 0,
             piece_offset: 0,
@@ -207,8 +210,17 @@ impl ChunkRead for FlightReader {
                     return Ok(Some(piece.slice(lo..hi)));
                 }
                 Next::Wait => {
-                    if self.rx.changed().await.is_err() {
-                        return Err(fault(std::io::ErrorKind::Other, "writer vanished"));
+                    match tokio::time::timeout(self.stall_timeout, self.rx.changed()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => {
+                            return Err(fault(std::io::ErrorKind::Other, "writer vanished"))
+                        }
+                        Err(_) => {
+                            return Err(fault(
+                                std::io::ErrorKind::TimedOut,
+                                "no new byte from the fill within the stall timeout",
+                            ))
+                        }
                     }
                 }
                 // Complete, yet short of `to`: cannot happen for a checked flight; be loud.
@@ -233,6 +245,9 @@ pub struct ChunkStorage {
     /// Bounds the flights in the registry, committing ones included.
     flight_permits: Arc<Semaphore>,
     next_tag: AtomicU64,
+    /// How long a flight's reader waits for its next byte before it gives up: a writer that
+    /// stopped (its own downstream stalled, or a frozen peer) must not hold its readers.
+    stall_timeout: Duration,
 }
 
 /// A reader of a chunk, and where its bytes come from.
@@ -247,10 +262,17 @@ pub struct ChunkHit {
 }
 
 impl ChunkStorage {
-    /// Wraps a store, with at most `max_flights` chunks filling or committing at once. Leaked
-    /// by the caller once, at start-up: pingora wants `&'static`.
-    pub fn new(store: Arc<dyn CacheStore>, catalog_entries: usize, max_flights: usize) -> Self {
+    /// Wraps a store, with at most `max_flights` chunks filling or committing at once; a
+    /// reader of a fill in flight that sees no new byte for `stall_timeout` fails. Leaked by
+    /// the caller once, at start-up: pingora wants `&'static`.
+    pub fn new(
+        store: Arc<dyn CacheStore>,
+        catalog_entries: usize,
+        max_flights: usize,
+        stall_timeout: Duration,
+    ) -> Self {
         Self {
+            stall_timeout,
             store,
             misses: Catalog::new(catalog_entries),
             flights: Mutex::new(HashMap::new()),
@@ -284,7 +306,7 @@ impl ChunkStorage {
             if !flight.failed() {
                 return Some(ChunkHit {
                     source: ChunkSource::Memory,
-                    reader: Box::new(FlightReader::new(flight, from, to)),
+                    reader: Box::new(FlightReader::new(flight, from, to, self.stall_timeout)),
                     on_demand: true,
                 });
             }
@@ -303,9 +325,10 @@ impl ChunkStorage {
                 self.misses.record_miss(&chunk.id, read_began);
                 None
             }
+            // Not recorded as a miss: a store that failed to answer may well hold the chunk,
+            // and the fill service should ask it again rather than go to the origin.
             Err(e) => {
                 tracing::warn!(chunk = %chunk.id, error = %e, "cache store read failed; treating as a miss");
-                self.misses.record_miss(&chunk.id, read_began);
                 None
             }
         }
@@ -498,7 +521,7 @@ impl Storage for ChunkStorage {
                 let handler = ChunkHitHandler {
                     // The writer's own downstream: the bytes are this request's origin fill.
                     source: ChunkSource::Origin,
-                    reader: Box::new(FlightReader::new(f, 0, chunk.len)),
+                    reader: Box::new(FlightReader::new(f, 0, chunk.len, self.stall_timeout)),
                 };
                 Ok(Some((chunk_meta(chunk.len)?, Box::new(handler))))
             }
@@ -580,6 +603,8 @@ mod tests {
 
     /// Long enough for any in-process step; with paused time it costs nothing.
     const WAIT: Duration = Duration::from_secs(60);
+    /// The storage's stall timeout in these tests (longer than any test waits on purpose).
+    const STALL: Duration = Duration::from_secs(30);
 
     fn chunk(size: u64, index: u64) -> Chunk {
         let version = ObjectVersion {
@@ -593,7 +618,7 @@ mod tests {
     }
 
     fn storage(store: Arc<MemStore>, max_flights: usize) -> &'static ChunkStorage {
-        Box::leak(Box::new(ChunkStorage::new(store, 64, max_flights)))
+        Box::leak(Box::new(ChunkStorage::new(store, 64, max_flights, STALL)))
     }
 
     async fn miss_handler(storage: &'static ChunkStorage, chunk: &Chunk) -> MissHandler {
@@ -796,5 +821,31 @@ mod tests {
         let before = store.reads.load(Ordering::Relaxed);
         assert!(storage.open_for_fill(&d).await.is_none());
         assert_eq!(store.reads.load(Ordering::Relaxed), before + 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_of_a_stalled_writer_gives_up_instead_of_waiting_forever() {
+        let store = Arc::new(MemStore::new());
+        let storage = storage(store.clone(), 4);
+        let c = chunk(25, 0);
+        let mut writer = miss_handler(storage, &c).await;
+        writer
+            .write_body(Bytes::from_static(b"0123"), false)
+            .await
+            .unwrap();
+        // The writer stays alive but sends nothing more (its own downstream stopped reading).
+        let mut reader = storage.open(&c, 0, 10).await.expect("the flight").reader;
+        assert_eq!(
+            reader.next_piece().await.unwrap().as_deref(),
+            Some(&b"0123"[..])
+        );
+        let next = tokio::time::timeout(STALL * 2, reader.next_piece())
+            .await
+            .expect("the reader's own deadline fires first");
+        assert!(
+            next.is_err(),
+            "a stall is an error, never a hang or a clean end"
+        );
+        drop(writer);
     }
 }

@@ -342,6 +342,11 @@ pub struct LimitsFile {
     pub readahead_memory: ByteSize,
     /// Connect / first-byte timeout of one origin request. Default 30s.
     pub origin_timeout: HumanDuration,
+    /// How long a write to a client may make no progress before its request fails. Default 60s.
+    pub client_write_timeout: HumanDuration,
+    /// How long a GET may wait for read-ahead budget before it is answered `503 SlowDown`.
+    /// Default 10s.
+    pub readahead_wait: HumanDuration,
 }
 
 impl Default for LimitsFile {
@@ -351,6 +356,8 @@ impl Default for LimitsFile {
             memory_chunks: 0,
             readahead_memory: ByteSize::gib(1),
             origin_timeout: HumanDuration::secs(30),
+            client_write_timeout: HumanDuration::secs(60),
+            readahead_wait: HumanDuration::secs(10),
         }
     }
 }

@@ -124,6 +124,8 @@ fn defaults_from_a_file_with_only_origin_id() {
             memory_chunks: 0,
             readahead_memory: GIB,
             origin_timeout: Duration::from_secs(30),
+            client_write_timeout: Duration::from_secs(60),
+            readahead_wait: Duration::from_secs(10),
         }
     );
     assert_eq!(
@@ -331,6 +333,23 @@ fn chunk_size_for_picks_the_largest_applicable_tier() {
     assert_eq!(chunking.chunk_size_for(10 * GIB), 128 * MIB);
     assert_eq!(chunking.chunk_size_for(u64::MAX), 128 * MIB);
     assert_eq!(chunking.max_chunk_size(), 128 * MIB);
+}
+
+#[test]
+fn client_waits_are_bounded_and_positive() {
+    let config =
+        ok("origin:\n  id: x\nlimits:\n  client_write_timeout: 5s\n  readahead_wait: 250ms\n");
+    assert_eq!(config.limits.client_write_timeout, Duration::from_secs(5));
+    assert_eq!(config.limits.readahead_wait, Duration::from_millis(250));
+    let problems =
+        problems("origin:\n  id: x\nlimits:\n  client_write_timeout: 0s\n  readahead_wait: 0ms\n");
+    assert_eq!(
+        problems,
+        vec![
+            "limits.client_write_timeout: must be greater than 0".to_owned(),
+            "limits.readahead_wait: must be greater than 0".to_owned(),
+        ]
+    );
 }
 
 #[test]

@@ -570,6 +570,12 @@ fn limits(p: &mut Problems, file: &LimitsFile, chunking: Option<&Chunking>) -> O
     if file.origin_timeout.0.is_zero() {
         p.push("limits.origin_timeout", "must be greater than 0");
     }
+    if file.client_write_timeout.0.is_zero() {
+        p.push("limits.client_write_timeout", "must be greater than 0");
+    }
+    if file.readahead_wait.0.is_zero() {
+        p.push("limits.readahead_wait", "must be greater than 0");
+    }
     if let Some(largest) = chunking.map(Chunking::max_chunk_size) {
         if file.readahead_memory.0 < largest {
             p.push(
@@ -590,6 +596,8 @@ fn limits(p: &mut Problems, file: &LimitsFile, chunking: Option<&Chunking>) -> O
             memory_chunks: file.memory_chunks,
             readahead_memory: file.readahead_memory.0,
             origin_timeout: file.origin_timeout.0,
+            client_write_timeout: file.client_write_timeout.0,
+            readahead_wait: file.readahead_wait.0,
         },
     )
 }

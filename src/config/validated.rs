@@ -273,6 +273,10 @@ pub struct Limits {
     pub readahead_memory: u64,
     /// Connect / first-byte timeout of one origin request; always > 0.
     pub origin_timeout: Duration,
+    /// A client write that makes no progress this long fails its request; always > 0.
+    pub client_write_timeout: Duration,
+    /// The longest a GET waits for read-ahead budget before `503 SlowDown`; always > 0.
+    pub readahead_wait: Duration,
 }
 
 /// Peers and discovery.

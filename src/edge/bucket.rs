@@ -18,7 +18,7 @@ impl EdgeService {
         request: &ListRequest,
     ) -> Answer {
         let result = self.orca.origin.list(bucket, request).await;
-        self.orca.health.record(&result);
+        self.orca.health.record_for(bucket, None, &result);
         let body = result.map_err(|e| e.to_s3())?;
         self.write_body(session, ctx, 200, "application/xml", body, &[])
             .await
@@ -31,7 +31,7 @@ impl EdgeService {
         bucket: &str,
     ) -> Answer {
         let result = self.orca.origin.head_bucket(bucket).await;
-        self.orca.health.record(&result);
+        self.orca.health.record_for(bucket, None, &result);
         result.map_err(|e| e.to_s3())?;
         self.write_body(session, ctx, 200, "application/xml", Bytes::new(), &[])
             .await

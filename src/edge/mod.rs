@@ -87,6 +87,10 @@ impl ProxyHttp for EdgeService {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        // A client that stops reading fails its own request after this long without progress,
+        // releasing what it held (read-ahead budget, fills it waited on), instead of holding
+        // it for as long as its connection stays open.
+        session.set_write_timeout(Some(self.orca.config.limits.client_write_timeout));
         let resource = session.req_header().uri.path().to_string();
         let outcome = match request::parse(session.req_header(), &self.orca.config.edge) {
             Err(e) => Err(e),

@@ -18,7 +18,7 @@ use crate::cachestore::StoreError;
 use crate::chunk::{chunk_span, slice_in_chunk, ByteRange, Chunk, ObjectVersion};
 use crate::error::S3Error;
 use crate::fill::FillError;
-use crate::metrics::{ChunkSource, FILL_JOINS, PEER_FILLS};
+use crate::metrics::{ChunkSource, FILL_JOINS, PEER_FILLS, READAHEAD_WAIT_TIMEOUTS};
 use crate::origin::OriginError;
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -34,6 +34,10 @@ pub(crate) enum PipelineError {
     /// client's own: no answer, a broken body).
     #[error(transparent)]
     Origin(#[from] OriginError),
+    /// No read-ahead budget came free within `limits.readahead_wait`: the replica is busy
+    /// (503 SlowDown before the first byte, as S3 asks clients to back off).
+    #[error("no read-ahead memory free within {0:?}")]
+    Busy(std::time::Duration),
     /// The cache store failed in the middle of a chunk it had started to serve.
     #[error("reading chunk {chunk} from the cache store: {source}")]
     Store {
@@ -50,6 +54,11 @@ impl PipelineError {
     pub(crate) fn to_s3(&self) -> S3Error {
         match self {
             PipelineError::Origin(e) => e.to_s3(),
+            PipelineError::Busy(_) => S3Error::new(
+                503,
+                "SlowDown",
+                "Please reduce your request rate: the cache is short of read-ahead memory.",
+            ),
             PipelineError::Store { .. } => S3Error::internal(self.to_string()),
         }
     }
@@ -72,7 +81,9 @@ struct Running {
     /// The on-demand hit once handed over: the rest of the chunk is read from it.
     hit: Option<ChunkHit>,
     task: JoinHandle<()>,
-    _reservation: OwnedSemaphorePermit,
+    /// This chunk's share of the read-ahead budget, held while its bytes may be buffered:
+    /// returned as soon as the chunk is an on-demand hit (read as the client takes it).
+    reservation: Option<OwnedSemaphorePermit>,
 }
 
 impl Drop for Running {
@@ -149,7 +160,11 @@ impl Pipeline {
                 Some(Ok(piece)) => return Ok(Some(piece)),
                 Some(Err(e)) => return Err(e),
                 None => match head.hit_rx.try_recv() {
-                    Ok(hit) => head.hit = Some(hit),
+                    Ok(hit) => {
+                        // Nothing of it is buffered ahead of the client any more.
+                        head.reservation = None;
+                        head.hit = Some(hit);
+                    }
                     Err(_) => {
                         self.queue.pop_front();
                     }
@@ -169,10 +184,19 @@ impl Pipeline {
             let units = budget_units(to - from);
             let budget = self.edge.readahead_budget.clone();
             let reservation = if self.queue.is_empty() {
-                budget
-                    .acquire_many_owned(units)
-                    .await
-                    .map_err(|_| OriginError::Transient("shutting down".into()))?
+                // The chunk to send next waits for its share, but not forever: memory held
+                // by other clients (slow ones included) is released by their own write
+                // timeouts, and until then this request is better answered "slow down".
+                let wait = self.edge.orca.config.limits.readahead_wait;
+                match tokio::time::timeout(wait, budget.acquire_many_owned(units)).await {
+                    Ok(permit) => {
+                        permit.map_err(|_| OriginError::Transient("shutting down".into()))?
+                    }
+                    Err(_) => {
+                        READAHEAD_WAIT_TIMEOUTS.inc();
+                        return Err(PipelineError::Busy(wait));
+                    }
+                }
             } else {
                 if budget.available_permits() < units as usize + self.reserve {
                     break;
@@ -192,7 +216,7 @@ impl Pipeline {
                 hit_rx,
                 hit: None,
                 task,
-                _reservation: reservation,
+                reservation: Some(reservation),
             });
             self.next_index += 1;
         }
@@ -259,12 +283,14 @@ async fn read_chunk(
                     ChunkSource::Peer.count();
                     return;
                 }
-                // The object's own answer (not found, changed...): the same anywhere.
-                Err(FillError::Origin(e)) if !e.is_retryable() => {
+                // The origin's verdict as the coordinator relays it (not found, changed,
+                // unavailable after the coordinator's retries...): the same from here, and
+                // asking the origin again from every replica would multiply its load.
+                Err(FillError::Origin(e)) if e != OriginError::Timeout => {
                     return fail(&edge, &chunk, &tx, e)
                 }
-                // A transient failure or a timeout on the coordinator's side may be its own
-                // trouble (an overloaded or sick replica, its path to the origin): fill here.
+                // The coordinator's own trouble (its internal error, a timeout of its own, no
+                // answer, a refusal): fill here.
                 Err(e) => {
                     let result = if e == FillError::NotCoordinator {
                         "not_coordinator"

@@ -12,7 +12,7 @@
 //! fill service paces its origin read by this reader, so a reader that stopped to wait for a
 //! slow client would slow every request joined to that chunk.
 
-use super::protocol::{FillRequest, SECRET_HEADER, SOURCE_HEADER};
+use super::protocol::{FillRequest, REFUSED_HEADER, SECRET_HEADER, SOURCE_HEADER};
 use super::service::FillService;
 use crate::chunk::Chunk;
 use crate::cluster::Cluster;
@@ -55,6 +55,9 @@ pub enum FillError {
     NotCoordinator,
     /// 403: the peer refused this replica's shared secret.
     Refused,
+    /// The peer failed on its own (an answer that is not an origin's verdict: its internal
+    /// error, a timeout of its own): another replica may well succeed.
+    PeerFailed(String),
     /// No answer: connecting, sending or reading the header failed.
     Unreachable(String),
     /// The answer broke off after its header (the bytes before went to the caller).
@@ -70,7 +73,9 @@ impl FillError {
                 OriginError::Transient("fill service is not the coordinator".into())
             }
             FillError::Refused => OriginError::Transient("fill service refused the secret".into()),
-            FillError::Unreachable(m) | FillError::Broken(m) => OriginError::Transient(m),
+            FillError::Unreachable(m) | FillError::Broken(m) | FillError::PeerFailed(m) => {
+                OriginError::Transient(m)
+            }
         }
     }
 }
@@ -214,10 +219,15 @@ impl FillClient {
                     body.extend_from_slice(&piece);
                 }
                 let code = code_from_xml(&body).unwrap_or_default();
+                let refused = resp.headers.get(REFUSED_HEADER).is_some();
                 return Err(match (status, code.as_str()) {
                     (409, _) => FillError::NotCoordinator,
-                    (403, "AccessDenied") => FillError::Refused,
-                    _ => FillError::Origin(OriginError::from_s3_code(&code, status)),
+                    (403, _) if refused => FillError::Refused,
+                    // The origin's verdict, as the peer relayed it.
+                    (_, c) if OriginError::is_origin_code(c) => {
+                        FillError::Origin(OriginError::from_s3_code(c, status))
+                    }
+                    _ => FillError::PeerFailed(format!("fill service answered {status} {code}")),
                 });
             }
             let source = resp

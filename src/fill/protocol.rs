@@ -20,6 +20,10 @@ pub const FILL_PATH: &str = "/internal/fill";
 /// Header carrying the cluster's shared secret on peer fill requests.
 pub const SECRET_HEADER: &str = "x-orca-peer-secret";
 
+/// Header on the fill service's `403` when it refused the caller's shared secret (its code is
+/// `AccessDenied`, as an origin's refusal of an object is too: the header tells them apart).
+pub const REFUSED_HEADER: &str = "x-orca-peer-refused";
+
 /// Header naming where the fill service's bytes came from (`origin`, `memory`, `cachestore`).
 pub const SOURCE_HEADER: &str = "x-orca-source";
 

@@ -27,7 +27,7 @@
 //! | `fail_to_proxy` | An S3 XML error before the first byte; after it, an abort. |
 //! | `logging` | On the listening instance, a fill that went to the origin counts as `orca_chunk_reads_total{source="origin"}` here. One debug `fill request` line. |
 
-use super::protocol::{FillRequest, FILL_PATH, SECRET_HEADER, SOURCE_HEADER};
+use super::protocol::{FillRequest, FILL_PATH, REFUSED_HEADER, SECRET_HEADER, SOURCE_HEADER};
 use crate::cachestore::storage::{cache_key, chunk_meta, ChunkHitHandler};
 use crate::chunk::Chunk;
 use crate::error::S3Error;
@@ -147,6 +147,9 @@ impl ProxyHttp for FillService {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        // The requester that stops reading (a frozen peer) fails its own fill after this long
+        // without progress; the flight's other readers then stop waiting on it.
+        session.set_write_timeout(Some(self.orca.config.limits.client_write_timeout));
         let req = session.req_header();
         let result = if req.method != http::Method::GET {
             Err(S3Error::method_not_allowed())
@@ -178,8 +181,14 @@ impl ProxyHttp for FillService {
             }
             Err(e) => {
                 let resource = session.req_header().uri.path().to_string();
-                crate::error::write_error(session, &e, &resource, &crate::error::request_id())
-                    .await?;
+                // Only `admit_peer` refuses with 403 here: mark it as the secret's refusal.
+                let extra: &[(&'static str, &str)] = if e.status == 403 {
+                    &[(REFUSED_HEADER, "secret")]
+                } else {
+                    &[]
+                };
+                let id = crate::error::request_id();
+                crate::error::write_error_with(session, &e, &resource, &id, extra).await?;
                 Ok(true)
             }
         }
@@ -327,12 +336,19 @@ impl ProxyHttp for FillService {
             .inc();
         let chunk = ctx_chunk(ctx)?.clone();
         if let Err(e) = check_chunk_response(&*self.orca.origin, &chunk, resp) {
-            if e == OriginError::ETagChanged {
-                self.orca
-                    .metadata
-                    .invalidate(&chunk.version.bucket, &chunk.version.key);
+            let v = &chunk.version;
+            match &e {
+                // The next HEAD pins the new version.
+                OriginError::ETagChanged => self.orca.metadata.invalidate(&v.bucket, &v.key),
+                // A chunk GET's refusal comes without its code (the body is not read): let
+                // the next HEAD of the object tell the credentials' refusal from the object's,
+                // and leave the credentials' health alone meanwhile.
+                OriginError::AccessDenied => self.orca.metadata.invalidate(&v.bucket, &v.key),
+                _ => self
+                    .orca
+                    .health
+                    .record_for::<()>(&v.bucket, Some(&v.key), &Err(e.clone())),
             }
-            self.orca.health.record::<()>(&Err(e.clone()));
             tracing::warn!(chunk = %chunk.id, status, error = %e, attempt = ctx.attempts, "origin chunk GET failed");
             let mut err = origin_err(&e);
             err.set_retry(e.is_retryable() && ctx.attempts < ORIGIN_ATTEMPTS);

@@ -220,7 +220,24 @@ impl OriginError {
         }
     }
 
-    /// Maps an S3 error code (from a fill service's XML answer) back to the error.
+    /// Whether `code` is one [`OriginError::to_s3`] produces: the origin's verdict as a fill
+    /// service relays it (anything else is the fill service's own failure).
+    pub fn is_origin_code(code: &str) -> bool {
+        matches!(
+            code,
+            "NoSuchKey"
+                | "NoSuchBucket"
+                | "OriginAuthFailed"
+                | "AccessDenied"
+                | "OriginObjectChanged"
+                | "OriginMissingETag"
+                | "UnsupportedBlobType"
+                | "OriginTimeout"
+                | "OriginUnavailable"
+        )
+    }
+
+    /// The error behind an S3 code a fill service answered with (see [`OriginError::to_s3`]).
     pub fn from_s3_code(code: &str, status: u16) -> Self {
         match code {
             "NoSuchKey" => OriginError::NotFound,
@@ -287,9 +304,13 @@ pub const CREDENTIAL_CODES: &[&str] = &[
     "TokenRefreshRequired",
     "AuthorizationHeaderMalformed",
     "RequestTimeTooSkewed",
-    // Azure Blob.
+    // Azure Blob. `AuthorizationFailure` is what Azurite answers to a wrong Shared Key or SAS
+    // signature, and what Azure answers when the account's network rules refuse the replica:
+    // both concern every request, not one blob. Per-resource refusals
+    // (`AuthorizationPermissionMismatch`, `AuthorizationResourceTypeMismatch`...) are not here.
     "AuthenticationFailed",
     "InvalidAuthenticationInfo",
+    "AuthorizationFailure",
 ];
 
 /// Maps a refusal (401 or 403) by its error code: a credential code is [`OriginError::Auth`],

@@ -107,12 +107,16 @@ impl S3Origin {
             Err(e) => Err(e),
         };
         match answer {
-            Ok(resp) if matches!(resp.header.status.as_u16(), 401 | 403) => {
-                refusal_of(resp.header.status.as_u16(), &resp.body)
-            }
-            // The GET was allowed, or failed otherwise: the HEAD's refusal was about this
-            // object or bucket, not the credentials.
-            _ => classify_refusal(status, None, OriginError::AccessDenied),
+            Ok(resp) => match resp.header.status.as_u16() {
+                s @ (401 | 403) => refusal_of(s, &resp.body),
+                // The GET was allowed (or the object is gone): the credentials work, so the
+                // HEAD's refusal was about this object or bucket; a 401 is the credentials'.
+                200..=299 | 404 | 416 if status == 403 => OriginError::AccessDenied,
+                200..=299 | 404 | 416 => OriginError::Auth(status),
+                // No verdict (a 5xx, say): unknown, so neither cached nor counted.
+                s => OriginError::Transient(format!("HEAD {status}, then GET {s}")),
+            },
+            Err(e) => e,
         }
     }
 }
