@@ -3,6 +3,7 @@
 //! Nothing here spawns a task or opens a connection: Pingora may fork (`-d`) when it runs, so
 //! connectors and tasks are created lazily inside its runtimes.
 
+use crate::cachestore::evict::Evictor;
 use crate::cachestore::fs::FsStore;
 use crate::cachestore::s3::S3Store;
 use crate::cachestore::storage::ChunkStorage;
@@ -20,6 +21,7 @@ use crate::origin::Origin;
 use crate::s3::{S3Auth, S3Client};
 use anyhow::{bail, Context};
 use aws_credential_types::Credentials;
+use parking_lot::Mutex;
 use pingora::apps::http_app::HttpServer;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::Opt;
@@ -56,6 +58,8 @@ pub struct Orca {
     pub cluster: Arc<Cluster>,
     /// Why the cache store failed its start-up checks, if it did (`/readyz` says it).
     pub store_problem: Option<String>,
+    /// The bounded `fs` store's index rebuild and eviction, run as a background service.
+    pub evictor: Mutex<Option<Evictor>>,
 }
 
 impl Orca {
@@ -82,11 +86,14 @@ impl Orca {
             ),
         };
         let mut store_problem = None;
+        let mut evictor = None;
         let store: Arc<dyn CacheStore> = match &config.cachestore {
-            CacheStoreConfig::Fs { root } => Arc::new(
-                FsStore::open(root)
-                    .with_context(|| format!("cachestore.fs.root {}", root.display()))?,
-            ),
+            CacheStoreConfig::Fs { root, limits } => {
+                let fs = FsStore::open(root, limits)
+                    .with_context(|| format!("cachestore.fs.root {}", root.display()))?;
+                evictor = Some(fs.evictor());
+                Arc::new(fs)
+            }
             CacheStoreConfig::S3 {
                 endpoint,
                 region,
@@ -147,6 +154,7 @@ impl Orca {
             fill_client,
             cluster,
             store_problem,
+            evictor: Mutex::new(evictor),
         }))
     }
 
@@ -256,6 +264,7 @@ pub fn build_server(opt: Opt, config: Config) -> anyhow::Result<Server> {
     let mut fill =
         http_proxy_service_with_name(&conf, FillService::for_peers(orca.clone()), "fill");
     let dns = orca.cluster.dns_refresher();
+    let evictor = orca.evictor.lock().take();
     fill.add_tcp(&listen.internal);
     let mut ops = Service::new(
         "ops".to_string(),
@@ -269,6 +278,9 @@ pub fn build_server(opt: Opt, config: Config) -> anyhow::Result<Server> {
     server.add_service(ops);
     if let Some(dns) = dns {
         server.add_service(background_service("peer discovery", dns));
+    }
+    if let Some(evictor) = evictor {
+        server.add_service(background_service("fs cache eviction", evictor));
     }
     Ok(server)
 }

@@ -7,7 +7,9 @@
 //! the presence catalog.
 
 pub mod buf;
+pub mod evict;
 pub mod fs;
+mod policy;
 pub mod s3;
 pub mod storage;
 
@@ -47,6 +49,13 @@ pub enum StoreError {
         got: u64,
         /// Bytes declared.
         declared: u64,
+    },
+    /// The store is at its bound and the evictor made no room in time (`fs` store); nothing
+    /// was written.
+    #[error("no room for chunk {name} within the cache store's bound")]
+    Full {
+        /// The chunk's name.
+        name: String,
     },
     /// The store refused its start-up checks.
     #[error("cache store check failed: {0}")]
