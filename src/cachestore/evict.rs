@@ -419,9 +419,9 @@ impl Space {
                 let now = Instant::now();
                 let mut batch = Vec::new();
                 while remaining + st.waiting > st.low_mark && batch.len() < BATCH {
-                    // Over the bound, a recent chunk may go; between the bound and the low
-                    // watermark it may not.
-                    let hard = remaining + st.waiting > st.capacity;
+                    // Over the bound (or out of disk), a recent chunk may go; between the
+                    // bound and the low watermark it may not.
+                    let hard = remaining + st.waiting > st.capacity || st.enospc;
                     let protect = (!hard).then_some(RECENT);
                     let capacity = st.capacity;
                     let Some((key, bytes)) = st.policy.evict(capacity, now, protect) else {
@@ -654,28 +654,17 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_chunk_evicted_while_read_is_read_to_its_end_and_its_descriptor_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FsStore::open(
-            dir.path(),
-            &limits(4 * 16 * KIB, SizeOrPercent::Percent(50)),
-        )
-        .unwrap();
+        // Room for one chunk: the next commit needs it gone, recent and read as it is.
+        let len = 256 * KIB;
+        let l = limits(400 * KIB, SizeOrPercent::Percent(50));
+        let store = FsStore::open(dir.path(), &l).unwrap();
         let space = store.space().clone();
         let evictor = drive(space.clone());
-        store
-            .commit(&id(0), data(0, 16 * KIB), 16 * KIB)
-            .await
-            .unwrap();
+        store.commit(&id(0), data(0, len), len).await.unwrap();
         // Opened (and its descriptor kept), not read yet.
-        let mut reader = store
-            .read(&id(0), 16 * KIB, 0, 16 * KIB)
-            .await
-            .unwrap()
-            .unwrap();
-        for i in 1..6 {
-            store
-                .commit(&id(i), data(i, 16 * KIB), 16 * KIB)
-                .await
-                .unwrap();
+        let mut reader = store.read(&id(0), len, 0, len).await.unwrap().unwrap();
+        for i in 1..3 {
+            store.commit(&id(i), data(i, len), len).await.unwrap();
         }
         evictor.abort();
         assert!(!store.chunk_path(&id(0)).exists(), "chunk 0 was evicted");
@@ -683,13 +672,10 @@ mod tests {
         while let Some(p) = reader.next_piece().await.unwrap() {
             got.extend_from_slice(&p);
         }
-        assert_eq!(got, vec![0u8; 16 * 1024]);
+        assert_eq!(got, vec![0u8; 256 * 1024]);
+        let again = store.read(&id(0), len, 0, len).await.unwrap();
         assert!(
-            store
-                .read(&id(0), 16 * KIB, 0, 16 * KIB)
-                .await
-                .unwrap()
-                .is_none(),
+            again.is_none(),
             "an evicted chunk is a miss, not read from a kept descriptor"
         );
         assert!(CACHESTORE_EVICTIONS.with_label_values(&[TIER_STORE]).get() >= 1);
