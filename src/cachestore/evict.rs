@@ -142,6 +142,19 @@ impl Drop for Reservation {
     }
 }
 
+/// A commit waiting for room: its bytes count in `State::waiting` (the evictor makes room for
+/// them) until it stops waiting, however it stops (a cancelled commit included).
+struct Waiting<'a> {
+    space: &'a Space,
+    bytes: u64,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.space.state.lock().waiting -= self.bytes;
+    }
+}
+
 impl Space {
     /// Resolves the bound against the filesystem holding `root` (whose `v1` and `tmp`
     /// directories exist) and starts with an empty index; the [`Evictor`] fills it.
@@ -237,16 +250,15 @@ impl Space {
             len.div_ceil(BLOCK) * BLOCK + dirs
         };
         let deadline = tokio::time::Instant::now() + ROOM_WAIT;
-        let mut waiting = false;
+        let mut waiting: Option<Waiting<'_>> = None;
         loop {
             let room = self.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
+            // No longer waiting while it looks (the guard takes the lock to say so).
+            drop(waiting.take());
             {
                 let mut st = self.state.lock();
-                if waiting {
-                    st.waiting -= bytes;
-                }
                 if st.used() + bytes <= st.capacity {
                     st.reserved += bytes;
                     return Ok(Reservation {
@@ -261,11 +273,10 @@ impl Space {
                     });
                 }
                 st.waiting += bytes;
-                waiting = true;
             }
+            waiting = Some(Waiting { space: self, bytes });
             self.wake.notify_one();
             if tokio::time::timeout_at(deadline, room).await.is_err() {
-                self.state.lock().waiting -= bytes;
                 return Err(StoreError::Full {
                     name: key_name(key),
                 });
@@ -679,6 +690,28 @@ mod tests {
             "an evicted chunk is a miss, not read from a kept descriptor"
         );
         assert!(CACHESTORE_EVICTIONS.with_label_values(&[TIER_STORE]).get() >= 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_commit_that_finds_no_room_gives_up_after_its_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let len = 256 * KIB;
+        let l = limits(400 * KIB, SizeOrPercent::Percent(50));
+        let store = FsStore::open(dir.path(), &l).unwrap();
+        store.commit(&id(0), data(0, len), len).await.unwrap();
+        // No evictor runs: the second chunk does not fit, and waits ROOM_WAIT for nothing.
+        let err = store.commit(&id(1), data(1, len), len).await.unwrap_err();
+        assert!(matches!(err, StoreError::Full { .. }), "{err}");
+        assert!(!store.chunk_path(&id(1)).exists());
+        let st = store.space().state.lock();
+        assert_eq!((st.waiting, st.reserved), (0, 0), "nothing left counted");
+        drop(st);
+        // A chunk larger than the whole bound is refused at once, without waiting.
+        let big = 512 * KIB;
+        let before = tokio::time::Instant::now();
+        let err = store.commit(&id(2), data(2, big), big).await.unwrap_err();
+        assert!(matches!(err, StoreError::Full { .. }), "{err}");
+        assert_eq!(tokio::time::Instant::now(), before);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
