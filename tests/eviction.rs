@@ -366,6 +366,23 @@ async fn a_restart_keeps_the_chunks_and_the_bound() {
         s.orca
             .wait_metric_at_least("orca_cachestore_chunks{tier=\"store\"}", 20.0, COMMIT_WAIT);
     assert_eq!(known, 20.0, "{}", s.orca.log_tail());
+    // The first process saved what its policy had learned; the second read it back (the scan
+    // logs it when its walk is done).
+    assert!(
+        s.orca
+            .log()
+            .contains("fs cache eviction state saved entries=20"),
+        "{}",
+        s.orca.log_tail()
+    );
+    let rebuilt = poll_until(COMMIT_WAIT, || {
+        s.orca
+            .log()
+            .contains("fs cache index rebuilt")
+            .then_some(())
+    });
+    assert!(rebuilt.is_some(), "{}", s.orca.log_tail());
+    assert!(s.orca.log().contains("saved=20"), "{}", s.orca.log_tail());
     let gets = s.proxy.counts().gets_with_range;
     for (key, data, _) in first.iter().take(10) {
         s.get_exact(key, data).await;

@@ -57,6 +57,12 @@ const BATCH: usize = 64;
 /// filesystems), until the real count is known from `stat`.
 const BLOCK: u64 = 4096;
 
+/// Where the policy's state is saved at a graceful stop (`ROOT/policy-v1`), to be read back at
+/// the next start: 42 bytes per chunk (key, queue, reads) after [`SAVED_MAGIC`].
+const SAVED: &str = "policy-v1";
+const SAVED_MAGIC: &[u8] = b"orca fs policy v1\n";
+const SAVED_RECORD: usize = 42;
+
 /// The open chunk files the `fs` store keeps (shared so the evictor can close evicted ones).
 pub(crate) type OpenFiles = Arc<Mutex<LruCache<String, Arc<File>>>>;
 
@@ -360,9 +366,84 @@ impl Space {
         publish(&st);
     }
 
-    /// Walks `ROOT/v1/ab/cd/` and indexes every chunk file and directory.
+    /// Writes the policy's state to `ROOT/policy-v1` (a temp file, fsynced, renamed).
+    fn save(&self) -> std::io::Result<usize> {
+        let snapshot = self.state.lock().policy.snapshot();
+        let mut buf = Vec::with_capacity(SAVED_MAGIC.len() + snapshot.len() * SAVED_RECORD);
+        buf.extend_from_slice(SAVED_MAGIC);
+        for (key, main, freq) in &snapshot {
+            buf.extend_from_slice(key);
+            buf.push(u8::from(*main));
+            buf.push(*freq);
+        }
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("{}.policy.tmp", std::process::id()));
+        let write = || -> std::io::Result<()> {
+            fs::write(&tmp, &buf)?;
+            File::open(&tmp)?.sync_all()?;
+            fs::rename(&tmp, self.root.join(SAVED))
+        };
+        let result = write();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map(|()| snapshot.len())
+    }
+
+    /// Reads back a state saved by [`Space::save`] (and deletes it: it describes the store at
+    /// one moment only). Each chunk still on disk enters its queue with its reads, in order.
+    fn load_saved(&self) -> usize {
+        let path = self.root.join(SAVED);
+        let Ok(buf) = fs::read(&path) else {
+            return 0;
+        };
+        let _ = fs::remove_file(&path);
+        let Some(body) = buf.strip_prefix(SAVED_MAGIC) else {
+            tracing::warn!(file = %path.display(), "unknown saved eviction state; ignored");
+            return 0;
+        };
+        let mut loaded = 0;
+        let mut batch = Vec::new();
+        let flush = |batch: &mut Vec<(Key, u64, bool, u8)>| {
+            let mut st = self.state.lock();
+            for (key, bytes, main, freq) in batch.drain(..) {
+                if !st.evicting.contains(&key) {
+                    st.policy.restore_saved(key, bytes, main, freq);
+                }
+            }
+            publish(&st);
+        };
+        for record in body.chunks_exact(SAVED_RECORD) {
+            let Ok(key) = <Key>::try_from(&record[..40]) else {
+                continue;
+            };
+            let name = key_name(&key);
+            let file = self
+                .chunks_dir
+                .join(&name[0..2])
+                .join(&name[2..4])
+                .join(&name);
+            let Ok(m) = fs::metadata(&file) else {
+                continue;
+            };
+            self.note_dirs(key[0], key[1]);
+            batch.push((key, on_disk(&m), record[40] == 1, record[41]));
+            loaded += 1;
+            if batch.len() >= 1024 {
+                flush(&mut batch);
+            }
+        }
+        flush(&mut batch);
+        loaded
+    }
+
+    /// Reads back the saved policy state, if any, then walks `ROOT/v1/ab/cd/` and indexes every
+    /// other chunk file and every directory.
     fn scan(&self) {
         let started = Instant::now();
+        let saved = self.load_saved();
         let list = |dir: &Path| -> Vec<fs::DirEntry> {
             match fs::read_dir(dir) {
                 Ok(entries) => entries.flatten().collect(),
@@ -405,6 +486,7 @@ impl Space {
         let st = self.state.lock();
         tracing::info!(
             files,
+            saved,
             bytes = st.stored(),
             ms = started.elapsed().as_millis() as u64,
             "fs cache index rebuilt"
@@ -559,6 +641,13 @@ impl BackgroundService for Evictor {
             }
         }
         scan.abort();
+        // A graceful stop: keep what the policy learned for the next start.
+        let space = self.space.clone();
+        match tokio::task::spawn_blocking(move || space.save()).await {
+            Ok(Ok(entries)) => tracing::info!(entries, "fs cache eviction state saved"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot save the fs cache eviction state"),
+            Err(e) => tracing::warn!(error = %e, "cannot save the fs cache eviction state"),
+        }
     }
 }
 
@@ -703,9 +792,11 @@ mod tests {
         let err = store.commit(&id(1), data(1, len), len).await.unwrap_err();
         assert!(matches!(err, StoreError::Full { .. }), "{err}");
         assert!(!store.chunk_path(&id(1)).exists());
-        let st = store.space().state.lock();
-        assert_eq!((st.waiting, st.reserved), (0, 0), "nothing left counted");
-        drop(st);
+        let counted = {
+            let st = store.space().state.lock();
+            (st.waiting, st.reserved)
+        };
+        assert_eq!(counted, (0, 0), "nothing left counted");
         // A chunk larger than the whole bound is refused at once, without waiting.
         let big = 512 * KIB;
         let before = tokio::time::Instant::now();
@@ -738,6 +829,54 @@ mod tests {
         let (used, _, chunks) = space.usage();
         assert_eq!(chunks, 5);
         assert_eq!(used, du(dir.path()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_policy_state_survives_a_graceful_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = limits(1 << 30, SizeOrPercent::Percent(90));
+        let before = {
+            let store = FsStore::open(dir.path(), &l).unwrap();
+            for i in 0..6 {
+                store
+                    .commit(&id(i), data(i, 10 * KIB), 10 * KIB)
+                    .await
+                    .unwrap();
+            }
+            for _ in 0..3 {
+                read_all(&store, &id(2), 10 * KIB).await.unwrap();
+            }
+            let space = store.space().clone();
+            assert_eq!(
+                tokio::task::spawn_blocking(move || space.save())
+                    .await
+                    .unwrap()
+                    .unwrap(),
+                6
+            );
+            let snapshot = store.space().state.lock().policy.snapshot();
+            snapshot
+        };
+        // One chunk vanished while Orca was stopped.
+        let store = FsStore::open(dir.path(), &l).unwrap();
+        fs::remove_file(store.chunk_path(&id(4))).unwrap();
+        let space = store.space().clone();
+        let s = space.clone();
+        tokio::task::spawn_blocking(move || s.scan()).await.unwrap();
+        let after = space.state.lock().policy.snapshot();
+        let want: Vec<_> = before
+            .into_iter()
+            .filter(|(key, _, _)| *key != id(4).placement_digest())
+            .collect();
+        assert_eq!(after, want, "same queues, same order, same reads");
+        assert!(after
+            .iter()
+            .any(|(key, _, freq)| *key == id(2).placement_digest() && *freq == 3));
+        assert!(
+            !dir.path().join(SAVED).exists(),
+            "a saved state is used once"
+        );
+        assert_eq!(space.usage().0, du(dir.path()));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

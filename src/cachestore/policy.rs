@@ -144,6 +144,36 @@ impl S3Fifo {
         true
     }
 
+    /// A chunk as a saved snapshot had it ([`S3Fifo::snapshot`]), at the head of its queue:
+    /// restoring a snapshot in its order rebuilds the queues. Unprotected.
+    pub(crate) fn restore_saved(&mut self, key: Key, size: u64, main: bool, freq: u8) -> bool {
+        if self.entries.contains_key(&key) {
+            return false;
+        }
+        let queue = if main { Queue::Main } else { Queue::Small };
+        self.push(key, size, queue, None, false);
+        if let Some(e) = self.entries.get_mut(&key) {
+            e.freq = freq.min(MAX_FREQ);
+        }
+        true
+    }
+
+    /// Every entry as `(key, in main, reads)`, each queue from tail to head (small first), for
+    /// saving across a restart.
+    pub(crate) fn snapshot(&self) -> Vec<(Key, bool, u8)> {
+        let mut out = Vec::with_capacity(self.entries.len());
+        for (queue, main) in [(&self.small, false), (&self.main, true)] {
+            for (key, generation) in queue {
+                if let Some(e) = self.entries.get(key) {
+                    if e.generation == *generation && (e.queue == Queue::Main) == main {
+                        out.push((*key, main, e.freq));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// A read of a tracked chunk; `false` when it is not tracked.
     pub(crate) fn touch(&mut self, key: &Key) -> bool {
         match self.entries.get_mut(key) {
@@ -528,6 +558,28 @@ mod tests {
         p.insert(k(5), 7, now);
         assert_eq!(p.bytes(), 7);
         assert_eq!(p.len(), 1);
+    }
+
+    #[test]
+    fn a_snapshot_restores_the_same_queues_and_counts() {
+        let now = Instant::now();
+        let mut p = S3Fifo::default();
+        for i in 0..6 {
+            p.insert(k(i), 10, now);
+        }
+        p.touch(&k(1));
+        p.touch(&k(1));
+        p.touch(&k(4));
+        assert_eq!(evict_to(&mut p, 60, 50, now), vec![0]);
+        // k(1) read twice, k(4) once, the rest unread.
+        let snap = p.snapshot();
+        let mut q = S3Fifo::default();
+        for (key, main, freq) in &snap {
+            assert!(q.restore_saved(*key, 10, *main, *freq));
+        }
+        assert_eq!(q.snapshot(), snap);
+        // Both evict the same chunks in the same order.
+        assert_eq!(evict_to(&mut p, 60, 0, now), evict_to(&mut q, 60, 0, now));
     }
 
     #[test]
