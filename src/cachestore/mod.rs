@@ -1,8 +1,9 @@
 //! Cache stores: where whole chunks are kept, behind one trait.
 //!
 //! [`CacheStore`] is what a driver implements: stat, ranged read and a no-clobber commit. The
-//! `fs` driver keeps chunks in a local directory (one machine); the shared `s3` driver (a fleet)
-//! implements the same trait. [`storage::ChunkStorage`] adapts any store to
+//! `fs` driver keeps chunks in a local directory (one machine), held to a size bound by the
+//! index and evictor of [`evict`] with the S3-FIFO policy of `policy`; the shared `s3` driver (a
+//! fleet) implements the same trait. [`storage::ChunkStorage`] adapts any store to
 //! `pingora_cache::Storage`, adds the registry of fills in flight (streaming partial writes) and
 //! the presence catalog.
 
