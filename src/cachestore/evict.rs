@@ -2,7 +2,7 @@
 //! the space they use, and the evictor that keeps it within `cachestore.fs.*`.
 //!
 //! [`Space`] knows every chunk file (its name as a 40-byte key, the blocks it uses, its policy
-//! state in [`S3Fifo`]) and the directories holding them, so it knows what `du` would say
+//! state in `policy::S3Fifo`) and the directories holding them, so it knows what `du` would say
 //! without asking the disk. A commit reserves its bytes *before* writing (`Space::reserve`):
 //! when they would take the store over its bound it wakes the evictor at once and waits (it runs
 //! in the background, after its client was served) until the evictor has made room. So the
@@ -28,7 +28,7 @@ use lru::LruCache;
 use parking_lot::Mutex;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
@@ -92,7 +92,7 @@ struct State {
     policy: S3Fifo,
     /// Leaf (`ab/cd`) and top (`ab`) directories known, and what they and the store's own
     /// directories use.
-    leaves: HashSet<[u8; 2]>,
+    leaves: HashMap<[u8; 2], u64>,
     tops: HashSet<u8>,
     dir_bytes: u64,
     /// Commits in progress: reserved before their first byte is written.
@@ -248,7 +248,7 @@ impl Space {
     ) -> Result<Reservation, StoreError> {
         let bytes = {
             let st = self.state.lock();
-            let dirs = if st.leaves.contains(&[key[0], key[1]]) {
+            let dirs = if st.leaves.contains_key(&[key[0], key[1]]) {
                 0
             } else {
                 2 * BLOCK
@@ -293,7 +293,7 @@ impl Space {
     /// A commit landed: the chunk is indexed with what its file really uses (`file_bytes`), and
     /// the directories it created are counted.
     pub(crate) fn committed(&self, key: Key, file_bytes: u64, mut reservation: Reservation) {
-        self.note_dirs(key[0], key[1]);
+        self.note_dirs(key[0], key[1], true);
         let mut st = self.state.lock();
         st.policy.insert(key, file_bytes, Instant::now());
         // Released under the same lock, so `used` never counts the chunk twice or not at all.
@@ -307,27 +307,28 @@ impl Space {
         self.wake.notify_one();
     }
 
-    /// Counts the directories `ab/cd` that the index does not know yet (a `stat` each, once).
-    fn note_dirs(&self, ab: u8, cd: u8) {
+    /// Counts the directories `ab/cd`: the top one once, the leaf one again each time (`grown`
+    /// is set after a commit linked a file into it: a directory grows as entries are added).
+    fn note_dirs(&self, ab: u8, cd: u8, grown: bool) {
         let (top, leaf) = {
             let st = self.state.lock();
-            (!st.tops.contains(&ab), !st.leaves.contains(&[ab, cd]))
+            (!st.tops.contains(&ab), !st.leaves.contains_key(&[ab, cd]))
         };
-        if !top && !leaf {
+        if !top && !leaf && !grown {
             return;
         }
         let hex = hex::encode([ab, cd]);
         let top_dir = self.chunks_dir.join(&hex[0..2]);
         let leaf_dir = top_dir.join(&hex[2..4]);
         let size = |p: &Path| fs::metadata(p).map(|m| on_disk(&m)).unwrap_or(0);
-        let (top_bytes, leaf_bytes) = (size(&top_dir), size(&leaf_dir));
+        let top_bytes = if top { size(&top_dir) } else { 0 };
+        let leaf_bytes = size(&leaf_dir);
         let mut st = self.state.lock();
         if st.tops.insert(ab) {
             st.dir_bytes += top_bytes;
         }
-        if st.leaves.insert([ab, cd]) {
-            st.dir_bytes += leaf_bytes;
-        }
+        let old = st.leaves.insert([ab, cd], leaf_bytes).unwrap_or(0);
+        st.dir_bytes = st.dir_bytes.saturating_sub(old) + leaf_bytes;
     }
 
     /// A read of a chunk file that uses `file_bytes`: counts for the policy. A file the index
@@ -428,7 +429,7 @@ impl Space {
             let Ok(m) = fs::metadata(&file) else {
                 continue;
             };
-            self.note_dirs(key[0], key[1]);
+            self.note_dirs(key[0], key[1], false);
             batch.push((key, on_disk(&m), record[40] == 1, record[41]));
             loaded += 1;
             if batch.len() >= 1024 {
@@ -472,7 +473,7 @@ impl Space {
                     }
                 }
                 files += found.len() as u64;
-                self.note_dirs(t, l);
+                self.note_dirs(t, l, false);
                 self.restore(found);
                 let over = {
                     let st = self.state.lock();
@@ -779,6 +780,28 @@ mod tests {
             "an evicted chunk is a miss, not read from a kept descriptor"
         );
         assert!(CACHESTORE_EVICTIONS.with_label_values(&[TIER_STORE]).get() >= 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_directory_that_grows_is_counted_as_du_counts_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            FsStore::open(dir.path(), &limits(1 << 30, SizeOrPercent::Percent(90))).unwrap();
+        // 300 chunks of one object: one leaf directory, far past its first block on ext4.
+        for i in 0..300 {
+            store.commit(&id(i), data(i, 100), 100).await.unwrap();
+        }
+        assert_eq!(store.space().usage().0, du(dir.path()));
+        // A restart's scan counts the same.
+        drop(store);
+        let store =
+            FsStore::open(dir.path(), &limits(1 << 30, SizeOrPercent::Percent(90))).unwrap();
+        let s = store.space().clone();
+        tokio::task::spawn_blocking(move || s.scan()).await.unwrap();
+        assert_eq!(
+            store.space().usage(),
+            (du(dir.path()), store.space().usage().1, 300)
+        );
     }
 
     #[tokio::test(start_paused = true)]
