@@ -532,6 +532,7 @@ impl Space {
                 break;
             }
             let dir = self.chunks_dir.clone();
+            let picked: Vec<(Key, u64)> = batch.clone();
             let removed = tokio::task::spawn_blocking(move || {
                 batch
                     .into_iter()
@@ -544,7 +545,19 @@ impl Space {
                     .collect::<Vec<_>>()
             })
             .await
-            .unwrap_or_default();
+            .unwrap_or_else(|e| {
+                // The deleting task died (a panic, or the runtime stopping): what it did is
+                // unknown, so nothing is counted as evicted, and nothing stays counted twice.
+                tracing::error!(error = %e, "the eviction task failed");
+                picked
+                    .into_iter()
+                    .map(|(key, bytes)| {
+                        let name = key_name(&key);
+                        let result = Err(std::io::Error::from(ErrorKind::NotFound));
+                        (key, name, bytes, result)
+                    })
+                    .collect()
+            });
             let mut names = Vec::with_capacity(removed.len());
             {
                 let mut st = self.state.lock();
