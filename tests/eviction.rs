@@ -1,7 +1,8 @@
 //! The bounded `fs` store end to end: the `orca` binary in front of moto (through the counting
-//! proxy), with `cachestore.fs.max_size` a couple of dozen chunks. The directory's real size
-//! (as `du` counts it) is sampled while clients read four times the bound; the hot set survives
-//! a scan; a restart keeps the chunks; a tiny filesystem fills up; a chunk deleted by hand is
+//! proxy), with `cachestore.fs.max_size` a couple of dozen chunks. The store's real size is
+//! sampled while clients read four times the bound (on a tmpfs of its own, read atomically,
+//! where the test can mount one; else with `du`); the hot set survives a scan; a restart keeps
+//! the chunks and the policy's state; a tiny filesystem fills up; a chunk deleted by hand is
 //! filled again. Counts come from the proxy and from Orca's metrics, never from time.
 
 #![allow(clippy::unwrap_used)]
