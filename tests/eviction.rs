@@ -258,6 +258,7 @@ async fn reading_four_times_the_bound_keeps_the_directory_within_it() {
     s.wait_commits(100.0);
     let (max_seen, samples) = sampler.finish();
     let log = s.orca.log_tail();
+    eprintln!("largest size seen: {max_seen} bytes in {samples} samples (bound {BOUND})");
     assert!(samples >= 10, "only {samples} samples");
     assert!(
         max_seen <= BOUND + OVERSHOOT + gauge.slack(),
