@@ -54,6 +54,7 @@ pub fn build_server(opt: Opt, config: Config) -> anyhow::Result<Server> {
     let mut fill =
         http_proxy_service_with_name(&conf, FillService::for_peers(orca.clone()), "fill");
     let dns = orca.cluster.dns_refresher();
+    let evictor = orca.evictor.lock().take();
     fill.add_tcp(&listen.internal);
     let (health, origin) = (orca.health.clone(), orca.origin.clone());
     let mut ops = Service::new(
@@ -68,6 +69,9 @@ pub fn build_server(opt: Opt, config: Config) -> anyhow::Result<Server> {
     server.add_service(ops);
     if let Some(dns) = dns {
         server.add_service(background_service("peer discovery", dns));
+    }
+    if let Some(evictor) = evictor {
+        server.add_service(background_service("fs cache eviction", evictor));
     }
     server.add_service(background_service(
         "origin credentials probe",

@@ -7,8 +7,9 @@
 use once_cell::sync::Lazy;
 use prometheus::{
     register_histogram_vec_with_registry, register_int_counter_vec_with_registry,
-    register_int_counter_with_registry, register_int_gauge_with_registry, Encoder, HistogramVec,
-    IntCounter, IntCounterVec, IntGauge, Registry, TextEncoder,
+    register_int_counter_with_registry, register_int_gauge_vec_with_registry,
+    register_int_gauge_with_registry, Encoder, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Registry, TextEncoder,
 };
 
 /// The registry the ops service renders.
@@ -105,6 +106,61 @@ metric!(
         "orca_cachestore_commits_total",
         "Chunk commits to the cache store, by result",
         &["result"],
+        REGISTRY
+    )
+);
+/// `tier` of the `orca_cachestore_*` size families: the cache store itself; the bounded `fs`
+/// store reports as this tier. (`memory` and `local` come with the RAM tier and the local
+/// tier in front of a shared store.)
+pub const TIER_STORE: &str = "store";
+
+metric!(
+    CACHESTORE_BYTES,
+    IntGaugeVec,
+    register_int_gauge_vec_with_registry!(
+        "orca_cachestore_bytes",
+        "Bytes the cache holds on disk (chunk files and their directories, as du counts them), by tier",
+        &["tier"],
+        REGISTRY
+    )
+);
+metric!(
+    CACHESTORE_CHUNKS,
+    IntGaugeVec,
+    register_int_gauge_vec_with_registry!(
+        "orca_cachestore_chunks",
+        "Chunks the cache holds, by tier",
+        &["tier"],
+        REGISTRY
+    )
+);
+metric!(
+    CACHESTORE_CAPACITY,
+    IntGaugeVec,
+    register_int_gauge_vec_with_registry!(
+        "orca_cachestore_capacity_bytes",
+        "The bound the cache is held to now (max_size, or less when min_free demands), by tier",
+        &["tier"],
+        REGISTRY
+    )
+);
+metric!(
+    CACHESTORE_EVICTIONS,
+    IntCounterVec,
+    register_int_counter_vec_with_registry!(
+        "orca_cachestore_evictions_total",
+        "Chunks evicted to keep the cache within its bound, by tier",
+        &["tier"],
+        REGISTRY
+    )
+);
+metric!(
+    CACHESTORE_EVICTED_BYTES,
+    IntCounterVec,
+    register_int_counter_vec_with_registry!(
+        "orca_cachestore_evicted_bytes_total",
+        "Bytes freed by evictions, by tier",
+        &["tier"],
         REGISTRY
     )
 );
@@ -206,6 +262,13 @@ pub fn init() {
         COMMITS.with_label_values(&[r]);
     }
     Lazy::force(&READAHEAD_WAIT_TIMEOUTS);
+    // The size families get their `tier` labels from the stores that have them (the bounded
+    // `fs` store: `store`), so a store without a bound shows no made-up zeros.
+    Lazy::force(&CACHESTORE_BYTES);
+    Lazy::force(&CACHESTORE_CHUNKS);
+    Lazy::force(&CACHESTORE_CAPACITY);
+    Lazy::force(&CACHESTORE_EVICTIONS);
+    Lazy::force(&CACHESTORE_EVICTED_BYTES);
     Lazy::force(&PEER_FILLS);
     for r in ["ok", "not_coordinator", "error"] {
         PEER_FILLS.with_label_values(&[r]);

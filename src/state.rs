@@ -4,6 +4,7 @@
 //! (the edge's clients of the fill service live in the edge), so nothing here depends on the
 //! services that use it.
 
+use crate::cachestore::evict::Evictor;
 use crate::cachestore::fs::FsStore;
 use crate::cachestore::s3::S3Store;
 use crate::cachestore::storage::ChunkStorage;
@@ -16,6 +17,7 @@ use crate::origin::Origin;
 use crate::s3client::{S3Auth, S3Client};
 use anyhow::{bail, Context};
 use aws_credential_types::Credentials;
+use parking_lot::Mutex;
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +45,9 @@ pub struct Orca {
     pub cluster: Arc<Cluster>,
     /// Why the cache store failed its start-up checks, if it did (`/readyz` says it).
     pub store_problem: Option<String>,
+    /// The bounded `fs` store's index rebuild and eviction, taken by `app` to run as a
+    /// background service.
+    pub evictor: Mutex<Option<Evictor>>,
 }
 
 impl Orca {
@@ -68,11 +73,14 @@ impl Orca {
             ),
         };
         let mut store_problem = None;
+        let mut evictor = None;
         let store: Arc<dyn CacheStore> = match &config.cachestore {
-            CacheStoreConfig::Fs { root } => Arc::new(
-                FsStore::open(root)
-                    .with_context(|| format!("cachestore.fs.root {}", root.display()))?,
-            ),
+            CacheStoreConfig::Fs { root, limits } => {
+                let fs = FsStore::open(root, limits)
+                    .with_context(|| format!("cachestore.fs.root {}", root.display()))?;
+                evictor = Some(fs.evictor());
+                Arc::new(fs)
+            }
             CacheStoreConfig::S3 {
                 endpoint,
                 region,
@@ -129,6 +137,7 @@ impl Orca {
             peer_secret,
             cluster: Arc::new(cluster),
             store_problem,
+            evictor: Mutex::new(evictor),
         }))
     }
 

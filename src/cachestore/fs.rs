@@ -7,10 +7,16 @@
 //! are named `<pid>.<seq>.<chunk>.tmp`; those left by a crash are never read (they live outside
 //! `v1/`) and are removed at start, unless their process is still alive: `orca -t`, or a new
 //! process during a `-u` upgrade, must not delete a running Orca's commits in progress.
+//!
+//! The store is bounded (`cachestore.fs.max_size`, `min_free`, `low_watermark`): every commit
+//! reserves its bytes in the index of [`super::evict`] first, every hit counts for the eviction
+//! policy, and the [`Evictor`] deletes chunks in the background.
 
 use super::buf::{PieceBuf, PIECE};
+use super::evict::{Evictor, OpenFiles, Reservation, Space};
 use super::{CacheStore, ChunkRead, CommitOutcome, StoreError};
 use crate::chunk::{ChunkId, CACHE_VERSION};
+use crate::config::FsLimits;
 use async_trait::async_trait;
 use bytes::Bytes;
 use lru::LruCache;
@@ -19,7 +25,7 @@ use rustix::io::{Errno, ReadWriteFlags};
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, IoSliceMut, Write};
 use std::num::NonZeroUsize;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,7 +33,8 @@ use std::sync::Arc;
 /// Open chunk files kept for reuse, so a warm hit costs neither an `open(2)` nor a trip to the
 /// blocking pool. A committed chunk file never changes (its name covers the object's ETag and
 /// the chunk's length, and commits never replace), so a kept descriptor always reads the right
-/// bytes, even after the file was unlinked; its disk space is freed when it leaves this cache.
+/// bytes, even after the file was unlinked; its disk space is freed when it leaves this cache
+/// (the evictor takes evicted files out; a file deleted by hand is dropped at its next read).
 const OPEN_FILES: usize = 256;
 
 /// Whether `preadv2(RWF_NOWAIT)` works here (Linux 4.14+, and the filesystem must support
@@ -40,27 +47,33 @@ pub struct FsStore {
     chunks: PathBuf,
     tmp: PathBuf,
     seq: AtomicU64,
-    open_files: Mutex<LruCache<String, Arc<File>>>,
+    open_files: OpenFiles,
+    /// The index of the chunk files and the bound (shared with the evictor).
+    space: Arc<Space>,
 }
 
 impl FsStore {
-    /// Opens (creating if needed) a store at `root`: removes temp files left by a crash and
-    /// checks that the root is writable by committing and removing a probe file.
-    pub fn open(root: &Path) -> Result<Self, StoreError> {
+    /// Opens (creating if needed) a store at `root` bounded by `limits`: removes temp files left
+    /// by a crash and checks that the root is writable by committing and removing a probe file.
+    /// The index starts empty: [`FsStore::evictor`], run as a background service, rebuilds it.
+    pub fn open(root: &Path, limits: &FsLimits) -> Result<Self, StoreError> {
         let chunks = root.join(format!("v{CACHE_VERSION}"));
         let tmp = root.join("tmp");
         for dir in [&chunks, &tmp] {
             fs::create_dir_all(dir)
                 .map_err(|e| StoreError::io(format!("create {}", dir.display()), e))?;
         }
+        let open_files: OpenFiles = Arc::new(Mutex::new(LruCache::new(
+            NonZeroUsize::new(OPEN_FILES).unwrap_or(NonZeroUsize::MIN),
+        )));
+        let space = Space::open(root, &chunks, limits, open_files.clone())?;
         let store = Self {
             root: root.to_path_buf(),
             chunks,
             tmp,
             seq: AtomicU64::new(0),
-            open_files: Mutex::new(LruCache::new(
-                NonZeroUsize::new(OPEN_FILES).unwrap_or(NonZeroUsize::MIN),
-            )),
+            open_files,
+            space,
         };
         let removed = store.clean_tmp()?;
         if removed > 0 {
@@ -68,6 +81,16 @@ impl FsStore {
         }
         store.probe()?;
         Ok(store)
+    }
+
+    /// The background service that rebuilds the index and evicts (one per store).
+    pub fn evictor(&self) -> Evictor {
+        Evictor::new(self.space.clone())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn space(&self) -> &Arc<Space> {
+        &self.space
     }
 
     /// The file a committed chunk lives in.
@@ -134,11 +157,22 @@ fn process_alive(pid: u32) -> bool {
     Path::new("/proc").join(pid.to_string()).exists()
 }
 
-/// Writes `pieces` to `tmp`, fsyncs, and links it to `final_path` without replacing.
+/// Whether an I/O error means the filesystem (or the user's quota) is full.
+fn is_out_of_space(e: &StoreError) -> bool {
+    matches!(e, StoreError::Io { source, .. }
+        if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
+}
+
+/// Writes `pieces` to `tmp`, fsyncs, and links it to `final_path` without replacing. On
+/// success the chunk enters the index with the blocks its file uses, and `reservation` is
+/// released; on failure it is released by its drop.
 fn commit_blocking(
     final_path: &Path,
     tmp: &Path,
     pieces: &[Bytes],
+    space: &Space,
+    key: [u8; 40],
+    reservation: Reservation,
 ) -> Result<CommitOutcome, StoreError> {
     if final_path.exists() {
         return Ok(CommitOutcome::Lost);
@@ -155,19 +189,33 @@ fn commit_blocking(
         }
         f.sync_all()
             .map_err(|e| StoreError::io(format!("fsync {}", tmp.display()), e))?;
+        let blocks = f.metadata().map(|m| m.blocks() * 512).unwrap_or(0);
         if let Some(parent) = final_path.parent() {
             fs::create_dir_all(parent)
                 .map_err(|e| StoreError::io(format!("create {}", parent.display()), e))?;
         }
         // A crash here loses at most the link: the chunk is simply missing, never partial.
         match fs::hard_link(tmp, final_path) {
-            Ok(()) => Ok(CommitOutcome::Committed),
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(CommitOutcome::Lost),
+            Ok(()) => Ok((CommitOutcome::Committed, blocks)),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok((CommitOutcome::Lost, 0)),
             Err(e) => Err(StoreError::io(format!("link {}", final_path.display()), e)),
         }
     })();
     let _ = fs::remove_file(tmp);
-    result
+    match result {
+        Ok((CommitOutcome::Committed, blocks)) => {
+            space.committed(key, blocks, reservation);
+            Ok(CommitOutcome::Committed)
+        }
+        Ok((outcome, _)) => Ok(outcome),
+        Err(e) => {
+            // The temp file is gone; the evictor makes room before the next commit comes.
+            if is_out_of_space(&e) {
+                space.out_of_space();
+            }
+            Err(e)
+        }
+    }
 }
 
 #[async_trait]
@@ -188,35 +236,56 @@ impl CacheStore for FsStore {
         to: u64,
     ) -> Result<Option<Box<dyn ChunkRead>>, StoreError> {
         let name = id.name();
+        let key = id.placement_digest();
         let (pos, end) = (from.min(expected_len), to.min(expected_len));
         let cached = self.open_files.lock().get(&name).cloned();
         // A kept descriptor is checked like a fresh open (an `fstat`, no disk I/O): a file
-        // truncated behind Orca's back is quarantined, not read short forever.
-        let cached = match cached {
-            Some(file) if file.metadata().map(|m| m.len()).ok() == Some(expected_len) => Some(file),
+        // truncated behind Orca's back is quarantined, not read short forever, and a file
+        // deleted (by hand) is a miss, filled again, and its space is freed.
+        let cached = match cached.map(|f| {
+            let m = f.metadata().ok();
+            (f, m)
+        }) {
+            Some((file, Some(m))) if m.len() == expected_len && m.nlink() > 0 => {
+                Some((file, m.blocks() * 512))
+            }
             Some(_) => {
                 self.open_files.lock().pop(&name);
                 None
             }
             None => None,
         };
-        let file = match cached {
-            Some(file) => file,
+        let (file, bytes) = match cached {
+            Some(hit) => hit,
             None => {
                 let path = self.chunk_path(id);
-                let key = name.clone();
+                let label = name.clone();
                 let opened =
-                    tokio::task::spawn_blocking(move || open_checked(&path, expected_len, key))
+                    tokio::task::spawn_blocking(move || open_checked(&path, expected_len, label))
                         .await
-                        .map_err(|e| StoreError::io("open task", std::io::Error::other(e)))??;
-                let Some(file) = opened else {
-                    return Ok(None);
+                        .map_err(|e| StoreError::io("open task", std::io::Error::other(e)))?;
+                let (file, bytes) = match opened {
+                    Ok(Some(hit)) => hit,
+                    Ok(None) => {
+                        self.space.forget(&key);
+                        return Ok(None);
+                    }
+                    Err(e) => {
+                        self.space.forget(&key);
+                        return Err(e);
+                    }
                 };
                 let file = Arc::new(file);
-                self.open_files.lock().put(name, file.clone());
-                file
+                self.open_files.lock().put(name.clone(), file.clone());
+                // The evictor may have unlinked it between the open and the put, after taking
+                // it out of the kept set: keep no descriptor of a deleted file.
+                if file.metadata().map(|m| m.nlink()).unwrap_or(0) == 0 {
+                    self.open_files.lock().pop(&name);
+                }
+                (file, bytes)
             }
         };
+        self.space.touch(&key, bytes);
         Ok(Some(Box::new(FsReader { file, pos, end })))
     }
 
@@ -227,11 +296,18 @@ impl CacheStore for FsStore {
         len: u64,
     ) -> Result<CommitOutcome, StoreError> {
         super::check_commit_len(id, &pieces, len)?;
+        let key = id.placement_digest();
+        // Room first: a commit that would take the store over its bound waits here (in the
+        // background, after its client was served) for the evictor it wakes.
+        let reservation = self.space.reserve(&key, len).await?;
         let final_path = self.chunk_path(id);
         let tmp = self.tmp_path(id);
-        tokio::task::spawn_blocking(move || commit_blocking(&final_path, &tmp, &pieces))
-            .await
-            .map_err(|e| StoreError::io("commit task", std::io::Error::other(e)))?
+        let space = self.space.clone();
+        tokio::task::spawn_blocking(move || {
+            commit_blocking(&final_path, &tmp, &pieces, &space, key, reservation)
+        })
+        .await
+        .map_err(|e| StoreError::io("commit task", std::io::Error::other(e)))?
     }
 
     fn driver(&self) -> &'static str {
@@ -240,17 +316,22 @@ impl CacheStore for FsStore {
 }
 
 /// Opens a committed chunk file and checks its length: `None` when it is not there; a file of
-/// the wrong length is removed (so the next fill can commit a good copy) and reported.
-fn open_checked(path: &Path, expected_len: u64, name: String) -> Result<Option<File>, StoreError> {
+/// the wrong length is removed (so the next fill can commit a good copy) and reported. With the
+/// file, the bytes it uses on disk.
+fn open_checked(
+    path: &Path,
+    expected_len: u64,
+    name: String,
+) -> Result<Option<(File, u64)>, StoreError> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(StoreError::io(format!("open {}", path.display()), e)),
     };
-    let found = file
+    let meta = file
         .metadata()
-        .map_err(|e| StoreError::io(format!("stat {}", path.display()), e))?
-        .len();
+        .map_err(|e| StoreError::io(format!("stat {}", path.display()), e))?;
+    let found = meta.len();
     if found != expected_len {
         let _ = fs::remove_file(path);
         return Err(StoreError::Corrupt {
@@ -259,7 +340,7 @@ fn open_checked(path: &Path, expected_len: u64, name: String) -> Result<Option<F
             expected: expected_len,
         });
     }
-    Ok(Some(file))
+    Ok(Some((file, meta.blocks() * 512)))
 }
 
 /// Reads a chunk file in pieces of at most [`PIECE`] bytes into recycled buffers.
@@ -355,7 +436,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn commit_then_read_ranges() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FsStore::open(dir.path()).unwrap();
+        let store = FsStore::open(dir.path(), &FsLimits::default()).unwrap();
         assert_eq!(store.stat(&id(0)).await.unwrap(), None);
         let pieces = vec![Bytes::from_static(b"hello "), Bytes::from_static(b"world")];
         let out = store.commit(&id(0), pieces, 11).await.unwrap();
@@ -369,7 +450,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn racing_writers_both_succeed_with_one_file() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(FsStore::open(dir.path()).unwrap());
+        let store = Arc::new(FsStore::open(dir.path(), &FsLimits::default()).unwrap());
         let mut tasks = Vec::new();
         for _ in 0..8 {
             let s = store.clone();
@@ -393,7 +474,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn length_mismatch_is_refused_before_writing() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FsStore::open(dir.path()).unwrap();
+        let store = FsStore::open(dir.path(), &FsLimits::default()).unwrap();
         let err = store
             .commit(&id(0), vec![Bytes::from_static(b"short")], 10)
             .await
@@ -406,7 +487,7 @@ mod tests {
     async fn crash_leftovers_are_never_served_and_cleaned_at_start() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = FsStore::open(dir.path()).unwrap();
+            let store = FsStore::open(dir.path(), &FsLimits::default()).unwrap();
             // A temp file of a process that is gone, as a crash mid-commit leaves it, and one of
             // a live process (this one), as a running Orca's commit in progress looks.
             let dead = format!("{}.0.{}.tmp", u32::MAX - 1, id(0).name());
@@ -415,7 +496,7 @@ mod tests {
             fs::write(dir.path().join("tmp").join(live), b"partial").unwrap();
             assert!(store.read(&id(0), 7, 0, 7).await.unwrap().is_none());
         }
-        let _store = FsStore::open(dir.path()).unwrap();
+        let _store = FsStore::open(dir.path(), &FsLimits::default()).unwrap();
         let left: Vec<_> = fs::read_dir(dir.path().join("tmp"))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
@@ -429,7 +510,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn wrong_length_file_is_quarantined() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FsStore::open(dir.path()).unwrap();
+        let store = FsStore::open(dir.path(), &FsLimits::default()).unwrap();
         store
             .commit(&id(0), vec![Bytes::from_static(b"abc")], 3)
             .await
@@ -442,7 +523,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_kept_file_truncated_behind_orcas_back_is_quarantined() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FsStore::open(dir.path()).unwrap();
+        let store = FsStore::open(dir.path(), &FsLimits::default()).unwrap();
         let good = vec![Bytes::from_static(b"0123456789")];
         store.commit(&id(5), good.clone(), 10).await.unwrap();
         // Read once: the descriptor is kept.
@@ -464,9 +545,27 @@ mod tests {
         assert_eq!(read_all(&store, &id(5), 10, 2, 6).await, b"2345");
     }
 
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_kept_file_deleted_by_hand_is_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path(), &FsLimits::default()).unwrap();
+        let good = vec![Bytes::from_static(b"0123456789")];
+        store.commit(&id(6), good.clone(), 10).await.unwrap();
+        assert_eq!(read_all(&store, &id(6), 10, 0, 10).await, b"0123456789");
+        fs::remove_file(store.chunk_path(&id(6))).unwrap();
+        // The kept descriptor would still read the bytes: the deleted file must be a miss, so
+        // it is filled again and its space is freed.
+        assert!(store.read(&id(6), 10, 0, 10).await.unwrap().is_none());
+        assert_eq!(store.space().usage().2, 0, "the index forgot it");
+        assert_eq!(
+            store.commit(&id(6), good, 10).await.unwrap(),
+            CommitOutcome::Committed
+        );
+    }
+
     #[test]
     fn unwritable_root_is_refused() {
-        let err = FsStore::open(Path::new("/proc/orca-cannot-write"))
+        let err = FsStore::open(Path::new("/proc/orca-cannot-write"), &FsLimits::default())
             .err()
             .unwrap();
         assert!(err.to_string().contains("/proc/orca-cannot-write"), "{err}");

@@ -1,16 +1,19 @@
 //! Cache stores: where whole chunks are kept, behind one trait.
 //!
 //! [`CacheStore`] is what a driver implements: stat, ranged read and a no-clobber commit. The
-//! `fs` driver keeps chunks in a local directory (one machine); the shared `s3` driver (a fleet)
-//! implements the same trait. [`storage::ChunkStorage`] adapts any store to
+//! `fs` driver keeps chunks in a local directory (one machine), held to a size bound by the
+//! index and evictor of [`evict`] with the S3-FIFO policy of `policy`; the shared `s3` driver (a
+//! fleet) implements the same trait. [`storage::ChunkStorage`] adapts any store to
 //! `pingora_cache::Storage`, adds the registry of fills in flight (streaming partial writes) and
 //! the presence catalog.
 
 pub(crate) mod buf;
 pub(crate) mod catalog;
+pub(crate) mod evict;
 pub(crate) mod fs;
 #[cfg(test)]
 pub(crate) mod mem;
+mod policy;
 pub mod s3;
 pub(crate) mod storage;
 
@@ -78,6 +81,13 @@ pub enum StoreError {
         context: String,
         /// What did not fit.
         detail: String,
+    },
+    /// The store is at its bound and the evictor made no room in time (`fs` store); nothing
+    /// was written.
+    #[error("no room for chunk {name} within the cache store's bound")]
+    Full {
+        /// The chunk's name.
+        name: String,
     },
     /// The store refused its start-up checks.
     #[error("cache store check failed: {0}")]

@@ -91,6 +91,19 @@ impl ChunkId {
         format!("{}-{}", self.object_hex(), self.index)
     }
 
+    /// Parses a [`ChunkId::name`] back (the chunk size is not part of the name; pass it). The
+    /// `fs` store's start-up scan names the files it finds with it.
+    pub fn parse_name(name: &str, chunk_size: u64) -> Option<Self> {
+        let (hex_part, idx) = name.split_once('-')?;
+        let mut object_hash = [0u8; 32];
+        hex::decode_to_slice(hex_part, &mut object_hash).ok()?;
+        Some(Self {
+            object_hash,
+            chunk_size,
+            index: idx.parse().ok()?,
+        })
+    }
+
     /// A stable 64-bit digest of the chunk (object hash and index), for placement decisions.
     pub fn placement_digest(&self) -> [u8; 40] {
         let mut out = [0u8; 40];
@@ -227,6 +240,14 @@ mod tests {
         let a = ChunkId::from_fields("o", "ab", "c", "e", 8, 0);
         let b = ChunkId::from_fields("o", "a", "bc", "e", 8, 0);
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn name_round_trips() {
+        let a = ChunkId::new(&v("k", "e"), 1 << 20, 17);
+        assert_eq!(ChunkId::parse_name(&a.name(), 1 << 20), Some(a));
+        assert_eq!(ChunkId::parse_name("zz-1", 1), None);
+        assert_eq!(ChunkId::parse_name("nodash", 1), None);
     }
 
     #[test]

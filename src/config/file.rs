@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Deserializer};
 
-use super::units::{ByteSize, HumanDuration};
+use super::units::{ByteSize, HumanDuration, SizeOrPercent};
 
 /// Deserializes a section that may be written as an empty key (`cluster:` with everything under
 /// it commented out, which YAML reads as null) as its default.
@@ -197,12 +197,21 @@ pub struct CacheStoreFile {
 pub struct FsStoreFile {
     /// Directory holding the chunks. Default `./data/cache`.
     pub root: String,
+    /// The most the store may hold. Default unset: 90 % of the filesystem's size at start.
+    pub max_size: Option<ByteSize>,
+    /// Space to leave free on the filesystem (a size or a percentage of it). Default 5%.
+    pub min_free: SizeOrPercent,
+    /// Where eviction stops (a percentage of the bound, or a size). Default 90%.
+    pub low_watermark: SizeOrPercent,
 }
 
 impl Default for FsStoreFile {
     fn default() -> Self {
         FsStoreFile {
             root: "./data/cache".to_owned(),
+            max_size: None,
+            min_free: SizeOrPercent::Percent(5),
+            low_watermark: SizeOrPercent::Percent(90),
         }
     }
 }

@@ -17,11 +17,11 @@ use std::path::{Path, PathBuf};
 
 use serde_path_to_error::Segment;
 
-pub use units::{ByteSize, HumanDuration, UnitError};
+pub use units::{ByteSize, HumanDuration, SizeOrPercent, UnitError};
 pub use validated::{
     AzureBlobConfig, AzureCredentials, CacheStoreConfig, CatalogConfig, Chunking, ClusterConfig,
-    Config, DnsConfig, EdgeConfig, EnvLookup, Limits, Listen, LogFormat, Logging, MetadataConfig,
-    OriginConfig, OriginDriver, Problem, S3Credentials, S3OriginConfig, Tier,
+    Config, DnsConfig, EdgeConfig, EnvLookup, FsLimits, Limits, Listen, LogFormat, Logging,
+    MetadataConfig, OriginConfig, OriginDriver, Problem, S3Credentials, S3OriginConfig, Tier,
 };
 
 /// Why a configuration could not be loaded.

@@ -88,7 +88,12 @@ fn defaults_from_a_file_with_only_origin_id() {
     assert_eq!(
         config.cachestore,
         CacheStoreConfig::Fs {
-            root: PathBuf::from("./data/cache")
+            root: PathBuf::from("./data/cache"),
+            limits: FsLimits {
+                max_size: None,
+                min_free: SizeOrPercent::Percent(5),
+                low_watermark: SizeOrPercent::Percent(90),
+            },
         }
     );
     assert_eq!(
@@ -201,7 +206,10 @@ fn unknown_keys_name_the_key_and_section() {
     let e = err("origin:\n  id: x\ncachestore:\n  fs:\n    root: /tmp/x\n    rot: 1\n");
     let msg = e.to_string();
     assert!(
-        msg.starts_with("unknown key \"rot\" at cachestore.fs (expected `root`)"),
+        msg.starts_with(
+            "unknown key \"rot\" at cachestore.fs (expected one of `root`, `max_size`, \
+             `min_free`, `low_watermark`)"
+        ),
         "{msg}"
     );
     assert!(msg.contains("line 6"), "{msg}");
@@ -710,7 +718,8 @@ fn s3_cachestore() {
     assert_eq!(
         config.cachestore,
         CacheStoreConfig::Fs {
-            root: PathBuf::from("/var/cache/orca")
+            root: PathBuf::from("/var/cache/orca"),
+            limits: FsLimits::default(),
         }
     );
 }
@@ -913,4 +922,84 @@ fn shipped_config_files_validate() {
     let minimal = load_with_env(&dir.join("orca-minimal.yaml"), &aws_env()).unwrap();
     assert_eq!(minimal.origin.id, "my-origin");
     assert_eq!(minimal, defaults);
+}
+
+#[test]
+fn fs_store_bounds() {
+    let config = ok("origin:\n  id: x\ncachestore:\n  fs:\n    max_size: 100GiB\n    min_free: 20GiB\n    low_watermark: 80GiB\n");
+    assert_eq!(
+        config.cachestore,
+        CacheStoreConfig::Fs {
+            root: PathBuf::from("./data/cache"),
+            limits: FsLimits {
+                max_size: Some(100 * GIB),
+                min_free: SizeOrPercent::Size(20 * GIB),
+                low_watermark: SizeOrPercent::Size(80 * GIB),
+            },
+        }
+    );
+    let config =
+        ok("origin:\n  id: x\ncachestore:\n  fs:\n    min_free: 0%\n    low_watermark: 75%\n");
+    let CacheStoreConfig::Fs { limits, .. } = config.cachestore else {
+        panic!("fs");
+    };
+    assert_eq!(limits.min_free, SizeOrPercent::Percent(0));
+    assert_eq!(limits.low_watermark, SizeOrPercent::Percent(75));
+
+    // Every problem, each naming its key.
+    let got = problems("origin:\n  id: x\ncachestore:\n  fs:\n    max_size: 0\n    min_free: 100%\n    low_watermark: 100%\n");
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(
+        got[0].starts_with("cachestore.fs.max_size: must be greater than 0"),
+        "{got:?}"
+    );
+    assert!(
+        got[1].starts_with("cachestore.fs.min_free: 100%"),
+        "{got:?}"
+    );
+    assert!(
+        got[2].starts_with("cachestore.fs.low_watermark: 100% must be between 1% and 99%"),
+        "{got:?}"
+    );
+    let got = problems(
+        "origin:\n  id: x\ncachestore:\n  fs:\n    max_size: 10GiB\n    low_watermark: 10GiB\n",
+    );
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with(
+            "cachestore.fs.low_watermark: 10737418240 bytes must be below cachestore.fs.max_size"
+        ),
+        "{got:?}"
+    );
+    let got = problems("origin:\n  id: x\ncachestore:\n  fs:\n    low_watermark: 0%\n");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with("cachestore.fs.low_watermark: 0% must be between"),
+        "{got:?}"
+    );
+    let got = problems("origin:\n  id: x\ncachestore:\n  fs:\n    max_size: 4MiB\n");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with(
+            "cachestore.fs.max_size: 4194304 bytes is less than the largest chunk size \
+             (134217728 bytes)"
+        ),
+        "{got:?}"
+    );
+    // Malformed values name the key too.
+    let e = err("origin:\n  id: x\ncachestore:\n  fs:\n    min_free: 2.5%\n");
+    assert!(
+        e.to_string()
+            .starts_with("cachestore.fs.min_free: invalid percentage \"2.5%\": fractions"),
+        "{e}"
+    );
+    let e = err("origin:\n  id: x\ncachestore:\n  fs:\n    max_size: 10%\n");
+    assert!(
+        e.to_string()
+            .starts_with("cachestore.fs.max_size: invalid size \"10%\""),
+        "{e}"
+    );
+    // The fs keys are not checked with driver: s3 (as the s3 section is not with driver: fs).
+    let config = ok("origin:\n  id: x\ncachestore:\n  driver: s3\n  fs:\n    max_size: 0\n  s3:\n    access_key_id: a\n    secret_access_key: b\n");
+    assert!(matches!(config.cachestore, CacheStoreConfig::S3 { .. }));
 }

@@ -16,7 +16,7 @@ use serde::de::{self, Deserialize, Deserializer, Visitor};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {what} \"{value}\": {reason}")]
 pub struct UnitError {
-    /// `size` or `duration`.
+    /// `size`, `duration` or `percentage`.
     what: &'static str,
     /// The value as written in the file.
     value: String,
@@ -239,6 +239,102 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// A size, or a percentage of something the key names (the filesystem, the bound): `5%`, or
+/// anything [`parse_size`] takes. A percentage is a whole number from 0 to 100.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SizeOrPercent {
+    /// A number of bytes.
+    Size(u64),
+    /// A whole percentage, at most 100.
+    Percent(u8),
+}
+
+impl SizeOrPercent {
+    /// The bytes this stands for, `Percent` taken of `whole`.
+    #[must_use]
+    pub fn of(self, whole: u64) -> u64 {
+        match self {
+            SizeOrPercent::Size(n) => n,
+            SizeOrPercent::Percent(p) => {
+                u64::try_from(u128::from(whole) * u128::from(p) / 100).unwrap_or(u64::MAX)
+            }
+        }
+    }
+}
+
+/// Parses a percentage (`5%`, a whole number from 0 to 100) or a size (see [`parse_size`]).
+///
+/// # Errors
+///
+/// A [`UnitError`] quoting `s`.
+///
+/// ```
+/// use orca::config::units::{parse_size_or_percent, SizeOrPercent};
+/// assert_eq!(parse_size_or_percent("5%").unwrap(), SizeOrPercent::Percent(5));
+/// assert_eq!(parse_size_or_percent("1GiB").unwrap(), SizeOrPercent::Size(1 << 30));
+/// assert!(parse_size_or_percent("2.5%").is_err());
+/// ```
+pub fn parse_size_or_percent(s: &str) -> Result<SizeOrPercent, UnitError> {
+    let Some(number) = s.strip_suffix('%') else {
+        return parse_size(s).map(SizeOrPercent::Size);
+    };
+    let bad = |reason: &str| UnitError {
+        what: "percentage",
+        value: s.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad(if number.contains('.') {
+            "fractions are not allowed; use a size for finer steps"
+        } else if number.starts_with('-') {
+            "must not be negative"
+        } else {
+            "expected a whole number from 0 to 100 followed by %"
+        }));
+    }
+    match number.parse::<u8>() {
+        Ok(p) if p <= 100 => Ok(SizeOrPercent::Percent(p)),
+        _ => Err(bad("must be at most 100%")),
+    }
+}
+
+impl<'de> Deserialize<'de> for SizeOrPercent {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ShareVisitor;
+
+        impl Visitor<'_> for ShareVisitor {
+            type Value = SizeOrPercent;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a percentage such as 5% or a size such as 10GiB")
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<SizeOrPercent, E> {
+                Ok(SizeOrPercent::Size(v))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<SizeOrPercent, E> {
+                u64::try_from(v)
+                    .map(SizeOrPercent::Size)
+                    .map_err(|_| E::custom(UnitError::size(v, "must not be negative")))
+            }
+
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<SizeOrPercent, E> {
+                Err(E::custom(UnitError::size(
+                    v,
+                    "fractions are not allowed; use a smaller unit",
+                )))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<SizeOrPercent, E> {
+                parse_size_or_percent(v).map_err(E::custom)
+            }
+        }
+
+        deserializer.deserialize_any(ShareVisitor)
+    }
+}
+
 /// A duration read from the configuration file: a string such as `250ms` or `5s` (see
 /// [`parse_duration`]). Plain numbers are refused: they need a unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -368,6 +464,41 @@ mod tests {
             assert!(msg.contains(reason), "{text}: {msg}");
             assert_eq!(err.value(), *text);
         }
+    }
+
+    #[test]
+    fn sizes_or_percentages() {
+        assert_eq!(parse_size_or_percent("0%"), Ok(SizeOrPercent::Percent(0)));
+        assert_eq!(
+            parse_size_or_percent("100%"),
+            Ok(SizeOrPercent::Percent(100))
+        );
+        assert_eq!(
+            parse_size_or_percent("8MiB"),
+            Ok(SizeOrPercent::Size(8 * MIB))
+        );
+        for (text, reason) in [
+            ("101%", "at most 100%"),
+            ("2.5%", "fractions"),
+            ("-5%", "negative"),
+            ("%", "whole number"),
+            ("5 %", "whole number"),
+            ("99999%", "at most 100%"),
+        ] {
+            let msg = parse_size_or_percent(text).unwrap_err().to_string();
+            assert!(
+                msg.starts_with(&format!("invalid percentage \"{text}\"")),
+                "{text}: {msg}"
+            );
+            assert!(msg.contains(reason), "{text}: {msg}");
+        }
+        assert!(parse_size_or_percent("5XB")
+            .unwrap_err()
+            .to_string()
+            .starts_with("invalid size"));
+        assert_eq!(SizeOrPercent::Percent(5).of(1000), 50);
+        assert_eq!(SizeOrPercent::Percent(100).of(u64::MAX), u64::MAX);
+        assert_eq!(SizeOrPercent::Size(7).of(1000), 7);
     }
 
     #[test]

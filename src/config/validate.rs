@@ -9,14 +9,15 @@ use std::path::PathBuf;
 
 use super::file::{
     AzureBlobFile, CacheStoreDriverName, CacheStoreFile, ChunkingFile, ClusterFile, EdgeFile,
-    LimitsFile, ListenFile, LogFormatName, LoggingFile, MetadataFile, OrcaFile, OriginDriverName,
-    OriginFile, S3OriginFile, S3StoreFile,
+    FsStoreFile, LimitsFile, ListenFile, LogFormatName, LoggingFile, MetadataFile, OrcaFile,
+    OriginDriverName, OriginFile, S3OriginFile, S3StoreFile,
 };
+use super::units::SizeOrPercent;
 use super::validated::{
     AzureBlobConfig, AzureCredentials, CacheStoreConfig, CatalogConfig, Chunking, ClusterConfig,
-    Config, DnsConfig, EdgeConfig, EnvLookup, Limits, Listen, LogFormat, Logging, MetadataConfig,
-    OriginConfig, OriginDriver, Problem, S3Credentials, S3OriginConfig, Tier, LOG_LEVELS,
-    MAX_CHUNK_SIZE, MAX_READAHEAD,
+    Config, DnsConfig, EdgeConfig, EnvLookup, FsLimits, Limits, Listen, LogFormat, Logging,
+    MetadataConfig, OriginConfig, OriginDriver, Problem, S3Credentials, S3OriginConfig, Tier,
+    LOG_LEVELS, MAX_CHUNK_SIZE, MAX_READAHEAD,
 };
 
 /// Collects problems while validation walks the file.
@@ -65,6 +66,7 @@ pub fn validate(file: OrcaFile, env: EnvLookup<'_>) -> Result<Config, Vec<Proble
     let edge = edge(&mut p, file.edge);
     let cachestore = cachestore(&mut p, file.cachestore, &env);
     let chunking = chunking(&mut p, file.chunking);
+    fs_bound_holds_a_chunk(&mut p, cachestore.as_ref(), chunking.as_ref());
     let metadata = metadata(&mut p, &file.metadata);
     let catalog = CatalogConfig {
         max_entries: file.catalog.max_entries,
@@ -455,11 +457,72 @@ fn cachestore(p: &mut Problems, file: CacheStoreFile, env: &Env<'_>) -> Option<C
                 p.push("cachestore.fs.root", "must not be empty");
                 return None;
             }
+            let limits = fs_limits(p, &file.fs)?;
             Some(CacheStoreConfig::Fs {
                 root: PathBuf::from(file.fs.root),
+                limits,
             })
         }
         CacheStoreDriverName::S3 => s3_cachestore(p, file.s3, env),
+    }
+}
+
+fn fs_limits(p: &mut Problems, file: &FsStoreFile) -> Option<FsLimits> {
+    let before = p.len();
+    let max_size = file.max_size.map(|m| m.0);
+    if max_size == Some(0) {
+        p.push("cachestore.fs.max_size", "must be greater than 0");
+    }
+    if let SizeOrPercent::Percent(pc) = file.min_free {
+        if pc >= 100 {
+            p.push(
+                "cachestore.fs.min_free",
+                format!("{pc}% leaves no room for the cache; use less than 100%"),
+            );
+        }
+    }
+    match (file.low_watermark, max_size) {
+        (SizeOrPercent::Percent(pc), _) if !(1..=99).contains(&pc) => p.push(
+            "cachestore.fs.low_watermark",
+            format!("{pc}% must be between 1% and 99% of the bound"),
+        ),
+        (SizeOrPercent::Size(0), _) => {
+            p.push("cachestore.fs.low_watermark", "must be greater than 0");
+        }
+        (SizeOrPercent::Size(low), Some(max)) if max > 0 && low >= max => p.push(
+            "cachestore.fs.low_watermark",
+            format!("{low} bytes must be below cachestore.fs.max_size ({max} bytes)"),
+        ),
+        _ => {}
+    }
+    unless_new_problems(
+        p,
+        before,
+        FsLimits {
+            max_size,
+            min_free: file.min_free,
+            low_watermark: file.low_watermark,
+        },
+    )
+}
+
+/// A bound smaller than the largest chunk would evict every chunk it commits.
+fn fs_bound_holds_a_chunk(
+    p: &mut Problems,
+    cachestore: Option<&CacheStoreConfig>,
+    chunking: Option<&Chunking>,
+) {
+    if let (Some(CacheStoreConfig::Fs { limits, .. }), Some(chunking)) = (cachestore, chunking) {
+        let largest = chunking.max_chunk_size();
+        if let Some(max) = limits.max_size.filter(|m| *m < largest) {
+            p.push(
+                "cachestore.fs.max_size",
+                format!(
+                    "{max} bytes is less than the largest chunk size ({largest} bytes); \
+                     it must hold at least one chunk"
+                ),
+            );
+        }
     }
 }
 

@@ -7,6 +7,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::units::SizeOrPercent;
+
 /// The largest chunk size accepted anywhere in the ladder. A chunk is read, hashed and sent as
 /// one unit; beyond 4GiB a single fill is too long to retry sensibly.
 pub const MAX_CHUNK_SIZE: u64 = 4 << 30;
@@ -186,6 +188,8 @@ pub enum CacheStoreConfig {
     Fs {
         /// The directory holding the chunks.
         root: PathBuf,
+        /// Its size bound.
+        limits: FsLimits,
     },
     /// A bucket shared by a cluster.
     S3 {
@@ -200,6 +204,30 @@ pub enum CacheStoreConfig {
         /// How requests are signed.
         credentials: S3Credentials,
     },
+}
+
+/// The size bound of the `fs` store (`cachestore.fs.max_size`, `min_free`, `low_watermark`).
+/// Percentages are resolved at start, against the filesystem the root is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsLimits {
+    /// The most the store may hold; `None`: 90 % of the filesystem's size at start. Never 0,
+    /// and at least the largest chunk.
+    pub max_size: Option<u64>,
+    /// Space to leave free on the filesystem: a size, or a percentage (below 100) of it.
+    pub min_free: SizeOrPercent,
+    /// Where eviction stops: a percentage (1 to 99) of the bound, or a size (above 0, and below
+    /// `max_size` when that is set).
+    pub low_watermark: SizeOrPercent,
+}
+
+impl Default for FsLimits {
+    fn default() -> Self {
+        FsLimits {
+            max_size: None,
+            min_free: SizeOrPercent::Percent(5),
+            low_watermark: SizeOrPercent::Percent(90),
+        }
+    }
 }
 
 /// The chunk-size ladder and read-ahead.
