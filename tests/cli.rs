@@ -137,3 +137,49 @@ fn crash_leftovers_are_removed_at_start() {
     );
     assert_eq!(std::fs::read_dir(root.join("tmp")).unwrap().count(), 0);
 }
+
+/// In a container Orca is pid 1 at every start, so a pid cannot tell a crashed process's
+/// commits in progress from a running one's. Each process writes in a directory of its own and
+/// holds a lock on it: a directory whose lock is free belongs to a process that is gone and is
+/// removed at start; one whose lock is held (a running Orca) is left alone.
+#[test]
+fn a_crashed_instances_temp_directory_is_removed_and_a_running_ones_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("cache");
+    let tmp = root.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let crashed = tmp.join("00000000deadbeef");
+    std::fs::create_dir_all(&crashed).unwrap();
+    std::fs::write(crashed.join(".lock"), b"").unwrap();
+    std::fs::write(crashed.join("0.abc-0.tmp"), b"half a chunk").unwrap();
+    let running = tmp.join("00000000c0ffee00");
+    std::fs::create_dir_all(&running).unwrap();
+    let lock = std::fs::File::create(running.join(".lock")).unwrap();
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
+    std::fs::write(running.join("0.abc-1.tmp"), b"in progress").unwrap();
+    let out = check(dir.path(), &valid(&root));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !crashed.exists(),
+        "the crashed instance's leftovers are removed"
+    );
+    assert!(
+        running.join("0.abc-1.tmp").exists(),
+        "a running instance's commit is kept"
+    );
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(
+        left,
+        vec![running.clone()],
+        "orca -t leaves no directory of its own"
+    );
+    drop(lock);
+}
