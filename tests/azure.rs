@@ -11,17 +11,13 @@
 
 mod common;
 
-use ::orca::origin::azureblob::sign::{now_rfc1123, SharedKey, API_VERSION};
-use ::orca::origin::{encode_key, encode_query_value};
+use ::orca::origin::azureblob::sign::{SharedKey, API_VERSION};
+use ::orca::origin::encode_query_value;
 use common::azurite::{AzClient, Azurite, ACCOUNT, CONTAINER, KEY, WRONG_KEY};
 use common::cases;
 use common::*;
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 const MIB: usize = 1 << 20;
 async fn stack(configure: impl FnOnce(OrcaConfig) -> OrcaConfig) -> Stack {
