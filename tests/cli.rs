@@ -13,8 +13,11 @@ use std::process::{Command, Output};
 /// `orca ARGS` with test credentials and none of the variables that would change the outcome,
 /// bounded in time.
 fn orca(args: &[&str], env: &[(&str, &str)]) -> Output {
+    // A configuration without `cachestore.fs.root` uses ./data/cache: not in the checkout.
+    let cwd = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(orca_bin());
-    cmd.args(args)
+    cmd.current_dir(cwd.path())
+        .args(args)
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env_remove("ORCA_LOG_LEVEL")

@@ -607,7 +607,10 @@ async fn conditionals_answer_as_s3_without_origin_requests() {
         s.origin_requests(),
         requests,
         "conditional requests on a warm object went to the origin: {:?}",
-        &s.proxy.counts().log[requests..]
+        s.proxy.counts().log[requests..]
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.target))
+            .collect::<Vec<_>>()
     );
 }
 
