@@ -140,6 +140,8 @@ wait_http() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# The SHA-256 of each source file, and which setups had one read's bytes checked per figure.
+declare -A sha_of=() hashed=()
 say "generating objects in $dir/objects"
 # One random file per size; every other object of that size is a hard link to it (distinct keys,
 # so distinct cache entries in Orca and nginx, but no extra disk or page cache on the origin).
@@ -312,8 +314,6 @@ url() { # setup key
     esac
 }
 now() { date +%s.%N; }
-# The SHA-256 of each source file, and which setups had one read's bytes checked per figure.
-declare -A sha_of=() hashed=()
 sha_for() { # expected_bytes: the hash of the source object of that size
     case $1 in
         "$big") echo "${sha_of[big]}" ;;
