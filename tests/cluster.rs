@@ -518,3 +518,58 @@ async fn a_thousand_peer_fills_reuse_pooled_connections() {
         "{opened} connections for {peer_fills} peer fills"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_answering_costs_one_piece_deadline_then_local_fills() {
+    // origin_timeout 1s: the edge waits at most 5 * 1 + 5 = 10 s for a piece from a peer.
+    let fleet = Fleet::start(
+        2,
+        everyone,
+        "limits:\n  origin_concurrency: 16\n  origin_timeout: 1s\n",
+        false,
+    )
+    .await;
+    let data = deterministic_bytes(29, 4 * MIB);
+    let mut peers = fleet.addrs.clone();
+    peers.sort();
+    // A key with at least one chunk that replica 1 coordinates.
+    let mut chosen = None;
+    for attempt in 0..20 {
+        let key = format!("frozen-{attempt}");
+        let etag = fleet.put(&key, &data).await;
+        let theirs = (0..4u64)
+            .filter(|i| {
+                let id = ChunkId::from_fields("test-origin", BUCKET, &key, &etag, MIB as u64, *i);
+                rendezvous::choose(&peers, &id) == Some(fleet.addrs[1].as_str())
+            })
+            .count();
+        if theirs > 0 {
+            chosen = Some(key);
+            break;
+        }
+    }
+    let key = chosen.expect("no key with a chunk of replica 1 in 20 tries");
+    // Replica 1 stops: its kernel still accepts connections, nothing answers them.
+    fleet.replicas[1].signal("STOP");
+    let r = http_get(&fleet.replicas[0].object_url(BUCKET, &key), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(sha256_hex(&r.body), sha256_hex(&data));
+    // The peer fill failed at its deadline and replica 0 filled every chunk itself.
+    assert!(
+        fleet.replicas[0].metric_value("orca_peer_fills_total{result=\"error\"}") >= 1.0,
+        "{}",
+        fleet.replicas[0].log_tail()
+    );
+    assert_eq!(
+        fleet.replicas[0].metric_value("orca_peer_fills_total{result=\"ok\"}"),
+        0.0
+    );
+    let fetched = fleet.fetched_by();
+    let mut mine = fetched[0].clone();
+    mine.sort();
+    assert_eq!(mine, [0, 1, 2, 3]);
+    assert!(fetched[1].is_empty(), "{fetched:?}");
+    // (Stopped, it is killed by pid when the fleet drops.)
+}
