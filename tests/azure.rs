@@ -196,6 +196,24 @@ async fn a_replaced_blob_is_served_after_the_ttl_and_never_mixed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_cut_after_the_first_byte_aborts_and_is_never_stored() {
+    let s = stack(|c| c).await;
+    cases::a_body_cut_after_the_first_byte_aborts_and_is_never_stored(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_right_after_the_origin_header_fails_cleanly_without_a_second_writer() {
+    let s = stack(|c| c).await;
+    cases::a_cut_right_after_the_origin_header_fails_cleanly_without_a_second_writer(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_that_never_answers_is_a_504_after_three_attempts_per_client() {
+    let s = stack(|c| c.extra_yaml(cases::ONE_SECOND_TIMEOUT)).await;
+    cases::an_origin_that_never_answers_is_a_504_after_three_attempts_per_client(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_cold_reads_fetch_each_chunk_once() {
     let s = stack(|c| c).await;
     cases::concurrent_cold_reads_fetch_each_chunk_once(&s).await;

@@ -9,7 +9,10 @@
 
 mod common;
 
-use common::cases::{self, assert_store_holds_only_good_chunks};
+use common::cases::{
+    self, assert_aborted_after_the_first_byte, assert_store_holds_only_good_chunks, faulted_range,
+    ONE_SECOND_TIMEOUT,
+};
 use common::*;
 use std::time::Duration;
 
@@ -45,68 +48,10 @@ async fn a_replaced_object_is_served_after_the_ttl_and_never_mixed() {
     cases::a_replaced_object_is_served_after_the_ttl_and_never_mixed(&s).await;
 }
 
-/// The faulted request of the proxy's log: (its Range, how many requests carried that Range).
-fn faulted_range(s: &Stack) -> (String, usize) {
-    let log = s.proxy.counts().log;
-    let faulted = log
-        .iter()
-        .find(|r| r.fault.is_some())
-        .unwrap_or_else(|| panic!("no request was faulted: {log:?}"));
-    let range = faulted.range.clone().expect("a chunk GET has a Range");
-    let same = log
-        .iter()
-        .filter(|r| r.range.as_deref() == Some(range.as_str()))
-        .count();
-    (range, same)
-}
-
-/// Reads `key` whole after a fault that hits a chunk other than the first, whose bytes are
-/// already cached: the status and first bytes have gone out, so the failure must abort the
-/// body, never complete it; what did arrive is a prefix of the object.
-async fn assert_aborted_after_the_first_byte(s: &Stack, key: &str, data: &[u8]) {
-    match http_get(&s.url(key), None).await {
-        Ok(r) => panic!(
-            "a failed fill after the first byte gave a complete-looking answer: status {}, {} bytes",
-            r.status,
-            r.body.len()
-        ),
-        Err(HttpError::Body {
-            status, received, ..
-        }) => {
-            assert_eq!(status, 200);
-            assert!(received.len() < data.len());
-            assert!(
-                received == data[..received.len()],
-                "the bytes before the abort are not the object's"
-            );
-        }
-        Err(e) => panic!("no answer at all: {e:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_cut_short_is_a_visible_error_and_never_stored() {
     let s = stack(|c| c).await;
-    let data = deterministic_bytes(3, 3 * MIB);
-    let etag = s.put("cut", &data).await;
-    // Chunk 0 cached first, so the whole read's status and first bytes leave before the cut.
-    let r = http_get(&s.url("cut"), Some("bytes=0-0")).await.unwrap();
-    assert_eq!(r.status, 206);
-    s.proxy.push_fault(
-        FaultRule::new(Fault::CutBodyAfter(100_000))
-            .method("GET")
-            .with_range()
-            .times(1),
-    );
-    assert_aborted_after_the_first_byte(&s, "cut", &data).await;
-    // The accepted answer was not retried by that read.
-    let (range, same) = faulted_range(&s);
-    assert_eq!(same, 1, "the cut chunk GET ({range}) was retried");
-    // Nothing wrong was stored, checked before any other read can quarantine it.
-    assert_store_holds_only_good_chunks(&s, &[("cut", &etag, &data)], false).await;
-    let r = http_get(&s.url("cut"), None).await.unwrap();
-    assert_eq!(sha256_hex(&r.body), sha256_hex(&data));
-    assert_store_holds_only_good_chunks(&s, &[("cut", &etag, &data)], true).await;
+    cases::a_body_cut_after_the_first_byte_aborts_and_is_never_stored(&s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,71 +270,13 @@ async fn sigterm_lets_an_in_flight_download_finish() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_right_after_the_origin_header_fails_cleanly_without_a_second_writer() {
     let s = stack(|c| c).await;
-    let data = deterministic_bytes(10, MIB);
-    let etag = s.put("zero", &data).await;
-    // The origin's 206 header arrives and is accepted, then the connection closes before any
-    // body byte: no retry may register a second writer for the chunk.
-    s.proxy.push_fault(
-        FaultRule::new(Fault::CutBodyAfter(0))
-            .method("GET")
-            .with_range()
-            .times(1),
-    );
-    // No byte has gone to the client: the failure is a proper S3 error status, not a 200
-    // with an aborted body.
-    let r = http_get(&s.url("zero"), None).await.unwrap();
-    assert!(r.status >= 500, "status {}: {}", r.status, r.text());
-    assert!(r.text().contains("<Error>"), "{}", r.text());
-    assert!(r.header("x-amz-request-id").is_some());
-    assert_eq!(s.origin_gets(), 1, "the accepted answer was retried");
-    assert_store_holds_only_good_chunks(&s, &[("zero", &etag, &data)], false).await;
-    let r = http_get(&s.url("zero"), None).await.unwrap();
-    assert_eq!(sha256_hex(&r.body), sha256_hex(&data));
-    assert_eq!(s.orca.ops_get("/healthz").0, 200);
-    assert!(!s.orca.log().contains("panicked"), "{}", s.orca.log_tail());
-    assert_store_holds_only_good_chunks(&s, &[("zero", &etag, &data)], true).await;
+    cases::a_cut_right_after_the_origin_header_fails_cleanly_without_a_second_writer(&s).await;
 }
-
-/// `limits` with `origin_timeout: 1s` (the test default concurrency kept): every origin
-/// deadline is short, so a stalled origin costs a test about a second per attempt.
-const ONE_SECOND_TIMEOUT: &str = "limits:\n  origin_concurrency: 16\n  origin_timeout: 1s\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_origin_that_never_answers_is_a_504_after_three_attempts_per_client() {
-    let s = stack(|c| c.extra_yaml(ONE_SECOND_TIMEOUT)).await;
-    let data = deterministic_bytes(70, MIB);
-    s.put("mute", &data).await;
-    // Every chunk GET's answer is held past the 1 s read deadline.
-    s.proxy.push_fault(
-        FaultRule::new(Fault::Stall(Duration::from_secs(4)))
-            .method("GET")
-            .with_range()
-            .times(10),
-    );
-    // Two clients on one chunk: the second waits on the first's fill (the cache lock). A writer
-    // that fails before its answer is accepted releases the lock as a transient error
-    // (pingora's `LockStatus::TransientError`), so the waiter then becomes the writer and
-    // makes its own 3 attempts: 3 per client, one client after the other.
-    let url = s.url("mute");
-    let second = tokio::spawn(async move { http_get(&url, None).await });
-    let r = http_get(&s.url("mute"), None).await.unwrap();
-    let r2 = second.await.unwrap().unwrap();
-    for r in [&r, &r2] {
-        assert_eq!(r.status, 504, "{}", r.text());
-        assert!(
-            r.text().contains("<Code>OriginTimeout</Code>"),
-            "{}",
-            r.text()
-        );
-        assert!(r.header("x-amz-request-id").is_some());
-    }
-    assert_eq!(s.origin_gets(), 6, "{:?}", s.proxy.counts().log);
-    assert_eq!(
-        s.orca
-            .metric_value("orca_origin_requests_total{op=\"get\",status=\"0\"}"),
-        6.0
-    );
-    assert_eq!(s.proxy.pending_faults(), 4);
+    let s = stack(|c| c.extra_yaml(cases::ONE_SECOND_TIMEOUT)).await;
+    cases::an_origin_that_never_answers_is_a_504_after_three_attempts_per_client(&s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
