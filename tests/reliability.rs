@@ -279,11 +279,14 @@ async fn a_fill_request_with_a_wrong_object_size_does_not_delete_a_good_chunk() 
         .await
         .unwrap();
     assert_eq!((r.status, r.body), (200, data.clone()));
-    let committed = s.orca.wait_metric_at_least(
-        "orca_cachestore_commits_total{result=\"committed\"}",
-        1.0,
-        std::time::Duration::from_secs(30),
-    );
+    let committed = s
+        .orca
+        .wait_metric_at_least(
+            "orca_cachestore_commits_total{result=\"committed\"}",
+            1.0,
+            std::time::Duration::from_secs(30),
+        )
+        .await;
     assert!(committed >= 1.0, "the chunk was committed");
     s.proxy.reset_counts();
     // The same chunk (same chunk size and index) of a "1001-byte" object.
