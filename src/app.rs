@@ -11,6 +11,7 @@ use crate::cluster::{Cluster, PeerSource};
 use crate::config::{CacheStoreConfig, Config, OriginDriver, S3Credentials};
 use crate::edge::fill_client::FillClient;
 use crate::edge::pipeline::budget_units;
+use crate::edge::auth::EdgeAuth;
 use crate::edge::EdgeService;
 use crate::fill::FillService;
 use crate::metadata::{MetadataCache, OriginHealth};
@@ -56,6 +57,8 @@ pub struct Orca {
     pub cluster: Arc<Cluster>,
     /// Why the cache store failed its start-up checks, if it did (`/readyz` says it).
     pub store_problem: Option<String>,
+    /// The edge's client authentication (`edge.auth`).
+    pub edge_auth: Arc<EdgeAuth>,
 }
 
 impl Orca {
@@ -135,6 +138,7 @@ impl Orca {
         let fill_client = FillClient::local(lock_age + timeout);
         let cluster = Arc::new(build_cluster(&config, lock_age + timeout)?);
         let budget = budget_units(config.limits.readahead_memory) as usize;
+        let config_auth = config.edge.auth.clone();
         Ok(Arc::new(Self {
             origin_permits: Arc::new(Semaphore::new(config.limits.origin_concurrency)),
             readahead_budget: Arc::new(Semaphore::new(budget)),
@@ -147,6 +151,7 @@ impl Orca {
             fill_client,
             cluster,
             store_problem,
+            edge_auth: Arc::new(EdgeAuth::new(&config_auth)),
         }))
     }
 
@@ -167,6 +172,9 @@ impl Orca {
         let mut problems = Vec::new();
         if let Some(p) = &self.store_problem {
             problems.push(p.clone());
+        }
+        if let Some(p) = self.edge_auth.readiness_problem() {
+            problems.push(p);
         }
         if !self.cluster.has_peer_set() {
             problems.push("peer discovery has not produced a peer set yet".to_string());
@@ -256,6 +264,7 @@ pub fn build_server(opt: Opt, config: Config) -> anyhow::Result<Server> {
     let mut fill =
         http_proxy_service_with_name(&conf, FillService::for_peers(orca.clone()), "fill");
     let dns = orca.cluster.dns_refresher();
+    let auth_reloader = orca.edge_auth.reloader();
     fill.add_tcp(&listen.internal);
     let mut ops = Service::new(
         "ops".to_string(),
@@ -269,6 +278,9 @@ pub fn build_server(opt: Opt, config: Config) -> anyhow::Result<Server> {
     server.add_service(ops);
     if let Some(dns) = dns {
         server.add_service(background_service("peer discovery", dns));
+    }
+    if let Some(reloader) = auth_reloader {
+        server.add_service(background_service("edge credentials reload", reloader));
     }
     Ok(server)
 }

@@ -5,6 +5,7 @@
 //! validation [`Problem`] at once. Environment lookups go through an [`EnvLookup`] so tests stay
 //! hermetic; [`load`] and [`from_yaml_str`] use the process environment.
 
+pub mod client_keys;
 pub mod file;
 pub mod units;
 mod validate;
@@ -20,7 +21,7 @@ use serde_path_to_error::Segment;
 pub use units::{ByteSize, HumanDuration, UnitError};
 pub use validated::{
     AzureBlobConfig, AzureCredentials, CacheStoreConfig, CatalogConfig, Chunking, ClusterConfig,
-    Config, DnsConfig, EdgeConfig, EnvLookup, Limits, Listen, LogFormat, Logging, MetadataConfig,
+    Config, DnsConfig, EdgeAuthConfig, EdgeConfig, EnvLookup, Limits, Listen, LogFormat, Logging, MetadataConfig,
     OriginConfig, OriginDriver, Problem, S3Credentials, S3OriginConfig, Tier,
 };
 

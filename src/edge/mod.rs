@@ -9,6 +9,7 @@
 //! a proper S3 XML error; a failure after it aborts the connection, so the client sees a short
 //! body, never a silently truncated success.
 
+pub mod auth;
 mod bucket;
 pub mod conditional;
 pub mod fill_client;
@@ -47,6 +48,8 @@ pub struct EdgeCtx {
     start: Instant,
     status: u16,
     request_id: String,
+    /// What the caller may read, once its signature is checked (`auth`).
+    access: auth::Access,
 }
 
 /// What a handler returns: `Ok` once it wrote its response, or the error to answer with.
@@ -65,12 +68,20 @@ impl ProxyHttp for EdgeService {
             start: Instant::now(),
             status: 0,
             request_id: request_id(),
+            access: auth::Access::Open,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         let resource = session.req_header().uri.path().to_string();
-        let outcome = match request::parse(session.req_header(), &self.orca.config.edge) {
+        // Signature first (as S3 does), then what is asked, then whether the key may ask it.
+        let parsed = self.orca.edge_auth.check(session.req_header()).and_then(|access| {
+            let request = request::parse(session.req_header(), &self.orca.config.edge)?;
+            access.authorize(&request)?;
+            ctx.access = access;
+            Ok(request)
+        });
+        let outcome = match parsed {
             Err(e) => Err(e),
             Ok(S3Request::GetObject { bucket, key }) => {
                 self.get_object(session, ctx, &bucket, &key).await
