@@ -25,7 +25,7 @@ use super::validated::EnvLookup;
 const MAX_KEY_ID_LEN: usize = 128;
 
 /// The whole credentials file, as written.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a mapping with a `keys` list")]
 struct KeysFile {
     /// The keys.

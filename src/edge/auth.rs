@@ -26,7 +26,7 @@
 //! `SIGHUP` (its default action would end the process), so the reloader installs a Tokio signal
 //! handler from a Pingora background service; `/readyz` waits for it.
 
-use crate::config::{BucketGrant, ClientKey, EdgeAuthConfig};
+use crate::config::validated::{BucketGrant, ClientKey, EdgeAuthConfig};
 use crate::edge::request::S3Request;
 use crate::error::S3Error;
 use crate::metrics::{EDGE_AUTH_REJECTIONS, EDGE_AUTH_RELOADS};
