@@ -26,6 +26,11 @@ import sys
 import botocore.auth
 from botocore.exceptions import ClientError
 
+try:
+    import botocore.crt.auth as crt_auth
+except ImportError:
+    crt_auth = None
+
 from s3util import emit, fail
 
 import boto3
@@ -68,13 +73,18 @@ def run(s3, op):
         if op.get("range"):
             args["Range"] = op["range"]
         if kind == "get_skewed":
-            real = botocore.auth.get_current_datetime
+            # botocore signs with awscrt when it is installed (as with the aws CLI here), else
+            # in Python: turn both clocks back.
+            modules = [botocore.auth] + ([crt_auth] if crt_auth else [])
             delta = datetime.timedelta(minutes=op["minutes"])
-            botocore.auth.get_current_datetime = lambda: real() - delta
+            saved = [m.get_current_datetime for m in modules]
+            for m, real in zip(modules, saved):
+                m.get_current_datetime = lambda real=real, **kw: real(**kw) - delta
             try:
                 body = s3.get_object(**args)["Body"].read()
             finally:
-                botocore.auth.get_current_datetime = real
+                for m, real in zip(modules, saved):
+                    m.get_current_datetime = real
         else:
             body = s3.get_object(**args)["Body"].read()
         return {"sha256": hashlib.sha256(body).hexdigest(), "len": len(body)}
