@@ -110,7 +110,11 @@ fn curl(url: &str) -> (u16, Vec<u8>) {
         .args(["-w", "%{http_code}", url])
         .output()
         .unwrap();
-    assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let status = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     (status, std::fs::read(&body).unwrap_or_default())
 }
@@ -131,7 +135,13 @@ async fn real_clients_sign_and_orca_checks_as_s3_does() {
     create_bucket(&moto.endpoint(), OTHER).await;
     let data = deterministic_bytes(14, 3 * MIB + 321);
     put_object(&moto.endpoint(), BUCKET, KEY, data.clone()).await;
-    put_object(&moto.endpoint(), OTHER, "small.txt", b"other bucket".to_vec()).await;
+    put_object(
+        &moto.endpoint(),
+        OTHER,
+        "small.txt",
+        b"other bucket".to_vec(),
+    )
+    .await;
     let want = sha256_hex(&data);
     let dir = tempfile::tempdir().unwrap();
     let orca = start_orca(
@@ -139,7 +149,11 @@ async fn real_clients_sign_and_orca_checks_as_s3_does() {
         dir.path(),
         &keys_yaml(&[
             (READER.0, &inline(READER.1), "[authdata]"),
-            (OTHER_KEY.0, "secret_access_key_env: ORCA_TEST_OTHER_SECRET", "[otherdata]"),
+            (
+                OTHER_KEY.0,
+                "secret_access_key_env: ORCA_TEST_OTHER_SECRET",
+                "[otherdata]",
+            ),
         ]),
     );
     let edge = orca.edge_url();
@@ -148,30 +162,71 @@ async fn real_clients_sign_and_orca_checks_as_s3_does() {
     let target = dir.path().join("aws.bin");
     let out = client(
         "aws",
-        &["--endpoint-url", &edge, "s3", "cp", &format!("s3://{BUCKET}/{KEY}"), target.to_str().unwrap(), "--only-show-errors"],
+        &[
+            "--endpoint-url",
+            &edge,
+            "s3",
+            "cp",
+            &format!("s3://{BUCKET}/{KEY}"),
+            target.to_str().unwrap(),
+            "--only-show-errors",
+        ],
         READER,
     );
-    assert!(out.status.success(), "aws s3 cp: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(sha256_hex(&std::fs::read(&target).unwrap()), want, "aws s3 cp");
+    assert!(
+        out.status.success(),
+        "aws s3 cp: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        sha256_hex(&std::fs::read(&target).unwrap()),
+        want,
+        "aws s3 cp"
+    );
 
     // aws CLI refusals, each with S3's code.
     let s3api_get = |creds: (&str, &str), bucket: &str, key: &str| {
         let out = client(
             "aws",
-            &["--endpoint-url", &edge, "s3api", "get-object", "--bucket", bucket, "--key", key, dir.path().join("x").to_str().unwrap()],
+            &[
+                "--endpoint-url",
+                &edge,
+                "s3api",
+                "get-object",
+                "--bucket",
+                bucket,
+                "--key",
+                key,
+                dir.path().join("x").to_str().unwrap(),
+            ],
             creds,
         );
-        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (ok, err) = s3api_get((READER.0, "not-the-secret"), BUCKET, KEY);
-    assert!(!ok && err.contains("SignatureDoesNotMatch"), "wrong secret: {err}");
+    assert!(
+        !ok && err.contains("SignatureDoesNotMatch"),
+        "wrong secret: {err}"
+    );
     let (ok, err) = s3api_get(("AKIAORCANOSUCHKEY001", READER.1), BUCKET, KEY);
-    assert!(!ok && err.contains("InvalidAccessKeyId"), "unknown key: {err}");
+    assert!(
+        !ok && err.contains("InvalidAccessKeyId"),
+        "unknown key: {err}"
+    );
     let (ok, err) = s3api_get(READER, OTHER, "small.txt");
-    assert!(!ok && err.contains("AccessDenied"), "bucket not granted: {err}");
+    assert!(
+        !ok && err.contains("AccessDenied"),
+        "bucket not granted: {err}"
+    );
     let (ok, err) = s3api_get(READER, BUCKET, KEY);
     assert!(ok, "aws s3api get-object: {err}");
-    assert_eq!(sha256_hex(&std::fs::read(dir.path().join("x")).unwrap()), want);
+    assert_eq!(
+        sha256_hex(&std::fs::read(dir.path().join("x")).unwrap()),
+        want
+    );
 
     // boto3, path-style: GET, a range, HEAD, ListObjectsV2, ListBuckets (only the key's
     // buckets), a bucket not granted, presigned URLs.
@@ -188,16 +243,53 @@ async fn real_clients_sign_and_orca_checks_as_s3_does() {
             {{"op":"get_skewed","bucket":"{BUCKET}","key":"{KEY}","minutes":20}}]"#
     );
     let r = boto3(&edge, READER, "path", &ops);
-    assert_eq!(r[0]["sha256"].as_str(), Some(want.as_str()), "boto3 get: {:?}", r[0]);
-    assert_eq!(r[1]["sha256"].as_str(), Some(sha256_hex(&data[1048570..=1048580]).as_str()), "range: {:?}", r[1]);
-    assert_eq!(r[2]["len"].as_u64(), Some(data.len() as u64), "head: {:?}", r[2]);
-    assert_eq!(r[3]["keys"].as_sequence().map(|k| k.len()), Some(1), "list: {:?}", r[3]);
+    assert_eq!(
+        r[0]["sha256"].as_str(),
+        Some(want.as_str()),
+        "boto3 get: {:?}",
+        r[0]
+    );
+    assert_eq!(
+        r[1]["sha256"].as_str(),
+        Some(sha256_hex(&data[1048570..=1048580]).as_str()),
+        "range: {:?}",
+        r[1]
+    );
+    assert_eq!(
+        r[2]["len"].as_u64(),
+        Some(data.len() as u64),
+        "head: {:?}",
+        r[2]
+    );
+    assert_eq!(
+        r[3]["keys"].as_sequence().map(|k| k.len()),
+        Some(1),
+        "list: {:?}",
+        r[3]
+    );
     assert_eq!(r[3]["keys"][0].as_str(), Some(KEY));
-    let buckets: Vec<&str> = r[4]["buckets"].as_sequence().unwrap().iter().filter_map(Value::as_str).collect();
-    assert_eq!(buckets, [BUCKET], "ListBuckets answers the key's buckets only");
-    assert_eq!(error_of(&r[5]), ("AccessDenied".into(), 403), "get, bucket not granted");
+    let buckets: Vec<&str> = r[4]["buckets"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        buckets,
+        [BUCKET],
+        "ListBuckets answers the key's buckets only"
+    );
+    assert_eq!(
+        error_of(&r[5]),
+        ("AccessDenied".into(), 403),
+        "get, bucket not granted"
+    );
     assert_eq!(error_of(&r[6]).1, 403, "head, bucket not granted");
-    assert_eq!(error_of(&r[9]), ("RequestTimeTooSkewed".into(), 403), "20 minutes in the past");
+    assert_eq!(
+        error_of(&r[9]),
+        ("RequestTimeTooSkewed".into(), 403),
+        "20 minutes in the past"
+    );
 
     // The presigned URL, with curl: byte-exact; the 1-second one once expired: S3's answer.
     let long = r[7]["url"].as_str().unwrap();
@@ -211,11 +303,18 @@ async fn real_clients_sign_and_orca_checks_as_s3_does() {
     assert!(String::from_utf8_lossy(&body).contains("Request has expired"));
     // A presigned URL whose signature was tampered with.
     let (status, body) = curl(&long.replace("X-Amz-Expires=3600", "X-Amz-Expires=3601"));
-    assert_eq!((status, xml_code(&body).as_str()), (403, "SignatureDoesNotMatch"));
+    assert_eq!(
+        (status, xml_code(&body).as_str()),
+        (403, "SignatureDoesNotMatch")
+    );
 
     // Anonymous curl.
     let (status, body) = curl(&orca.object_url(BUCKET, KEY));
-    assert_eq!((status, xml_code(&body).as_str()), (403, "AccessDenied"), "anonymous");
+    assert_eq!(
+        (status, xml_code(&body).as_str()),
+        (403, "AccessDenied"),
+        "anonymous"
+    );
 
     // boto3 with a wrong secret and with an unknown key.
     let get = format!(r#"[{{"op":"get","bucket":"{BUCKET}","key":"{KEY}"}}]"#);
@@ -233,9 +332,24 @@ async fn real_clients_sign_and_orca_checks_as_s3_does() {
             {{"op":"get","bucket":"{OTHER}","key":"small.txt"}}]"#
     );
     let r = boto3(&virtual_edge, READER, "virtual", &ops);
-    assert_eq!(r[0]["sha256"].as_str(), Some(sha256_hex(&data[..100]).as_str()), "virtual get: {:?}", r[0]);
-    assert_eq!(r[1]["len"].as_u64(), Some(data.len() as u64), "virtual head: {:?}", r[1]);
-    assert_eq!(r[2]["keys"][0].as_str(), Some(KEY), "virtual list: {:?}", r[2]);
+    assert_eq!(
+        r[0]["sha256"].as_str(),
+        Some(sha256_hex(&data[..100]).as_str()),
+        "virtual get: {:?}",
+        r[0]
+    );
+    assert_eq!(
+        r[1]["len"].as_u64(),
+        Some(data.len() as u64),
+        "virtual head: {:?}",
+        r[1]
+    );
+    assert_eq!(
+        r[2]["keys"][0].as_str(),
+        Some(KEY),
+        "virtual list: {:?}",
+        r[2]
+    );
     assert_eq!(error_of(&r[3]), ("AccessDenied".into(), 403));
 
     // The other key, its secret from the environment: its own bucket only.
@@ -243,14 +357,25 @@ async fn real_clients_sign_and_orca_checks_as_s3_does() {
         r#"[{{"op":"get","bucket":"{OTHER}","key":"small.txt"}},{{"op":"get","bucket":"{BUCKET}","key":"{KEY}"}}]"#
     );
     let r = boto3(&edge, OTHER_KEY, "path", &ops);
-    assert_eq!(r[0]["sha256"].as_str(), Some(sha256_hex(b"other bucket").as_str()));
+    assert_eq!(
+        r[0]["sha256"].as_str(),
+        Some(sha256_hex(b"other bucket").as_str())
+    );
     assert_eq!(error_of(&r[1]), ("AccessDenied".into(), 403));
 
     // The ops port needs no signature; refusals are counted by code.
     let metrics = orca.metrics();
-    for code in ["SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "RequestTimeTooSkewed"] {
+    for code in [
+        "SignatureDoesNotMatch",
+        "InvalidAccessKeyId",
+        "AccessDenied",
+        "RequestTimeTooSkewed",
+    ] {
         assert!(
-            metric_value(&metrics, &format!("orca_edge_auth_rejections_total{{code=\"{code}\"}}")) >= 1.0,
+            metric_value(
+                &metrics,
+                &format!("orca_edge_auth_rejections_total{{code=\"{code}\"}}")
+            ) >= 1.0,
             "{code} not counted"
         );
     }
@@ -275,34 +400,80 @@ async fn sighup_reloads_the_credentials_file_and_a_bad_file_keeps_the_keys() {
         &keys_yaml(&[(READER.0, &inline(READER.1), "[authdata]")]),
     );
     // /readyz waits for the SIGHUP handler: before it, SIGHUP would end the process.
-    let ready = poll_until(Duration::from_secs(20), || (orca.ops_get("/readyz").0 == 200).then_some(()));
+    let ready = poll_until(Duration::from_secs(20), || {
+        (orca.ops_get("/readyz").0 == 200).then_some(())
+    });
     assert!(ready.is_some(), "not ready: {:?}", orca.ops_get("/readyz"));
     let edge = orca.edge_url();
     let get = r#"[{"op":"get","bucket":"authdata","key":"k.txt"}]"#;
     let hello = sha256_hex(b"hello");
-    assert_eq!(boto3(&edge, READER, "path", get)[0]["sha256"].as_str(), Some(hello.as_str()));
-    assert_eq!(error_of(&boto3(&edge, NEWCOMER, "path", get)[0]).0, "InvalidAccessKeyId");
+    assert_eq!(
+        boto3(&edge, READER, "path", get)[0]["sha256"].as_str(),
+        Some(hello.as_str())
+    );
+    assert_eq!(
+        error_of(&boto3(&edge, NEWCOMER, "path", get)[0]).0,
+        "InvalidAccessKeyId"
+    );
 
     // The reader removed, a newcomer added.
     let file = dir.path().join("edge-keys.yaml");
-    std::fs::write(&file, keys_yaml(&[(NEWCOMER.0, &inline(NEWCOMER.1), "[\"*\"]")])).unwrap();
+    std::fs::write(
+        &file,
+        keys_yaml(&[(NEWCOMER.0, &inline(NEWCOMER.1), "[\"*\"]")]),
+    )
+    .unwrap();
     orca.signal("HUP");
-    let ok = orca.wait_metric_at_least("orca_edge_auth_reloads_total{result=\"ok\"}", 1.0, Duration::from_secs(10));
+    let ok = orca.wait_metric_at_least(
+        "orca_edge_auth_reloads_total{result=\"ok\"}",
+        1.0,
+        Duration::from_secs(10),
+    );
     assert_eq!(ok, 1.0, "reload not counted\n{}", orca.log_tail());
-    assert_eq!(boto3(&edge, NEWCOMER, "path", get)[0]["sha256"].as_str(), Some(hello.as_str()));
-    assert_eq!(error_of(&boto3(&edge, READER, "path", get)[0]).0, "InvalidAccessKeyId");
+    assert_eq!(
+        boto3(&edge, NEWCOMER, "path", get)[0]["sha256"].as_str(),
+        Some(hello.as_str())
+    );
+    assert_eq!(
+        error_of(&boto3(&edge, READER, "path", get)[0]).0,
+        "InvalidAccessKeyId"
+    );
 
     // A broken file: the reload fails, says why, and the newcomer still reads.
-    std::fs::write(&file, "keys:\n  - access_key_id: AKIAORCABROKEN000001\n    secret_access_key: [oops\n").unwrap();
+    std::fs::write(
+        &file,
+        "keys:\n  - access_key_id: AKIAORCABROKEN000001\n    secret_access_key: [oops\n",
+    )
+    .unwrap();
     orca.signal("HUP");
-    let errors = orca.wait_metric_at_least("orca_edge_auth_reloads_total{result=\"error\"}", 1.0, Duration::from_secs(10));
-    assert_eq!(errors, 1.0, "failed reload not counted\n{}", orca.log_tail());
+    let errors = orca.wait_metric_at_least(
+        "orca_edge_auth_reloads_total{result=\"error\"}",
+        1.0,
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        errors,
+        1.0,
+        "failed reload not counted\n{}",
+        orca.log_tail()
+    );
     let mut orca = orca;
     assert!(orca.try_wait().is_none(), "SIGHUP must not end the process");
-    assert_eq!(boto3(&edge, NEWCOMER, "path", get)[0]["sha256"].as_str(), Some(hello.as_str()));
+    assert_eq!(
+        boto3(&edge, NEWCOMER, "path", get)[0]["sha256"].as_str(),
+        Some(hello.as_str())
+    );
     let log = orca.log();
-    assert!(log.contains("edge credentials not reloaded"), "{}", orca.log_tail());
-    assert!(log.contains("edge-keys.yaml line"), "the reason names the file and line: {}", orca.log_tail());
+    assert!(
+        log.contains("edge credentials not reloaded"),
+        "{}",
+        orca.log_tail()
+    );
+    assert!(
+        log.contains("edge-keys.yaml line"),
+        "the reason names the file and line: {}",
+        orca.log_tail()
+    );
     for secret in [READER.1, NEWCOMER.1] {
         assert!(!log.contains(secret), "a secret is in the log");
     }
@@ -328,30 +499,53 @@ fn check_config(dir: &Path, edge_yaml: &str) -> (bool, String) {
         .env_remove("ORCA_LOG_LEVEL")
         .output()
         .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn a_bad_credentials_file_is_a_configuration_error() {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys.yaml");
-    let edge = format!("edge:\n  auth:\n    required: true\n    credentials_file: {}\n", keys.display());
+    let edge = format!(
+        "edge:\n  auth:\n    required: true\n    credentials_file: {}\n",
+        keys.display()
+    );
 
     let (ok, err) = check_config(dir.path(), &edge);
-    assert!(!ok && err.contains("edge.auth.credentials_file") && err.contains("keys.yaml"), "missing file: {err}");
+    assert!(
+        !ok && err.contains("edge.auth.credentials_file") && err.contains("keys.yaml"),
+        "missing file: {err}"
+    );
 
-    std::fs::write(&keys, "keys:\n  - access_key_id: AK1\n    secret_access_key: s\n    buckets: [a\n").unwrap();
+    std::fs::write(
+        &keys,
+        "keys:\n  - access_key_id: AK1\n    secret_access_key: s\n    buckets: [a\n",
+    )
+    .unwrap();
     let (ok, err) = check_config(dir.path(), &edge);
     assert!(!ok && err.contains("keys.yaml line"), "malformed: {err}");
 
     std::fs::write(&keys, "keys:\n  - access_key_id: AK1\n    secret_access_key_env: ORCA_UNSET_FOR_TEST\n    buckets: [a]\n").unwrap();
     let (ok, err) = check_config(dir.path(), &edge);
-    assert!(!ok && err.contains("keys[0] \"AK1\" (line 2)") && err.contains("ORCA_UNSET_FOR_TEST"), "env secret: {err}");
+    assert!(
+        !ok && err.contains("keys[0] \"AK1\" (line 2)") && err.contains("ORCA_UNSET_FOR_TEST"),
+        "env secret: {err}"
+    );
 
     let (ok, err) = check_config(dir.path(), "edge:\n  auth:\n    required: true\n");
-    assert!(!ok && err.contains("edge.auth.required"), "required without a file: {err}");
+    assert!(
+        !ok && err.contains("edge.auth.required"),
+        "required without a file: {err}"
+    );
 
-    std::fs::write(&keys, "keys:\n  - access_key_id: AK1\n    secret_access_key: s\n    buckets: [a]\n").unwrap();
+    std::fs::write(
+        &keys,
+        "keys:\n  - access_key_id: AK1\n    secret_access_key: s\n    buckets: [a]\n",
+    )
+    .unwrap();
     let (ok, err) = check_config(dir.path(), &edge);
     assert!(ok, "a good file: {err}");
 }

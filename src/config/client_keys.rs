@@ -149,11 +149,12 @@ pub fn load(path: &Path, env: EnvLookup<'_>) -> Result<Vec<ClientKey>, KeysFileE
 ///
 /// As [`load`], except `Read`.
 pub fn parse(path: &Path, text: &str, env: EnvLookup<'_>) -> Result<Vec<ClientKey>, KeysFileError> {
-    let file: KeysFile = serde_norway::from_str(text).map_err(|source| KeysFileError::Malformed {
-        path: path.to_owned(),
-        line: source.location().map(|l| l.line()),
-        source,
-    })?;
+    let file: KeysFile =
+        serde_norway::from_str(text).map_err(|source| KeysFileError::Malformed {
+            path: path.to_owned(),
+            line: source.location().map(|l| l.line()),
+            source,
+        })?;
     let mut problems = Vec::new();
     let mut keys = Vec::with_capacity(file.keys.len());
     let mut seen: HashMap<String, usize> = HashMap::new();
@@ -327,9 +328,11 @@ mod tests {
 
     #[test]
     fn malformed_yaml_names_the_file_and_line() {
-        let e = parsed("keys:\n  - access_key_id: AK1\n    secret_access_key: [unclosed\n").unwrap_err();
+        let e = parsed("keys:\n  - access_key_id: AK1\n    secret_access_key: [unclosed\n")
+            .unwrap_err();
         assert!(e.starts_with("/etc/orca/keys.yaml line "), "{e}");
-        let e = parsed("keys:\n  - access_key_id: AK1\n    secret: x\n    buckets: [a]\n").unwrap_err();
+        let e =
+            parsed("keys:\n  - access_key_id: AK1\n    secret: x\n    buckets: [a]\n").unwrap_err();
         assert!(e.contains("line 2") || e.contains("line 3"), "{e}");
         assert!(e.contains("unknown field `secret`"), "{e}");
         let e = parsed("- AK1\n").unwrap_err();
@@ -357,6 +360,8 @@ mod tests {
             assert!(e.contains(want), "missing {want:?} in {e}");
         }
         assert!(!e.contains("x\""), "no secret in messages: {e}");
-        assert!(parsed("keys: []\n").unwrap_err().contains("the list is empty"));
+        assert!(parsed("keys: []\n")
+            .unwrap_err()
+            .contains("the list is empty"));
     }
 }

@@ -8,15 +8,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use super::file::{
-    AzureBlobFile, CacheStoreDriverName, CacheStoreFile, ChunkingFile, ClusterFile, EdgeAuthFile, EdgeFile,
-    LimitsFile, ListenFile, LogFormatName, LoggingFile, MetadataFile, OrcaFile, OriginDriverName,
-    OriginFile, S3OriginFile, S3StoreFile,
+    AzureBlobFile, CacheStoreDriverName, CacheStoreFile, ChunkingFile, ClusterFile, EdgeAuthFile,
+    EdgeFile, LimitsFile, ListenFile, LogFormatName, LoggingFile, MetadataFile, OrcaFile,
+    OriginDriverName, OriginFile, S3OriginFile, S3StoreFile,
 };
 use super::validated::{
     AzureBlobConfig, AzureCredentials, CacheStoreConfig, CatalogConfig, Chunking, ClusterConfig,
-    Config, DnsConfig, EdgeAuthConfig, EdgeConfig, EnvLookup, Limits, Listen, LogFormat, Logging, MetadataConfig,
-    OriginConfig, OriginDriver, Problem, S3Credentials, S3OriginConfig, Tier, LOG_LEVELS,
-    MAX_CHUNK_SIZE, MAX_READAHEAD,
+    Config, DnsConfig, EdgeAuthConfig, EdgeConfig, EnvLookup, Limits, Listen, LogFormat, Logging,
+    MetadataConfig, OriginConfig, OriginDriver, Problem, S3Credentials, S3OriginConfig, Tier,
+    LOG_LEVELS, MAX_CHUNK_SIZE, MAX_READAHEAD,
 };
 
 /// Collects problems while validation walks the file.

@@ -320,7 +320,11 @@ struct Signed<'a> {
 }
 
 /// Verifies `req`: `Ok(None)` for an anonymous request, `Ok(Some(key))` for a good signature.
-fn verify(keys: &KeySet, req: &RequestHeader, now: SystemTime) -> Result<Option<Arc<ClientKey>>, S3Error> {
+fn verify(
+    keys: &KeySet,
+    req: &RequestHeader,
+    now: SystemTime,
+) -> Result<Option<Arc<ClientKey>>, S3Error> {
     let params = query_pairs(req.uri.query().unwrap_or(""))?;
     let header = req.headers.get("authorization");
     let param = |name: &str| param(&params, name);
@@ -343,7 +347,11 @@ fn verify(keys: &KeySet, req: &RequestHeader, now: SystemTime) -> Result<Option<
             return Err(sigv2_refused());
         }
         let Some(rest) = value.strip_prefix(ALGORITHM).filter(|r| r.starts_with(' ')) else {
-            return Err(S3Error::new(400, "InvalidArgument", "Unsupported Authorization Type"));
+            return Err(S3Error::new(
+                400,
+                "InvalidArgument",
+                "Unsupported Authorization Type",
+            ));
         };
         from_header(req, rest, now)?
     } else if query_v4 {
@@ -390,14 +398,19 @@ fn verify(keys: &KeySet, req: &RequestHeader, now: SystemTime) -> Result<Option<
         signed.service,
         hex::encode(Sha256::digest(canonical.as_bytes()))
     );
-    let cached = keys.signing_keys.lock().get(signed.credential.as_str()).copied();
+    let cached = keys
+        .signing_keys
+        .lock()
+        .get(signed.credential.as_str())
+        .copied();
     let signing_key = match cached {
         Some(k) => k,
         None => {
             let day = parse_scope_date(signed.scope_date).ok_or_else(|| {
                 header_malformed("the Credential is mal-formed; expecting \"<YOUR-AKID>/YYYYMMDD/REGION/SERVICE/aws4_request\".")
             })?;
-            let derived = generate_signing_key(&key.secret_access_key, day, signed.region, signed.service);
+            let derived =
+                generate_signing_key(&key.secret_access_key, day, signed.region, signed.service);
             let mut k = [0u8; 32];
             k.copy_from_slice(derived.as_ref());
             k
@@ -415,7 +428,11 @@ fn verify(keys: &KeySet, req: &RequestHeader, now: SystemTime) -> Result<Option<
 }
 
 /// The parts of `Authorization: AWS4-HMAC-SHA256 Credential=..., SignedHeaders=..., Signature=...`.
-fn from_header<'a>(req: &'a RequestHeader, rest: &'a str, now: SystemTime) -> Result<Signed<'a>, S3Error> {
+fn from_header<'a>(
+    req: &'a RequestHeader,
+    rest: &'a str,
+    now: SystemTime,
+) -> Result<Signed<'a>, S3Error> {
     let (mut credential, mut signed_headers, mut signature) = (None, None, None);
     for part in rest.split(',') {
         let part = part.trim();
@@ -430,14 +447,22 @@ fn from_header<'a>(req: &'a RequestHeader, rest: &'a str, now: SystemTime) -> Re
             }
         }
     }
-    let (Some(credential), Some(signed_headers), Some(signature)) = (credential, signed_headers, signature) else {
+    let (Some(credential), Some(signed_headers), Some(signature)) =
+        (credential, signed_headers, signature)
+    else {
         return Err(header_malformed(
             "the authorization header requires three components: Credential, SignedHeaders, and Signature.",
         ));
     };
     let scope = scope(credential).map_err(|why| header_malformed(&why))?;
     let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
-    let no_date = || S3Error::new(403, "AccessDenied", "AWS authentication requires a valid Date or x-amz-date header");
+    let no_date = || {
+        S3Error::new(
+            403,
+            "AccessDenied",
+            "AWS authentication requires a valid Date or x-amz-date header",
+        )
+    };
     let (time, timestamp) = match header("x-amz-date") {
         Some(v) => (parse_amz_date(v).ok_or_else(no_date)?, v.to_string()),
         None => {
@@ -452,9 +477,7 @@ fn from_header<'a>(req: &'a RequestHeader, rest: &'a str, now: SystemTime) -> Re
             "Invalid credential date. Date is not the same as X-Amz-Date.",
         ));
     }
-    let skew = now
-        .duration_since(time)
-        .unwrap_or_else(|e| e.duration());
+    let skew = now.duration_since(time).unwrap_or_else(|e| e.duration());
     if skew > MAX_SKEW {
         return Err(S3Error::new(
             403,
@@ -485,7 +508,7 @@ fn from_header<'a>(req: &'a RequestHeader, rest: &'a str, now: SystemTime) -> Re
 }
 
 /// The value of the query parameter `name` (a value that is not UTF-8 reads as empty).
-fn param<'p>(params: &'p [(Vec<u8>, Vec<u8>)], name: &str) -> Option<&'p str> {
+fn param<'p>(params: &'p [Param], name: &str) -> Option<&'p str> {
     params
         .iter()
         .find(|(n, _)| n.as_slice() == name.as_bytes())
@@ -495,34 +518,48 @@ fn param<'p>(params: &'p [(Vec<u8>, Vec<u8>)], name: &str) -> Option<&'p str> {
 /// The parts of a presigned URL's `X-Amz-*` parameters.
 fn from_query<'a>(
     req: &RequestHeader,
-    params: &'a [(Vec<u8>, Vec<u8>)],
+    params: &'a [Param],
     now: SystemTime,
 ) -> Result<Signed<'a>, S3Error> {
     let param = |name: &str| param(params, name);
-    let (Some(algorithm), Some(credential), Some(signature), Some(date), Some(signed_headers), Some(expires)) = (
+    let (
+        Some(algorithm),
+        Some(credential),
+        Some(signature),
+        Some(date),
+        Some(signed_headers),
+        Some(expires),
+    ) = (
         param("X-Amz-Algorithm"),
         param("X-Amz-Credential"),
         param("X-Amz-Signature"),
         param("X-Amz-Date"),
         param("X-Amz-SignedHeaders"),
         param("X-Amz-Expires"),
-    ) else {
+    )
+    else {
         return Err(query_error(
             "Query-string authentication version 4 requires the X-Amz-Algorithm, X-Amz-Credential, X-Amz-Signature, X-Amz-Date, X-Amz-SignedHeaders, and X-Amz-Expires parameters.",
         ));
     };
     if algorithm != ALGORITHM {
-        return Err(query_error("X-Amz-Algorithm only supports \"AWS4-HMAC-SHA256\""));
+        return Err(query_error(
+            "X-Amz-Algorithm only supports \"AWS4-HMAC-SHA256\"",
+        ));
     }
-    let scope = scope(credential)
-        .map_err(|why| query_error(format!("Error parsing the X-Amz-Credential parameter; {why}")))?;
+    let scope = scope(credential).map_err(|why| {
+        query_error(format!(
+            "Error parsing the X-Amz-Credential parameter; {why}"
+        ))
+    })?;
     let time = parse_amz_date(date).ok_or_else(|| {
         query_error("X-Amz-Date must be in the ISO8601 Long Format \"yyyyMMdd'T'HHmmss'Z'\"")
     })?;
     let expires: i64 = expires
         .parse()
         .map_err(|_| query_error("X-Amz-Expires should be a number"))?;
-    let expires = u64::try_from(expires).map_err(|_| query_error("X-Amz-Expires must be non-negative"))?;
+    let expires =
+        u64::try_from(expires).map_err(|_| query_error("X-Amz-Expires must be non-negative"))?;
     if expires > MAX_PRESIGNED_EXPIRY {
         return Err(query_error(
             "X-Amz-Expires must be less than a week (in seconds) that is; 604800",
@@ -536,7 +573,11 @@ fn from_query<'a>(
         )));
     }
     if time > now + MAX_SKEW {
-        return Err(S3Error::new(403, "AccessDenied", "Request is not valid yet"));
+        return Err(S3Error::new(
+            403,
+            "AccessDenied",
+            "Request is not valid yet",
+        ));
     }
     if now > time + Duration::from_secs(expires) {
         return Err(S3Error::new(403, "AccessDenied", "Request has expired"));
@@ -637,7 +678,7 @@ fn check_payload_hash(req: &RequestHeader, hash: &str) -> Result<(), S3Error> {
 /// The canonical request S3 computes from what arrived.
 fn canonical_request(
     req: &RequestHeader,
-    params: &[(Vec<u8>, Vec<u8>)],
+    params: &[Param],
     signed: &Signed<'_>,
 ) -> Result<String, S3Error> {
     let mut out = String::with_capacity(512);
@@ -701,9 +742,12 @@ fn invalid_uri() -> S3Error {
     S3Error::new(400, "InvalidURI", "Couldn't parse the specified URI.")
 }
 
+/// A query parameter: its name and value, percent-decoded.
+type Param = (Vec<u8>, Vec<u8>);
+
 /// The query's parameters, each name and value percent-decoded (strictly: a `%` must start a
 /// hex pair). `+` stays a `+`, as SDKs encode a space as `%20`.
-fn query_pairs(query: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, S3Error> {
+fn query_pairs(query: &str) -> Result<Vec<Param>, S3Error> {
     query
         .split('&')
         .filter(|p| !p.is_empty())
@@ -740,7 +784,10 @@ fn decode(raw: &[u8]) -> Option<Vec<u8>> {
 fn uri_encode_into(out: &mut String, bytes: &[u8], encode_slash: bool) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for &b in bytes {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') || (b == b'/' && !encode_slash) {
+        if b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'.' | b'_' | b'~')
+            || (b == b'/' && !encode_slash)
+        {
             out.push(char::from(b));
         } else {
             out.push('%');
@@ -774,7 +821,10 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 }
 
 fn digits(s: &str) -> Option<i64> {
-    s.bytes().all(|b| b.is_ascii_digit()).then(|| s.parse().ok()).flatten()
+    s.bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| s.parse().ok())
+        .flatten()
 }
 
 /// `YYYYMMDD` as midnight UTC of a real day after 1970.

@@ -75,12 +75,16 @@ impl ProxyHttp for EdgeService {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         let resource = session.req_header().uri.path().to_string();
         // Signature first (as S3 does), then what is asked, then whether the key may ask it.
-        let parsed = self.orca.edge_auth.check(session.req_header()).and_then(|access| {
-            let request = request::parse(session.req_header(), &self.orca.config.edge)?;
-            access.authorize(&request)?;
-            ctx.access = access;
-            Ok(request)
-        });
+        let parsed = self
+            .orca
+            .edge_auth
+            .check(session.req_header())
+            .and_then(|access| {
+                let request = request::parse(session.req_header(), &self.orca.config.edge)?;
+                access.authorize(&request)?;
+                ctx.access = access;
+                Ok(request)
+            });
         let outcome = match parsed {
             Err(e) => Err(e),
             Ok(S3Request::GetObject { bucket, key }) => {

@@ -29,7 +29,11 @@ fn auth(required: bool) -> EdgeAuth {
         required,
         credentials_file: Some("/nonexistent/keys.yaml".into()),
         keys: vec![
-            key(DOC_KEY, DOC_SECRET, BucketGrant::Only(vec!["examplebucket".into()])),
+            key(
+                DOC_KEY,
+                DOC_SECRET,
+                BucketGrant::Only(vec!["examplebucket".into()]),
+            ),
             key("AKIDOTHER", "other-secret", BucketGrant::Any),
         ],
     })
@@ -86,7 +90,10 @@ const DOC_GET_SIGNATURE: &str = "f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48
 fn aws_documented_examples_verify() {
     let a = auth(true);
     let now = at("20130524T000500Z");
-    assert_eq!(key_of(a.check_at(&doc_get_object(DOC_GET_SIGNATURE), now)), DOC_KEY);
+    assert_eq!(
+        key_of(a.check_at(&doc_get_object(DOC_GET_SIGNATURE), now)),
+        DOC_KEY
+    );
 
     // "GET Bucket Lifecycle": a sub-resource without a value.
     let lifecycle = request(
@@ -118,7 +125,11 @@ fn aws_documented_examples_verify() {
     let presigned = format!(
         "/test.txt?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential={DOC_KEY}%2F20130524%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=20130524T000000Z&X-Amz-Expires=86400&X-Amz-SignedHeaders=host&X-Amz-Signature=aeeed9bbccd4d02ee5c0109b86d86835f995330da4c265957d157751f604d404"
     );
-    let req = request("GET", &presigned, &[("Host", "examplebucket.s3.amazonaws.com")]);
+    let req = request(
+        "GET",
+        &presigned,
+        &[("Host", "examplebucket.s3.amazonaws.com")],
+    );
     assert_eq!(key_of(a.check_at(&req, at("20130524T230000Z"))), DOC_KEY);
     // One second past its 86400 seconds: S3's answer for an expired URL.
     assert_eq!(
@@ -137,10 +148,16 @@ fn refusals_carry_s3_codes() {
     let now = at("20130524T000500Z");
     // One character of the signature changed.
     let wrong = DOC_GET_SIGNATURE.replace("f0e8", "f0e9");
-    assert_eq!(code(a.check_at(&doc_get_object(&wrong), now)).1, "SignatureDoesNotMatch");
+    assert_eq!(
+        code(a.check_at(&doc_get_object(&wrong), now)).1,
+        "SignatureDoesNotMatch"
+    );
     // Upper-case hex is not what S3 computes.
     let upper = DOC_GET_SIGNATURE.to_ascii_uppercase();
-    assert_eq!(code(a.check_at(&doc_get_object(&upper), now)).1, "SignatureDoesNotMatch");
+    assert_eq!(
+        code(a.check_at(&doc_get_object(&upper), now)).1,
+        "SignatureDoesNotMatch"
+    );
     // 20 minutes later: too skewed (and 20 minutes earlier).
     assert_eq!(
         code(a.check_at(&doc_get_object(DOC_GET_SIGNATURE), at("20130524T002000Z"))),
@@ -156,8 +173,14 @@ fn refusals_carry_s3_codes() {
     );
     // Anonymous, when required.
     let anonymous = request("GET", "/examplebucket/test.txt", &[("Host", "h")]);
-    assert_eq!(code(a.check_at(&anonymous, now)), (403, "AccessDenied", "Access Denied".into()));
-    assert!(matches!(auth(false).check_at(&anonymous, now), Ok(Access::Open)));
+    assert_eq!(
+        code(a.check_at(&anonymous, now)),
+        (403, "AccessDenied", "Access Denied".into())
+    );
+    assert!(matches!(
+        auth(false).check_at(&anonymous, now),
+        Ok(Access::Open)
+    ));
     // An unknown key.
     let unknown = doc_get_object(DOC_GET_SIGNATURE);
     let mut unknown_req = unknown.clone();
@@ -172,7 +195,10 @@ fn refusals_carry_s3_codes() {
     assert_eq!(code(a.check_at(&unknown_req, now)).1, "InvalidAccessKeyId");
     // Without a credentials file nothing is checked.
     let off = EdgeAuth::new(&EdgeAuthConfig::default());
-    assert!(matches!(off.check_at(&doc_get_object("junk"), now), Ok(Access::Open)));
+    assert!(matches!(
+        off.check_at(&doc_get_object("junk"), now),
+        Ok(Access::Open)
+    ));
 }
 
 #[test]
@@ -207,31 +233,82 @@ fn malformed_requests_get_400s() {
         assert!(e.message.contains(want_text), "{authz}: {e}");
     }
     // No date at all.
-    let no_date = request("GET", "/b/k", &[("Host", "h"), ("Authorization", &format!("AWS4-HMAC-SHA256 {cred}, {sh}, Signature=ab")), ("x-amz-content-sha256", EMPTY_SHA256)]);
+    let no_date = request(
+        "GET",
+        "/b/k",
+        &[
+            ("Host", "h"),
+            (
+                "Authorization",
+                &format!("AWS4-HMAC-SHA256 {cred}, {sh}, Signature=ab"),
+            ),
+            ("x-amz-content-sha256", EMPTY_SHA256),
+        ],
+    );
     assert_eq!(code(a.check_at(&no_date, now)).1, "AccessDenied");
     // No payload hash.
-    let no_hash = request("GET", "/b/k", &[("Host", "h"), ("Authorization", &format!("AWS4-HMAC-SHA256 {cred}, {sh}, Signature=ab")), ("x-amz-date", "20130524T000000Z")]);
+    let no_hash = request(
+        "GET",
+        "/b/k",
+        &[
+            ("Host", "h"),
+            (
+                "Authorization",
+                &format!("AWS4-HMAC-SHA256 {cred}, {sh}, Signature=ab"),
+            ),
+            ("x-amz-date", "20130524T000000Z"),
+        ],
+    );
     assert_eq!(code(a.check_at(&no_hash, now)).1, "InvalidRequest");
     // A payload hash that is not one.
-    let bad_hash = request("GET", "/b/k", &[("Host", "h"), ("Authorization", &format!("AWS4-HMAC-SHA256 {cred}, {sh}, Signature=ab")), ("x-amz-date", "20130524T000000Z"), ("x-amz-content-sha256", "xyz")]);
+    let bad_hash = request(
+        "GET",
+        "/b/k",
+        &[
+            ("Host", "h"),
+            (
+                "Authorization",
+                &format!("AWS4-HMAC-SHA256 {cred}, {sh}, Signature=ab"),
+            ),
+            ("x-amz-date", "20130524T000000Z"),
+            ("x-amz-content-sha256", "xyz"),
+        ],
+    );
     assert_eq!(code(a.check_at(&bad_hash, now)).1, "InvalidArgument");
     // An x-amz-* header the signature does not cover.
     let mut unsigned = doc_get_object(DOC_GET_SIGNATURE);
-    unsigned.insert_header("x-amz-checksum-mode", "ENABLED").unwrap();
+    unsigned
+        .insert_header("x-amz-checksum-mode", "ENABLED")
+        .unwrap();
     assert_eq!(
         code(a.check_at(&unsigned, now)),
-        (403, "AccessDenied", "There were headers present in the request which were not signed".into())
+        (
+            403,
+            "AccessDenied",
+            "There were headers present in the request which were not signed".into()
+        )
     );
     // SigV2 presigned, and both mechanisms at once.
-    let v2 = request("GET", "/b/k?AWSAccessKeyId=AK&Signature=x&Expires=1", &[("Host", "h")]);
+    let v2 = request(
+        "GET",
+        "/b/k?AWSAccessKeyId=AK&Signature=x&Expires=1",
+        &[("Host", "h")],
+    );
     assert_eq!(code(a.check_at(&v2, now)).1, "InvalidRequest");
     let mut both = doc_get_object(DOC_GET_SIGNATURE);
-    both.set_uri("/test.txt?X-Amz-Algorithm=AWS4-HMAC-SHA256".parse().unwrap());
+    both.set_uri(
+        "/test.txt?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+            .parse()
+            .unwrap(),
+    );
     assert_eq!(code(a.check_at(&both, now)).1, "InvalidArgument");
 
     let q = |query: &str| {
-        a.check_at(&request("GET", &format!("/b/k?{query}"), &[("Host", "h")]), now)
-            .unwrap_err()
+        a.check_at(
+            &request("GET", &format!("/b/k?{query}"), &[("Host", "h")]),
+            now,
+        )
+        .unwrap_err()
     };
     let good = format!("X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential={DOC_KEY}%2F20130524%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=20130524T000000Z&X-Amz-SignedHeaders=host&X-Amz-Signature=ab");
     for (extra, want) in [
@@ -241,7 +318,11 @@ fn malformed_requests_get_400s() {
         ("&X-Amz-Expires=soon", "should be a number"),
     ] {
         let e = q(&format!("{good}{extra}"));
-        assert_eq!((e.status, e.code), (400, "AuthorizationQueryParametersError"), "{extra}");
+        assert_eq!(
+            (e.status, e.code),
+            (400, "AuthorizationQueryParametersError"),
+            "{extra}"
+        );
         assert!(e.message.contains(want), "{extra}: {e}");
     }
     let e = q(&(good.replace("AWS4-HMAC-SHA256&", "AWS4-HMAC-SHA1&") + "&X-Amz-Expires=60"));
@@ -251,7 +332,9 @@ fn malformed_requests_get_400s() {
     let e = q(&(good.replace("T000000Z", "T0000Z") + "&X-Amz-Expires=60"));
     assert!(e.message.contains("ISO8601"), "{e}");
     // A session token: Orca's keys never come with one.
-    let e = q(&format!("{good}&X-Amz-Expires=3600&X-Amz-Security-Token=tok"));
+    let e = q(&format!(
+        "{good}&X-Amz-Expires=3600&X-Amz-Security-Token=tok"
+    ));
     assert_eq!(e.code, "InvalidToken");
 }
 
@@ -296,7 +379,11 @@ fn sign_with_sdk(
     let (instructions, _) = sign(signable, &params).unwrap().into_parts();
     let mut target = target.to_string();
     for (i, (name, value)) in instructions.params().iter().enumerate() {
-        let sep = if i == 0 && !target.contains('?') { '?' } else { '&' };
+        let sep = if i == 0 && !target.contains('?') {
+            '?'
+        } else {
+            '&'
+        };
         let mut encoded = String::new();
         uri_encode_into(&mut encoded, value.as_bytes(), true);
         target.push_str(&format!("{sep}{name}={encoded}"));
@@ -329,18 +416,47 @@ fn requests_signed_by_the_sdk_signer_verify() {
             // A presigned URL covers only what the signer chose to sign: no x-amz-* header
             // may come on top (S3 refuses those too).
             let headers: &[(&str, &str)] = if presign.is_some() {
-                &[("host", "bucket.orca.example:8443"), ("range", "bytes=0-99")]
+                &[
+                    ("host", "bucket.orca.example:8443"),
+                    ("range", "bytes=0-99"),
+                ]
             } else {
-                &[("host", "bucket.orca.example:8443"), ("range", "bytes=0-99"), ("x-amz-checksum-mode", "ENABLED")]
+                &[
+                    ("host", "bucket.orca.example:8443"),
+                    ("range", "bytes=0-99"),
+                    ("x-amz-checksum-mode", "ENABLED"),
+                ]
             };
             let req = sign_with_sdk("other-secret", "GET", target, headers, t, presign);
-            assert_eq!(key_of(a.check_at(&req, t + Duration::from_secs(60))), "AKIDOTHER", "{target} presign={presign:?}");
-            let bad = sign_with_sdk("not-the-secret", "GET", target, &[("host", "h")], t, presign);
-            assert_eq!(code(a.check_at(&bad, t)).1, "SignatureDoesNotMatch", "{target}");
+            assert_eq!(
+                key_of(a.check_at(&req, t + Duration::from_secs(60))),
+                "AKIDOTHER",
+                "{target} presign={presign:?}"
+            );
+            let bad = sign_with_sdk(
+                "not-the-secret",
+                "GET",
+                target,
+                &[("host", "h")],
+                t,
+                presign,
+            );
+            assert_eq!(
+                code(a.check_at(&bad, t)).1,
+                "SignatureDoesNotMatch",
+                "{target}"
+            );
         }
     }
     // HEAD, and a header with inner runs of spaces (folded to one in the canonical form).
-    let req = sign_with_sdk("other-secret", "HEAD", "/b/k", &[("host", "h"), ("x-amz-meta-note", "a   b  ")], t, None);
+    let req = sign_with_sdk(
+        "other-secret",
+        "HEAD",
+        "/b/k",
+        &[("host", "h"), ("x-amz-meta-note", "a   b  ")],
+        t,
+        None,
+    );
     assert_eq!(key_of(a.check_at(&req, t)), "AKIDOTHER");
     // The method is signed.
     let mut as_head = sign_with_sdk("other-secret", "GET", "/b/k", &[("host", "h")], t, None);
@@ -357,11 +473,19 @@ fn payload_hashes_are_taken_as_sent() {
     // The doc key signs with a streaming payload value: it is part of the canonical request.
     let a = auth(true);
     let t = at("20240101T120000Z");
-    for hash in ["UNSIGNED-PAYLOAD", "STREAMING-AWS4-HMAC-SHA256-PAYLOAD", "STREAMING-UNSIGNED-PAYLOAD-TRAILER"] {
+    for hash in [
+        "UNSIGNED-PAYLOAD",
+        "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+        "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+    ] {
         let mut req = request(
             "GET",
             "/b/k",
-            &[("host", "h"), ("x-amz-content-sha256", hash), ("x-amz-date", "20240101T120000Z")],
+            &[
+                ("host", "h"),
+                ("x-amz-content-sha256", hash),
+                ("x-amz-date", "20240101T120000Z"),
+            ],
         );
         let signed = Signed {
             credential: String::new(),
@@ -399,7 +523,11 @@ fn date_header_stands_in_for_x_amz_date() {
     let mut req = request(
         "GET",
         "/b/k",
-        &[("host", "h"), ("x-amz-content-sha256", EMPTY_SHA256), ("date", "Mon, 01 Jan 2024 12:00:00 GMT")],
+        &[
+            ("host", "h"),
+            ("x-amz-content-sha256", EMPTY_SHA256),
+            ("date", "Mon, 01 Jan 2024 12:00:00 GMT"),
+        ],
     );
     let signed = Signed {
         credential: String::new(),
@@ -430,19 +558,31 @@ fn date_header_stands_in_for_x_amz_date() {
 
 #[test]
 fn buckets_and_bucket_listing_follow_the_key() {
-    let only = Access::Key(Arc::new(key("A", "s", BucketGrant::Only(vec!["a".into(), "b".into()]))));
+    let only = Access::Key(Arc::new(key(
+        "A",
+        "s",
+        BucketGrant::Only(vec!["a".into(), "b".into()]),
+    )));
     let any = Access::Key(Arc::new(key("B", "s", BucketGrant::Any)));
-    let get = |b: &str| S3Request::GetObject { bucket: b.into(), key: "k".into() };
+    let get = |b: &str| S3Request::GetObject {
+        bucket: b.into(),
+        key: "k".into(),
+    };
     assert!(only.authorize(&get("a")).is_ok());
     assert_eq!(only.authorize(&get("c")).unwrap_err().code, "AccessDenied");
     assert_eq!(
-        only.authorize(&S3Request::HeadBucket { bucket: "c".into() }).unwrap_err().code,
+        only.authorize(&S3Request::HeadBucket { bucket: "c".into() })
+            .unwrap_err()
+            .code,
         "AccessDenied"
     );
     assert!(only.authorize(&S3Request::ListBuckets).is_ok());
     assert!(any.authorize(&get("c")).is_ok());
     let allow = vec!["b".to_string(), "c".to_string()];
-    assert_eq!(only.visible_buckets(&[]), Some(vec!["a".into(), "b".into()]));
+    assert_eq!(
+        only.visible_buckets(&[]),
+        Some(vec!["a".into(), "b".into()])
+    );
     assert_eq!(only.visible_buckets(&allow), Some(vec!["b".into()]));
     assert_eq!(any.visible_buckets(&allow), Some(allow.clone()));
     assert_eq!(any.visible_buckets(&[]), None);
@@ -474,17 +614,32 @@ fn signing_keys_are_cached_per_scope_and_dropped_on_reload() {
     assert_eq!(code(a.check_at(&req, t)).1, "SignatureDoesNotMatch");
     // A broken file keeps the keys in force.
     std::fs::write(&path, "keys: [\n").unwrap();
-    assert!(a.reload().unwrap_err().to_string().contains("keys.yaml line"));
+    assert!(a
+        .reload()
+        .unwrap_err()
+        .to_string()
+        .contains("keys.yaml line"));
     let rotated = sign_with_sdk("rotated", "GET", "/b/k", &[("host", "h")], t, None);
     assert!(a.check_at(&rotated, t).is_ok());
 }
 
 #[test]
 fn dates_round_trip() {
-    for stamp in ["19700101T000000Z", "20000229T235959Z", "20130524T000000Z", "20991231T120000Z"] {
+    for stamp in [
+        "19700101T000000Z",
+        "20000229T235959Z",
+        "20130524T000000Z",
+        "20991231T120000Z",
+    ] {
         assert_eq!(format_amz_date(at(stamp)), stamp);
     }
-    for bad in ["20130230T000000Z", "20131324T000000Z", "20130524T240000Z", "20130524 000000Z", "2013052T000000Z"] {
+    for bad in [
+        "20130230T000000Z",
+        "20131324T000000Z",
+        "20130524T240000Z",
+        "20130524 000000Z",
+        "2013052T000000Z",
+    ] {
         assert!(parse_amz_date(bad).is_none(), "{bad}");
     }
     let t = httpdate::parse_http_date("Fri, 24 May 2013 00:00:00 GMT").unwrap();
@@ -515,8 +670,15 @@ fn verify_cost() {
     let per = start.elapsed() / n;
     let derive_start = std::time::Instant::now();
     for _ in 0..n / 10 {
-        std::hint::black_box(generate_signing_key("other-secret", t, "eu-central-1", "s3"));
+        std::hint::black_box(generate_signing_key(
+            "other-secret",
+            t,
+            "eu-central-1",
+            "s3",
+        ));
     }
     let derive = derive_start.elapsed() / (n / 10);
-    println!("verify (signing key cached): {per:?} per request; deriving a signing key: {derive:?}");
+    println!(
+        "verify (signing key cached): {per:?} per request; deriving a signing key: {derive:?}"
+    );
 }
