@@ -40,7 +40,9 @@ struct KeysFile {
 )]
 struct KeyFile {
     access_key_id: Option<String>,
-    secret_access_key: Option<String>,
+    /// Any YAML value, so that a secret of the wrong type is reported without serde quoting it
+    /// in the message.
+    secret_access_key: Option<serde_norway::Value>,
     secret_access_key_env: Option<String>,
     buckets: Option<Vec<String>>,
 }
@@ -199,11 +201,17 @@ pub fn parse(path: &Path, text: &str, env: EnvLookup<'_>) -> Result<Vec<ClientKe
                 ));
                 None
             }
-            (Some(secret), None) if secret.is_empty() => {
+            (Some(serde_norway::Value::String(secret)), None) if secret.is_empty() => {
                 problems.push(format!("{name}: secret_access_key must not be empty"));
                 None
             }
-            (Some(secret), None) => Some(secret),
+            (Some(serde_norway::Value::String(secret)), None) => Some(secret),
+            (Some(_), None) => {
+                problems.push(format!(
+                    "{name}: secret_access_key must be a string (put it in quotes)"
+                ));
+                None
+            }
             (None, Some(var)) => match env(&var).filter(|v| !v.is_empty()) {
                 Some(secret) => Some(secret),
                 None => {
@@ -359,9 +367,15 @@ mod tests {
         ] {
             assert!(e.contains(want), "missing {want:?} in {e}");
         }
-        assert!(!e.contains("x\""), "no secret in messages: {e}");
         assert!(parsed("keys: []\n")
             .unwrap_err()
             .contains("the list is empty"));
+        // A secret of the wrong type is reported without its value.
+        let e = parsed(
+            "keys:\n  - access_key_id: AK1\n    secret_access_key: 918273645\n    buckets: [a]\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("secret_access_key must be a string"), "{e}");
+        assert!(!e.contains("918273645"), "{e}");
     }
 }
