@@ -222,7 +222,14 @@ pub fn init() {
     for r in ["auth", "not_coordinator"] {
         PEER_REJECTED.with_label_values(&[r]);
     }
-    Lazy::force(&EDGE_AUTH_REJECTIONS);
+    for c in [
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "RequestTimeTooSkewed",
+    ] {
+        EDGE_AUTH_REJECTIONS.with_label_values(&[c]);
+    }
     for r in ["ok", "error"] {
         EDGE_AUTH_RELOADS.with_label_values(&[r]);
     }
