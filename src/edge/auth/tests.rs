@@ -653,7 +653,12 @@ fn thread_cpu_time() -> Duration {
     // The fields after the command name, which is in parentheses; utime and stime are the
     // 14th and 15th fields of the line.
     let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<u64> = rest.split(' ').skip(11).take(2).map(|f| f.parse().unwrap()).collect();
+    let fields: Vec<u64> = rest
+        .split(' ')
+        .skip(11)
+        .take(2)
+        .map(|f| f.parse().unwrap())
+        .collect();
     Duration::from_millis((fields[0] + fields[1]) * 10)
 }
 
@@ -686,7 +691,12 @@ fn verify_cost() {
     let n = 500_000;
     let verify = cost(n, || assert!(a.check_at(&req, t).is_ok()));
     let derive = cost(n, || {
-        std::hint::black_box(generate_signing_key("other-secret", t, "eu-central-1", "s3"));
+        std::hint::black_box(generate_signing_key(
+            "other-secret",
+            t,
+            "eu-central-1",
+            "s3",
+        ));
     });
     let parse = cost(n, || {
         let params = query_pairs(req.uri.query().unwrap_or("")).unwrap();
