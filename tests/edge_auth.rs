@@ -71,6 +71,12 @@ fn client(program: &str, args: &[&str], creds: (&str, &str)) -> Output {
         .env_remove("AWS_PROFILE")
         .env_remove("AWS_CA_BUNDLE")
         .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_ENDPOINT_URL_S3")
+        .env("NO_PROXY", "127.0.0.1,localhost,orca.test")
+        .env_remove("HTTP_PROXY")
+        .env_remove("http_proxy")
+        .env_remove("ALL_PROXY")
+        .env_remove("all_proxy")
         .output()
         .unwrap_or_else(|e| panic!("{program}: {e}"))
 }
@@ -226,6 +232,50 @@ async fn real_clients_sign_and_orca_checks_as_s3_does() {
     assert_eq!(
         sha256_hex(&std::fs::read(dir.path().join("x")).unwrap()),
         want
+    );
+
+    // rclone (the Go SDK's signer): the right key reads and lists, a wrong secret is refused.
+    let rclone = |secret: &str, args: &[&str]| {
+        let config = dir.path().join("rclone.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "[orca]\ntype = s3\nprovider = Other\nenv_auth = false\naccess_key_id = {}\n\
+                 secret_access_key = {secret}\nendpoint = {edge}\nregion = us-east-1\n",
+                READER.0
+            ),
+        )
+        .unwrap();
+        let mut all = vec![
+            "--config",
+            config.to_str().unwrap(),
+            "--retries",
+            "1",
+            "--low-level-retries",
+            "1",
+        ];
+        all.extend_from_slice(args);
+        client("rclone", &all, ("", ""))
+    };
+    let out = rclone(READER.1, &["cat", &format!("orca:{BUCKET}/{KEY}")]);
+    assert!(
+        out.status.success(),
+        "rclone cat: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sha256_hex(&out.stdout), want, "rclone cat");
+    let out = rclone(READER.1, &["lsf", "-R", &format!("orca:{BUCKET}")]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("data file+1.bin"),
+        "rclone lsf: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = rclone("not-the-secret", &["cat", &format!("orca:{BUCKET}/{KEY}")]);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("SignatureDoesNotMatch"),
+        "rclone, wrong secret: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
 
     // boto3, path-style: GET, a range, HEAD, ListObjectsV2, ListBuckets (only the key's
