@@ -106,11 +106,17 @@ fn error_of(result: &Value) -> (String, u64) {
 
 /// `curl URL`: (status, body).
 fn curl(url: &str) -> (u16, Vec<u8>) {
+    curl_with(url, &[])
+}
+
+/// `curl ARGS URL`: (status, body).
+fn curl_with(url: &str, args: &[&str]) -> (u16, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();
     let body = dir.path().join("body");
     let out = Command::new("timeout")
         .arg(CLIENT_DEADLINE_SECS)
         .arg("curl")
+        .args(args)
         .args(["-sS", "-o"])
         .arg(&body)
         .args(["-w", "%{http_code}", url])
@@ -379,7 +385,8 @@ async fn real_clients_sign_and_orca_checks_as_s3_does() {
         r#"[{{"op":"get","bucket":"{BUCKET}","key":"{KEY}","range":"bytes=0-99"}},
             {{"op":"head","bucket":"{BUCKET}","key":"{KEY}"}},
             {{"op":"list","bucket":"{BUCKET}","prefix":"dir/"}},
-            {{"op":"get","bucket":"{OTHER}","key":"small.txt"}}]"#
+            {{"op":"get","bucket":"{OTHER}","key":"small.txt"}},
+            {{"op":"presign","bucket":"{BUCKET}","key":"{KEY}","expires":3600}}]"#
     );
     let r = boto3(&virtual_edge, READER, "virtual", &ops);
     assert_eq!(
@@ -401,6 +408,16 @@ async fn real_clients_sign_and_orca_checks_as_s3_does() {
         r[2]
     );
     assert_eq!(error_of(&r[3]), ("AccessDenied".into(), 403));
+    // A virtual-hosted presigned URL, signed over Host: authdata.orca.test:PORT.
+    let url = r[4]["url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&format!("http://{BUCKET}.orca.test:")),
+        "{url}"
+    );
+    let resolve = format!("{BUCKET}.orca.test:{}:127.0.0.1", orca.ports().edge);
+    let (status, body) = curl_with(url, &["--resolve", &resolve]);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(sha256_hex(&body), want, "virtual-hosted presigned GET");
 
     // The other key, its secret from the environment: its own bucket only.
     let ops = format!(
