@@ -138,7 +138,7 @@ impl Orca {
         let fill_client = FillClient::local(lock_age + timeout);
         let cluster = Arc::new(build_cluster(&config, lock_age + timeout)?);
         let budget = budget_units(config.limits.readahead_memory) as usize;
-        let config_auth = config.edge.auth.clone();
+        let edge_auth = Arc::new(EdgeAuth::new(&config.edge.auth));
         Ok(Arc::new(Self {
             origin_permits: Arc::new(Semaphore::new(config.limits.origin_concurrency)),
             readahead_budget: Arc::new(Semaphore::new(budget)),
@@ -151,7 +151,7 @@ impl Orca {
             fill_client,
             cluster,
             store_problem,
-            edge_auth: Arc::new(EdgeAuth::new(&config_auth)),
+            edge_auth,
         }))
     }
 
