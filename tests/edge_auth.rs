@@ -45,12 +45,16 @@ fn inline(secret: &str) -> String {
 
 /// Orca with `edge.auth.required` and `keys` as its credentials file (written in `dir`).
 fn start_orca(moto: &Moto, dir: &Path, keys: &str) -> OrcaProcess {
+    start_orca_with(moto, dir, keys, true)
+}
+
+fn start_orca_with(moto: &Moto, dir: &Path, keys: &str, required: bool) -> OrcaProcess {
     let file = dir.join("edge-keys.yaml");
     std::fs::write(&file, keys).unwrap();
     OrcaProcess::start(
         OrcaConfig::new(&moto.endpoint())
             .extra_yaml(&format!(
-                "edge:\n  virtual_host_suffix: orca.test\n  auth:\n    required: true\n    credentials_file: \"{}\"\n",
+                "edge:\n  virtual_host_suffix: orca.test\n  auth:\n    required: {required}\n    credentials_file: \"{}\"\n",
                 file.display()
             ))
             .env("ORCA_TEST_OTHER_SECRET", OTHER_KEY.1),
@@ -544,6 +548,49 @@ async fn sighup_reloads_the_credentials_file_and_a_bad_file_keeps_the_keys() {
     for secret in [READER.1, NEWCOMER.1] {
         assert!(!log.contains(secret), "a secret is in the log");
     }
+}
+
+/// The migration step: keys deployed, `required: false`. Signed requests are verified and
+/// limited to their key's buckets; unsigned ones still pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_required_false_signatures_are_checked_and_anonymous_reads_pass() {
+    let moto = Moto::start();
+    create_bucket(&moto.endpoint(), BUCKET).await;
+    create_bucket(&moto.endpoint(), OTHER).await;
+    put_object(&moto.endpoint(), BUCKET, "k.txt", b"hello".to_vec()).await;
+    put_object(
+        &moto.endpoint(),
+        OTHER,
+        "small.txt",
+        b"other bucket".to_vec(),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let orca = start_orca_with(
+        &moto,
+        dir.path(),
+        &keys_yaml(&[(READER.0, &inline(READER.1), "[authdata]")]),
+        false,
+    );
+    let (status, body) = curl(&orca.object_url(OTHER, "small.txt"));
+    assert_eq!(
+        (status, body.as_slice()),
+        (200, b"other bucket".as_slice()),
+        "anonymous"
+    );
+    let ops = r#"[{"op":"get","bucket":"authdata","key":"k.txt"},{"op":"get","bucket":"otherdata","key":"small.txt"}]"#;
+    let r = boto3(&orca.edge_url(), READER, "path", ops);
+    assert_eq!(r[0]["sha256"].as_str(), Some(sha256_hex(b"hello").as_str()));
+    assert_eq!(
+        error_of(&r[1]),
+        ("AccessDenied".into(), 403),
+        "bucket not granted"
+    );
+    let r = boto3(&orca.edge_url(), (READER.0, "not-the-secret"), "path", ops);
+    assert_eq!(error_of(&r[0]), ("SignatureDoesNotMatch".into(), 403));
+    // A placeholder key, as clients used before: refused once keys are deployed.
+    let r = boto3(&orca.edge_url(), ("test", "test"), "path", ops);
+    assert_eq!(error_of(&r[0]), ("InvalidAccessKeyId".into(), 403));
 }
 
 /// `orca -t` with `edge:` replaced by `edge_yaml`: (success, stderr).
