@@ -361,6 +361,40 @@ async fn real_clients_sign_and_orca_checks_as_s3_does() {
     let (status, body) = curl(r[8]["url"].as_str().unwrap());
     assert_eq!((status, xml_code(&body).as_str()), (403, "AccessDenied"));
     assert!(String::from_utf8_lossy(&body).contains("Request has expired"));
+    // The aws CLI presigns with SigV2 unless told to use SigV4 (s3.signature_version).
+    let aws_config = dir.path().join("aws-config");
+    std::fs::write(
+        &aws_config,
+        "[default]\ns3 =\n    signature_version = s3v4\n",
+    )
+    .unwrap();
+    let out = Command::new("timeout")
+        .args([
+            CLIENT_DEADLINE_SECS,
+            "aws",
+            "--endpoint-url",
+            &edge,
+            "s3",
+            "presign",
+        ])
+        .arg(format!("s3://{BUCKET}/{KEY}"))
+        .env("AWS_CONFIG_FILE", &aws_config)
+        .env("AWS_ACCESS_KEY_ID", READER.0)
+        .env("AWS_SECRET_ACCESS_KEY", READER.1)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SESSION_TOKEN")
+        .output()
+        .unwrap();
+    let cli_url = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        cli_url.contains("X-Amz-Signature="),
+        "aws s3 presign: {cli_url} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, body) = curl(cli_url.trim());
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(sha256_hex(&body), want, "aws s3 presign");
     // A presigned URL whose signature was tampered with.
     let (status, body) = curl(&long.replace("X-Amz-Expires=3600", "X-Amz-Expires=3601"));
     assert_eq!(
