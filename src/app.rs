@@ -5,6 +5,7 @@
 //! connectors and tasks are created lazily inside its runtimes.
 
 use crate::config::Config;
+use crate::edge::auth::EdgeAuth;
 use crate::edge::EdgeService;
 use crate::fill::{FillClients, FillService};
 use crate::metadata::HealthProbe;
@@ -46,8 +47,12 @@ pub fn build_server(opt: Opt, config: Config) -> anyhow::Result<Server> {
         orca.fill_read_timeout(),
         orca.peer_secret.clone(),
     );
-    let mut edge =
-        http_proxy_service_with_name(&conf, EdgeService::new(orca.clone(), fills), "edge");
+    let edge_auth = Arc::new(EdgeAuth::new(&orca.config.edge.auth));
+    let mut edge = http_proxy_service_with_name(
+        &conf,
+        EdgeService::new(orca.clone(), fills, edge_auth.clone()),
+        "edge",
+    );
     // A write buffer that holds a response header and a small body, so a small object goes
     // out in one write instead of two (Pingora's default buffers 1460 bytes; a body piece
     // larger than the buffer still goes straight to the socket, uncopied).
@@ -61,11 +66,12 @@ pub fn build_server(opt: Opt, config: Config) -> anyhow::Result<Server> {
         http_proxy_service_with_name(&conf, FillService::for_peers(orca.clone()), "fill");
     let dns = orca.cluster.dns_refresher();
     let evictor = orca.evictor.lock().take();
+    let auth_reloader = edge_auth.reloader();
     fill.add_tcp(&listen.internal);
     let (health, origin) = (orca.health.clone(), orca.origin.clone());
     let mut ops = Service::new(
         "ops".to_string(),
-        HttpServer::new_app(OpsService::new(orca)),
+        HttpServer::new_app(OpsService::new(orca, edge_auth)),
     );
     ops.add_tcp(&listen.ops);
     ops.threads = Some(1);
@@ -78,6 +84,9 @@ pub fn build_server(opt: Opt, config: Config) -> anyhow::Result<Server> {
     }
     if let Some(evictor) = evictor {
         server.add_service(background_service("fs cache eviction", evictor));
+    }
+    if let Some(reloader) = auth_reloader {
+        server.add_service(background_service("edge credentials reload", reloader));
     }
     server.add_service(background_service(
         "origin credentials probe",

@@ -203,6 +203,26 @@ metric!(
     )
 );
 
+metric!(
+    EDGE_AUTH_REJECTIONS,
+    IntCounterVec,
+    register_int_counter_vec_with_registry!(
+        "orca_edge_auth_rejections_total",
+        "Client requests refused by edge authentication, by S3 error code",
+        &["code"],
+        REGISTRY
+    )
+);
+metric!(
+    EDGE_AUTH_RELOADS,
+    IntCounterVec,
+    register_int_counter_vec_with_registry!(
+        "orca_edge_auth_reloads_total",
+        "Reloads of edge.auth.credentials_file on SIGHUP, by result (ok, error)",
+        &["result"],
+        REGISTRY
+    )
+);
 /// Where a chunk's bytes came from, as `orca_chunk_reads_total{source}` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChunkSource {
@@ -275,6 +295,17 @@ pub fn init() {
     }
     for r in ["auth", "not_coordinator"] {
         PEER_REJECTED.with_label_values(&[r]);
+    }
+    for c in [
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "RequestTimeTooSkewed",
+    ] {
+        EDGE_AUTH_REJECTIONS.with_label_values(&[c]);
+    }
+    for r in ["ok", "error"] {
+        EDGE_AUTH_RELOADS.with_label_values(&[r]);
     }
     // Alone until the cluster says otherwise: the set always holds this replica.
     CLUSTER_PEERS.set(1);

@@ -1,5 +1,6 @@
 //! The ops service: `/healthz`, `/readyz` and `/metrics` (Prometheus text).
 
+use crate::edge::auth::EdgeAuth;
 use crate::metrics;
 use crate::state::Orca;
 use async_trait::async_trait;
@@ -18,6 +19,8 @@ const LISTENER_CHECK: Duration = Duration::from_millis(500);
 /// The ops service.
 pub struct OpsService {
     orca: Arc<Orca>,
+    /// The edge's client authentication: not ready until its reload handler is installed.
+    edge_auth: Arc<EdgeAuth>,
     /// Set once the edge and fill listeners have accepted a connection. Pingora binds each
     /// service's listeners in that service's own runtime, so this port can answer before the
     /// edge accepts anything; until then `/readyz` connects to both to find out.
@@ -26,9 +29,10 @@ pub struct OpsService {
 
 impl OpsService {
     /// Ops over shared state.
-    pub fn new(orca: Arc<Orca>) -> Self {
+    pub fn new(orca: Arc<Orca>, edge_auth: Arc<EdgeAuth>) -> Self {
         Self {
             orca,
+            edge_auth,
             listening: AtomicBool::new(false),
         }
     }
@@ -88,6 +92,7 @@ impl ServeHttp for OpsService {
             "/readyz" => {
                 let mut problems = self.listener_problems().await;
                 problems.extend(self.orca.readiness_problems());
+                problems.extend(self.edge_auth.readiness_problem());
                 if problems.is_empty() {
                     reply(200, "text/plain", b"ready\n".to_vec())
                 } else {

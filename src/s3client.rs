@@ -11,7 +11,9 @@
 
 use crate::error::xml_text;
 use crate::net::encode::encode_key;
-use crate::net::http::{exchange, make_peer, Endpoint, ExchangeError, Resolver, Response};
+use crate::net::http::{
+    exchange, make_peer, Endpoint, EndpointError, ExchangeError, Resolver, Response,
+};
 use crate::net::pool::ConnPool;
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{
@@ -44,8 +46,8 @@ pub fn is_directory_bucket(bucket: &str) -> bool {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum S3ClientError {
     /// The endpoint URL is not usable.
-    #[error("endpoint: {0}")]
-    Endpoint(String),
+    #[error("endpoint {0}")]
+    Endpoint(#[from] EndpointError),
     /// The request could not be built or signed.
     #[error("cannot {what}: {source}")]
     Build {
@@ -171,7 +173,7 @@ impl S3Client {
         timeout: Duration,
     ) -> Result<Self, S3ClientError> {
         Ok(Self {
-            endpoint: Endpoint::parse(endpoint).map_err(S3ClientError::Endpoint)?,
+            endpoint: Endpoint::parse(endpoint)?,
             region: region.to_string(),
             path_style,
             auth,

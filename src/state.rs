@@ -68,7 +68,6 @@ impl Orca {
             ),
             OriginDriver::AzureBlob(az) => Arc::new(
                 crate::origin::azureblob::AzureBlobOrigin::from_config(az, timeout)
-                    .map_err(anyhow::Error::msg)
                     .context("origin.azureblob")?,
             ),
         };

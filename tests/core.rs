@@ -274,9 +274,9 @@ async fn a_cut_right_after_the_origin_header_fails_cleanly_without_a_second_writ
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_origin_that_never_answers_is_a_504_after_three_attempts_per_client() {
+async fn an_origin_that_never_answers_is_a_504_after_three_attempts_shared_by_waiters() {
     let s = stack(|c| c.extra_yaml(cases::ONE_SECOND_TIMEOUT)).await;
-    cases::an_origin_that_never_answers_is_a_504_after_three_attempts_per_client(&s).await;
+    cases::an_origin_that_never_answers_is_a_504_after_three_attempts_shared_by_waiters(&s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

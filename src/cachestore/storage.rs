@@ -15,6 +15,7 @@ use super::catalog::Catalog;
 use super::{CacheStore, ChunkRead, CommitOutcome, StoreError};
 use crate::chunk::{Chunk, ChunkId};
 use crate::metrics::{ChunkSource, COMMITS};
+use crate::origin::OriginError;
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -245,8 +246,14 @@ impl ChunkRead for FlightReader {
     }
 }
 
+/// How long a failed fill's error is kept for the callers that were waiting on it.
+const FAILURE_MEMORY: Duration = Duration::from_secs(600);
+
 /// The pingora-cache storage of chunks: in-flight registry, miss catalog and store.
 pub struct ChunkStorage {
+    /// The last fill failure of each chunk (when, and the origin's answer), for the callers
+    /// that waited on that fill (see [`ChunkStorage::failure_since`]).
+    failures: Mutex<lru::LruCache<ChunkId, (tokio::time::Instant, OriginError)>>,
     store: Arc<dyn CacheStore>,
     /// Chunks the edge found missing just now, which the fill service's lookups trust.
     misses: Catalog,
@@ -281,6 +288,9 @@ impl ChunkStorage {
         stall_timeout: Duration,
     ) -> Self {
         Self {
+            failures: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(4096).unwrap_or(std::num::NonZeroUsize::MIN),
+            )),
             stall_timeout,
             store,
             misses: Catalog::new(catalog_entries),
@@ -362,6 +372,30 @@ impl ChunkStorage {
                 tracing::warn!(chunk = %chunk.id, error = %e, "cache store read failed; treating as a miss");
                 None
             }
+        }
+    }
+
+    /// Records that a fill of `id` failed before its first byte with `error` (the origin's
+    /// answer after all its attempts).
+    pub fn record_failure(&self, id: &ChunkId, error: OriginError) {
+        self.failures
+            .lock()
+            .put(id.clone(), (tokio::time::Instant::now(), error));
+    }
+
+    /// The failure of a fill of `id` that ended after `since`, if there was one: a request that
+    /// waited on that fill (pingora's cache lock) gets its answer instead of asking the origin
+    /// all over again, one waiter after another. A request that began after it fills afresh:
+    /// failures are never replayed to later callers.
+    pub fn failure_since(&self, id: &ChunkId, since: tokio::time::Instant) -> Option<OriginError> {
+        let mut failures = self.failures.lock();
+        match failures.peek(id) {
+            Some((at, e)) if *at >= since && at.elapsed() < FAILURE_MEMORY => Some(e.clone()),
+            Some((at, _)) if at.elapsed() >= FAILURE_MEMORY => {
+                failures.pop(id);
+                None
+            }
+            _ => None,
         }
     }
 

@@ -163,6 +163,19 @@ pub struct EdgeFile {
     /// Allowlist of client-visible buckets; empty (the default) allows any.
     #[serde(deserialize_with = "null_default")]
     pub buckets: Vec<String>,
+    /// `edge.auth`: client authentication (SigV4).
+    #[serde(deserialize_with = "null_default")]
+    pub auth: EdgeAuthFile,
+}
+
+/// `edge.auth`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a mapping of keys")]
+pub struct EdgeAuthFile {
+    /// Refuse unsigned requests. Default false.
+    pub required: bool,
+    /// The YAML file of client keys (see `config::client_keys`). Default none.
+    pub credentials_file: Option<String>,
 }
 
 /// `cachestore.driver`.

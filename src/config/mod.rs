@@ -5,6 +5,7 @@
 //! validation [`Problem`] at once. Environment lookups go through an [`EnvLookup`] so tests stay
 //! hermetic; [`load`] and [`from_yaml_str`] use the process environment.
 
+pub mod client_keys;
 pub mod file;
 pub mod units;
 mod validate;
@@ -20,8 +21,9 @@ use serde_path_to_error::Segment;
 pub use units::{ByteSize, HumanDuration, SizeOrPercent, UnitError};
 pub use validated::{
     AzureBlobConfig, AzureCredentials, CacheStoreConfig, CatalogConfig, Chunking, ClusterConfig,
-    Config, DnsConfig, EdgeConfig, EnvLookup, FsLimits, Limits, Listen, LogFormat, Logging,
-    MetadataConfig, OriginConfig, OriginDriver, Problem, S3Credentials, S3OriginConfig, Tier,
+    Config, DnsConfig, EdgeAuthConfig, EdgeConfig, EnvLookup, FsLimits, Limits, Listen, LogFormat,
+    Logging, MetadataConfig, OriginConfig, OriginDriver, Problem, S3Credentials, S3OriginConfig,
+    Tier,
 };
 
 /// Why a configuration could not be loaded.

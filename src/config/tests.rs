@@ -83,6 +83,7 @@ fn defaults_from_a_file_with_only_origin_id() {
         EdgeConfig {
             virtual_host_suffix: None,
             buckets: vec![],
+            auth: EdgeAuthConfig::default(),
         }
     );
     assert_eq!(

@@ -8,16 +8,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use super::file::{
-    AzureBlobFile, CacheStoreDriverName, CacheStoreFile, ChunkingFile, ClusterFile, EdgeFile,
-    FsStoreFile, LimitsFile, ListenFile, LogFormatName, LoggingFile, MetadataFile, OrcaFile,
-    OriginDriverName, OriginFile, S3OriginFile, S3StoreFile,
+    AzureBlobFile, CacheStoreDriverName, CacheStoreFile, ChunkingFile, ClusterFile, EdgeAuthFile,
+    EdgeFile, FsStoreFile, LimitsFile, ListenFile, LogFormatName, LoggingFile, MetadataFile,
+    OrcaFile, OriginDriverName, OriginFile, S3OriginFile, S3StoreFile,
 };
 use super::units::SizeOrPercent;
 use super::validated::{
     AzureBlobConfig, AzureCredentials, CacheStoreConfig, CatalogConfig, Chunking, ClusterConfig,
-    Config, DnsConfig, EdgeConfig, EnvLookup, FsLimits, Limits, Listen, LogFormat, Logging,
-    MetadataConfig, OriginConfig, OriginDriver, Problem, S3Credentials, S3OriginConfig, Tier,
-    LOG_LEVELS, MAX_CHUNK_SIZE, MAX_READAHEAD,
+    Config, DnsConfig, EdgeAuthConfig, EdgeConfig, EnvLookup, FsLimits, Limits, Listen, LogFormat,
+    Logging, MetadataConfig, OriginConfig, OriginDriver, Problem, S3Credentials, S3OriginConfig,
+    Tier, LOG_LEVELS, MAX_CHUNK_SIZE, MAX_READAHEAD,
 };
 
 /// Collects problems while validation walks the file.
@@ -63,7 +63,7 @@ pub fn validate(file: OrcaFile, env: EnvLookup<'_>) -> Result<Config, Vec<Proble
 
     let listen = listen(&mut p, file.listen);
     let origin = origin(&mut p, file.origin, &env);
-    let edge = edge(&mut p, file.edge);
+    let edge = edge(&mut p, file.edge, &env);
     let cachestore = cachestore(&mut p, file.cachestore, &env);
     let chunking = chunking(&mut p, file.chunking);
     fs_bound_holds_a_chunk(&mut p, cachestore.as_ref(), chunking.as_ref());
@@ -416,7 +416,7 @@ fn azure_origin(p: &mut Problems, file: AzureBlobFile, env: &Env<'_>) -> Option<
     unless_new_problems(p, before, config)
 }
 
-fn edge(p: &mut Problems, file: EdgeFile) -> Option<EdgeConfig> {
+fn edge(p: &mut Problems, file: EdgeFile, env: &Env<'_>) -> Option<EdgeConfig> {
     let before = p.len();
     let suffix = file.virtual_host_suffix.trim();
     let suffix = suffix
@@ -440,14 +440,44 @@ fn edge(p: &mut Problems, file: EdgeFile) -> Option<EdgeConfig> {
             p.push(key, format!("\"{bucket}\" is listed twice"));
         }
     }
+    let auth = edge_auth(p, file.auth, env);
     unless_new_problems(
         p,
         before,
         EdgeConfig {
             virtual_host_suffix,
             buckets: file.buckets,
+            auth: auth?,
         },
     )
+}
+
+/// `edge.auth`: the credentials file is read now, so a bad one stops the start (and `orca -t`).
+fn edge_auth(p: &mut Problems, file: EdgeAuthFile, env: &Env<'_>) -> Option<EdgeAuthConfig> {
+    let path = file
+        .credentials_file
+        .filter(|f| !f.trim().is_empty())
+        .map(PathBuf::from);
+    let Some(path) = path else {
+        if file.required {
+            p.push(
+                "edge.auth.required",
+                "true needs edge.auth.credentials_file (the keys clients sign with)",
+            );
+            return None;
+        }
+        return Some(EdgeAuthConfig::default());
+    };
+    let keys = super::client_keys::load(&path, &|name| env.get(name));
+    let keys = p.check(
+        "edge.auth.credentials_file",
+        keys.map_err(|e| e.to_string()),
+    )?;
+    Some(EdgeAuthConfig {
+        required: file.required,
+        credentials_file: Some(path),
+        keys,
+    })
 }
 
 fn cachestore(p: &mut Problems, file: CacheStoreFile, env: &Env<'_>) -> Option<CacheStoreConfig> {

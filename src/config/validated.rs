@@ -7,6 +7,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use super::client_keys::{BucketGrant, ClientKey};
 use super::units::SizeOrPercent;
 
 /// The largest chunk size accepted anywhere in the ladder. A chunk is read, hashed and sent as
@@ -179,6 +180,20 @@ pub struct EdgeConfig {
     pub virtual_host_suffix: Option<String>,
     /// Buckets clients may read; empty allows any bucket the origin serves.
     pub buckets: Vec<String>,
+    /// Client authentication.
+    pub auth: EdgeAuthConfig,
+}
+
+/// `edge.auth`: who may read through the edge.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EdgeAuthConfig {
+    /// Unsigned requests are refused (`403 AccessDenied`).
+    pub required: bool,
+    /// Where the keys were read from (read again on `SIGHUP`); `None`: no keys, and signatures
+    /// are not checked (only possible with `required: false`).
+    pub credentials_file: Option<PathBuf>,
+    /// The keys read from `credentials_file` at start-up.
+    pub keys: Vec<ClientKey>,
 }
 
 /// Where chunks are stored.

@@ -54,15 +54,15 @@ impl EdgeService {
     }
 
     pub(super) async fn list_buckets(&self, session: &mut Session, ctx: &mut EdgeCtx) -> Answer {
-        let buckets = &self.orca.config.edge.buckets;
-        if buckets.is_empty() {
+        // Only the buckets the caller's key may read.
+        let Some(buckets) = ctx.access.visible_buckets(&self.orca.config.edge.buckets) else {
             return Err(S3Error::new(
                 501,
                 "NotImplemented",
                 "Listing buckets needs an allowlist (edge.buckets) in Orca's configuration.",
             ));
-        }
-        let body = list_buckets_xml(buckets);
+        };
+        let body = list_buckets_xml(&buckets);
         self.write_body(session, ctx, 200, "application/xml", body, &[])
             .await
     }

@@ -9,6 +9,7 @@
 //! a proper S3 XML error; a failure after it aborts the connection, so the client sees a short
 //! body, never a silently truncated success.
 
+pub mod auth;
 mod bucket;
 pub mod conditional;
 mod object;
@@ -35,6 +36,9 @@ use tokio::sync::Semaphore;
 pub struct EdgeService {
     orca: Arc<Orca>,
     shared: Arc<EdgeShared>,
+    /// Client authentication (`edge.auth`): built by `app`, which also runs its reloader and
+    /// lets `/readyz` ask it.
+    auth: Arc<auth::EdgeAuth>,
 }
 
 /// What every request's chunk pipeline uses.
@@ -48,15 +52,16 @@ pub(crate) struct EdgeShared {
 }
 
 impl EdgeService {
-    /// An edge over shared state, asking `fills` for the chunks it misses.
-    pub fn new(orca: Arc<Orca>, fills: FillClients) -> Self {
+    /// An edge over shared state, asking `fills` for the chunks it misses and checking
+    /// clients with `auth`.
+    pub fn new(orca: Arc<Orca>, fills: FillClients, auth: Arc<auth::EdgeAuth>) -> Self {
         let budget = pipeline::budget_units(orca.config.limits.readahead_memory) as usize;
         let shared = Arc::new(EdgeShared {
             orca: orca.clone(),
             fills,
             readahead_budget: Arc::new(Semaphore::new(budget)),
         });
-        Self { orca, shared }
+        Self { orca, shared, auth }
     }
 }
 
@@ -65,6 +70,8 @@ pub struct EdgeCtx {
     start: Instant,
     status: u16,
     request_id: String,
+    /// What the caller may read, once its signature is checked (`auth`).
+    access: auth::Access,
 }
 
 /// What a handler returns: `Ok` once it wrote its response, or the error to answer with.
@@ -83,6 +90,7 @@ impl ProxyHttp for EdgeService {
             start: Instant::now(),
             status: 0,
             request_id: request_id(),
+            access: auth::Access::Open,
         }
     }
 
@@ -92,7 +100,14 @@ impl ProxyHttp for EdgeService {
         // it for as long as its connection stays open.
         session.set_write_timeout(Some(self.orca.config.limits.client_write_timeout));
         let resource = session.req_header().uri.path().to_string();
-        let outcome = match request::parse(session.req_header(), &self.orca.config.edge) {
+        // Signature first (as S3 does), then what is asked, then whether the key may ask it.
+        let parsed = self.auth.check(session.req_header()).and_then(|access| {
+            let request = request::parse(session.req_header(), &self.orca.config.edge)?;
+            access.authorize(&request)?;
+            ctx.access = access;
+            Ok(request)
+        });
+        let outcome = match parsed {
             Err(e) => Err(e),
             Ok(S3Request::GetObject { bucket, key }) => {
                 self.get_object(session, ctx, &bucket, &key).await

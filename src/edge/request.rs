@@ -230,6 +230,7 @@ mod tests {
         EdgeConfig {
             virtual_host_suffix: suffix.map(str::to_string),
             buckets: buckets.iter().map(|b| b.to_string()).collect(),
+            auth: Default::default(),
         }
     }
 

@@ -104,6 +104,32 @@ impl FillService {
     }
 }
 
+impl FillService {
+    /// Once this request's fill has failed for good before its answer was accepted (no retry
+    /// follows), records the failure for the requests waiting on it, before Pingora releases
+    /// the cache lock to them.
+    fn remember_if_final(&self, ctx: &FillCtx, e: &Error) {
+        if e.retry() || ctx.response_accepted || ctx.attempts == 0 {
+            return;
+        }
+        if let Some(chunk) = &ctx.chunk {
+            let error = ctx.error.clone().unwrap_or_else(|| error_of(e));
+            self.orca.storage.record_failure(&chunk.id, error);
+        }
+    }
+}
+
+/// The origin error a Pingora error stands for (no answer at all: a timeout or a transient
+/// failure).
+fn error_of(e: &Error) -> OriginError {
+    match e.etype() {
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+            OriginError::Timeout
+        }
+        _ => OriginError::Transient(e.to_string()),
+    }
+}
+
 /// Decrements `orca_fills_inflight` and returns the origin permit when the fill ends.
 struct InflightGuard {
     _permit: OwnedSemaphorePermit,
@@ -126,6 +152,9 @@ pub struct FillCtx {
     source: Option<ChunkSource>,
     error: Option<OriginError>,
     inflight: Option<InflightGuard>,
+    /// When the request arrived: a fill that failed after it (one it may have waited on) is
+    /// answered with that failure.
+    started: Option<tokio::time::Instant>,
 }
 
 fn origin_err(e: &OriginError) -> Box<Error> {
@@ -147,6 +176,7 @@ impl ProxyHttp for FillService {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        ctx.started = Some(tokio::time::Instant::now());
         // The requester that stops reading (a frozen peer) fails its own fill after this long
         // without progress; the flight's other readers then stop waiting on it.
         session.set_write_timeout(Some(self.orca.config.limits.client_write_timeout));
@@ -257,6 +287,20 @@ impl ProxyHttp for FillService {
                 return Ok(false);
             }
         }
+        // The fill this request waited on (the cache lock) failed after all its attempts:
+        // that is this request's answer too. Without this, each waiter would become the
+        // writer in turn and make its own attempts: N waiting clients, 3N origin requests.
+        if ctx.attempts == 0 && ctx.inflight.is_none() {
+            let chunk = ctx_chunk(ctx)?.clone();
+            let since = ctx.started.unwrap_or_else(tokio::time::Instant::now);
+            if let Some(e) = self.orca.storage.failure_since(&chunk.id, since) {
+                tracing::debug!(chunk = %chunk.id, error = %e, "the fill waited on failed; answering its error");
+                let mut err = origin_err(&e);
+                err.set_retry(false);
+                ctx.error = Some(e);
+                return Err(err);
+            }
+        }
         // One origin fill per chunk per replica, at most `origin_concurrency` at once.
         if ctx.inflight.is_none() {
             let permit = self
@@ -290,6 +334,7 @@ impl ProxyHttp for FillService {
                 let mut err = origin_err(&e);
                 err.set_retry(e.is_retryable() && ctx.attempts < ORIGIN_ATTEMPTS);
                 ctx.error = Some(e);
+                self.remember_if_final(ctx, &err);
                 Err(err)
             }
         }
@@ -354,6 +399,7 @@ impl ProxyHttp for FillService {
             let mut err = origin_err(&e);
             err.set_retry(e.is_retryable() && ctx.attempts < ORIGIN_ATTEMPTS);
             ctx.error = Some(e);
+            self.remember_if_final(ctx, &err);
             return Err(err);
         }
         // The chunk's own 200: whole, self-contained, exactly its expected length.
@@ -410,6 +456,7 @@ impl ProxyHttp for FillService {
     ) -> Box<Error> {
         ORIGIN_REQUESTS.with_label_values(&["get", "0"]).inc();
         e.set_retry(ctx.attempts < ORIGIN_ATTEMPTS);
+        self.remember_if_final(ctx, &e);
         e
     }
 
@@ -430,6 +477,7 @@ impl ProxyHttp for FillService {
         // time (no answer, 5xx, timeouts: not 403, 404 or 412), and at most ORIGIN_ATTEMPTS.
         let retryable = ctx.error.as_ref().is_none_or(OriginError::is_retryable);
         e.set_retry(!ctx.response_accepted && retryable && ctx.attempts < ORIGIN_ATTEMPTS);
+        self.remember_if_final(ctx, &e);
         e
     }
 
@@ -447,12 +495,7 @@ impl ProxyHttp for FillService {
                 can_reuse_downstream: false,
             };
         }
-        let oe = ctx.error.clone().unwrap_or_else(|| match e.etype() {
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
-                OriginError::Timeout
-            }
-            _ => OriginError::Transient(e.to_string()),
-        });
+        let oe = ctx.error.clone().unwrap_or_else(|| error_of(e));
         let s3 = oe.to_s3();
         let resource = session.req_header().uri.path().to_string();
         let _ =

@@ -25,6 +25,16 @@ pub const DNS_TTL: Duration = Duration::from_secs(30);
 /// Idle pooled connections are closed after this long.
 pub const POOL_IDLE: Duration = Duration::from_secs(60);
 
+/// Why an endpoint URL cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{url:?}: {reason}")]
+pub struct EndpointError {
+    /// The URL as given.
+    pub url: String,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
 /// A parsed `http(s)://host[:port]` endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -38,34 +48,35 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// Parses an endpoint URL; config validation has already checked its shape.
-    pub fn parse(url: &str) -> Result<Self, String> {
+    pub fn parse(url: &str) -> Result<Self, EndpointError> {
+        let bad = |reason: &'static str| EndpointError {
+            url: url.to_string(),
+            reason,
+        };
         let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
             (true, r)
         } else if let Some(r) = url.strip_prefix("http://") {
             (false, r)
         } else {
-            return Err(format!("{url:?} is not an http:// or https:// URL"));
+            return Err(bad("not an http:// or https:// URL"));
         };
         let authority = rest.split('/').next().unwrap_or_default();
         if authority.is_empty() {
-            return Err(format!("{url:?} has no host"));
+            return Err(bad("no host"));
         }
         let default_port = if tls { 443 } else { 80 };
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let (h, after) = v6
                 .split_once(']')
-                .ok_or_else(|| format!("{url:?}: unclosed IPv6 literal"))?;
+                .ok_or_else(|| bad("an unclosed IPv6 literal"))?;
             let port = match after.strip_prefix(':') {
-                Some(p) => p.parse().map_err(|_| format!("{url:?}: bad port"))?,
+                Some(p) => p.parse().map_err(|_| bad("a bad port"))?,
                 None => default_port,
             };
             (h.to_string(), port)
         } else {
             match authority.rsplit_once(':') {
-                Some((h, p)) => (
-                    h.to_string(),
-                    p.parse().map_err(|_| format!("{url:?}: bad port"))?,
-                ),
+                Some((h, p)) => (h.to_string(), p.parse().map_err(|_| bad("a bad port"))?),
                 None => (authority.to_string(), default_port),
             }
         };

@@ -18,7 +18,9 @@ use crate::chunk::Chunk;
 use crate::config::{AzureBlobConfig, AzureCredentials};
 use crate::metrics::ORIGIN_REQUESTS;
 use crate::net::encode::{encode_key, encode_query_value};
-use crate::net::http::{exchange, header_str, make_peer, Endpoint, ExchangeError, Resolver};
+use crate::net::http::{
+    exchange, header_str, make_peer, Endpoint, EndpointError, ExchangeError, Resolver,
+};
 use crate::net::pool::ConnPool;
 use crate::net::retry::with_retries;
 use async_trait::async_trait;
@@ -86,9 +88,24 @@ impl std::fmt::Debug for AzureBlobOrigin {
     }
 }
 
+/// Why the Azure driver cannot be set up from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum AzureSetupError {
+    /// `origin.azureblob.endpoint` is not usable.
+    #[error("origin.azureblob.endpoint {0}")]
+    Endpoint(#[from] EndpointError),
+    /// The account key is not base64.
+    #[error("origin.azureblob account key: {0}")]
+    Key(String),
+}
+
 impl AzureBlobOrigin {
     /// A driver for the blob service at `endpoint` (`http(s)://host[:port][/path]`).
-    pub fn new(endpoint: &str, auth: AzureAuth, timeout: Duration) -> Result<Self, String> {
+    pub fn new(
+        endpoint: &str,
+        auth: AzureAuth,
+        timeout: Duration,
+    ) -> Result<Self, AzureSetupError> {
         let parsed = Endpoint::parse(endpoint)?;
         let after_scheme = endpoint
             .split_once("://")
@@ -109,11 +126,14 @@ impl AzureBlobOrigin {
     }
 
     /// The driver `origin.azureblob` describes; fails on a key that is not base64.
-    pub fn from_config(config: &AzureBlobConfig, timeout: Duration) -> Result<Self, String> {
+    pub fn from_config(
+        config: &AzureBlobConfig,
+        timeout: Duration,
+    ) -> Result<Self, AzureSetupError> {
         let auth = match &config.credentials {
             AzureCredentials::SharedKey(key) => AzureAuth::SharedKey(
                 SharedKey::new(&config.account, key)
-                    .map_err(|e| format!("origin.azureblob account key: {e}"))?,
+                    .map_err(|e| AzureSetupError::Key(e.to_string()))?,
             ),
             AzureCredentials::Sas(sas) => AzureAuth::Sas(sas.clone()),
         };
@@ -549,6 +569,6 @@ mod tests {
             credentials: AzureCredentials::SharedKey("not base64 !".into()),
         };
         let err = AzureBlobOrigin::from_config(&config, Duration::from_secs(1)).unwrap_err();
-        assert!(err.contains("base64"), "{err}");
+        assert!(err.to_string().contains("base64"), "{err}");
     }
 }
