@@ -440,39 +440,18 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_probe_brings_readiness_back_once_the_origin_accepts() {
-        struct Refusing(AtomicU32);
-        #[async_trait]
-        impl Origin for Refusing {
-            async fn head(&self, _b: &str, _k: &str) -> Result<ObjectMeta, OriginError> {
-                // Refuses twice more, then accepts.
-                if self.0.fetch_add(1, Ordering::SeqCst) < 2 {
-                    Err(OriginError::Auth(403))
-                } else {
-                    Ok(meta("e"))
-                }
-            }
-            async fn list(
-                &self,
-                _b: &str,
-                _r: &crate::origin::ListRequest,
-            ) -> Result<bytes::Bytes, OriginError> {
-                Err(OriginError::Timeout)
-            }
-            async fn head_bucket(&self, _b: &str) -> Result<(), OriginError> {
-                Err(OriginError::Timeout)
-            }
-            async fn chunk_peer(&self, _b: &str) -> Result<HttpPeer, OriginError> {
-                Err(OriginError::Timeout)
-            }
-            fn chunk_request(
-                &self,
-                _c: &crate::chunk::Chunk,
-            ) -> Result<RequestHeader, OriginError> {
-                Err(OriginError::Timeout)
-            }
-        }
+        // Refuses twice more, then accepts.
+        let origin = Arc::new(Scripted {
+            answers: Mutex::new(VecDeque::from([
+                Err(OriginError::Auth(403)),
+                Err(OriginError::Auth(403)),
+                Ok(meta("e")),
+            ])),
+            heads: AtomicUsize::new(0),
+            gate: tokio::sync::Semaphore::new(1000),
+        });
         let health = Arc::new(OriginHealth::default());
-        let probe = HealthProbe::new(health.clone(), Arc::new(Refusing(AtomicU32::new(0))));
+        let probe = HealthProbe::new(health.clone(), origin.clone());
         assert!(probe.probe_once().await, "healthy: nothing to probe");
         for _ in 0..3 {
             health.record_for::<()>("b", Some("k"), &Err(OriginError::Auth(403)));

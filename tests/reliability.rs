@@ -32,6 +32,17 @@ impl Origin {
     }
 }
 
+/// GETs `url` and checks the answer is S3's `403 AccessDenied`.
+async fn assert_access_denied(url: &str) {
+    let r = http_get(url, None).await.unwrap();
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(
+        r.text().contains("<Code>AccessDenied</Code>"),
+        "{}",
+        r.text()
+    );
+}
+
 /// An origin that marks its ETags weak (`W/"..."`) cannot have a version pinned: `If-Match`
 /// compares strongly, so a strict origin refuses every chunk GET. Orca answers at once with
 /// `502 OriginMissingETag` (kept for the negative TTL) instead of pinning the weak tag as if it
@@ -101,15 +112,7 @@ async fn a_refused_object_is_access_denied_and_readiness_stays_up() {
             .times(100),
     );
     for _ in 0..5 {
-        let r = http_get(&s.orca.object_url(BUCKET, "secret"), None)
-            .await
-            .unwrap();
-        assert_eq!(r.status, 403, "{}", r.text());
-        assert!(
-            r.text().contains("<Code>AccessDenied</Code>"),
-            "{}",
-            r.text()
-        );
+        assert_access_denied(&s.orca.object_url(BUCKET, "secret")).await;
     }
     assert_eq!(
         s.orca.ops_get("/readyz").0,
@@ -254,15 +257,7 @@ async fn a_refused_chunk_get_is_access_denied() {
             .times(10),
     );
     for _ in 0..3 {
-        let r = http_get(&s.orca.object_url(BUCKET, "kms"), None)
-            .await
-            .unwrap();
-        assert_eq!(r.status, 403, "{}", r.text());
-        assert!(
-            r.text().contains("<Code>AccessDenied</Code>"),
-            "{}",
-            r.text()
-        );
+        assert_access_denied(&s.orca.object_url(BUCKET, "kms")).await;
     }
     assert_eq!(s.orca.ops_get("/readyz").0, 200);
 }

@@ -138,13 +138,7 @@ impl EdgeService {
         };
         // A HEAD with a Range describes that part, as S3 answers it: 206 with its
         // Content-Range and length, or 416.
-        let range_header = session
-            .req_header()
-            .headers
-            .get("range")
-            .filter(|_| use_range)
-            .map(|v| v.as_bytes().to_vec());
-        let (status, part) = match parse_range(range_header.as_deref(), meta.size) {
+        let (status, part) = match requested_range(session, use_range, meta.size) {
             RangeRequest::Unsatisfiable => {
                 let mut resp = ResponseHeader::build(416, Some(3)).map_err(internal)?;
                 resp.insert_header("content-range", format!("bytes */{}", meta.size))
@@ -191,13 +185,7 @@ impl EdgeService {
         let Some((meta, use_range)) = self.resolve(session, ctx, bucket, key).await? else {
             return Ok(());
         };
-        let range_header = session
-            .req_header()
-            .headers
-            .get("range")
-            .filter(|_| use_range)
-            .map(|v| v.as_bytes().to_vec());
-        let (status, range) = match parse_range(range_header.as_deref(), meta.size) {
+        let (status, range) = match requested_range(session, use_range, meta.size) {
             RangeRequest::Unsatisfiable => return self.unsatisfiable(session, ctx, &meta).await,
             RangeRequest::Partial(r) => (206, Some(r)),
             RangeRequest::Whole if meta.size == 0 => (200, None),
@@ -292,4 +280,16 @@ impl EdgeService {
         self.write_body(session, ctx, 416, "application/xml", body, &[range])
             .await
     }
+}
+
+/// The client's `Range` over an object of `size` bytes (ignored when an `If-Range` did not
+/// match: `use_range` false).
+fn requested_range(session: &Session, use_range: bool, size: u64) -> RangeRequest {
+    let header = session
+        .req_header()
+        .headers
+        .get("range")
+        .filter(|_| use_range)
+        .map(|v| v.as_bytes());
+    parse_range(header, size)
 }
