@@ -706,6 +706,7 @@ fn s3_cachestore() {
                 secret_access_key: "csecret".into(),
                 session_token: None,
             },
+            local: None,
         }
     );
 
