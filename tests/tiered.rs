@@ -198,9 +198,14 @@ async fn a_warm_read_of_a_hot_object_makes_no_request_to_the_shared_store() {
         }
         let counts = fleet.store_proxy.counts();
         assert_eq!(
-            counts.total, 0,
+            counts.total,
+            0,
             "round {round}: warm reads asked the shared store: {:?}",
-            counts.log
+            counts
+                .log
+                .iter()
+                .map(|r| format!("{} {}", r.method, r.target))
+                .collect::<Vec<_>>()
         );
     }
     assert_eq!(
