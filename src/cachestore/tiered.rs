@@ -309,6 +309,73 @@ mod tests {
         );
     }
 
+    /// The in-memory store, saying (as the `s3` store does) that its hits are worth reading
+    /// ahead.
+    struct Networked(Arc<MemStore>);
+
+    #[async_trait]
+    impl CacheStore for Networked {
+        async fn stat(&self, id: &ChunkId) -> Result<Option<u64>, StoreError> {
+            self.0.stat(id).await
+        }
+        async fn read(
+            &self,
+            id: &ChunkId,
+            expected_len: u64,
+            from: u64,
+            to: u64,
+        ) -> Result<Option<Box<dyn ChunkRead>>, StoreError> {
+            self.0.read(id, expected_len, from, to).await
+        }
+        async fn commit(
+            &self,
+            id: &ChunkId,
+            pieces: Vec<Bytes>,
+            len: u64,
+        ) -> Result<CommitOutcome, StoreError> {
+            self.0.commit(id, pieces, len).await
+        }
+        fn driver(&self) -> &'static str {
+            "networked"
+        }
+        fn prefetch_hits(&self) -> bool {
+            true
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_storage_reads_ahead_shared_hits_and_reads_local_hits_on_demand() {
+        use crate::cachestore::storage::ChunkStorage;
+        use crate::chunk::{Chunk, ObjectVersion};
+        let t = tiers(4);
+        let store = Arc::new(TieredStore::over(
+            t.local.clone(),
+            Arc::new(Networked(t.shared.clone())),
+            4,
+        ));
+        let storage = ChunkStorage::new(store, 64, 4, Duration::from_secs(30));
+        let version = ObjectVersion {
+            origin_id: "o".into(),
+            bucket: "b".into(),
+            key: "k".into(),
+            etag: "e".into(),
+            size: LEN,
+        };
+        let chunk = Chunk::new(Arc::new(version), LEN, 0).unwrap();
+        t.shared
+            .commit(&chunk.id, vec![bytes(7)], LEN)
+            .await
+            .unwrap();
+        let hit = storage.open(&chunk, 0, LEN).await.unwrap();
+        assert!(!hit.on_demand, "a shared hit is read ahead");
+        assert_eq!(drain(hit.reader).await, bytes(7));
+        assert!(wait_local(&t.local, &chunk.id).await);
+        let hit = storage.open(&chunk, 0, LEN).await.unwrap();
+        assert!(hit.on_demand, "a local hit is read as the client takes it");
+        assert_eq!(drain(hit.reader).await, bytes(7));
+        assert_eq!(t.shared.reads.load(Ordering::Relaxed), 1);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn partial_early_stopped_and_unpermitted_reads_admit_nothing() {
         let t = tiers(1);
@@ -324,11 +391,23 @@ mod tests {
         // Stopped before its end.
         let r = t.store.read(&id(1), LEN, 0, LEN).await.unwrap().unwrap();
         drop(r);
+        assert_eq!(
+            t.store.admissions.available_permits(),
+            1,
+            "no admission left"
+        );
+        assert_eq!(
+            t.local.stat(&id(1)).await.unwrap(),
+            None,
+            "nothing admitted"
+        );
         // While one admission holds the only permit, another read streams without one.
         let held = t.store.read(&id(1), LEN, 0, LEN).await.unwrap().unwrap();
         let r = t.store.read(&id(1), LEN, 0, LEN).await.unwrap().unwrap();
+        assert_eq!(t.store.admissions.available_permits(), 0);
         assert_eq!(drain(r).await, bytes(1));
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // No admission holds a permit but `held`'s: none is collecting or committing.
+        assert_eq!(t.store.admissions.available_permits(), 0);
         assert_eq!(
             t.local.stat(&id(1)).await.unwrap(),
             None,
@@ -337,6 +416,16 @@ mod tests {
         // The permit holder, read to its end, admits.
         assert_eq!(drain(held).await, bytes(1));
         assert!(wait_local(&t.local, &id(1)).await);
+        // Its permit comes back once its commit is done.
+        let mut back = false;
+        for _ in 0..500 {
+            if t.store.admissions.available_permits() == 1 {
+                back = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(back, "the admission's permit was released");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
