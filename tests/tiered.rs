@@ -117,6 +117,34 @@ impl Fleet {
         );
     }
 
+    async fn get_range_exact(
+        &self,
+        replica: usize,
+        key: &str,
+        data: &[u8],
+        first: usize,
+        last: usize,
+    ) {
+        let orca = &self.replicas[replica];
+        let range = format!("bytes={first}-{last}");
+        let r = http_get(&orca.object_url(BUCKET, key), Some(&range))
+            .await
+            .unwrap_or_else(|e| {
+                panic!("GET {key} {range} via {replica}: {e}\n{}", orca.log_tail())
+            });
+        assert_eq!(
+            r.status,
+            206,
+            "GET {key} {range} via {replica}\n{}",
+            orca.log_tail()
+        );
+        assert_eq!(
+            r.body,
+            &data[first..=last],
+            "GET {key} {range} via {replica}"
+        );
+    }
+
     /// Origin chunk GETs (ranged) across the fleet of objects whose key contains `part`.
     fn origin_gets_of(&self, part: &str) -> usize {
         self.origin_proxies
@@ -230,6 +258,52 @@ async fn a_warm_read_of_a_hot_object_makes_no_request_to_the_shared_store() {
             r.metric_value("orca_cachestore_capacity_bytes{tier=\"local\"}") <= 64.0 * MIB as f64
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ranged_warm_reads_inside_chunks_make_no_request_to_the_shared_store_either() {
+    let fleet = Fleet::start(2, "64MiB").await;
+    let data = deterministic_bytes(3, 2 * MIB);
+    fleet.put("ranged/object", &data).await;
+    // Inside chunk 0 and inside chunk 1: no read of a whole chunk, ever.
+    let ranges = [(100, 199), (MIB + 5, MIB + 4100)];
+    for (first, last) in ranges {
+        fleet
+            .get_range_exact(0, "ranged/object", &data, first, last)
+            .await;
+    }
+    assert_eq!(fleet.origin_gets_of("ranged/"), 2, "fills are whole chunks");
+    fleet.wait_fleet_local_chunks(2.0);
+    // Warm-up: partial shared hits, each promoting its whole chunk to the local tier.
+    for i in 0..2 {
+        for (first, last) in ranges {
+            fleet
+                .get_range_exact(i, "ranged/object", &data, first, last)
+                .await;
+        }
+    }
+    fleet.wait_local_chunks(2.0);
+    fleet.store_proxy.reset_counts();
+    for i in 0..2 {
+        for (first, last) in ranges {
+            fleet
+                .get_range_exact(i, "ranged/object", &data, first, last)
+                .await;
+        }
+        fleet.get_exact(i, "ranged/object", &data).await;
+    }
+    let counts = fleet.store_proxy.counts();
+    assert_eq!(
+        counts.total,
+        0,
+        "warm ranged reads asked the shared store: {:?}",
+        counts
+            .log
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.target))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(fleet.origin_gets_of("ranged/"), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

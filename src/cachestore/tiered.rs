@@ -5,13 +5,20 @@
 //! store (the source of truth, `tier="store"`).
 //!
 //! - **read**: the local tier first; a hit there never touches the shared store. A local miss
-//!   (or a local read that fails: a vanished or damaged file) reads the shared store. A shared
-//!   hit of a whole chunk is *admitted* to the local tier as it streams through to the reader:
-//!   the pieces the reader passes on are kept (reference counts, not copies) and committed
-//!   locally in the background after the last one, so the reader is never delayed and no more
-//!   than that chunk is held. A reader that stops early, fails, or reads part of a chunk admits
-//!   nothing. At most `max_admissions` admissions collect pieces at once (a read that finds
-//!   none free streams without admission), which bounds the memory they hold.
+//!   (or a local read that fails: a vanished or damaged file) reads the shared store, and the
+//!   chunk is *admitted* to the local tier:
+//!   - a read of the whole chunk is admitted as it streams through to the reader: the pieces
+//!     the reader passes on are kept (reference counts, not copies) and committed locally in
+//!     the background after the last one, so the reader is never delayed and no more than that
+//!     chunk is held. A reader that stops early or fails admits nothing.
+//!   - a read of part of a chunk (a client's range inside it) cannot give the whole chunk, so a
+//!     background task reads the whole chunk from the shared store and commits it locally (one
+//!     more request to the shared store, once per chunk and replica): a client that reads a hot
+//!     object in ranges, as multipart downloaders do, gets it into the local tier too.
+//!
+//!   At most `max_admissions` admissions run at once, and one per chunk; a read that finds no
+//!   slot streams without admission. That bounds the memory they hold to `max_admissions`
+//!   chunks.
 //! - **commit** (a fill): the shared store first, with its no-clobber rule, then the local
 //!   tier. The shared store's outcome is the commit's outcome; a local failure is logged.
 //! - **prefetch**: follows the tier that answered ([`ChunkRead::prefetch_hint`]): a local hit
@@ -25,6 +32,8 @@ use super::{check_commit_len, CacheStore, ChunkRead, CommitOutcome, StoreError};
 use crate::chunk::ChunkId;
 use async_trait::async_trait;
 use bytes::Bytes;
+use parking_lot::Mutex;
+use std::collections::HashSet;
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -34,6 +43,8 @@ pub struct TieredStore {
     shared: Arc<dyn CacheStore>,
     /// Admissions collecting pieces or committing them now.
     admissions: Arc<Semaphore>,
+    /// The chunks those admissions are for (one admission per chunk at a time).
+    admitting: Arc<Mutex<HashSet<ChunkId>>>,
 }
 
 impl TieredStore {
@@ -52,7 +63,64 @@ impl TieredStore {
             local,
             shared,
             admissions: Arc::new(Semaphore::new(max_admissions.max(1))),
+            admitting: Arc::new(Mutex::new(HashSet::new())),
         }
+    }
+
+    /// A slot to admit `id`: `None` when every slot is taken or `id` is being admitted.
+    fn slot(&self, id: &ChunkId) -> Option<Slot> {
+        let permit = self.admissions.clone().try_acquire_owned().ok()?;
+        if !self.admitting.lock().insert(id.clone()) {
+            return None;
+        }
+        Some(Slot {
+            id: id.clone(),
+            admitting: self.admitting.clone(),
+            _permit: permit,
+        })
+    }
+
+    /// Reads the whole chunk of `slot` from the shared store and commits it locally, in the
+    /// background.
+    fn promote(&self, slot: Slot, len: u64) {
+        let (local, shared) = (self.local.clone(), self.shared.clone());
+        tokio::spawn(async move {
+            let id = &slot.id;
+            let result = async {
+                let Some(mut reader) = shared.read(id, len, 0, len).await? else {
+                    return Ok(None);
+                };
+                let (mut pieces, mut got) = (Vec::new(), 0u64);
+                while let Some(piece) = reader.next_piece().await? {
+                    got += piece.len() as u64;
+                    if got > len {
+                        break;
+                    }
+                    pieces.push(piece);
+                }
+                // A length that does not add up is refused by the commit.
+                local.commit(id, pieces, len).await.map(Some)
+            }
+            .await;
+            match result {
+                Ok(outcome) => tracing::trace!(chunk = %id, ?outcome, "promoted to the local tier"),
+                Err(e) => tracing::warn!(chunk = %id, error = %e, "local tier promotion failed"),
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// One admission's share of the bound: a permit, and its chunk in the set being admitted.
+struct Slot {
+    id: ChunkId,
+    admitting: Arc<Mutex<HashSet<ChunkId>>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.admitting.lock().remove(&self.id);
     }
 }
 
@@ -91,21 +159,25 @@ impl CacheStore for TieredStore {
         let Some(inner) = self.shared.read(id, expected_len, from, to).await? else {
             return Ok(None);
         };
+        let slot = self.slot(id);
+        if slot.is_none() {
+            tracing::debug!(chunk = %id, "no local tier admission slot free, or one in progress");
+        }
         let whole = from == 0 && to >= expected_len;
-        let admission = whole
-            .then(|| self.admissions.clone().try_acquire_owned().ok())
-            .flatten()
-            .map(|permit| Admission {
+        let admission = match slot {
+            Some(slot) if whole => Some(Admission {
                 local: self.local.clone(),
-                id: id.clone(),
                 len: expected_len,
                 pieces: Vec::new(),
                 got: 0,
-                permit,
-            });
-        if whole && admission.is_none() {
-            tracing::debug!(chunk = %id, "local tier admissions all busy; not admitting");
-        }
+                slot,
+            }),
+            Some(slot) => {
+                self.promote(slot, expected_len);
+                None
+            }
+            None => None,
+        };
         Ok(Some(Box::new(TierReader {
             inner,
             prefetch: self.shared.prefetch_hits(),
@@ -139,15 +211,14 @@ impl CacheStore for TieredStore {
     }
 }
 
-/// A shared hit being admitted to the local tier: the pieces passed on so far.
+/// A whole shared hit being admitted to the local tier: the pieces passed on so far.
 struct Admission {
     local: Arc<dyn CacheStore>,
-    id: ChunkId,
     len: u64,
     pieces: Vec<Bytes>,
     got: u64,
     /// Held until the local commit is done (dropped with the admission when it is skipped).
-    permit: OwnedSemaphorePermit,
+    slot: Slot,
 }
 
 impl Admission {
@@ -155,24 +226,24 @@ impl Admission {
     fn commit(self) {
         let Admission {
             local,
-            id,
             len,
             pieces,
-            permit,
+            slot,
             ..
         } = self;
         tokio::spawn(async move {
-            match local.commit(&id, pieces, len).await {
+            let id = &slot.id;
+            match local.commit(id, pieces, len).await {
                 Ok(outcome) => tracing::trace!(chunk = %id, ?outcome, "admitted to the local tier"),
                 Err(e) => tracing::warn!(chunk = %id, error = %e, "local tier admission failed"),
             }
-            drop(permit);
+            drop(slot);
         });
     }
 }
 
 /// A reader from one of the tiers: says which tier's prefetch rule applies, and admits a
-/// shared hit to the local tier.
+/// whole shared hit to the local tier.
 struct TierReader {
     inner: Box<dyn ChunkRead>,
     prefetch: bool,
@@ -376,18 +447,23 @@ mod tests {
         assert_eq!(t.shared.reads.load(Ordering::Relaxed), 1);
     }
 
+    /// Waits (bounded) until `n` admission slots are free.
+    async fn wait_free_slots(store: &TieredStore, n: usize) -> bool {
+        for _ in 0..500 {
+            if store.admissions.available_permits() == n {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn partial_early_stopped_and_unpermitted_reads_admit_nothing() {
+    async fn early_stopped_and_unslotted_reads_admit_nothing() {
         let t = tiers(1);
-        t.shared.commit(&id(1), vec![bytes(1)], LEN).await.unwrap();
-        // Part of the chunk.
-        let r = t
-            .store
-            .read(&id(1), LEN, 0, LEN / 2)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(drain(r).await.len() as u64, LEN / 2);
+        for i in 1..=2 {
+            t.shared.commit(&id(i), vec![bytes(i)], LEN).await.unwrap();
+        }
         // Stopped before its end.
         let r = t.store.read(&id(1), LEN, 0, LEN).await.unwrap().unwrap();
         drop(r);
@@ -396,36 +472,60 @@ mod tests {
             1,
             "no admission left"
         );
+        assert!(t.store.admitting.lock().is_empty());
         assert_eq!(
             t.local.stat(&id(1)).await.unwrap(),
             None,
             "nothing admitted"
         );
-        // While one admission holds the only permit, another read streams without one.
+        // While one admission holds the only slot, reads of another chunk and of the same one
+        // stream without one.
         let held = t.store.read(&id(1), LEN, 0, LEN).await.unwrap().unwrap();
-        let r = t.store.read(&id(1), LEN, 0, LEN).await.unwrap().unwrap();
-        assert_eq!(t.store.admissions.available_permits(), 0);
-        assert_eq!(drain(r).await, bytes(1));
-        // No admission holds a permit but `held`'s: none is collecting or committing.
-        assert_eq!(t.store.admissions.available_permits(), 0);
+        for i in [2, 1] {
+            let r = t.store.read(&id(i), LEN, 0, LEN).await.unwrap().unwrap();
+            assert_eq!(drain(r).await, bytes(i));
+            let r = t.store.read(&id(i), LEN, 0, 10).await.unwrap().unwrap();
+            assert_eq!(drain(r).await, vec![i as u8; 10]);
+            // Only `held`'s admission holds a slot: none other is collecting or committing.
+            assert_eq!(t.store.admissions.available_permits(), 0);
+        }
         assert_eq!(
             t.local.stat(&id(1)).await.unwrap(),
             None,
             "nothing admitted"
         );
-        // The permit holder, read to its end, admits.
+        // The slot holder, read to its end, admits; its slot comes back after the commit.
         assert_eq!(drain(held).await, bytes(1));
         assert!(wait_local(&t.local, &id(1)).await);
-        // Its permit comes back once its commit is done.
-        let mut back = false;
-        for _ in 0..500 {
-            if t.store.admissions.available_permits() == 1 {
-                back = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(back, "the admission's permit was released");
+        assert!(wait_free_slots(&t.store, 1).await, "the slot was released");
+        assert!(t.store.admitting.lock().is_empty());
+        assert_eq!(
+            t.local.stat(&id(2)).await.unwrap(),
+            None,
+            "chunk 2 never had a slot"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_partial_shared_hit_promotes_the_whole_chunk() {
+        let t = tiers(4);
+        t.shared.commit(&id(1), vec![bytes(1)], LEN).await.unwrap();
+        let r = t.store.read(&id(1), LEN, 100, 200).await.unwrap().unwrap();
+        assert_eq!(drain(r).await, vec![1u8; 100]);
+        assert!(wait_local(&t.local, &id(1)).await, "promoted");
+        assert!(wait_free_slots(&t.store, 4).await);
+        // The partial read and the promotion's whole read.
+        assert_eq!(t.shared.reads.load(Ordering::Relaxed), 2);
+        let r = t.local.read(&id(1), LEN, 0, LEN).await.unwrap().unwrap();
+        assert_eq!(drain(r).await, bytes(1), "the whole chunk, exact");
+        let r = t.store.read(&id(1), LEN, 100, 200).await.unwrap().unwrap();
+        assert_eq!(r.prefetch_hint(), Some(false));
+        assert_eq!(drain(r).await, vec![1u8; 100]);
+        assert_eq!(
+            t.shared.reads.load(Ordering::Relaxed),
+            2,
+            "then a local hit"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
