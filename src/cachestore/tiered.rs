@@ -28,6 +28,7 @@
 //! that tier: gone from both, it is filled again.
 
 use super::fs::FsStore;
+use super::storage::COMMIT_TIMEOUT;
 use super::{check_commit_len, CacheStore, ChunkRead, CommitOutcome, StoreError};
 use crate::chunk::ChunkId;
 use async_trait::async_trait;
@@ -86,7 +87,8 @@ impl TieredStore {
         let (local, shared) = (self.local.clone(), self.shared.clone());
         tokio::spawn(async move {
             let id = &slot.id;
-            let result = async {
+            // Bounded as a fill's commit is: a stalled store must not keep the slot.
+            let result = tokio::time::timeout(COMMIT_TIMEOUT, async {
                 let Some(mut reader) = shared.read(id, len, 0, len).await? else {
                     return Ok(None);
                 };
@@ -100,8 +102,14 @@ impl TieredStore {
                 }
                 // A length that does not add up is refused by the commit.
                 local.commit(id, pieces, len).await.map(Some)
-            }
-            .await;
+            })
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::io(
+                    "promotion to the local tier",
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"),
+                ))
+            });
             match result {
                 Ok(outcome) => tracing::trace!(chunk = %id, ?outcome, "promoted to the local tier"),
                 Err(e) => tracing::warn!(chunk = %id, error = %e, "local tier promotion failed"),
