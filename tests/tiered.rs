@@ -11,7 +11,7 @@ mod common;
 
 use ::orca::cachestore::s3::S3Store;
 use ::orca::chunk::ChunkId;
-use common::orca::yaml_str;
+use common::orca::{metric_value, metric_value_opt, yaml_str};
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -154,33 +154,47 @@ impl Fleet {
             .count()
     }
 
-    fn local_chunks(&self, replica: usize) -> f64 {
-        self.replicas[replica].metric_value("orca_cachestore_chunks{tier=\"local\"}")
+    /// The sum over the replicas of a metric.
+    async fn sum(&self, query: &str) -> f64 {
+        let mut sum = 0.0;
+        for r in &self.replicas {
+            sum += r.metric_value_async(query).await;
+        }
+        sum
+    }
+
+    async fn local_chunks(&self, replica: usize) -> f64 {
+        self.replicas[replica]
+            .metric_value_async("orca_cachestore_chunks{tier=\"local\"}")
+            .await
     }
 
     /// Waits until every replica's local tier holds at least `n` chunks.
-    fn wait_local_chunks(&self, n: f64) {
-        for (i, orca) in self.replicas.iter().enumerate() {
-            let got = orca.wait_metric_at_least("orca_cachestore_chunks{tier=\"local\"}", n, WAIT);
-            assert!(
-                got >= n,
-                "replica {i}: {got} of {n} local chunks\n{}",
-                orca.log_tail()
-            );
+    async fn wait_local_chunks(&self, n: f64) {
+        for orca in &self.replicas {
+            orca.wait_metric_at_least("orca_cachestore_chunks{tier=\"local\"}", n, WAIT)
+                .await;
         }
     }
 
     /// Waits until the local tiers of the fleet hold at least `n` chunks in all (a fill's
     /// commit writes the shared store first, then the coordinator's local tier).
-    fn wait_fleet_local_chunks(&self, n: f64) {
-        let done = poll_until(WAIT, || {
-            let sum: f64 = (0..self.replicas.len()).map(|i| self.local_chunks(i)).sum();
-            (sum >= n).then_some(())
-        });
-        assert!(
-            done.is_some(),
-            "the fleet's local tiers never held {n} chunks"
-        );
+    async fn wait_fleet_local_chunks(&self, n: f64) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let mut sum = 0.0;
+            for i in 0..self.replicas.len() {
+                sum += self.local_chunks(i).await;
+            }
+            if sum >= n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the fleet's local tiers hold {sum} chunks, never {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -205,21 +219,19 @@ async fn a_warm_read_of_a_hot_object_makes_no_request_to_the_shared_store() {
     // Cold: filled by the chunks' coordinators, committed to the shared store and their tiers.
     fleet.get_exact(0, "hot/object", &data).await;
     assert_eq!(fleet.origin_gets_of("hot/"), 4);
-    fleet.wait_fleet_local_chunks(4.0);
+    fleet.wait_fleet_local_chunks(4.0).await;
     // Warm-up through each replica: shared hits, admitted to each local tier.
     for i in 0..3 {
         fleet.get_exact(i, "hot/object", &data).await;
     }
-    fleet.wait_local_chunks(4.0);
+    fleet.wait_local_chunks(4.0).await;
     let store_gets = fleet.store_proxy.counts().gets();
     assert!(store_gets > 0, "the warm-up read the shared store");
 
     fleet.store_proxy.reset_counts();
-    let hits_before: f64 = fleet
-        .replicas
-        .iter()
-        .map(|r| r.metric_value("orca_chunk_reads_total{source=\"cachestore\"}"))
-        .sum();
+    let hits_before = fleet
+        .sum("orca_chunk_reads_total{source=\"cachestore\"}")
+        .await;
     for round in 0..3 {
         for i in 0..3 {
             fleet.get_exact(i, "hot/object", &data).await;
@@ -241,11 +253,9 @@ async fn a_warm_read_of_a_hot_object_makes_no_request_to_the_shared_store() {
         4,
         "no origin GET after the cold read"
     );
-    let hits_after: f64 = fleet
-        .replicas
-        .iter()
-        .map(|r| r.metric_value("orca_chunk_reads_total{source=\"cachestore\"}"))
-        .sum();
+    let hits_after = fleet
+        .sum("orca_chunk_reads_total{source=\"cachestore\"}")
+        .await;
     assert_eq!(
         hits_after - hits_before,
         36.0,
@@ -253,9 +263,15 @@ async fn a_warm_read_of_a_hot_object_makes_no_request_to_the_shared_store() {
     );
     // The shared store itself publishes no size; the local tiers do.
     for r in &fleet.replicas {
-        assert!(r.metric_value("orca_cachestore_bytes{tier=\"local\"}") >= 4.0 * MIB as f64);
+        let metrics = r.metrics_async().await;
         assert!(
-            r.metric_value("orca_cachestore_capacity_bytes{tier=\"local\"}") <= 64.0 * MIB as f64
+            metric_value(&metrics, "orca_cachestore_bytes{tier=\"local\"}") >= 4.0 * MIB as f64
+        );
+        let capacity = metric_value(&metrics, "orca_cachestore_capacity_bytes{tier=\"local\"}");
+        assert!(capacity <= 64.0 * MIB as f64);
+        assert_eq!(
+            metric_value_opt(&metrics, "orca_cachestore_bytes{tier=\"store\"}"),
+            None
         );
     }
 }
@@ -273,7 +289,7 @@ async fn ranged_warm_reads_inside_chunks_make_no_request_to_the_shared_store_eit
             .await;
     }
     assert_eq!(fleet.origin_gets_of("ranged/"), 2, "fills are whole chunks");
-    fleet.wait_fleet_local_chunks(2.0);
+    fleet.wait_fleet_local_chunks(2.0).await;
     // Warm-up: partial shared hits, each promoting its whole chunk to the local tier.
     for i in 0..2 {
         for (first, last) in ranges {
@@ -282,7 +298,7 @@ async fn ranged_warm_reads_inside_chunks_make_no_request_to_the_shared_store_eit
                 .await;
         }
     }
-    fleet.wait_local_chunks(2.0);
+    fleet.wait_local_chunks(2.0).await;
     fleet.store_proxy.reset_counts();
     for i in 0..2 {
         for (first, last) in ranges {
@@ -312,11 +328,11 @@ async fn a_chunk_deleted_from_the_shared_store_and_the_local_tiers_is_refilled_o
     let data = deterministic_bytes(2, 2 * MIB);
     let etag = fleet.put("gone/object", &data).await;
     fleet.get_exact(0, "gone/object", &data).await;
-    fleet.wait_fleet_local_chunks(2.0);
+    fleet.wait_fleet_local_chunks(2.0).await;
     for i in 0..2 {
         fleet.get_exact(i, "gone/object", &data).await;
     }
-    fleet.wait_local_chunks(2.0);
+    fleet.wait_local_chunks(2.0).await;
     assert_eq!(fleet.origin_gets_of("gone/"), 2);
 
     // Chunk 1 vanishes everywhere: a lifecycle rule on the bucket, a hand on each disk.
@@ -367,7 +383,8 @@ async fn a_chunk_deleted_from_the_shared_store_and_the_local_tiers_is_refilled_o
     assert_eq!(fleet.store_proxy.counts().total, 0);
     for r in &fleet.replicas {
         assert_eq!(
-            r.metric_value("orca_edge_requests_total{status=\"200\"}"),
+            r.metric_value_async("orca_edge_requests_total{status=\"200\"}")
+                .await,
             4.0
         );
     }
@@ -420,8 +437,8 @@ async fn the_local_tier_keeps_its_bound_and_what_it_evicted_comes_from_the_share
         fleet.get_exact(0, key, data).await;
     }
     let orca = &fleet.replicas[0];
-    let commits = orca.wait_metric_at_least("orca_cachestore_commits_total", 32.0, WAIT);
-    assert!(commits >= 32.0, "{commits} commits\n{}", orca.log_tail());
+    orca.wait_metric_at_least("orca_cachestore_commits_total", 32.0, WAIT)
+        .await;
     // The second pass: what the local tier evicted is read from the shared store, not the
     // origin.
     for (key, data) in &objects {
@@ -443,21 +460,29 @@ async fn the_local_tier_keeps_its_bound_and_what_it_evicted_comes_from_the_share
         "evicted chunks came from the shared store"
     );
     assert!(fleet.store_proxy.counts().gets() >= 32);
-    let evicted = orca.metric_value("orca_cachestore_evictions_total{tier=\"local\"}");
+    let metrics = orca.metrics_async().await;
+    let evicted = metric_value(&metrics, "orca_cachestore_evictions_total{tier=\"local\"}");
     assert!(evicted >= 24.0, "{evicted} local evictions");
     assert_eq!(
-        orca.metric_value("orca_cachestore_evictions_total{tier=\"store\"}"),
-        0.0
+        metric_value_opt(&metrics, "orca_cachestore_evictions_total{tier=\"store\"}"),
+        None,
+        "only the local tier evicts"
     );
     // The bytes gauge agrees with the directory within a chunk, once commits settled.
-    let settled = poll_until(WAIT, || {
-        let gauge = orca.metric_value("orca_cachestore_bytes{tier=\"local\"}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let gauge = orca
+            .metric_value_async("orca_cachestore_bytes{tier=\"local\"}")
+            .await;
         let on_disk = du(&root) as f64;
-        ((gauge - on_disk).abs() <= MIB as f64).then_some((gauge, on_disk))
-    });
-    assert!(
-        settled.is_some(),
-        "the local bytes gauge never agreed with du"
-    );
+        if (gauge - on_disk).abs() <= MIB as f64 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the local bytes gauge ({gauge}) never agreed with du ({on_disk})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(du(&root) <= bound + u64::from(CONCURRENCY) * 4096);
 }
