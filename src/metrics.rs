@@ -110,9 +110,11 @@ metric!(
     )
 );
 /// `tier` of the `orca_cachestore_*` size families: the cache store itself; the bounded `fs`
-/// store reports as this tier. (`memory` and `local` come with the RAM tier and the local
-/// tier in front of a shared store.)
+/// store reports as this tier. (`memory` comes with the RAM tier.)
 pub const TIER_STORE: &str = "store";
+/// `tier` of the `orca_cachestore_*` size families: the local disk tier in front of a shared
+/// `s3` store (`cachestore.local`).
+pub const TIER_LOCAL: &str = "local";
 
 metric!(
     CACHESTORE_BYTES,

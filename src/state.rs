@@ -8,10 +8,12 @@ use crate::cachestore::evict::Evictor;
 use crate::cachestore::fs::FsStore;
 use crate::cachestore::s3::S3Store;
 use crate::cachestore::storage::ChunkStorage;
+use crate::cachestore::tiered::TieredStore;
 use crate::cachestore::CacheStore;
 use crate::cluster::{Cluster, PeerSource};
-use crate::config::{CacheStoreConfig, Config, OriginDriver, S3Credentials};
+use crate::config::{CacheStoreConfig, Config, LocalTier, OriginDriver, S3Credentials};
 use crate::metadata::{MetadataCache, OriginHealth};
+use crate::metrics::TIER_LOCAL;
 use crate::origin::s3::S3Origin;
 use crate::origin::Origin;
 use crate::s3client::{S3Auth, S3Client};
@@ -45,8 +47,8 @@ pub struct Orca {
     pub cluster: Arc<Cluster>,
     /// Why the cache store failed its start-up checks, if it did (`/readyz` says it).
     pub store_problem: Option<String>,
-    /// The bounded `fs` store's index rebuild and eviction, taken by `app` to run as a
-    /// background service.
+    /// The bounded `fs` store's (or local tier's) index rebuild and eviction, taken by `app`
+    /// to run as a background service.
     pub evictor: Mutex<Option<Evictor>>,
 }
 
@@ -86,6 +88,7 @@ impl Orca {
                 bucket,
                 path_style,
                 credentials,
+                local,
             } => {
                 let client = |t| {
                     S3Client::new(endpoint, region, *path_style, s3_auth(credentials), t)
@@ -105,7 +108,21 @@ impl Orca {
                     s3.refuse_commits(reason.clone());
                     store_problem = Some(reason);
                 }
-                Arc::new(s3)
+                match local {
+                    Some(LocalTier { root, limits }) => {
+                        let local = FsStore::open_as(root, limits, TIER_LOCAL)
+                            .with_context(|| format!("cachestore.local.root {}", root.display()))?;
+                        evictor = Some(local.evictor());
+                        // As many admissions collecting a shared hit at once as fills in
+                        // flight: at most that many chunks held for the local tier.
+                        Arc::new(TieredStore::new(
+                            local,
+                            Arc::new(s3),
+                            config.limits.origin_concurrency,
+                        ))
+                    }
+                    None => Arc::new(s3),
+                }
             }
         };
         let storage: &'static ChunkStorage = Box::leak(Box::new(ChunkStorage::new(

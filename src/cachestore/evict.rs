@@ -21,7 +21,7 @@ use super::StoreError;
 use crate::config::{FsLimits, SizeOrPercent};
 use crate::metrics::{
     CACHESTORE_BYTES, CACHESTORE_CAPACITY, CACHESTORE_CHUNKS, CACHESTORE_EVICTED_BYTES,
-    CACHESTORE_EVICTIONS, TIER_STORE,
+    CACHESTORE_EVICTIONS, TIER_LOCAL,
 };
 use async_trait::async_trait;
 use lru::LruCache;
@@ -108,6 +108,9 @@ struct State {
     low_mark: u64,
     /// A commit hit `ENOSPC` since the last pass.
     enospc: bool,
+    /// The `tier` label of this store's `orca_cachestore_*` metrics (`store`, or `local` for
+    /// the local tier in front of a shared store).
+    tier: &'static str,
 }
 
 impl State {
@@ -170,15 +173,21 @@ impl Space {
         chunks_dir: &Path,
         limits: &FsLimits,
         open_files: OpenFiles,
+        tier: &'static str,
     ) -> Result<Arc<Self>, StoreError> {
         let (fs_size, _) =
             statvfs(root).map_err(|e| StoreError::io(format!("statvfs {}", root.display()), e))?;
         let max_size = limits.max_size.unwrap_or(fs_size / 10 * 9);
         if let SizeOrPercent::Size(low) = limits.low_watermark {
             if low >= max_size {
+                let section = if tier == TIER_LOCAL {
+                    "cachestore.local"
+                } else {
+                    "cachestore.fs"
+                };
                 return Err(StoreError::Check(format!(
-                    "cachestore.fs.low_watermark: {low} bytes must be below the bound \
-                     ({max_size} bytes: 90% of the filesystem of {}, as cachestore.fs.max_size \
+                    "{section}.low_watermark: {low} bytes must be below the bound \
+                     ({max_size} bytes: 90% of the filesystem of {}, as {section}.max_size \
                      is unset)",
                     root.display()
                 )));
@@ -213,6 +222,7 @@ impl Space {
             low_watermark: limits.low_watermark,
             state: Mutex::new(State {
                 dir_bytes,
+                tier,
                 ..State::default()
             }),
             wake: Notify::new(),
@@ -222,6 +232,7 @@ impl Space {
         space.refresh();
         tracing::info!(
             root = %root.display(),
+            tier,
             max_size,
             capacity = space.state.lock().capacity,
             "fs cache store bounded"
@@ -580,9 +591,9 @@ impl Space {
                     st.evicting.remove(&key);
                     match result {
                         Ok(()) => {
-                            CACHESTORE_EVICTIONS.with_label_values(&[TIER_STORE]).inc();
+                            CACHESTORE_EVICTIONS.with_label_values(&[st.tier]).inc();
                             CACHESTORE_EVICTED_BYTES
-                                .with_label_values(&[TIER_STORE])
+                                .with_label_values(&[st.tier])
                                 .inc_by(bytes);
                             tracing::trace!(chunk = %name, bytes, "evicted");
                         }
@@ -632,12 +643,12 @@ fn dir_byte(entry: &fs::DirEntry) -> Option<u8> {
 
 fn publish(st: &State) {
     let bytes = i64::try_from(st.stored()).unwrap_or(i64::MAX);
-    CACHESTORE_BYTES.with_label_values(&[TIER_STORE]).set(bytes);
+    CACHESTORE_BYTES.with_label_values(&[st.tier]).set(bytes);
     CACHESTORE_CHUNKS
-        .with_label_values(&[TIER_STORE])
+        .with_label_values(&[st.tier])
         .set(i64::try_from(st.policy.len()).unwrap_or(i64::MAX));
     CACHESTORE_CAPACITY
-        .with_label_values(&[TIER_STORE])
+        .with_label_values(&[st.tier])
         .set(i64::try_from(st.capacity).unwrap_or(i64::MAX));
 }
 
@@ -686,6 +697,7 @@ mod tests {
     use crate::cachestore::fs::FsStore;
     use crate::cachestore::{CacheStore, CommitOutcome};
     use crate::chunk::ChunkId;
+    use crate::metrics::TIER_STORE;
     use bytes::Bytes;
 
     const KIB: u64 = 1024;

@@ -23,6 +23,7 @@ use super::evict::{Evictor, OpenFiles, Reservation, Space};
 use super::{CacheStore, ChunkRead, CommitOutcome, StoreError};
 use crate::chunk::{ChunkId, CACHE_VERSION};
 use crate::config::FsLimits;
+use crate::metrics::TIER_STORE;
 use async_trait::async_trait;
 use bytes::Bytes;
 use lru::LruCache;
@@ -67,6 +68,12 @@ impl FsStore {
     /// by a crash and checks that the root is writable by committing and removing a probe file.
     /// The index starts empty: [`FsStore::evictor`], run as a background service, rebuilds it.
     pub fn open(root: &Path, limits: &FsLimits) -> Result<Self, StoreError> {
+        Self::open_as(root, limits, TIER_STORE)
+    }
+
+    /// [`FsStore::open`] for a store whose `orca_cachestore_*` metrics carry `tier` (the
+    /// local tier in front of a shared store reports as `local`).
+    pub fn open_as(root: &Path, limits: &FsLimits, tier: &'static str) -> Result<Self, StoreError> {
         let chunks = root.join(format!("v{CACHE_VERSION}"));
         let tmp_root = root.join("tmp");
         for dir in [&chunks, &tmp_root] {
@@ -83,7 +90,7 @@ impl FsStore {
         let open_files: OpenFiles = Arc::new(Mutex::new(LruCache::new(
             NonZeroUsize::new(OPEN_FILES).unwrap_or(NonZeroUsize::MIN),
         )));
-        let space = Space::open(root, &chunks, limits, open_files.clone())?;
+        let space = Space::open(root, &chunks, limits, open_files.clone(), tier)?;
         let store = Self {
             root: root.to_path_buf(),
             chunks,

@@ -39,6 +39,11 @@ impl MemStore {
         self.gate.add_permits(n);
     }
 
+    /// Removes a chunk, as a lifecycle rule or a hand would.
+    pub(crate) fn remove(&self, id: &ChunkId) {
+        self.chunks.lock().remove(id);
+    }
+
     /// The stored bytes of a chunk.
     pub(crate) fn get(&self, id: &ChunkId) -> Option<Bytes> {
         self.chunks.lock().get(id).cloned()

@@ -5,7 +5,8 @@
 //! index and evictor of [`evict`] with the S3-FIFO policy of `policy`; the shared `s3` driver (a
 //! fleet) implements the same trait. [`storage::ChunkStorage`] adapts any store to
 //! `pingora_cache::Storage`, adds the registry of fills in flight (streaming partial writes) and
-//! the presence catalog.
+//! the presence catalog. [`tiered`] puts a bounded `fs` store (the local tier) in front of the
+//! shared store.
 
 pub(crate) mod buf;
 pub(crate) mod catalog;
@@ -16,6 +17,7 @@ pub(crate) mod mem;
 mod policy;
 pub mod s3;
 pub(crate) mod storage;
+pub(crate) mod tiered;
 
 use crate::chunk::ChunkId;
 use async_trait::async_trait;
@@ -133,6 +135,13 @@ pub enum CommitOutcome {
 pub trait ChunkRead: Send + Sync {
     /// The next piece, or `None` at the end of the requested range.
     async fn next_piece(&mut self) -> Result<Option<Bytes>, StoreError>;
+
+    /// Whether this hit is worth reading ahead of the client, when the store's answer depends
+    /// on where the hit came from (a local tier in front of a shared store); `None` (the
+    /// default): [`CacheStore::prefetch_hits`] says.
+    fn prefetch_hint(&self) -> Option<bool> {
+        None
+    }
 }
 
 /// A cache-store driver.

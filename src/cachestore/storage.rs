@@ -359,8 +359,10 @@ impl ChunkStorage {
         match self.store.read(&chunk.id, chunk.len, from, to).await {
             Ok(Some(reader)) => Some(ChunkHit {
                 source: ChunkSource::CacheStore,
+                on_demand: !reader
+                    .prefetch_hint()
+                    .unwrap_or_else(|| self.store.prefetch_hits()),
                 reader,
-                on_demand: !self.store.prefetch_hits(),
             }),
             Ok(None) => {
                 self.misses.record_miss(&chunk.id, read_began);

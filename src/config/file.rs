@@ -202,6 +202,9 @@ pub struct CacheStoreFile {
     /// Used when `driver: s3`.
     #[serde(deserialize_with = "null_default")]
     pub s3: S3StoreFile,
+    /// With `driver: s3`: a bounded local tier in front of the shared store (same keys as
+    /// `fs`). Default unset (off).
+    pub local: Option<FsStoreFile>,
 }
 
 /// `cachestore.fs`.

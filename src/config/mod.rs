@@ -21,9 +21,9 @@ use serde_path_to_error::Segment;
 pub use units::{ByteSize, HumanDuration, SizeOrPercent, UnitError};
 pub use validated::{
     AzureBlobConfig, AzureCredentials, CacheStoreConfig, CatalogConfig, Chunking, ClusterConfig,
-    Config, DnsConfig, EdgeAuthConfig, EdgeConfig, EnvLookup, FsLimits, Limits, Listen, LogFormat,
-    Logging, MetadataConfig, OriginConfig, OriginDriver, Problem, S3Credentials, S3OriginConfig,
-    Tier,
+    Config, DnsConfig, EdgeAuthConfig, EdgeConfig, EnvLookup, FsLimits, Limits, Listen, LocalTier,
+    LogFormat, Logging, MetadataConfig, OriginConfig, OriginDriver, Problem, S3Credentials,
+    S3OriginConfig, Tier,
 };
 
 /// Why a configuration could not be loaded.

@@ -707,6 +707,7 @@ fn s3_cachestore() {
                 secret_access_key: "csecret".into(),
                 session_token: None,
             },
+            local: None,
         }
     );
 
@@ -1003,4 +1004,113 @@ fn fs_store_bounds() {
     // The fs keys are not checked with driver: s3 (as the s3 section is not with driver: fs).
     let config = ok("origin:\n  id: x\ncachestore:\n  driver: s3\n  fs:\n    max_size: 0\n  s3:\n    access_key_id: a\n    secret_access_key: b\n");
     assert!(matches!(config.cachestore, CacheStoreConfig::S3 { .. }));
+}
+
+#[test]
+fn local_tier_in_front_of_the_shared_store() {
+    const S3: &str = "origin:\n  id: x\ncachestore:\n  driver: s3\n  s3:\n    access_key_id: a\n    secret_access_key: b\n";
+    // Unset: off.
+    let CacheStoreConfig::S3 { local, .. } = ok(S3).cachestore else {
+        panic!("s3");
+    };
+    assert_eq!(local, None);
+    let CacheStoreConfig::S3 { local, .. } = ok(&format!("{S3}  local:\n")).cachestore else {
+        panic!("s3");
+    };
+    assert_eq!(local, None, "an empty section is off");
+    // The keys and defaults of cachestore.fs.
+    let config = ok(&format!(
+        "{S3}  local:\n    root: /var/cache/orca-local\n    max_size: 200GiB\n    min_free: 10%\n    low_watermark: 150GiB\n"
+    ));
+    let CacheStoreConfig::S3 { local, bucket, .. } = config.cachestore else {
+        panic!("s3");
+    };
+    assert_eq!(bucket, "orca-cache");
+    assert_eq!(
+        local,
+        Some(LocalTier {
+            root: PathBuf::from("/var/cache/orca-local"),
+            limits: FsLimits {
+                max_size: Some(200 * GIB),
+                min_free: SizeOrPercent::Percent(10),
+                low_watermark: SizeOrPercent::Size(150 * GIB),
+            },
+        })
+    );
+    let CacheStoreConfig::S3 { local, .. } = ok(&format!("{S3}  local: {{}}\n")).cachestore else {
+        panic!("s3");
+    };
+    assert_eq!(
+        local,
+        Some(LocalTier {
+            root: PathBuf::from("./data/cache"),
+            limits: FsLimits::default(),
+        })
+    );
+
+    // Every problem, each naming its key under cachestore.local.
+    let got = problems(&format!("{S3}  local:\n    root: \" \"\n"));
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with("cachestore.local.root: must not be empty"),
+        "{got:?}"
+    );
+    let got = problems(&format!(
+        "{S3}  local:\n    max_size: 0\n    min_free: 100%\n    low_watermark: 100%\n"
+    ));
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(
+        got[0].starts_with("cachestore.local.max_size: must be greater than 0"),
+        "{got:?}"
+    );
+    assert!(
+        got[1].starts_with("cachestore.local.min_free: 100%"),
+        "{got:?}"
+    );
+    assert!(
+        got[2].starts_with("cachestore.local.low_watermark: 100% must be between 1% and 99%"),
+        "{got:?}"
+    );
+    let got = problems(&format!(
+        "{S3}  local:\n    max_size: 10GiB\n    low_watermark: 10GiB\n"
+    ));
+    assert!(
+        got[0].starts_with(
+            "cachestore.local.low_watermark: 10737418240 bytes must be below cachestore.local.max_size"
+        ),
+        "{got:?}"
+    );
+    let got = problems(&format!("{S3}  local:\n    max_size: 4MiB\n"));
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with(
+            "cachestore.local.max_size: 4194304 bytes is less than the largest chunk size"
+        ),
+        "{got:?}"
+    );
+    // Problems of the local tier and of the s3 section are all reported.
+    let got = problems("origin:\n  id: x\ncachestore:\n  driver: s3\n  s3:\n    bucket: Bad_Bucket\n    access_key_id: a\n    secret_access_key: b\n  local:\n    max_size: 0\n");
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(
+        got.iter()
+            .any(|g| g.starts_with("cachestore.local.max_size")),
+        "{got:?}"
+    );
+    assert!(
+        got.iter().any(|g| g.starts_with("cachestore.s3.bucket")),
+        "{got:?}"
+    );
+    // Unknown keys are named.
+    let e = err(&format!("{S3}  local:\n    rot: /x\n"));
+    assert!(e.to_string().contains("cachestore.local"), "{e}");
+    assert!(e.to_string().contains("rot"), "{e}");
+    // Only in front of a shared store.
+    let got = problems("origin:\n  id: x\ncachestore:\n  local:\n    root: /x\n");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with(
+            "cachestore.local: is a tier in front of a shared store: only with driver: s3"
+        ),
+        "{got:?}"
+    );
 }

@@ -15,9 +15,9 @@ use super::file::{
 use super::units::SizeOrPercent;
 use super::validated::{
     AzureBlobConfig, AzureCredentials, CacheStoreConfig, CatalogConfig, Chunking, ClusterConfig,
-    Config, DnsConfig, EdgeAuthConfig, EdgeConfig, EnvLookup, FsLimits, Limits, Listen, LogFormat,
-    Logging, MetadataConfig, OriginConfig, OriginDriver, Problem, S3Credentials, S3OriginConfig,
-    Tier, LOG_LEVELS, MAX_CHUNK_SIZE, MAX_READAHEAD,
+    Config, DnsConfig, EdgeAuthConfig, EdgeConfig, EnvLookup, FsLimits, Limits, Listen, LocalTier,
+    LogFormat, Logging, MetadataConfig, OriginConfig, OriginDriver, Problem, S3Credentials,
+    S3OriginConfig, Tier, LOG_LEVELS, MAX_CHUNK_SIZE, MAX_READAHEAD,
 };
 
 /// Collects problems while validation walks the file.
@@ -483,45 +483,66 @@ fn edge_auth(p: &mut Problems, file: EdgeAuthFile, env: &Env<'_>) -> Option<Edge
 fn cachestore(p: &mut Problems, file: CacheStoreFile, env: &Env<'_>) -> Option<CacheStoreConfig> {
     match file.driver {
         CacheStoreDriverName::Fs => {
+            if file.local.is_some() {
+                p.push(
+                    "cachestore.local",
+                    "is a tier in front of a shared store: only with driver: s3 \
+                     (the fs store is already local)",
+                );
+            }
             if file.fs.root.trim().is_empty() {
                 p.push("cachestore.fs.root", "must not be empty");
                 return None;
             }
-            let limits = fs_limits(p, &file.fs)?;
+            let limits = fs_limits(p, "cachestore.fs", &file.fs)?;
             Some(CacheStoreConfig::Fs {
                 root: PathBuf::from(file.fs.root),
                 limits,
             })
         }
-        CacheStoreDriverName::S3 => s3_cachestore(p, file.s3, env),
+        CacheStoreDriverName::S3 => s3_cachestore(p, file.s3, file.local, env),
     }
 }
 
-fn fs_limits(p: &mut Problems, file: &FsStoreFile) -> Option<FsLimits> {
+/// `cachestore.local`: the same keys as `cachestore.fs`.
+fn local_tier(p: &mut Problems, file: FsStoreFile) -> Option<LocalTier> {
+    if file.root.trim().is_empty() {
+        p.push("cachestore.local.root", "must not be empty");
+        return None;
+    }
+    let limits = fs_limits(p, "cachestore.local", &file)?;
+    Some(LocalTier {
+        root: PathBuf::from(file.root),
+        limits,
+    })
+}
+
+/// The bound of an `fs` directory: `section` is `cachestore.fs` or `cachestore.local`.
+fn fs_limits(p: &mut Problems, section: &str, file: &FsStoreFile) -> Option<FsLimits> {
     let before = p.len();
     let max_size = file.max_size.map(|m| m.0);
     if max_size == Some(0) {
-        p.push("cachestore.fs.max_size", "must be greater than 0");
+        p.push(format!("{section}.max_size"), "must be greater than 0");
     }
     if let SizeOrPercent::Percent(pc) = file.min_free {
         if pc >= 100 {
             p.push(
-                "cachestore.fs.min_free",
+                format!("{section}.min_free"),
                 format!("{pc}% leaves no room for the cache; use less than 100%"),
             );
         }
     }
     match (file.low_watermark, max_size) {
         (SizeOrPercent::Percent(pc), _) if !(1..=99).contains(&pc) => p.push(
-            "cachestore.fs.low_watermark",
+            format!("{section}.low_watermark"),
             format!("{pc}% must be between 1% and 99% of the bound"),
         ),
         (SizeOrPercent::Size(0), _) => {
-            p.push("cachestore.fs.low_watermark", "must be greater than 0");
+            p.push(format!("{section}.low_watermark"), "must be greater than 0");
         }
         (SizeOrPercent::Size(low), Some(max)) if max > 0 && low >= max => p.push(
-            "cachestore.fs.low_watermark",
-            format!("{low} bytes must be below cachestore.fs.max_size ({max} bytes)"),
+            format!("{section}.low_watermark"),
+            format!("{low} bytes must be below {section}.max_size ({max} bytes)"),
         ),
         _ => {}
     }
@@ -542,11 +563,18 @@ fn fs_bound_holds_a_chunk(
     cachestore: Option<&CacheStoreConfig>,
     chunking: Option<&Chunking>,
 ) {
-    if let (Some(CacheStoreConfig::Fs { limits, .. }), Some(chunking)) = (cachestore, chunking) {
+    let bounded = match cachestore {
+        Some(CacheStoreConfig::Fs { limits, .. }) => Some(("cachestore.fs", limits)),
+        Some(CacheStoreConfig::S3 {
+            local: Some(local), ..
+        }) => Some(("cachestore.local", &local.limits)),
+        _ => None,
+    };
+    if let (Some((section, limits)), Some(chunking)) = (bounded, chunking) {
         let largest = chunking.max_chunk_size();
         if let Some(max) = limits.max_size.filter(|m| *m < largest) {
             p.push(
-                "cachestore.fs.max_size",
+                format!("{section}.max_size"),
                 format!(
                     "{max} bytes is less than the largest chunk size ({largest} bytes); \
                      it must hold at least one chunk"
@@ -556,7 +584,13 @@ fn fs_bound_holds_a_chunk(
     }
 }
 
-fn s3_cachestore(p: &mut Problems, file: S3StoreFile, env: &Env<'_>) -> Option<CacheStoreConfig> {
+fn s3_cachestore(
+    p: &mut Problems,
+    file: S3StoreFile,
+    local: Option<FsStoreFile>,
+    env: &Env<'_>,
+) -> Option<CacheStoreConfig> {
+    let local = local.map(|l| local_tier(p, l));
     let endpoint = p.check(
         "cachestore.s3.endpoint",
         endpoint_url(&file.endpoint, false),
@@ -584,6 +618,10 @@ fn s3_cachestore(p: &mut Problems, file: S3StoreFile, env: &Env<'_>) -> Option<C
         bucket: file.bucket,
         path_style: file.path_style,
         credentials: credentials?,
+        local: match local {
+            Some(tier) => Some(tier?),
+            None => None,
+        },
     })
 }
 

@@ -218,7 +218,19 @@ pub enum CacheStoreConfig {
         path_style: bool,
         /// How requests are signed.
         credentials: S3Credentials,
+        /// The bounded local tier in front of the bucket (`cachestore.local`), if any.
+        local: Option<LocalTier>,
     },
+}
+
+/// The local tier in front of a shared store (`cachestore.local`): a bounded directory on the
+/// replica's own disk holding the chunks it reads most.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalTier {
+    /// The directory holding the chunks.
+    pub root: PathBuf,
+    /// Its size bound.
+    pub limits: FsLimits,
 }
 
 /// The size bound of the `fs` store (`cachestore.fs.max_size`, `min_free`, `low_watermark`).
