@@ -250,5 +250,14 @@ fn build_cluster(config: &Config) -> anyhow::Result<(Cluster, Option<String>)> {
         ),
         None => None,
     };
+    if secret.is_none() && !matches!(source, PeerSource::Alone) {
+        // Anyone who reaches the fill port can then make this replica fetch chunks from the
+        // origin (its own fill requests name the object's size; they cannot delete stored
+        // chunks, but they cost origin traffic).
+        tracing::warn!(
+            internal = %config.listen.internal,
+            "cluster.shared_secret_env is not set: the fill port accepts fill requests from anyone who reaches it"
+        );
+    }
     Ok((Cluster::new(&self_addr, source), secret))
 }

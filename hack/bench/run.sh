@@ -74,15 +74,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-# The whole run is bounded: a watchdog ends it (through the EXIT trap) if it overruns.
-(
-    sleep "$limit_secs" & s=$!
-    trap 'kill $s 2>/dev/null; exit 0' TERM
-    wait $s
-    echo "bench: over ${limit_secs}s, giving up" >&2
-    kill -TERM $$
-) &
-pids+=($!)
 
 # ---------------------------------------------------------------------------------------------
 say "installing what is missing (nginx, wrk, curl, gnuplot)"
@@ -105,6 +96,18 @@ if [ -z "${ORCA_BIN:-}" ] && [ "${ORCA_BENCH_NO_BUILD:-0}" != 1 ]; then
 fi
 orca_bin="${ORCA_BIN:-$CARGO_TARGET_DIR/release/orca}"
 [ -x "$orca_bin" ] || die "no orca binary at $orca_bin"
+
+# The measured run is bounded: a watchdog ends it (through the EXIT trap) if it overruns. It
+# starts after the installs and the build, which have deadlines of their own (a first release
+# build on 2 cores takes minutes and is no part of the benchmark).
+(
+    sleep "$limit_secs" & s=$!
+    trap 'kill $s 2>/dev/null; exit 0' TERM
+    wait $s
+    echo "bench: over ${limit_secs}s, giving up" >&2
+    kill -TERM $$
+) &
+pids+=($!)
 
 rm -rf "$dir"
 mkdir -p "$dir/objects/small" "$dir/logs" "$dir/tmp"
