@@ -88,7 +88,7 @@ fn defaults_from_a_file_with_only_origin_id() {
     assert_eq!(
         config.cachestore,
         CacheStoreConfig::Fs {
-            root: PathBuf::from("./data/cache"),
+            root: std::path::absolute("./data/cache").unwrap(),
             limits: FsLimits {
                 max_size: None,
                 min_free: SizeOrPercent::Percent(5),
@@ -930,7 +930,7 @@ fn fs_store_bounds() {
     assert_eq!(
         config.cachestore,
         CacheStoreConfig::Fs {
-            root: PathBuf::from("./data/cache"),
+            root: std::path::absolute("./data/cache").unwrap(),
             limits: FsLimits {
                 max_size: Some(100 * GIB),
                 min_free: SizeOrPercent::Size(20 * GIB),

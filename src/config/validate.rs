@@ -5,7 +5,6 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use super::file::{
     AzureBlobFile, CacheStoreDriverName, CacheStoreFile, ChunkingFile, ClusterFile, EdgeFile,
@@ -458,10 +457,20 @@ fn cachestore(p: &mut Problems, file: CacheStoreFile, env: &Env<'_>) -> Option<C
                 return None;
             }
             let limits = fs_limits(p, &file.fs)?;
-            Some(CacheStoreConfig::Fs {
-                root: PathBuf::from(file.fs.root),
-                limits,
-            })
+            // Resolved now, against the directory Orca was started from: with `-d` the daemon
+            // changes its working directory to `/` after the configuration is read
+            // (tests/daemon.rs).
+            let root = match std::path::absolute(&file.fs.root) {
+                Ok(root) => root,
+                Err(e) => {
+                    p.push(
+                        "cachestore.fs.root",
+                        format!("cannot resolve against the working directory: {e}"),
+                    );
+                    return None;
+                }
+            };
+            Some(CacheStoreConfig::Fs { root, limits })
         }
         CacheStoreDriverName::S3 => s3_cachestore(p, file.s3, env),
     }
