@@ -5,6 +5,7 @@ hack/check-deploy.sh, which builds the binary first; read that file's header for
 Usage: check-deploy.py ORCA_BIN   (env DEPLOY=dir checks another copy of deploy/kubernetes,
 DOCKERFILE=file another Dockerfile, RENDERER=lite renders with hack/kustomize-lite.py only)"""
 import copy
+import fnmatch
 import os
 import re
 import shlex
@@ -415,6 +416,20 @@ def exec_form(rest):
     return yaml.safe_load(rest) if rest.startswith("[") else shlex.split(rest)
 
 
+def dockerignored(path, patterns):
+    """Whether Docker leaves `path` out of the build context: the last matching pattern wins,
+    and a pattern matching a parent directory excludes what is under it."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    excluded = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        pat = pattern.lstrip("!").strip("/")
+        if any(fnmatch.fnmatchcase(p, pat) for p in prefixes):
+            excluded = not negate
+    return excluded
+
+
 def check_dockerfile(base, work):
     where = "Dockerfile" if DOCKERFILE == os.path.join(ROOT, "Dockerfile") else DOCKERFILE
     ins = dockerfile_instructions(DOCKERFILE)
@@ -483,6 +498,17 @@ def check_dockerfile(base, work):
         if not any(under(path, v) or os.path.normpath(path) == v for v in volumes):
             problem(where, f"{what} ({os.path.normpath(path)}) is not under a VOLUME {sorted(volumes)}: "
                     "a read-only root filesystem could not hold it")
+    # The build context: .dockerignore must keep what the build and the COPYs read.
+    ignore_path = os.path.join(os.path.dirname(DOCKERFILE), ".dockerignore")
+    patterns = []
+    if os.path.exists(ignore_path):
+        patterns = [line.strip() for line in open(ignore_path)
+                    if line.strip() and not line.startswith("#")]
+    needed = ["Cargo.toml", "Cargo.lock", "rust-toolchain.toml", "src/main.rs", "src/lib.rs"]
+    needed += [s for (stage, s) in copies.values() if stage is None]
+    for path in needed:
+        if dockerignored(path, patterns):
+            problem(".dockerignore", f"excludes {path}, which the image build needs")
     if shutil.which("hadolint"):
         out = subprocess.run(["hadolint", "--no-color", DOCKERFILE], capture_output=True, text=True)
         if out.returncode != 0:
