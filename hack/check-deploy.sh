@@ -14,7 +14,9 @@
 #   3. `orca -t` on each orca.yaml as written: only an s3 cache store's "unreachable" (its
 #      endpoint is pointed at a closed port) may fail, with exactly that message; then with an
 #      fs store in a temp dir, which must pass; then orca itself runs that config on loopback
-#      ports and every probe path must answer 200;
+#      ports and every probe path must answer 200; a rendering with an in-cluster moto
+#      (overlays/dev) is also run against a local moto_server: the pod's init containers create
+#      the buckets, and `orca -t` must pass with the store's start-up checks;
 #   4. the Dockerfile: the build stage (rust-toolchain.toml's Rust, cmake, the release build),
 #      the binary the ENTRYPOINT runs, a numeric non-root USER equal to the pods' runAsUser,
 #      EXPOSE vs conf/orca.yaml and the container ports, the conf/ files it copies and the
