@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Renders a kustomization directory the way `kustomize build` does, for the subset that
 deploy/kubernetes/ uses, so hack/check-deploy.sh can check the overlays on a machine without
-kustomize: `resources` (files and directories holding a kustomization.yaml) and `patches` with
-a `path` to a strategic-merge patch. Lists of containers, env, volumes, ports... merge by their
+kustomize: `resources` (files and directories holding a kustomization.yaml), `patches` with
+a `path` to a strategic-merge patch, and `images` (newName, newTag, digest) for pods' containers. Lists of containers, env, volumes, ports... merge by their
 key as Kubernetes' strategic merge does; `$patch: delete` removes a list item and `null` a key.
 Any other kustomization key is refused, so a rendering is never silently wrong. When kustomize
 is available, check-deploy compares both renderings.
@@ -12,7 +12,7 @@ import sys
 
 import yaml
 
-KNOWN = {"apiVersion", "kind", "resources", "patches"}
+KNOWN = {"apiVersion", "kind", "resources", "patches", "images"}
 # The merge key of each list the manifests patch (Kubernetes' patchMergeKey).
 MERGE_KEYS = {
     "containers": "name", "initContainers": "name", "env": "name", "volumes": "name",
@@ -58,6 +58,25 @@ def merge_list(base, patch, mkeys):
     return new + out  # kustomize puts new items first (the order matters to $(VAR) in env)
 
 
+def set_image(doc, image):
+    """kustomize's `images` transformer, for the containers of a pod template."""
+    pod = ((doc.get("spec") or {}).get("template") or {}).get("spec") or {}
+    for c in (pod.get("containers") or []) + (pod.get("initContainers") or []):
+        ref = c.get("image", "")
+        name = ref.split("@")[0]
+        if ":" in name.rsplit("/", 1)[-1]:
+            name = name.rsplit(":", 1)[0]
+        if name != image["name"]:
+            continue
+        tag = ref[len(name):]
+        new = image.get("newName", name)
+        if "digest" in image:
+            tag = "@" + image["digest"]
+        elif "newTag" in image:
+            tag = ":" + str(image["newTag"])
+        c["image"] = new + tag
+
+
 def ident(doc):
     meta = doc.get("metadata") or {}
     return (doc.get("kind"), meta.get("namespace"), meta.get("name"))
@@ -86,6 +105,9 @@ def build(directory):
         if len(matches) != 1:
             sys.exit(f"kustomize-lite: {directory}/{p['path']}: patches {len(matches)} resources")
         docs[matches[0]] = merge(docs[matches[0]], patch)
+    for image in k.get("images") or []:
+        for d in docs:
+            set_image(d, image)
     seen = set()
     for d in docs:
         if ident(d) in seen:
