@@ -9,6 +9,7 @@
 # `hack/demo.sh stop` stops everything. State (logs, cache, pids) lives in $ORCA_DEMO_DIR
 # (default /tmp/orca-demo). Ports: ORCA_DEMO_MOTO_PORT (9000), ORCA_DEMO_AZURITE_PORT (10000),
 # ORCA_DEMO_EDGE_PORT (8443), ORCA_DEMO_FILL_PORT (8444), ORCA_DEMO_OPS_PORT (8442).
+# ORCA_BIN: an orca binary to run instead of building one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -102,9 +103,11 @@ if $azure; then
     fi
 fi
 
-say "building orca (release; the first build takes several minutes)"
-cargo build --release --locked --bin orca
-orca_bin="$CARGO_TARGET_DIR/release/orca"
+if [ -z "${ORCA_BIN:-}" ]; then
+    say "building orca (release; the first build takes several minutes)"
+    cargo build --release --locked --bin orca
+fi
+orca_bin="${ORCA_BIN:-$CARGO_TARGET_DIR/release/orca}"
 
 if $azure; then
     say "starting Azurite (Azure Blob) on 127.0.0.1:$azurite_port"

@@ -37,6 +37,9 @@ if command -v cargo-nextest >/dev/null 2>&1; then
     profile=default
     [ -n "${CI:-}" ] && profile=ci
     cargo nextest run --locked --profile "$profile" "$@"
+    # nextest does not run doctests.
+    step "doctests"
+    cargo test --locked --doc
 else
     cargo test --locked "$@"
 fi

@@ -20,6 +20,12 @@ use pingora::services::listening::Service;
 use pingora_proxy::{http_proxy, http_proxy_service_with_name};
 use std::sync::Arc;
 
+/// Cleans up after `orca -t`, which builds the server (running the cache store's start-up
+/// checks) and exits without running it: removes the `fs` store's temp directory.
+pub fn after_check() {
+    crate::cachestore::fs::remove_own_temp_dirs();
+}
+
 /// The edge's per-connection write buffer.
 const EDGE_WRITE_BUFFER: usize = 64 * 1024;
 

@@ -38,9 +38,11 @@ fn main() -> ExitCode {
             },
             config,
         ) {
+            orca::app::after_check();
             eprintln!("orca: {e:#}");
             return ExitCode::from(2);
         }
+        orca::app::after_check();
         println!("orca: configuration {} is valid", cli.config.display());
         return ExitCode::SUCCESS;
     }

@@ -56,33 +56,53 @@ impl Fleet {
         } else {
             String::new()
         };
-        let ports: Vec<OrcaPorts> = (0..n).map(|_| OrcaPorts::free()).collect();
-        let addrs: Vec<String> = ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{}", p.internal))
+        // The proxies bind port 0 before the replicas' ports are chosen, so none of them can
+        // take a port a replica is about to bind.
+        let proxies: Vec<FaultProxy> = (0..n)
+            .map(|_| FaultProxy::start(&moto.endpoint()))
             .collect();
-        let mut proxies = Vec::new();
-        let mut replicas = Vec::new();
-        for (i, p) in ports.iter().enumerate() {
-            let proxy = FaultProxy::start(&moto.endpoint());
-            let peers = peers_of(i, &addrs)
+        // The replicas name each other's ports, so a port taken between its choice and its
+        // bind (by another test's process) restarts the whole fleet on new ports.
+        let mut attempt = 0;
+        let (replicas, addrs) = loop {
+            attempt += 1;
+            let ports: Vec<OrcaPorts> = (0..n).map(|_| OrcaPorts::free()).collect();
+            let addrs: Vec<String> = ports
                 .iter()
-                .map(|a| format!("\"{a}\""))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let cfg = OrcaConfig::new(&proxy.endpoint())
-                .chunk_size(chunk_size)
-                .ports(*p)
-                .env("ORCA_TEST_PEER_SECRET", "fleet-secret")
-                .env("ORCA_CACHESTORE_ACCESS_KEY_ID", "test")
-                .env("ORCA_CACHESTORE_SECRET_ACCESS_KEY", "test")
-                .extra_yaml(&format!(
-                    "cluster:\n  peers: [{peers}]\n  self: \"{}\"\n{extra}{store}",
-                    addrs[i]
-                ));
-            replicas.push(OrcaProcess::start(cfg));
-            proxies.push(proxy);
-        }
+                .map(|p| format!("127.0.0.1:{}", p.internal))
+                .collect();
+            let mut replicas = Vec::new();
+            let mut failure = None;
+            for (i, p) in ports.iter().enumerate() {
+                let peers = peers_of(i, &addrs)
+                    .iter()
+                    .map(|a| format!("\"{a}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let cfg = OrcaConfig::new(&proxies[i].endpoint())
+                    .chunk_size(chunk_size)
+                    .ports(*p)
+                    .env("ORCA_TEST_PEER_SECRET", "fleet-secret")
+                    .env("ORCA_CACHESTORE_ACCESS_KEY_ID", "test")
+                    .env("ORCA_CACHESTORE_SECRET_ACCESS_KEY", "test")
+                    .extra_yaml(&format!(
+                        "cluster:\n  peers: [{peers}]\n  self: \"{}\"\n{extra}{store}",
+                        addrs[i]
+                    ));
+                match OrcaProcess::try_start(cfg) {
+                    Ok(replica) => replicas.push(replica),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            match failure {
+                None => break (replicas, addrs),
+                Some(e) if e.address_in_use && attempt < BIND_ATTEMPTS => drop(replicas),
+                Some(e) => panic!("{}", e.message),
+            }
+        };
         Fleet {
             moto,
             proxies,
@@ -103,8 +123,13 @@ impl Fleet {
             .sum()
     }
 
-    /// The chunk indices each replica fetched from the origin (from its proxy's log).
+    /// The chunk indices each replica fetched from the origin (from its proxy's log), for
+    /// `chunk` -byte chunks. Panics on a ranged request whose Range does not parse.
     fn fetched_by(&self) -> Vec<Vec<u64>> {
+        self.fetched_by_chunks(MIB as u64)
+    }
+
+    fn fetched_by_chunks(&self, chunk: u64) -> Vec<Vec<u64>> {
         self.proxies
             .iter()
             .map(|p| {
@@ -112,9 +137,13 @@ impl Fleet {
                     .log
                     .iter()
                     .filter_map(|r| r.range.as_deref())
-                    .filter_map(|r| r.strip_prefix("bytes="))
-                    .filter_map(|r| r.split('-').next()?.parse::<u64>().ok())
-                    .map(|start| start / MIB as u64)
+                    .map(|range| {
+                        range
+                            .strip_prefix("bytes=")
+                            .and_then(|r| r.split('-').next()?.parse::<u64>().ok())
+                            .unwrap_or_else(|| panic!("an origin GET with Range {range:?}"))
+                    })
+                    .map(|start| start / chunk)
                     .collect()
             })
             .collect()
@@ -235,11 +264,60 @@ async fn a_replica_with_a_disagreeing_peer_list_still_serves_correctly() {
     )
     .await;
     let data = deterministic_bytes(25, 24 * MIB);
-    fleet.put("split", &data).await;
+    // Choose a key with chunks that replica 2 sends to replica 0 (its view: {0, 2}) while
+    // replica 0 sees replica 1 as their coordinator (the full view): those get a certain 409.
+    let all = {
+        let mut p = fleet.addrs.clone();
+        p.sort();
+        p
+    };
+    let partial = {
+        let mut p = vec![fleet.addrs[0].clone(), fleet.addrs[2].clone()];
+        p.sort();
+        p
+    };
+    let mut chosen = None;
+    for attempt in 0..40 {
+        let key = format!("split-{attempt}");
+        let etag = fleet.put(&key, &data).await;
+        let disputed: Vec<u64> = (0..24u64)
+            .filter(|i| {
+                let id = ChunkId::from_fields("test-origin", BUCKET, &key, &etag, MIB as u64, *i);
+                rendezvous::choose(&partial, &id) == Some(fleet.addrs[0].as_str())
+                    && rendezvous::choose(&all, &id) == Some(fleet.addrs[1].as_str())
+            })
+            .collect();
+        if !disputed.is_empty() {
+            chosen = Some((key, disputed));
+            break;
+        }
+    }
+    let (key, disputed) = chosen.expect("no key with a disputed chunk in 40 tries");
     let want = sha256_hex(&data);
+    // First one client through replica 2 alone, before any commit can answer for the peers.
+    let r = http_get(&fleet.replicas[2].object_url(BUCKET, &key), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(sha256_hex(&r.body), want);
+    let not_coord =
+        fleet.replicas[2].metric_value("orca_peer_fills_total{result=\"not_coordinator\"}");
+    assert_eq!(
+        not_coord,
+        disputed.len() as f64,
+        "409s for the disputed chunks {disputed:?}"
+    );
+    // The fallback: replica 2 fetched each disputed chunk from the origin itself.
+    let mine = &fleet.fetched_by()[2];
+    for index in &disputed {
+        assert!(
+            mine.contains(index),
+            "disputed chunk {index} was not filled locally after the 409 ({mine:?})"
+        );
+    }
     let mut clients = Vec::new();
     for i in 0..12 {
-        let url = fleet.replicas[i % 3].object_url(BUCKET, "split");
+        let url = fleet.replicas[i % 3].object_url(BUCKET, &key);
         clients.push(tokio::spawn(async move { http_get(&url, None).await }));
     }
     for c in clients {
@@ -258,6 +336,7 @@ async fn a_replica_with_a_disagreeing_peer_list_still_serves_correctly() {
         .sum();
     let not_coord =
         fleet.replicas[2].metric_value("orca_peer_fills_total{result=\"not_coordinator\"}");
+    assert!(refused >= disputed.len() as f64, "{refused} 409s");
     assert_eq!(refused, not_coord);
 }
 
@@ -283,16 +362,36 @@ async fn killing_a_replica_mid_read_costs_only_its_own_clients() {
         }));
     }
     // Once it has fetched chunks for its peers, the coordinator of a third of the chunks dies.
-    fleet.replicas[2].wait_metric_at_least(
-        "orca_chunk_reads_total{source=\"origin\"}",
-        1.0,
-        std::time::Duration::from_secs(30),
-    );
+    fleet.replicas[2]
+        .wait_metric_at_least(
+            "orca_chunk_reads_total{source=\"origin\"}",
+            1.0,
+            std::time::Duration::from_secs(30),
+        )
+        .await;
     fleet.replicas[2].kill();
+    // The kill landed mid-read: no client had its whole object yet.
+    let done = clients.iter().filter(|c| c.is_finished()).count();
+    assert_eq!(done, 0, "{done} clients had finished before the kill");
     for c in clients {
         let body = c.await.unwrap();
         assert_eq!(sha256_hex(&body), want);
     }
+    // And the survivors' fallback ran: a peer fill to the dead replica failed and was filled
+    // locally instead.
+    let failed: f64 = fleet.replicas[..2]
+        .iter()
+        .map(|r| r.metric_value("orca_peer_fills_total{result=\"error\"}"))
+        .sum();
+    let logged = fleet.replicas[..2]
+        .iter()
+        .any(|r| r.log().contains("filling locally"));
+    assert!(
+        failed >= 1.0 && logged,
+        "no peer fill to the dead replica failed ({failed}); logs:\n{}\n{}",
+        fleet.replicas[0].log_tail(),
+        fleet.replicas[1].log_tail()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -304,7 +403,6 @@ async fn peers_must_present_the_shared_secret() {
         false,
     )
     .await;
-    let _ = &fleet;
     let data = deterministic_bytes(27, 8 * MIB);
     let etag = fleet.put("secret", &data).await;
     // The fleet itself works: both replicas carry the secret.
@@ -319,14 +417,40 @@ async fn peers_must_present_the_shared_secret() {
         data.len()
     );
     for (i, r) in fleet.replicas.iter().enumerate() {
-        let resp = http_get(&format!("{}/internal/fill?{query}", r.internal_url()), None)
-            .await
-            .unwrap();
+        let url = format!("{}/internal/fill?{query}", r.internal_url());
+        let resp = http_get(&url, None).await.unwrap();
         assert_eq!(resp.status, 403, "replica {i}: {}", resp.text());
         assert!(resp.text().contains("AccessDenied"));
         assert_eq!(
             r.metric_value("orca_peer_requests_rejected_total{reason=\"auth\"}"),
             1.0
+        );
+        // A wrong secret, and one that only starts like the right one: refused alike.
+        for wrong in ["not-the-secret", "fleet-secret-", "fleet-secre"] {
+            let resp = http_request("GET", &url, &[("x-orca-peer-secret", wrong)], None)
+                .await
+                .unwrap();
+            assert_eq!(
+                resp.status,
+                403,
+                "replica {i}, secret {wrong:?}: {}",
+                resp.text()
+            );
+            assert!(resp.text().contains("AccessDenied"));
+        }
+        assert_eq!(
+            r.metric_value("orca_peer_requests_rejected_total{reason=\"auth\"}"),
+            4.0
+        );
+        // The right secret passes the check (the answer is the chunk).
+        let resp = http_request("GET", &url, &[("x-orca-peer-secret", "fleet-secret")], None)
+            .await
+            .unwrap();
+        assert!(
+            matches!(resp.status, 200 | 409),
+            "replica {i}: the right secret got {}: {}",
+            resp.status,
+            resp.text()
         );
     }
     let mut by_replica = HashMap::new();
@@ -393,6 +517,61 @@ async fn a_thousand_peer_fills_reuse_pooled_connections() {
         opened <= 5,
         "{opened} connections for {peer_fills} peer fills"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_answering_costs_one_piece_deadline_then_local_fills() {
+    // origin_timeout 1s: the edge waits at most 5 * 1 + 5 = 10 s for a piece from a peer.
+    let fleet = Fleet::start(
+        2,
+        everyone,
+        "limits:\n  origin_concurrency: 16\n  origin_timeout: 1s\n",
+        false,
+    )
+    .await;
+    let data = deterministic_bytes(29, 4 * MIB);
+    let mut peers = fleet.addrs.clone();
+    peers.sort();
+    // A key with at least one chunk that replica 1 coordinates.
+    let mut chosen = None;
+    for attempt in 0..20 {
+        let key = format!("frozen-{attempt}");
+        let etag = fleet.put(&key, &data).await;
+        let theirs = (0..4u64)
+            .filter(|i| {
+                let id = ChunkId::from_fields("test-origin", BUCKET, &key, &etag, MIB as u64, *i);
+                rendezvous::choose(&peers, &id) == Some(fleet.addrs[1].as_str())
+            })
+            .count();
+        if theirs > 0 {
+            chosen = Some(key);
+            break;
+        }
+    }
+    let key = chosen.expect("no key with a chunk of replica 1 in 20 tries");
+    // Replica 1 stops: its kernel still accepts connections, nothing answers them.
+    fleet.replicas[1].signal("STOP");
+    let r = http_get(&fleet.replicas[0].object_url(BUCKET, &key), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(sha256_hex(&r.body), sha256_hex(&data));
+    // The peer fill failed at its deadline and replica 0 filled every chunk itself.
+    assert!(
+        fleet.replicas[0].metric_value("orca_peer_fills_total{result=\"error\"}") >= 1.0,
+        "{}",
+        fleet.replicas[0].log_tail()
+    );
+    assert_eq!(
+        fleet.replicas[0].metric_value("orca_peer_fills_total{result=\"ok\"}"),
+        0.0
+    );
+    let fetched = fleet.fetched_by();
+    let mut mine = fetched[0].clone();
+    mine.sort();
+    assert_eq!(mine, [0, 1, 2, 3]);
+    assert!(fetched[1].is_empty(), "{fetched:?}");
+    // (Stopped, it is killed by pid when the fleet drops.)
 }
 
 /// A coordinator that cannot get its answer in time (its own slow path to the origin, an

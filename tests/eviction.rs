@@ -97,10 +97,11 @@ impl Stack {
     }
 
     /// Waits until `n` commits in all have landed (committed, lost or failed).
-    fn wait_commits(&self, n: f64) {
+    async fn wait_commits(&self, n: f64) {
         let got = self
             .orca
-            .wait_metric_at_least("orca_cachestore_commits_total", n, COMMIT_WAIT);
+            .wait_metric_at_least("orca_cachestore_commits_total", n, COMMIT_WAIT)
+            .await;
         assert!(got >= n, "{got} of {n} commits\n{}", self.orca.log_tail());
     }
 }
@@ -255,7 +256,7 @@ async fn reading_four_times_the_bound_keeps_the_directory_within_it() {
         r.await.unwrap();
     }
     let s = stack;
-    s.wait_commits(100.0);
+    s.wait_commits(100.0).await;
     let (max_seen, samples) = sampler.finish();
     let log = s.orca.log_tail();
     eprintln!("largest size seen: {max_seen} bytes in {samples} samples (bound {BOUND})");
@@ -308,7 +309,7 @@ async fn the_hot_set_survives_a_scan_of_several_times_the_bound() {
     let hot = deterministic_bytes(7, 4 * MIB);
     s.put("hot/object", &hot).await;
     s.get_exact("hot/object", &hot).await;
-    s.wait_commits(4.0);
+    s.wait_commits(4.0).await;
     for _ in 0..4 {
         s.get_exact("hot/object", &hot).await;
     }
@@ -320,7 +321,7 @@ async fn the_hot_set_survives_a_scan_of_several_times_the_bound() {
         s.put(&key, &data).await;
         s.get_exact(&key, &data).await;
     }
-    s.wait_commits(84.0);
+    s.wait_commits(84.0).await;
     assert!(
         s.metric("orca_cachestore_evictions_total{tier=\"store\"}") >= 50.0,
         "{}",
@@ -348,7 +349,7 @@ async fn a_restart_keeps_the_chunks_and_the_bound() {
         s.get_exact(&key, &data).await;
         first.push((key, data, etag));
     }
-    s.wait_commits(20.0);
+    s.wait_commits(20.0).await;
     let Stack {
         moto,
         proxy,
@@ -364,9 +365,10 @@ async fn a_restart_keeps_the_chunks_and_the_bound() {
     };
     // The index is rebuilt in the background (readiness did not wait for it): it finds every
     // chunk, including those nobody reads again.
-    let known =
-        s.orca
-            .wait_metric_at_least("orca_cachestore_chunks{tier=\"store\"}", 20.0, COMMIT_WAIT);
+    let known = s
+        .orca
+        .wait_metric_at_least("orca_cachestore_chunks{tier=\"store\"}", 20.0, COMMIT_WAIT)
+        .await;
     assert_eq!(known, 20.0, "{}", s.orca.log_tail());
     // The first process saved what its policy had learned; the second read it back (the scan
     // logs it when its walk is done).
@@ -404,7 +406,7 @@ async fn a_restart_keeps_the_chunks_and_the_bound() {
         s.put(&key, &data).await;
         s.get_exact(&key, &data).await;
     }
-    s.wait_commits(30.0);
+    s.wait_commits(30.0).await;
     let (max_seen, _) = sampler.finish();
     assert!(
         max_seen <= BOUND + OVERSHOOT + gauge.slack(),
@@ -430,7 +432,7 @@ async fn a_chunk_deleted_by_hand_is_a_miss_filled_once() {
     let data = deterministic_bytes(9, 2 * MIB);
     let etag = s.put("gone/object", &data).await;
     s.get_exact("gone/object", &data).await;
-    s.wait_commits(2.0);
+    s.wait_commits(2.0).await;
     // Read warm once so the store keeps its descriptor open: deleting must still be a miss.
     s.get_exact("gone/object", &data).await;
     assert_eq!(s.origin_gets_of("gone/"), 2);
@@ -442,7 +444,7 @@ async fn a_chunk_deleted_by_hand_is_a_miss_filled_once() {
     std::fs::remove_file(&path).unwrap();
     s.get_exact("gone/object", &data).await;
     assert_eq!(s.origin_gets_of("gone/"), 3, "{}", s.orca.log_tail());
-    s.wait_commits(3.0);
+    s.wait_commits(3.0).await;
     assert!(path.exists(), "the chunk was stored again");
     s.get_exact("gone/object", &data).await;
     assert_eq!(s.origin_gets_of("gone/"), 3, "refilled once, then a hit");
@@ -530,7 +532,7 @@ async fn a_tiny_filesystem_fills_up_and_eviction_brings_commits_back() {
         s.get_exact(&key, &data).await;
         objects.push((key, data, etag));
     }
-    s.wait_commits(6.0);
+    s.wait_commits(6.0).await;
     let committed_before = s.metric("orca_cachestore_commits_total{result=\"committed\"}");
     assert_eq!(committed_before, 6.0, "{}", s.orca.log_tail());
     // Something else fills the disk.
@@ -544,7 +546,7 @@ async fn a_tiny_filesystem_fills_up_and_eviction_brings_commits_back() {
         s.get_exact(&key, &data).await;
         objects.push((key, data, etag));
     }
-    s.wait_commits(16.0);
+    s.wait_commits(16.0).await;
     let log = s.orca.log_tail();
     let errors = s.metric("orca_cachestore_commits_total{result=\"error\"}");
     let committed = s.metric("orca_cachestore_commits_total{result=\"committed\"}");
@@ -569,7 +571,15 @@ async fn a_tiny_filesystem_fills_up_and_eviction_brings_commits_back() {
             "chunk file {name} is not a whole chunk of any object"
         );
     }
-    assert_eq!(std::fs::read_dir(root.join("tmp")).unwrap().count(), 0);
+    // (The running process's own temp directory holds nothing but its lock.)
+    for dir in std::fs::read_dir(root.join("tmp")).unwrap().flatten() {
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|f| f.file_name().to_string_lossy().to_string())
+            .collect();
+        assert_eq!(names, vec![".lock".to_string()], "{}", dir.path().display());
+    }
     // And every object still reads back exact.
     for (key, data, _) in &objects {
         s.get_exact(key, data).await;

@@ -103,18 +103,23 @@ orca_edge_request_duration_seconds_count{method="GET"} 9
     assert_eq!(metric_value(text, "orca_edge_bytes_sent_total"), 12345.0);
     assert_eq!(metric_value(text, r#"orca_weird{a="x,y"}"#), 4.0);
     assert_eq!(metric_value(text, r#"orca_weird{b="q\"uote"}"#), 4.0);
-    assert_eq!(
-        metric_value(text, "orca_edge_request_duration_seconds"),
-        0.0
-    );
+    // A name or label set that matches nothing fails: a renamed metric must not read as 0.
+    for absent in [
+        "orca_edge_request_duration_seconds",
+        r#"orca_chunk_reads_total{source="peer"}"#,
+        r#"orca_chunk_reads_total{sauce="origin"}"#,
+    ] {
+        let got = std::panic::catch_unwind(|| metric_value(text, absent));
+        assert!(got.is_err(), "{absent} read as {got:?}");
+    }
     assert_eq!(
         metric_value(text, "orca_edge_request_duration_seconds_count"),
         9.0
     );
     assert_eq!(metric_value_opt(text, "orca_missing"), None);
     assert_eq!(
-        metric_value(text, r#"orca_chunk_reads_total{source="peer"}"#),
-        0.0
+        metric_value_opt(text, r#"orca_chunk_reads_total{source="peer"}"#),
+        None
     );
 }
 
@@ -627,7 +632,7 @@ fn moto_stops_on_drop_and_proxy_stops_on_drop() {
 }
 
 /// A stand-in for the `orca` binary (the real one is tested elsewhere): a Python script that
-/// reads the generated config, serves `/healthz` and `/metrics` on the ops port (and the same on
+/// reads the generated config, serves `/healthz`, `/readyz` and `/metrics` on the ops port (and the same on
 /// the edge port, which `OrcaProcess::start` waits for too), and exits 0 on SIGTERM. It exercises `OrcaProcess`'s start, readiness, metrics, restart and stop logic.
 const FAKE_ORCA: &str = r#"#!/usr/bin/env python3
 import http.server, os, re, signal, sys, threading
@@ -637,7 +642,7 @@ ops = int(re.search(r'ops: "127\.0\.0\.1:(\d+)"', config).group(1))
 edge = int(re.search(r'edge: "127\.0\.0\.1:(\d+)"', config).group(1))
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        if self.path == "/healthz":
+        if self.path in ("/healthz", "/readyz"):
             body = b"ok"
         elif self.path == "/metrics":
             body = b'# TYPE orca_chunk_reads_total counter\norca_chunk_reads_total{source="origin"} 2\norca_chunk_reads_total{source="memory"} 3\n'
@@ -680,10 +685,17 @@ fn orca_process_lifecycle_with_a_stand_in_binary() {
     );
     assert_eq!(orca.metric_value("orca_chunk_reads_total"), 5.0);
     assert_eq!(
-        orca.wait_metric_at_least("orca_chunk_reads_total", 5.0, Duration::from_secs(5)),
+        block_on(orca.wait_metric_at_least("orca_chunk_reads_total", 5.0, Duration::from_secs(5))),
         5.0
     );
-    assert_eq!(orca.ops_get("/readyz").0, 404);
+    // Start-up waited for /readyz; an unknown path is a 404.
+    assert_eq!(orca.ops_get("/readyz").0, 200);
+    assert_eq!(orca.ops_get("/nope").0, 404);
+    // A series that is not there fails the test instead of reading as 0.
+    let absent = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        orca.metric_value(r#"orca_chunk_reads_total{source="peer"}"#)
+    }));
+    assert!(absent.is_err(), "an absent series read as a number");
     assert!(
         orca.log_tail().contains("key test level debug"),
         "{}",

@@ -12,22 +12,10 @@ use std::time::Duration;
 
 const MIB: usize = 1 << 20;
 
-/// Runs a Python snippet (boto3) and returns its stdout; panics with stderr on failure.
+/// Runs a Python snippet (boto3), at most [`CLIENT_DEADLINE`], and returns its stdout; panics
+/// with stderr on failure.
 fn python(script: &str, args: &[&str]) -> String {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_CA_BUNDLE")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    run_python(script, args, "")
 }
 
 /// Seeds `bucket` on an S3 endpoint with signed requests; prints nothing.
@@ -196,25 +184,42 @@ impl S3sFs {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
         std::fs::create_dir_all(&root).unwrap();
-        let log = std::fs::File::create(dir.path().join("s3s.log")).unwrap();
-        let port = free_port();
+        let log_path = dir.path().join("s3s.log");
         let program = std::env::var("S3S_FS").unwrap_or_else(|_| "s3s-fs".into());
-        let child = Command::new(&program)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", ak, "--secret-key", sk])
-            .arg(&root)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {program} (hack/test.sh installs it): {e}"));
-        let mut child = ChildGuard::new("s3s-fs", child);
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        wait_for_port(addr, Duration::from_secs(30), || match child.try_wait() {
-            Some(status) => Err(format!("s3s-fs exited: {status}")),
-            None => Ok(()),
-        })
-        .unwrap();
+        let mut attempt = 0;
+        let (child, port) = loop {
+            attempt += 1;
+            let log = std::fs::File::create(&log_path).unwrap();
+            let port = free_port();
+            let child = Command::new(&program)
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--access-key", ak, "--secret-key", sk])
+                .arg(&root)
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(log.try_clone().unwrap()))
+                .stderr(Stdio::from(log))
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("cannot start {program} (hack/test.sh installs it): {e}")
+                });
+            let mut child = ChildGuard::new("s3s-fs", child);
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let ready = wait_for_port(addr, Duration::from_secs(30), || match child.try_wait() {
+                Some(status) => Err(format!("s3s-fs exited: {status}")),
+                None => Ok(()),
+            });
+            match ready {
+                Ok(()) => break (child, port),
+                Err(e) => {
+                    child.kill();
+                    let tail = file_tail(&log_path, 40);
+                    if attempt < BIND_ATTEMPTS && says_address_in_use(&tail) {
+                        continue;
+                    }
+                    panic!("s3s-fs did not start: {e}\n{tail}");
+                }
+            }
+        };
         S3sFs {
             _child: child,
             endpoint: format!("http://127.0.0.1:{port}"),

@@ -266,3 +266,46 @@ async fn a_refused_chunk_get_is_access_denied() {
     }
     assert_eq!(s.orca.ops_get("/readyz").0, 200);
 }
+
+/// A fill request names the object's size, and so the chunk's length, on its own word. A wrong
+/// one (a buggy or hostile caller on the internal port) must not make the replica delete the
+/// good chunk it has stored as "the wrong length".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_request_with_a_wrong_object_size_does_not_delete_a_good_chunk() {
+    let s = Origin::start(|c| c.chunk_size("1MiB")).await;
+    let data = deterministic_bytes(48, 1000);
+    let etag = s.put("k", &data).await;
+    let r = http_get(&s.orca.object_url(BUCKET, "k"), None)
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.body), (200, data.clone()));
+    let committed = s
+        .orca
+        .wait_metric_at_least(
+            "orca_cachestore_commits_total{result=\"committed\"}",
+            1.0,
+            std::time::Duration::from_secs(30),
+        )
+        .await;
+    assert!(committed >= 1.0, "the chunk was committed");
+    s.proxy.reset_counts();
+    // The same chunk (same chunk size and index) of a "1001-byte" object.
+    let bogus = format!(
+        "{}/internal/fill?origin=test-origin&bucket={BUCKET}&key=k&etag={etag}&chunk_size={}&index=0&object_size=1001",
+        s.orca.internal_url(),
+        MIB
+    );
+    let answer = http_get(&bogus, None).await.unwrap();
+    assert_ne!(answer.status, 200, "a 1001-byte chunk cannot be served");
+    // The stored chunk is still there: the next read makes no origin GET.
+    let before = s.proxy.counts().gets_with_range;
+    let r = http_get(&s.orca.object_url(BUCKET, "k"), None)
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.body), (200, data));
+    assert_eq!(
+        s.proxy.counts().gets_with_range,
+        before,
+        "served from the store, not refilled"
+    );
+}

@@ -49,15 +49,14 @@ fn orca_check(origin: &str, store: &str, bucket: &str) -> (bool, String) {
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_orca"))
-        .args(["-t", "--config"])
+    let mut cmd = Command::new(orca_bin());
+    cmd.args(["-t", "--config"])
         .arg(&path)
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("ORCA_CACHESTORE_ACCESS_KEY_ID", "test")
-        .env("ORCA_CACHESTORE_SECRET_ACCESS_KEY", "test")
-        .output()
-        .unwrap();
+        .env("ORCA_CACHESTORE_SECRET_ACCESS_KEY", "test");
+    let out = run_bounded(&mut cmd, None, CLIENT_DEADLINE);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -164,7 +163,8 @@ async fn a_store_that_ignores_conditional_puts_is_refused_and_readyz_says_why() 
         OrcaConfig::new(&moto.endpoint())
             .extra_yaml(&cache_yaml(&lax.endpoint(), "cache"))
             .env("ORCA_CACHESTORE_ACCESS_KEY_ID", "test")
-            .env("ORCA_CACHESTORE_SECRET_ACCESS_KEY", "test"),
+            .env("ORCA_CACHESTORE_SECRET_ACCESS_KEY", "test")
+            .unready_at_start(),
     );
     let (status, body) = orca.ops_get("/readyz");
     assert_eq!(status, 503, "{body}");
@@ -176,11 +176,13 @@ async fn a_store_that_ignores_conditional_puts_is_refused_and_readyz_says_why() 
         .await
         .unwrap();
     assert_eq!(sha256_hex(&r.body), sha256_hex(&data));
-    let errors = orca.wait_metric_at_least(
-        "orca_cachestore_commits_total{result=\"error\"}",
-        3.0,
-        Duration::from_secs(20),
-    );
+    let errors = orca
+        .wait_metric_at_least(
+            "orca_cachestore_commits_total{result=\"error\"}",
+            3.0,
+            Duration::from_secs(20),
+        )
+        .await;
     assert_eq!(errors, 3.0);
     assert_eq!(
         orca.metric_value("orca_cachestore_commits_total{result=\"committed\"}"),
@@ -299,11 +301,13 @@ async fn an_s3_express_directory_bucket_works_as_the_cache_store() {
         .await
         .unwrap();
     assert_eq!(sha256_hex(&r.body), sha256_hex(&data));
-    let committed = orca.wait_metric_at_least(
-        "orca_cachestore_commits_total{result=\"committed\"}",
-        3.0,
-        Duration::from_secs(20),
-    );
+    let committed = orca
+        .wait_metric_at_least(
+            "orca_cachestore_commits_total{result=\"committed\"}",
+            3.0,
+            Duration::from_secs(20),
+        )
+        .await;
     assert_eq!(committed, 3.0);
 
     let log = express.counts().log;

@@ -4,7 +4,7 @@
 #
 #   hack/bench/run.sh [--quick]
 #
-# Sets up, all on 127.0.0.1 (free ports from 18400 up):
+# Sets up, all on 127.0.0.1 (on free ports the kernel picks):
 #   - the origin: nginx serving $dir/objects as anonymous path-style S3 objects (bucket "bucket"),
 #     plain, and a second server capped at 50 MB/s per connection (limit_rate 50m);
 #   - the same nginx serving the same files on a third port: nginx-static, the ceiling;
@@ -20,8 +20,13 @@
 # one run of each; about a minute. The full run repeats each measurement 3 times (median and
 # min-max) and takes well under 20 minutes.
 #
-# Environment: ORCA_BENCH_DIR (default /tmp/orca-bench; wiped at start, caches removed at exit),
-# CARGO_TARGET_DIR (default ~/.cache/orca-target), ORCA_BENCH_NO_BUILD=1 to use the built binary.
+# Every read checks status and size; one read per setup and figure also checks the bytes' SHA-256,
+# so a fast wrong answer cannot score.
+#
+# Environment: ORCA_BENCH_DIR (default: a new /tmp/orca-bench.XXXXXX per run, so two runs never
+# share files; a directory given is wiped at start; caches are removed at exit), CARGO_TARGET_DIR
+# (default ~/.cache/orca-target), ORCA_BIN (an orca binary to use instead of building one),
+# ORCA_BENCH_NO_BUILD=1 to use the built release binary.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
@@ -33,7 +38,7 @@ case "${1:-}" in
     *) echo "usage: $0 [--quick]" >&2; exit 2 ;;
 esac
 
-dir="${ORCA_BENCH_DIR:-/tmp/orca-bench}"
+dir="${ORCA_BENCH_DIR:-$(mktemp -d /tmp/orca-bench.XXXXXX)}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/orca-target}"
 MiB=$((1024 * 1024))
 if $quick; then
@@ -94,11 +99,11 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 nginx -V 2>&1 | grep -q http_slice_module || die "this nginx lacks the slice module"
 
-if [ "${ORCA_BENCH_NO_BUILD:-0}" != 1 ]; then
+if [ -z "${ORCA_BIN:-}" ] && [ "${ORCA_BENCH_NO_BUILD:-0}" != 1 ]; then
     say "building orca (release)"
     timeout 1800 cargo build --release --locked --bin orca >&2
 fi
-orca_bin="$CARGO_TARGET_DIR/release/orca"
+orca_bin="${ORCA_BIN:-$CARGO_TARGET_DIR/release/orca}"
 [ -x "$orca_bin" ] || die "no orca binary at $orca_bin"
 
 rm -rf "$dir"
@@ -109,14 +114,20 @@ rec() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$raw"; }
 # Errors are recorded in the results file (err may run in a subshell) and counted at the end.
 err() { echo "bench: ERROR: $*" >&2; rec error "$1" "${2:-}" 0 1; }
 
-next_port=18400
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for v in p_origin p_capped p_static p_slice p_slice_capped p_orca p_orca_fill p_orca_ops \
-    p_orcac p_orcac_fill p_orcac_ops p_moto p_f1 p_f1_fill p_f1_ops p_f2 p_f2_fill p_f2_ops \
-    p_f3 p_f3_fill p_f3_ops; do
-    while ! port_free "$next_port"; do next_port=$((next_port + 1)); done
-    eval "$v=$next_port"; next_port=$((next_port + 1))
-done
+# Free ports picked by the kernel (all bound at once, so distinct), not a fixed range: two runs
+# at once do not collide.
+port_vars=(p_origin p_capped p_static p_slice p_slice_capped p_orca p_orca_fill p_orca_ops
+    p_orcac p_orcac_fill p_orcac_ops p_moto p_f1 p_f1_fill p_f1_ops p_f2 p_f2_fill p_f2_ops
+    p_f3 p_f3_fill p_f3_ops)
+read -r -a free_ports < <(python3 -c '
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+' "${#port_vars[@]}")
+[ "${#free_ports[@]}" -eq "${#port_vars[@]}" ] || die "could not pick ${#port_vars[@]} free ports"
+for i in "${!port_vars[@]}"; do eval "${port_vars[i]}=${free_ports[i]}"; done
 
 wait_http() {
     local url=$1 what=$2 log=$3
@@ -129,11 +140,15 @@ wait_http() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# The SHA-256 of each source file, and which setups had one read's bytes checked per figure.
+declare -A sha_of=() hashed=()
 say "generating objects in $dir/objects"
 # One random file per size; every other object of that size is a hard link to it (distinct keys,
 # so distinct cache entries in Orca and nginx, but no extra disk or page cache on the origin).
 head -c "$big" /dev/urandom >"$dir/objects/big-src"
 head -c "$med" /dev/urandom >"$dir/objects/med-src"
+sha_of[big]=$(sha256sum "$dir/objects/big-src" | cut -d' ' -f1)
+sha_of[med]=$(sha256sum "$dir/objects/med-src" | cut -d' ' -f1)
 head -c $((small_count * small_size)) /dev/urandom |
     split -b "$small_size" -d -a 3 - "$dir/objects/small/s"
 link() { ln -f "$dir/objects/$1" "$dir/objects/$2"; }
@@ -299,6 +314,28 @@ url() { # setup key
     esac
 }
 now() { date +%s.%N; }
+sha_for() { # expected_bytes: the hash of the source object of that size
+    case $1 in
+        "$big") echo "${sha_of[big]}" ;;
+        "$med") echo "${sha_of[med]}" ;;
+        *) echo "" ;;
+    esac
+}
+# One read whose bytes are hashed and compared with the source object's: at least one read per
+# setup and figure, so that a fast wrong answer cannot score.
+check_bytes() { # url expected_bytes what
+    local want got
+    want=$(sha_for "$2")
+    [ -n "$want" ] || { err hash "$3: no source hash for $2 bytes"; return; }
+    got=$(curl -s --max-time "$curl_max" "$1" | sha256sum | cut -d' ' -f1)
+    [ "$got" = "$want" ] || err hash "$3: $1 returned other bytes (sha256 $got, want $want)"
+}
+# Checks one URL of this setup and figure once (the first time asked).
+check_once() { # setup figure url expected_bytes
+    [ -n "${hashed[$1/$2]:-}" ] && return 0
+    hashed[$1/$2]=1
+    check_bytes "$3" "$4" "figure $2, $1"
+}
 # One read: prints "bytes seconds"; checks status and size.
 get() { # url expected_bytes
     local out
@@ -352,6 +389,7 @@ cpu_orca=0; cpu_slice=0; warm_bytes_orca=0; warm_bytes_slice=0
 timed_warm() { # setup figure rep expected url...: one parallel read, recorded as MiB/s
     local s=$1 fig=$2 rep=$3 exp=$4; shift 4
     local c0 c1 res
+    check_once "$s" "$fig" "$1" "$exp"
     case $s in orca) c0=$(cpu_of "$pid_orca") ;; slice) c0=$(cpu_of "$pid_slice") ;; esac
     res=$(par_get "$exp" "$@")
     case $s in
@@ -391,6 +429,7 @@ for r in $(seq 1 "$reps"); do
         for s in $sets; do
             k="c3-$s-$r"; link big-src "$k"
             rec "3-$mode" "$s" MiB/s "$r" "$(get "$(url "$s" "$k")" "$big" | mibps)"
+            check_once "$s" "3-$mode" "$(url "$s" "$k")" "$big"  # after the timed cold read
         done
     done
 done
@@ -410,6 +449,7 @@ for r in $(seq 1 "$reps"); do
             m1=$(metric "$p_orcac_ops" orca_origin_bytes_total)
             rec 4 "$s" metric_bytes_ratio "$r" "$(awk -v b=$((m1 - m0)) -v m="$med" 'BEGIN{printf "%.4f\n", b / m}')"
         fi
+        check_once "$s" 4 "${us[0]}" "$med"  # after the counts, so its read is not in them
     done
 done
 
@@ -429,6 +469,11 @@ done
 wrk_ms() { # wrk latency value -> ms
     awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f\n", n }'
 }
+for s in orca slice static; do
+    got=$(curl -s --max-time "$curl_max" "$(url "$s" small/s007)" | sha256sum | cut -d' ' -f1)
+    [ "$got" = "$(sha256sum <"$dir/objects/small/s007" | cut -d' ' -f1)" ] ||
+        err hash "figure 5, $s: small/s007 returned other bytes"
+done
 for r in $(seq 1 "$reps"); do
     for s in orca slice static; do
         base=$(url "$s" "")
@@ -513,6 +558,7 @@ for r in $(seq 1 "$reps"); do
     rec 8 fleet origin_bytes_ratio "$r" "$(awk -v b="$(origin_bytes origin-capped.log "$k")" -v m="$med" 'BEGIN{printf "%.4f\n", b / m}')"
     rec 8 fleet metric_bytes_ratio "$r" "$(awk -v b=$((m1 - m0)) -v m="$med" 'BEGIN{printf "%.4f\n", b / m}')"
     rec 8 fleet peer_fills "$r" $((f1 - f0))
+    for i in 0 1 2; do check_once "fleet$i" 8 "${us[i]}" "$med"; done
 done
 for n in 1 2 3; do
     curl -s "http://127.0.0.1:${fleet_ops[n - 1]}/metrics" | grep -E '^orca_(origin_requests|origin_bytes|chunk_reads|peer_fills|cachestore_commits)_total' \

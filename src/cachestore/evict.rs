@@ -163,7 +163,8 @@ impl Drop for Waiting<'_> {
 
 impl Space {
     /// Resolves the bound against the filesystem holding `root` (whose `v1` and `tmp`
-    /// directories exist) and starts with an empty index; the [`Evictor`] fills it.
+    /// directories, and this process's temp directory, exist) and starts with an empty index;
+    /// the [`Evictor`] fills it.
     pub(crate) fn open(
         root: &Path,
         chunks_dir: &Path,
@@ -190,6 +191,19 @@ impl Space {
             root.join("tmp"),
         ] {
             dir_bytes += fs::metadata(&dir).map(|m| on_disk(&m)).unwrap_or(0);
+        }
+        // The processes' temp directories (`tmp/<instance>/`, this one's included) and their
+        // lock files, as `du` counts them.
+        for entry in fs::read_dir(root.join("tmp"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if entry.path().is_dir() {
+                for f in [entry.path(), entry.path().join(".lock")] {
+                    dir_bytes += fs::metadata(&f).map(|m| on_disk(&m)).unwrap_or(0);
+                }
+            }
         }
         let space = Arc::new(Space {
             root: root.to_path_buf(),
@@ -970,7 +984,15 @@ mod tests {
             !store.chunk_path(&id(100)).exists(),
             "nothing partial is visible"
         );
-        assert_eq!(fs::read_dir(root.join("tmp")).unwrap().count(), 0);
+        // Nothing partial: this process's temp directory holds nothing but its lock.
+        for d in fs::read_dir(root.join("tmp")).unwrap().flatten() {
+            let names: Vec<_> = fs::read_dir(d.path())
+                .unwrap()
+                .flatten()
+                .map(|f| f.file_name())
+                .collect();
+            assert_eq!(names, vec![std::ffi::OsString::from(".lock")]);
+        }
         assert!(space.state.lock().enospc, "the evictor was told");
         // One pass of the evictor shrinks the store, and commits come back.
         space.pass().await;

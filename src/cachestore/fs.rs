@@ -3,10 +3,16 @@
 //! Layout: `ROOT/v1/ab/cd/<object hash>-<index>` for committed chunks and `ROOT/tmp/` for
 //! commits in progress. A commit writes a temp file in the same filesystem, fsyncs it, then
 //! `link(2)`s it to its final name: `link` fails with `EEXIST` instead of replacing, so a chunk
-//! appears whole or not at all and is never clobbered; losing that race is success. Temp files
-//! are named `<pid>.<seq>.<chunk>.tmp`; those left by a crash are never read (they live outside
-//! `v1/`) and are removed at start, unless their process is still alive: `orca -t`, or a new
-//! process during a `-u` upgrade, must not delete a running Orca's commits in progress.
+//! appears whole or not at all and is never clobbered; losing that race is success.
+//!
+//! Each process writes its temp files in a directory of its own, `ROOT/tmp/<instance>/` (a random
+//! name), and holds an exclusive `flock` on its `.lock` file for as long as it runs. At start,
+//! every other instance directory whose lock can be taken belongs to a process that is gone (the
+//! kernel drops the lock with its last descriptor, however the process ended) and is removed;
+//! one whose lock is held belongs to a running Orca (`orca -t`, or the old process during a `-u`
+//! upgrade) and is left alone. A pid would not do: in a container Orca is pid 1 at every start.
+//! Temp files of older releases (`ROOT/tmp/<pid>.<seq>.<chunk>.tmp`) are removed unless their
+//! pid is another live process.
 //!
 //! The store is bounded (`cachestore.fs.max_size`, `min_free`, `low_watermark`): every commit
 //! reserves its bytes in the index of [`super::evict`] first, every hit counts for the eviction
@@ -45,7 +51,11 @@ static NOWAIT: AtomicBool = AtomicBool::new(true);
 pub struct FsStore {
     root: PathBuf,
     chunks: PathBuf,
+    /// This process's temp directory, `ROOT/tmp/<instance>/`.
     tmp: PathBuf,
+    /// Holds the instance directory's lock while the store lives; removes the directory when
+    /// dropped (a crash leaves it to the next start).
+    _instance: Instance,
     seq: AtomicU64,
     open_files: OpenFiles,
     /// The index of the chunk files and the bound (shared with the evictor).
@@ -58,11 +68,18 @@ impl FsStore {
     /// The index starts empty: [`FsStore::evictor`], run as a background service, rebuilds it.
     pub fn open(root: &Path, limits: &FsLimits) -> Result<Self, StoreError> {
         let chunks = root.join(format!("v{CACHE_VERSION}"));
-        let tmp = root.join("tmp");
-        for dir in [&chunks, &tmp] {
+        let tmp_root = root.join("tmp");
+        for dir in [&chunks, &tmp_root] {
             fs::create_dir_all(dir)
                 .map_err(|e| StoreError::io(format!("create {}", dir.display()), e))?;
         }
+
+        // Leftovers first, then this process's own directory (so it is never taken for one).
+        let removed = clean_tmp(&tmp_root)?;
+        if removed > 0 {
+            tracing::info!(removed, root = %root.display(), "removed temp files left by a crash");
+        }
+        let instance = Instance::create(&tmp_root)?;
         let open_files: OpenFiles = Arc::new(Mutex::new(LruCache::new(
             NonZeroUsize::new(OPEN_FILES).unwrap_or(NonZeroUsize::MIN),
         )));
@@ -70,15 +87,12 @@ impl FsStore {
         let store = Self {
             root: root.to_path_buf(),
             chunks,
-            tmp,
+            tmp: instance.dir.clone(),
+            _instance: instance,
             seq: AtomicU64::new(0),
             open_files,
             space,
         };
-        let removed = store.clean_tmp()?;
-        if removed > 0 {
-            tracing::info!(removed, root = %root.display(), "removed temp files left by a crash");
-        }
         store.probe()?;
         Ok(store)
     }
@@ -102,26 +116,8 @@ impl FsStore {
             .join(id.name())
     }
 
-    fn clean_tmp(&self) -> Result<usize, StoreError> {
-        let mut removed = 0;
-        let entries = fs::read_dir(&self.tmp)
-            .map_err(|e| StoreError::io(format!("list {}", self.tmp.display()), e))?;
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let owner_alive = name
-                .to_str()
-                .and_then(|n| n.split('.').next())
-                .and_then(|pid| pid.parse::<u32>().ok())
-                .is_some_and(process_alive);
-            if !owner_alive && fs::remove_file(entry.path()).is_ok() {
-                removed += 1;
-            }
-        }
-        Ok(removed)
-    }
-
     fn probe(&self) -> Result<(), StoreError> {
-        let tmp = self.tmp.join(format!("{}.probe", std::process::id()));
+        let tmp = self.tmp.join("probe");
         let dst = self.root.join(format!(".probe-{}", std::process::id()));
         let check = || -> std::io::Result<()> {
             let mut f = File::create(&tmp)?;
@@ -144,8 +140,7 @@ impl FsStore {
 
     fn tmp_path(&self, id: &ChunkId) -> PathBuf {
         self.tmp.join(format!(
-            "{}.{}.{}.tmp",
-            std::process::id(),
+            "{}.{}.tmp",
             self.seq.fetch_add(1, Ordering::Relaxed),
             id.name()
         ))
@@ -155,6 +150,96 @@ impl FsStore {
 /// Whether process `pid` is alive (Linux `/proc`; elsewhere every owner counts as gone).
 fn process_alive(pid: u32) -> bool {
     Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// The temp directories this process created, for [`remove_own_temp_dirs`]: the store itself
+/// is leaked into Pingora's `'static` storage and never dropped.
+static OWN_TEMP_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Removes this process's temp directories (for `orca -t`, which builds a store and exits; a
+/// running Orca's is removed by the next start, once its lock is gone).
+pub fn remove_own_temp_dirs() {
+    for dir in OWN_TEMP_DIRS.lock().drain(..) {
+        let _ = fs::remove_dir_all(dir);
+    }
+}
+
+/// This process's temp directory and the lock that marks it as in use.
+struct Instance {
+    dir: PathBuf,
+    /// The open `.lock` file with the exclusive `flock` on it.
+    _lock: File,
+}
+
+impl Instance {
+    fn create(tmp_root: &Path) -> Result<Self, StoreError> {
+        let dir = tmp_root.join(format!("{:016x}", rand::random::<u64>()));
+        let io = |what: &str, e| StoreError::io(format!("{what} {}", dir.display()), e);
+        fs::create_dir(&dir).map_err(|e| io("create", e))?;
+        let lock = File::create(dir.join(".lock")).map_err(|e| io("create the lock in", e))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .map_err(|e| io("lock", e.into()))?;
+        OWN_TEMP_DIRS.lock().push(dir.clone());
+        Ok(Self { dir, _lock: lock })
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        OWN_TEMP_DIRS.lock().retain(|d| d != &self.dir);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Removes what crashed processes left in `ROOT/tmp`: every instance directory whose lock can
+/// be taken (its process is gone), and older releases' `<pid>.<seq>.<chunk>.tmp` files whose pid
+/// is not another live process. Returns the files removed.
+fn clean_tmp(tmp_root: &Path) -> Result<usize, StoreError> {
+    let mut removed = 0;
+    let entries = fs::read_dir(tmp_root)
+        .map_err(|e| StoreError::io(format!("list {}", tmp_root.display()), e))?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            let Ok(lock) = File::open(path.join(".lock")) else {
+                // No lock file: a directory that never became an instance (a crash in between).
+                removed += remove_dir(&path);
+                continue;
+            };
+            let free =
+                rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive);
+            if free.is_ok() {
+                removed += remove_dir(&path);
+            }
+            continue;
+        }
+        let owner = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.split('.').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        // This process's own pid names no commit of its own yet (it is starting): a container
+        // restarted as pid 1 finds its predecessor's leftovers under its own pid.
+        let owner_alive = owner.is_some_and(|p| p != std::process::id() && process_alive(p));
+        if !owner_alive && fs::remove_file(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Removes a leftover instance directory; returns the temp files it held.
+fn remove_dir(dir: &Path) -> usize {
+    let files = fs::read_dir(dir)
+        .map(|d| d.flatten().filter(|e| e.file_name() != ".lock").count())
+        .unwrap_or(0);
+    match fs::remove_dir_all(dir) {
+        Ok(()) => files,
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a crashed process's temp files");
+            0
+        }
+    }
 }
 
 /// Whether an I/O error means the filesystem (or the user's quota) is full.
@@ -468,7 +553,11 @@ mod tests {
         }
         assert_eq!(committed, 1);
         assert_eq!(read_all(&store, &id(3), 10, 0, 10).await, b"0123456789");
-        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(
+            temp_files(dir.path()),
+            Vec::<String>::new(),
+            "no temp file left"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -483,27 +572,71 @@ mod tests {
         assert_eq!(store.stat(&id(0)).await.unwrap(), None);
     }
 
+    /// The temp files under `ROOT/tmp` (instance directories' contents, locks aside).
+    fn temp_files(root: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(root.join("tmp")).unwrap().flatten() {
+            if e.path().is_dir() {
+                for f in fs::read_dir(e.path()).unwrap().flatten() {
+                    let name = f.file_name().to_string_lossy().to_string();
+                    if name != ".lock" {
+                        out.push(format!("{}/{name}", e.file_name().to_string_lossy()));
+                    }
+                }
+            } else {
+                out.push(e.file_name().to_string_lossy().to_string());
+            }
+        }
+        out.sort();
+        out
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn crash_leftovers_are_never_served_and_cleaned_at_start() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let store = FsStore::open(dir.path(), &FsLimits::default()).unwrap();
-            // A temp file of a process that is gone, as a crash mid-commit leaves it, and one of
-            // a live process (this one), as a running Orca's commit in progress looks.
-            let dead = format!("{}.0.{}.tmp", u32::MAX - 1, id(0).name());
-            fs::write(dir.path().join("tmp").join(dead), b"partial").unwrap();
-            let live = format!("{}.0.{}.tmp", std::process::id(), id(1).name());
-            fs::write(dir.path().join("tmp").join(live), b"partial").unwrap();
-            assert!(store.read(&id(0), 7, 0, 7).await.unwrap().is_none());
-        }
-        let _store = FsStore::open(dir.path(), &FsLimits::default()).unwrap();
-        let left: Vec<_> = fs::read_dir(dir.path().join("tmp"))
+        let tmp = dir.path().join("tmp");
+        // A running Orca (its instance directory locked) with a commit in progress.
+        let running = FsStore::open(dir.path(), &FsLimits::default()).unwrap();
+        let in_progress = running.tmp_path(&id(1));
+        fs::write(&in_progress, b"partial").unwrap();
+        // A crashed instance's directory (nobody holds its lock) with a half-written chunk.
+        let crashed = tmp.join("00000000deadbeef");
+        fs::create_dir(&crashed).unwrap();
+        fs::write(crashed.join(".lock"), b"").unwrap();
+        fs::write(crashed.join(format!("0.{}.tmp", id(0).name())), b"partial").unwrap();
+        // Older releases' names: a pid that is gone, and this process's own pid, which is what
+        // a container restarted as pid 1 finds its predecessor's leftovers under.
+        fs::write(
+            tmp.join(format!("{}.0.{}.tmp", u32::MAX - 1, id(2).name())),
+            b"p",
+        )
+        .unwrap();
+        fs::write(
+            tmp.join(format!("{}.0.{}.tmp", std::process::id(), id(3).name())),
+            b"p",
+        )
+        .unwrap();
+        assert!(
+            running.read(&id(0), 7, 0, 7).await.unwrap().is_none(),
+            "never served"
+        );
+        let _next = FsStore::open(dir.path(), &FsLimits::default()).unwrap();
+        let running_dir = in_progress
+            .parent()
             .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-            .collect();
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
         assert_eq!(
-            left,
-            vec![format!("{}.0.{}.tmp", std::process::id(), id(1).name())]
+            temp_files(dir.path()),
+            vec![format!("{running_dir}/0.{}.tmp", id(1).name())],
+            "only the running instance's commit in progress is left"
+        );
+        drop(running);
+        assert!(
+            !in_progress.parent().unwrap().exists(),
+            "a store removes its own directory"
         );
     }
 

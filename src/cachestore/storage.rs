@@ -38,11 +38,20 @@ pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Builds the pingora cache key of a chunk: its name, with the [`Chunk`] itself attached
 /// (`CacheKey::extensions`) so the storage knows the chunk behind the key and its length.
-pub fn cache_key(chunk: &Chunk) -> CacheKey {
+/// `vouched`: whether this replica can vouch for the chunk's length (it comes from its own
+/// HEAD), or only a requester says so (a peer's fill request).
+pub fn cache_key(chunk: &Chunk, vouched: bool) -> CacheKey {
     let mut key = CacheKey::new(chunk.id.name(), "");
     key.extensions.insert(chunk.clone());
+    if !vouched {
+        key.extensions.insert(Unvouched);
+    }
     key
 }
+
+/// Key extension marking a chunk whose length only its requester vouches for.
+#[derive(Debug, Clone, Copy)]
+struct Unvouched;
 
 /// Where a flight stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -285,13 +294,16 @@ impl ChunkStorage {
     /// store. `None` is a miss; a store failure is logged and reported as a miss. The miss is
     /// recorded, so the fill service that is asked next does not ask the store again.
     pub async fn open(&self, chunk: &Chunk, from: u64, to: u64) -> Option<ChunkHit> {
-        self.lookup_chunk(chunk, from, to, false).await
+        self.lookup_chunk(chunk, from, to, false, true).await
     }
 
     /// [`ChunkStorage::open`] for the fill service: a miss recorded within
-    /// [`super::catalog::MISS_TTL`] is trusted instead of asking the store again.
-    pub async fn open_for_fill(&self, chunk: &Chunk) -> Option<ChunkHit> {
-        self.lookup_chunk(chunk, 0, chunk.len, true).await
+    /// [`super::catalog::MISS_TTL`] is trusted instead of asking the store again. With
+    /// `vouched` false (a peer's request: its object size is only its word), a stored chunk of
+    /// another length is a miss for this request and is left in place: the store deletes a
+    /// wrong-length chunk only for a length this replica vouches for.
+    pub async fn open_for_fill(&self, chunk: &Chunk, vouched: bool) -> Option<ChunkHit> {
+        self.lookup_chunk(chunk, 0, chunk.len, true, vouched).await
     }
 
     async fn lookup_chunk(
@@ -300,6 +312,7 @@ impl ChunkStorage {
         from: u64,
         to: u64,
         trust_recent_miss: bool,
+        vouched: bool,
     ) -> Option<ChunkHit> {
         let flight = self.flights.lock().get(&chunk.id).cloned();
         if let Some(flight) = flight {
@@ -315,6 +328,24 @@ impl ChunkStorage {
             return None;
         }
         let read_began = tokio::time::Instant::now();
+        if !vouched {
+            // Look before reading: `read` would delete a chunk whose length differs.
+            match self.store.stat(&chunk.id).await {
+                Ok(Some(len)) if len == chunk.len => {}
+                Ok(Some(len)) => {
+                    tracing::warn!(chunk = %chunk.id, stored = len, asked = chunk.len, "a fill request names another length than the stored chunk's; left in place");
+                    return None;
+                }
+                Ok(None) => {
+                    self.misses.record_miss(&chunk.id, read_began);
+                    return None;
+                }
+                Err(e) => {
+                    tracing::warn!(chunk = %chunk.id, error = %e, "cache store stat failed; treating as a miss");
+                    return None;
+                }
+            }
+        }
         match self.store.read(&chunk.id, chunk.len, from, to).await {
             Ok(Some(reader)) => Some(ChunkHit {
                 source: ChunkSource::CacheStore,
@@ -495,7 +526,8 @@ impl Storage for ChunkStorage {
         _trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
         let chunk = Self::key_chunk(key)?;
-        let Some(hit) = self.open_for_fill(&chunk).await else {
+        let vouched = key.extensions.get::<Unvouched>().is_none();
+        let Some(hit) = self.open_for_fill(&chunk, vouched).await else {
             return Ok(None);
         };
         let handler = ChunkHitHandler {
@@ -626,7 +658,7 @@ mod tests {
         let span = Span::inactive().handle();
         tokio::time::timeout(
             WAIT,
-            storage.get_miss_handler(&cache_key(chunk), &meta, &span),
+            storage.get_miss_handler(&cache_key(chunk, true), &meta, &span),
         )
         .await
         .expect("a flight permit")
@@ -757,7 +789,7 @@ mod tests {
         // The committing flight still holds the only permit: a second fill waits.
         let meta = chunk_meta(b.len).unwrap();
         let span = Span::inactive().handle();
-        let key = cache_key(&b);
+        let key = cache_key(&b, true);
         let blocked = tokio::time::timeout(
             Duration::from_secs(1),
             storage.get_miss_handler(&key, &meta, &span),
@@ -799,11 +831,11 @@ mod tests {
         let span = Span::inactive().handle();
         assert!(storage.open(&c, 0, 10).await.is_none()); // the edge's lookup
         assert!(storage
-            .lookup(&cache_key(&c), &span)
+            .lookup(&cache_key(&c, true), &span)
             .await
             .unwrap()
             .is_none()); // the fill's
-        assert!(storage.open_for_fill(&c).await.is_none()); // the writer's re-check
+        assert!(storage.open_for_fill(&c, true).await.is_none()); // the writer's re-check
         assert_eq!(store.reads.load(Ordering::Relaxed), 1);
         // A commit by this replica voids the recorded miss at once.
         let mut writer = miss_handler(storage, &c).await;
@@ -813,13 +845,13 @@ mod tests {
             .unwrap();
         writer.finish().await.unwrap();
         settle(storage, &c).await;
-        assert!(storage.open_for_fill(&c).await.is_some());
+        assert!(storage.open_for_fill(&c, true).await.is_some());
         // And a recorded miss is trusted only briefly.
         let d = chunk(25, 1);
         assert!(storage.open(&d, 0, 10).await.is_none());
         tokio::time::advance(super::super::catalog::MISS_TTL).await;
         let before = store.reads.load(Ordering::Relaxed);
-        assert!(storage.open_for_fill(&d).await.is_none());
+        assert!(storage.open_for_fill(&d, true).await.is_none());
         assert_eq!(store.reads.load(Ordering::Relaxed), before + 1);
     }
 
@@ -847,5 +879,34 @@ mod tests {
             "a stall is an error, never a hang or a clean end"
         );
         drop(writer);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_length_only_a_requester_vouches_for_never_deletes_a_stored_chunk() {
+        let store = Arc::new(MemStore::new());
+        let storage = storage(store.clone(), 4);
+        let good = chunk(25, 2); // 5 bytes
+        store
+            .commit(&good.id, vec![Bytes::from_static(b"01234")], 5)
+            .await
+            .unwrap();
+        // The same chunk named with another object size (a bogus fill request: 27 bytes).
+        let version = ObjectVersion {
+            size: 27,
+            ..(*good.version).clone()
+        };
+        let bogus = Chunk::new(Arc::new(version), 10, 2).unwrap();
+        assert_eq!((bogus.id.clone(), bogus.len), (good.id.clone(), 7));
+        assert!(storage.open_for_fill(&bogus, false).await.is_none());
+        assert_eq!(
+            store.get(&good.id).as_deref(),
+            Some(&b"01234"[..]),
+            "left in place"
+        );
+        let mut hit = storage.open(&good, 0, 5).await.expect("still a hit").reader;
+        assert_eq!(read_all(&mut hit).await.unwrap(), b"01234");
+        // A length this replica vouches for does quarantine a wrong-length chunk.
+        assert!(storage.open(&bogus, 0, 7).await.is_none());
+        assert_eq!(store.get(&good.id), None);
     }
 }

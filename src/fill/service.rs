@@ -212,7 +212,8 @@ impl ProxyHttp for FillService {
 
     fn cache_key_callback(&self, _session: &Session, ctx: &mut Self::CTX) -> Result<CacheKey> {
         let chunk = ctx_chunk(ctx)?.clone();
-        Ok(cache_key(&chunk))
+        // A peer's request carries its own word for the object's size (the chunk's length).
+        Ok(cache_key(&chunk, self.local))
     }
 
     async fn cache_hit_filter(
@@ -245,7 +246,7 @@ impl ProxyHttp for FillService {
         // lock is ours, so a chunk is never fetched twice.
         if ctx.attempts == 0 && ctx.inflight.is_none() {
             let chunk = ctx_chunk(ctx)?.clone();
-            if let Some(hit) = self.orca.storage.open_for_fill(&chunk).await {
+            if let Some(hit) = self.orca.storage.open_for_fill(&chunk, self.local).await {
                 // Let the waiters look again (they will find the same chunk), then serve it.
                 session.cache.disable(NoCacheReason::DeclinedToUpstream);
                 if hit.source == ChunkSource::Memory {

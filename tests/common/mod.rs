@@ -1,6 +1,7 @@
 //! Shared helpers of Orca's integration tests: real servers started as processes on free ports
-//! (moto, the `orca` binary), a tiny S3 seeding client, a fault-injecting HTTP proxy, and HTTP
-//! helpers that report a truncated body as an error.
+//! (moto, Azurite, the `orca` binary), a `Stack` of origin, fault proxy and Orca with the origin
+//! as a parameter, the cases both origins run, a tiny S3 seeding client, a fault-injecting HTTP
+//! proxy, and HTTP helpers that report a truncated body as an error.
 //!
 //! Every test file does `mod common;`. Everything here is bounded in time and count, and every
 //! process is stopped by pid when its guard drops (also when a test panics).
@@ -8,11 +9,14 @@
 #![allow(unused_imports)]
 #![allow(clippy::unwrap_used)]
 
+pub mod azurite;
+pub mod cases;
 pub mod httpc;
 pub mod moto;
 pub mod orca;
 pub mod proxy;
 pub mod s3;
+pub mod stack;
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -29,7 +33,7 @@ pub use self::httpc::{
 };
 pub use self::moto::Moto;
 pub use self::orca::{
-    metric_value, metric_value_opt, orca_bin, OrcaConfig, OrcaPorts, OrcaProcess,
+    metric_value, metric_value_opt, orca_bin, OrcaConfig, OrcaPorts, OrcaProcess, StartFailure,
 };
 pub use self::proxy::{Counts, Fault, FaultProxy, FaultRule, RequestRecord};
 pub use self::s3::{
@@ -37,6 +41,7 @@ pub use self::s3::{
     put_bucket_versioning, put_object, put_object_with, s3_get, s3_head, with_dummy_auth,
     ObjectHead, DUMMY_AUTHORIZATION,
 };
+pub use self::stack::{Origin, OriginServer, Stack};
 
 /// Upper bound for one readiness wait (moto, orca).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -223,17 +228,74 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{}-{n}", std::process::id())
 }
 
+/// Upper bound of one client process (the aws CLI, python3, curl, rclone, `orca -t`).
+pub const CLIENT_DEADLINE: Duration = Duration::from_secs(180);
+
+/// Runs `cmd` to completion, at most `deadline`, with `stdin` (if any) written to it, and
+/// returns its output. Output goes to files (no pipe can fill up and stall the child). When the
+/// deadline trips the child is killed by pid and the test panics with its stdout and stderr.
+pub fn run_bounded(
+    cmd: &mut std::process::Command,
+    stdin: Option<&[u8]>,
+    deadline: Duration,
+) -> std::process::Output {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_path = dir.path().join("stdout");
+    let err_path = dir.path().join("stderr");
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(File::create(&out_path).expect("stdout file"))
+    .stderr(File::create(&err_path).expect("stderr file"));
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (run hack/install-test-deps.sh)"));
+    // A writer thread, so a child that does not read its input cannot stall the test.
+    let writer = match (stdin, child.stdin.take()) {
+        (Some(data), Some(mut pipe)) => {
+            let data = data.to_vec();
+            Some(std::thread::spawn(move || {
+                use std::io::Write;
+                let _ = pipe.write_all(&data);
+            }))
+        }
+        _ => None,
+    };
+    let mut guard = ChildGuard::new("client", child);
+    let status = guard.wait_timeout(deadline);
+    guard.kill();
+    if let Some(writer) = writer {
+        let _ = writer.join();
+    }
+    let stdout = std::fs::read(&out_path).unwrap_or_default();
+    let stderr = std::fs::read(&err_path).unwrap_or_default();
+    let Some(status) = status else {
+        panic!(
+            "{cmd:?} still running after {deadline:?}, killed\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        );
+    };
+    std::process::Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
 /// Runs a real S3 client (aws CLI, python3 with boto3, curl, ...) with placeholder credentials
-/// and the region set, and returns its stdout; panics with its stderr when it fails.
+/// and the region set, at most [`CLIENT_DEADLINE`], and returns its stdout; panics with its
+/// stderr when it fails.
 pub fn run_client(cmd: &mut std::process::Command) -> Vec<u8> {
-    let out = cmd
-        .env("AWS_ACCESS_KEY_ID", "test")
+    cmd.env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("AWS_DEFAULT_REGION", "us-east-1")
         .env_remove("AWS_PROFILE")
-        .env_remove("AWS_CA_BUNDLE")
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        .env_remove("AWS_CA_BUNDLE");
+    let out = run_bounded(cmd, None, CLIENT_DEADLINE);
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}",
@@ -241,3 +303,33 @@ pub fn run_client(cmd: &mut std::process::Command) -> Vec<u8> {
     );
     out.stdout
 }
+
+/// Runs a Python snippet (`python3 -c script args...`, e.g. boto3) with `stdin`, at most
+/// [`CLIENT_DEADLINE`]; returns its stdout and panics with its stderr when it fails.
+pub fn run_python(script: &str, args: &[&str], stdin: &str) -> String {
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg("-c")
+        .arg(script)
+        .args(args)
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_CA_BUNDLE");
+    let out = run_bounded(&mut cmd, Some(stdin.as_bytes()), CLIENT_DEADLINE);
+    assert!(
+        out.status.success(),
+        "python failed: {}\n--- stdout ---\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).expect("python's stdout is UTF-8")
+}
+
+/// Whether a server's log says it could not bind its port (another process took the free port
+/// between [`free_port`] and the bind): the caller retries with another port.
+pub fn says_address_in_use(log: &str) -> bool {
+    log.contains("Address already in use")
+        || log.contains("EADDRINUSE")
+        || log.contains("os error 98")
+}
+
+/// How many times a server whose free port was taken before it bound it is started again.
+pub const BIND_ATTEMPTS: usize = 3;

@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use super::{file_tail, free_port, wait_for_port, ChildGuard, READY_TIMEOUT};
+use super::{
+    file_tail, free_port, says_address_in_use, wait_for_port, ChildGuard, BIND_ATTEMPTS,
+    READY_TIMEOUT,
+};
 
 /// A running moto server. Env `MOTO_SERVER` overrides the command (default `moto_server`).
 #[derive(Debug)]
@@ -32,34 +35,42 @@ impl Moto {
             .tempdir()
             .expect("tempdir");
         let log_path = dir.path().join("moto.log");
-        let log = File::create(&log_path).expect("create moto log");
-        let log_err = log.try_clone().expect("clone log handle");
         let program = std::env::var("MOTO_SERVER").unwrap_or_else(|_| "moto_server".to_string());
-        let port = free_port();
-        let child = Command::new(&program)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .current_dir(dir.path())
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log_err))
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start {program:?} (run hack/install-test-deps.sh): {e}")
+        let mut attempt = 0;
+        let (child, port) = loop {
+            attempt += 1;
+            let log = File::create(&log_path).expect("create moto log");
+            let log_err = log.try_clone().expect("clone log handle");
+            let port = free_port();
+            let child = Command::new(&program)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .current_dir(dir.path())
+                .envs(env.iter().copied())
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(log))
+                .stderr(Stdio::from(log_err))
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("cannot start {program:?} (run hack/install-test-deps.sh): {e}")
+                });
+            let mut child = ChildGuard::new("moto_server", child);
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let ready = wait_for_port(addr, READY_TIMEOUT, || match child.try_wait() {
+                Some(status) => Err(format!("moto_server exited early: {status}")),
+                None => Ok(()),
             });
-        let mut child = ChildGuard::new("moto_server", child);
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let ready = wait_for_port(addr, READY_TIMEOUT, || match child.try_wait() {
-            Some(status) => Err(format!("moto_server exited early: {status}")),
-            None => Ok(()),
-        });
-        if let Err(e) = ready {
-            child.kill();
-            panic!(
-                "moto did not become ready: {e}\n--- moto log tail ---\n{}",
-                file_tail(&log_path, 40)
-            );
-        }
+            match ready {
+                Ok(()) => break (child, port),
+                Err(e) => {
+                    child.kill();
+                    let tail = file_tail(&log_path, 40);
+                    if attempt < BIND_ATTEMPTS && says_address_in_use(&tail) {
+                        continue;
+                    }
+                    panic!("moto did not become ready: {e}\n--- moto log tail ---\n{tail}");
+                }
+            }
+        };
         Moto {
             child,
             port,

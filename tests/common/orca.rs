@@ -47,7 +47,7 @@ impl OrcaPorts {
     }
 }
 
-/// The generated Orca configuration (see contract.md, "Configuration (YAML)").
+/// The generated Orca configuration (see docs/configuration.md).
 ///
 /// `extra_yaml` is appended to the generated YAML; a top-level key in it (a line starting in
 /// column 0, e.g. `limits:` or `cluster:`) replaces the generated section of that name.
@@ -83,6 +83,9 @@ pub struct OrcaConfig {
     pub env: Vec<(String, String)>,
     /// The binary; `None`: [`orca_bin`].
     pub binary: Option<PathBuf>,
+    /// Start-up waits for `/healthz` only, not `/readyz` (a test of a process that is not
+    /// ready from the start).
+    pub unready_at_start: bool,
 }
 
 impl OrcaConfig {
@@ -105,6 +108,7 @@ impl OrcaConfig {
             pingora_extra_yaml: String::new(),
             env: Vec::new(),
             binary: None,
+            unready_at_start: false,
         }
     }
 
@@ -181,6 +185,12 @@ impl OrcaConfig {
     /// Adds an environment variable for the process.
     pub fn env(mut self, name: &str, value: &str) -> Self {
         self.env.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Start-up waits for `/healthz` only: the process is not expected to be ready.
+    pub fn unready_at_start(mut self) -> Self {
+        self.unready_at_start = true;
         self
     }
 
@@ -312,6 +322,15 @@ pub fn yaml_str(s: &str) -> String {
     out
 }
 
+/// Why [`OrcaProcess::try_start`] failed.
+#[derive(Debug)]
+pub struct StartFailure {
+    /// The process exited saying a port it was given is in use (taken after it was chosen).
+    pub address_in_use: bool,
+    /// The whole story: status, configuration, log tail.
+    pub message: String,
+}
+
 /// A running `orca` process. Dropping it kills the process by pid (and removes its temp dir).
 #[derive(Debug)]
 pub struct OrcaProcess {
@@ -328,10 +347,29 @@ pub struct OrcaProcess {
 
 impl OrcaProcess {
     /// Writes the configuration, starts `orca --config orca.yaml -c pingora.yaml` and waits (at
-    /// most 30 s) until `GET /healthz` on the ops port answers 200 and the edge port accepts
-    /// connections (Pingora binds each service's listeners separately, so the ops port can be
-    /// up first). Panics with the log tail on failure.
+    /// most 30 s) until `GET /readyz` on the ops port answers 200 (its listeners accept and its
+    /// origin and store are usable; with [`OrcaConfig::unready_at_start`], only `/healthz` and
+    /// the edge port). When the process exits at start because a free port it was given was
+    /// taken meanwhile, it is started again on other ports (unless the ports were fixed with
+    /// [`OrcaConfig::ports`]). Panics with the log tail on failure.
     pub fn start(config: OrcaConfig) -> OrcaProcess {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::try_start(config.clone()) {
+                Ok(process) => return process,
+                Err(failure)
+                    if failure.address_in_use
+                        && config.ports.is_none()
+                        && attempt < super::BIND_ATTEMPTS => {}
+                Err(failure) => panic!("{}", failure.message),
+            }
+        }
+    }
+
+    /// As [`OrcaProcess::start`] but once, and returning why it failed (a fleet whose replicas
+    /// name each other's ports retries all of them).
+    pub fn try_start(config: OrcaConfig) -> Result<OrcaProcess, StartFailure> {
         let dir = tempfile::Builder::new()
             .prefix("orca-test-")
             .tempdir()
@@ -359,8 +397,8 @@ impl OrcaProcess {
             log_path,
             dir,
         };
-        process.wait_healthy();
-        process
+        process.wait_ready()?;
+        Ok(process)
     }
 
     /// Stops this process (SIGTERM, at most 10 s, then SIGKILL) and starts a new one with the
@@ -378,39 +416,69 @@ impl OrcaProcess {
             &self.log_path,
             self.dir.path(),
         );
-        self.wait_healthy();
+        if let Err(failure) = self.wait_ready() {
+            panic!("{}", failure.message);
+        }
         self
     }
 
-    fn wait_healthy(&mut self) {
+    fn wait_ready(&mut self) -> Result<(), StartFailure> {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.ports.ops));
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut last;
         loop {
             if let Some(status) = self.child.try_wait() {
-                panic!(
-                    "orca exited during start-up: {status}\n--- config ---\n{}\n--- orca log tail ---\n{}",
-                    std::fs::read_to_string(&self.config_path).unwrap_or_default(),
-                    self.log_tail()
-                );
+                let log = self.log();
+                return Err(StartFailure {
+                    address_in_use: super::says_address_in_use(&log),
+                    message: format!(
+                        "orca exited during start-up: {status}\n--- config ---\n{}\n--- orca log tail ---\n{}",
+                        std::fs::read_to_string(&self.config_path).unwrap_or_default(),
+                        self.log_tail()
+                    ),
+                });
             }
-            match blocking_get(addr, "/healthz", Duration::from_secs(2)) {
+            // Pingora retries a bind that finds its port taken instead of exiting: give up at
+            // once, so the caller can choose other ports.
+            let log = self.log();
+            if log.contains(" is in use, will try again") {
+                self.child.kill();
+                return Err(StartFailure {
+                    address_in_use: true,
+                    message: format!("a port of orca is in use\n{}", self.log_tail()),
+                });
+            }
+            let path = if self.config.unready_at_start {
+                "/healthz"
+            } else {
+                "/readyz"
+            };
+            match blocking_get(addr, path, Duration::from_secs(2)) {
                 Ok(response) if response.status == 200 => {
                     let edge = SocketAddr::from(([127, 0, 0, 1], self.ports.edge));
                     if TcpStream::connect_timeout(&edge, Duration::from_millis(200)).is_ok() {
-                        return;
+                        return Ok(());
                     }
                     last = "the edge port is not accepting yet".to_string();
                 }
-                Ok(response) => last = format!("status {}", response.status),
+                Ok(response) => {
+                    last = format!(
+                        "{path}: status {} {}",
+                        response.status,
+                        String::from_utf8_lossy(&response.body).trim()
+                    )
+                }
                 Err(e) => last = e,
             }
             if Instant::now() >= deadline {
                 let tail = self.log_tail();
                 self.child.kill();
-                panic!(
-                    "orca not healthy after {READY_TIMEOUT:?} (last: {last})\n--- orca log tail ---\n{tail}"
-                );
+                return Err(StartFailure {
+                    address_in_use: false,
+                    message: format!(
+                        "orca not ready after {READY_TIMEOUT:?} (last: {last})\n--- orca log tail ---\n{tail}"
+                    ),
+                });
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -492,20 +560,50 @@ impl OrcaProcess {
     }
 
     /// The sum of the samples matching `query` (e.g. `orca_chunk_reads_total{source="origin"}`;
-    /// a bare name sums all its label sets); 0 when none matches. See [`metric_value`].
+    /// a bare name sums all its label sets). Panics when no sample matches (a renamed metric or
+    /// label must fail, not read as 0). See [`metric_value`].
     pub fn metric_value(&self, query: &str) -> f64 {
         metric_value(&self.metrics(), query)
     }
 
-    /// Polls the metrics (every 20 ms, at most `timeout`) until `query` reaches at least `min`;
-    /// returns the last value read (the caller asserts on it).
-    pub fn wait_metric_at_least(&self, query: &str, min: f64, timeout: Duration) -> f64 {
-        let mut last = 0.0;
-        let reached = super::poll_until(timeout, || {
-            last = self.metric_value(query);
-            (last >= min).then_some(last)
-        });
-        reached.unwrap_or(last)
+    /// Like [`OrcaProcess::metric_value`], for async tests: the scrape does not block a tokio
+    /// worker.
+    pub async fn metric_value_async(&self, query: &str) -> f64 {
+        metric_value(&self.metrics_async().await, query)
+    }
+
+    /// `GET /metrics` on the ops port without blocking the runtime; panics on failure.
+    pub async fn metrics_async(&self) -> String {
+        let url = format!("{}/metrics", self.ops_url());
+        match super::httpc::http_get(&url, None).await {
+            Ok(response) if response.status == 200 => response.text(),
+            Ok(response) => panic!("GET /metrics: status {}", response.status),
+            Err(e) => panic!(
+                "GET /metrics: {e}\n--- orca log tail ---\n{}",
+                self.log_tail()
+            ),
+        }
+    }
+
+    /// Polls the metrics (every 20 ms, at most `timeout`, without blocking the runtime) until
+    /// `query` reaches at least `min`, and returns the value read. Panics at the deadline with
+    /// the last value and the log tail: a wait whose result is dropped still asserts.
+    pub async fn wait_metric_at_least(&self, query: &str, min: f64, timeout: Duration) -> f64 {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let metrics = self.metrics_async().await;
+            let last = metric_value_opt(&metrics, query);
+            if let Some(value) = last.filter(|v| *v >= min) {
+                return value;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!(
+                    "{query} did not reach {min} within {timeout:?} (last: {last:?})\n--- orca log tail ---\n{}",
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// `GET path` on the ops port: (status, body).
@@ -686,9 +784,19 @@ fn parse_selector(text: &str) -> Option<(String, Labels, &str)> {
 
 /// Sums the samples of Prometheus text `metrics` that match `query`: same name, and every label of
 /// the query present with the same value (extra labels on the sample are fine). A bare name sums
-/// all its label sets; 0 when nothing matches. Panics on an unparsable query.
+/// all its label sets. Panics when no sample matches (Orca lists every label set it has from
+/// the first scrape, so an absent series is a renamed metric or label, or a typo in the test)
+/// and on an unparsable query; [`metric_value_opt`] is for series that may not exist yet.
 pub fn metric_value(metrics: &str, query: &str) -> f64 {
-    metric_value_opt(metrics, query).unwrap_or(0.0)
+    metric_value_opt(metrics, query).unwrap_or_else(|| {
+        let families: std::collections::BTreeSet<&str> = metrics
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .filter(|n| !n.is_empty())
+            .collect();
+        panic!("no sample matches {query}; the families are {families:?}")
+    })
 }
 
 /// Like [`metric_value`] but `None` when no sample matches.

@@ -51,6 +51,10 @@ pub enum Fault {
     /// Forward the request without this header (case-insensitive), as a store that ignores
     /// it would behave (e.g. `If-None-Match` on a PUT).
     StripRequestHeader(String),
+    /// Forward the request with this header (name, value) added, as a front that authorizes
+    /// requests would (e.g. moto, which refuses unsigned GETs, behind an anonymous client). The
+    /// request log keeps the request as it arrived.
+    AddRequestHeader(String, String),
     /// Answer with this status and XML body, without contacting the upstream: a part of an API
     /// that the real server lacks (e.g. S3 Express One Zone's `CreateSession` in front of moto).
     Respond(u16, String),
@@ -898,6 +902,9 @@ async fn serve_one(down: &mut Conn, upstream: &str, shared: &Shared) -> io::Resu
         if !is_hop_header(name) && !stripped.is_some_and(|h| name.eq_ignore_ascii_case(h)) {
             forward.push_str(&format!("{name}: {value}\r\n"));
         }
+    }
+    if let Some(Fault::AddRequestHeader(name, value)) = &fault {
+        forward.push_str(&format!("{name}: {value}\r\n"));
     }
     forward.push_str("Connection: close\r\n\r\n");
     up.write_all(forward.as_bytes()).await?;

@@ -1,0 +1,256 @@
+//! Azure Blob Storage played by Azurite (installed by hack/install-azurite.sh, found at
+//! `$AZURITE_BLOB` or `~/.cache/orca-azurite/node_modules/.bin/azurite-blob`): the process on a
+//! free port of 127.0.0.1, stopped by pid on drop, and a small client that seeds it with
+//! requests signed by Orca's own Shared Key signer.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use ::orca::net::encode::{encode_key, encode_query_value};
+use ::orca::origin::azureblob::sign::{now_rfc1123, SharedKey, API_VERSION};
+
+use super::{
+    file_tail, free_port, http_request, says_address_in_use, wait_for_port, ChildGuard, OrcaConfig,
+    BIND_ATTEMPTS, READY_TIMEOUT,
+};
+
+pub const ACCOUNT: &str = "devstoreaccount1";
+/// Azurite's well-known development key (public, in Microsoft's Azurite documentation).
+pub const KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+/// Valid base64, but not the account's key.
+pub const WRONG_KEY: &str =
+    "Fby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+/// The container the shared [`super::Stack`] creates.
+pub const CONTAINER: &str = "data";
+
+/// The `azurite-blob` binary: `$AZURITE_BLOB`, else where hack/install-azurite.sh puts it.
+pub fn azurite_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("AZURITE_BLOB") {
+        return PathBuf::from(path);
+    }
+    let home = std::env::var_os("HOME").unwrap_or_default();
+    PathBuf::from(home).join(".cache/orca-azurite/node_modules/.bin/azurite-blob")
+}
+
+/// A running Azurite blob service, stopped by pid on drop.
+pub struct Azurite {
+    // Field order: the process stops before its directory is removed.
+    _child: ChildGuard,
+    port: u16,
+    log_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Azurite {
+    pub fn start() -> Azurite {
+        let dir = tempfile::Builder::new()
+            .prefix("orca-azurite-")
+            .tempdir()
+            .unwrap();
+        let log_path = dir.path().join("azurite.log");
+        let bin = azurite_bin();
+        let mut attempt = 0;
+        let (child, port) = loop {
+            attempt += 1;
+            let log = File::create(&log_path).unwrap();
+            let port = free_port();
+            let child = Command::new(&bin)
+                .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+                .arg("--location")
+                .arg(dir.path().join("data"))
+                .args(["--skipApiVersionCheck", "--disableTelemetry", "--silent"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(log.try_clone().unwrap()))
+                .stderr(Stdio::from(log))
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot start {} (run hack/install-azurite.sh): {e}",
+                        bin.display()
+                    )
+                });
+            let mut child = ChildGuard::new("azurite-blob", child);
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let ready = wait_for_port(addr, READY_TIMEOUT, || match child.try_wait() {
+                Some(status) => Err(format!("azurite-blob exited early: {status}")),
+                None => Ok(()),
+            });
+            match ready {
+                Ok(()) => break (child, port),
+                Err(e) => {
+                    child.kill();
+                    let tail = file_tail(&log_path, 40);
+                    if attempt < BIND_ATTEMPTS && says_address_in_use(&tail) {
+                        continue;
+                    }
+                    panic!("Azurite did not become ready: {e}\n--- log tail ---\n{tail}");
+                }
+            }
+        };
+        Azurite {
+            _child: child,
+            port,
+            log_path,
+            _dir: dir,
+        }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn log_tail(&self) -> String {
+        file_tail(&self.log_path, 40)
+    }
+}
+
+/// Seeds Azurite with plain HTTP requests signed by Orca's Shared Key signer.
+pub struct AzClient {
+    base: String,
+    key: SharedKey,
+}
+
+/// An Azure answer: status, headers, body.
+pub struct AzAnswer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl AzAnswer {
+    pub fn header(&self, name: &str) -> String {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+impl AzClient {
+    pub fn new(azurite: &Azurite) -> AzClient {
+        AzClient {
+            base: format!("http://{}", azurite.addr()),
+            key: SharedKey::new(ACCOUNT, KEY).unwrap(),
+        }
+    }
+
+    pub async fn send(
+        &self,
+        method: &str,
+        container: &str,
+        blob: Option<&str>,
+        query: &[(&str, &str)],
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> AzAnswer {
+        let mut path = format!("/{ACCOUNT}/{}", encode_key(container));
+        if let Some(b) = blob {
+            path.push('/');
+            path.push_str(&encode_key(b));
+        }
+        let date = now_rfc1123();
+        let length = body.len().to_string();
+        let mut all: Vec<(&str, &str)> = vec![("x-ms-date", &date), ("x-ms-version", API_VERSION)];
+        if method == "PUT" {
+            all.push(("content-length", &length));
+        }
+        all.extend_from_slice(headers);
+        let auth = self.key.authorization(method, &path, query, &all).unwrap();
+        let mut url = format!("{}{path}", self.base);
+        for (i, (k, v)) in query.iter().enumerate() {
+            url.push(if i == 0 { '?' } else { '&' });
+            url.push_str(&format!("{k}={}", encode_query_value(v)));
+        }
+        all.push(("authorization", &auth));
+        let r = http_request(method, &url, &all, Some(body)).await.unwrap();
+        AzAnswer {
+            status: r.status,
+            headers: r.headers,
+            body: r.body,
+        }
+    }
+
+    pub async fn create_container(&self, name: &str) {
+        let r = self
+            .send("PUT", name, None, &[("restype", "container")], &[], vec![])
+            .await;
+        assert_eq!(r.status, 201, "create container {name}");
+    }
+
+    /// Put Blob (a block blob); returns the ETag without quotes.
+    pub async fn put_blob(&self, container: &str, name: &str, data: &[u8]) -> String {
+        self.put_blob_with(container, name, data, &[]).await
+    }
+
+    pub async fn put_blob_with(
+        &self,
+        container: &str,
+        name: &str,
+        data: &[u8],
+        headers: &[(&str, &str)],
+    ) -> String {
+        let mut all = vec![("x-ms-blob-type", "BlockBlob")];
+        all.extend_from_slice(headers);
+        let r = self
+            .send("PUT", container, Some(name), &[], &all, data.to_vec())
+            .await;
+        assert_eq!(
+            r.status,
+            201,
+            "put {name}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        r.header("etag").trim_matches('"').to_string()
+    }
+
+    pub async fn put_page_blob(&self, container: &str, name: &str) {
+        let r = self
+            .send(
+                "PUT",
+                container,
+                Some(name),
+                &[],
+                &[
+                    ("x-ms-blob-type", "PageBlob"),
+                    ("x-ms-blob-content-length", "1024"),
+                ],
+                vec![],
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    }
+
+    pub async fn put_append_blob(&self, container: &str, name: &str) {
+        let r = self
+            .send(
+                "PUT",
+                container,
+                Some(name),
+                &[],
+                &[("x-ms-blob-type", "AppendBlob")],
+                vec![],
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    }
+
+    pub async fn properties(&self, container: &str, name: &str) -> AzAnswer {
+        self.send("HEAD", container, Some(name), &[], &[], vec![])
+            .await
+    }
+}
+
+/// The Orca configuration for an Azure origin at `endpoint` (`http://host:port/account`).
+pub fn azure_config(endpoint: &str, key: &str) -> OrcaConfig {
+    OrcaConfig::new(endpoint)
+        .origin_id("az")
+        .extra_yaml(&format!(
+            "origin:\n  id: az\n  driver: azureblob\n  azureblob:\n    account: {ACCOUNT}\n    endpoint: {endpoint}\n"
+        ))
+        .env("AZURE_STORAGE_KEY", key)
+}
