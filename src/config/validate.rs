@@ -495,10 +495,20 @@ fn cachestore(p: &mut Problems, file: CacheStoreFile, env: &Env<'_>) -> Option<C
                 return None;
             }
             let limits = fs_limits(p, "cachestore.fs", &file.fs)?;
-            Some(CacheStoreConfig::Fs {
-                root: PathBuf::from(file.fs.root),
-                limits,
-            })
+            // Resolved now, against the directory Orca was started from: with `-d` the daemon
+            // changes its working directory to `/` after the configuration is read
+            // (tests/daemon.rs).
+            let root = match std::path::absolute(&file.fs.root) {
+                Ok(root) => root,
+                Err(e) => {
+                    p.push(
+                        "cachestore.fs.root",
+                        format!("cannot resolve against the working directory: {e}"),
+                    );
+                    return None;
+                }
+            };
+            Some(CacheStoreConfig::Fs { root, limits })
         }
         CacheStoreDriverName::S3 => s3_cachestore(p, file.s3, file.local, env),
     }
@@ -511,10 +521,18 @@ fn local_tier(p: &mut Problems, file: FsStoreFile) -> Option<LocalTier> {
         return None;
     }
     let limits = fs_limits(p, "cachestore.local", &file)?;
-    Some(LocalTier {
-        root: PathBuf::from(file.root),
-        limits,
-    })
+    // Resolved now, as `cachestore.fs.root` is: `-d` moves the daemon to `/`.
+    let root = match std::path::absolute(&file.root) {
+        Ok(root) => root,
+        Err(e) => {
+            p.push(
+                "cachestore.local.root",
+                format!("cannot resolve against the working directory: {e}"),
+            );
+            return None;
+        }
+    };
+    Some(LocalTier { root, limits })
 }
 
 /// The bound of an `fs` directory: `section` is `cachestore.fs` or `cachestore.local`.
