@@ -179,7 +179,9 @@ fn orca_config_yaml_shape_and_overrides() {
     }
     // A top-level key in extra_yaml replaces the generated section.
     let yaml = cfg
-        .extra_yaml("limits:\n  origin_concurrency: 3\n  memory_chunks: 8\ncluster:\n  peers: []\n")
+        .extra_yaml(
+            "limits:\n  origin_concurrency: 3\n  readahead_memory: 256MiB\ncluster:\n  peers: []\n",
+        )
         .to_yaml(&ports, std::path::Path::new("/tmp/c"));
     assert_eq!(yaml.matches("limits:").count(), 1, "{yaml}");
     assert!(yaml.contains("origin_concurrency: 3"));

@@ -361,8 +361,9 @@ impl Default for CatalogFile {
 pub struct LimitsFile {
     /// Chunk fills in flight to the origin per replica. Default 64.
     pub origin_concurrency: usize,
-    /// Hot-chunk RAM tier, in chunks; 0 (the default) turns it off.
-    pub memory_chunks: usize,
+    /// Removed: it never had an effect. Kept only to answer a configuration that still sets it
+    /// with a message saying so (the RAM tier, when it comes, is bounded in bytes).
+    pub memory_chunks: Option<serde_norway::Value>,
     /// Bytes the edge may buffer for read-ahead across all clients. Default 1GiB.
     pub readahead_memory: ByteSize,
     /// Connect / first-byte timeout of one origin request. Default 30s.
@@ -378,7 +379,7 @@ impl Default for LimitsFile {
     fn default() -> Self {
         LimitsFile {
             origin_concurrency: 64,
-            memory_chunks: 0,
+            memory_chunks: None,
             readahead_memory: ByteSize::gib(1),
             origin_timeout: HumanDuration::secs(30),
             client_write_timeout: HumanDuration::secs(60),

@@ -127,7 +127,6 @@ fn defaults_from_a_file_with_only_origin_id() {
         config.limits,
         Limits {
             origin_concurrency: 64,
-            memory_chunks: 0,
             readahead_memory: GIB,
             origin_timeout: Duration::from_secs(30),
             client_write_timeout: Duration::from_secs(60),
@@ -295,9 +294,9 @@ fn malformed_yaml_gives_the_line() {
     assert!(e.to_string().contains("line 3"), "{e}");
 
     // A duplicate key is reported at the mapping that holds it, naming the key.
-    let e = err("origin:\n  id: x\nlimits:\n  memory_chunks: 1\n  memory_chunks: 2\n");
+    let e = err("origin:\n  id: x\nlimits:\n  origin_concurrency: 1\n  origin_concurrency: 2\n");
     assert!(matches!(e, ConfigError::Yaml { line: Some(4), .. }), "{e}");
-    assert!(e.to_string().contains("\"memory_chunks\""), "{e}");
+    assert!(e.to_string().contains("\"origin_concurrency\""), "{e}");
 }
 
 #[test]
@@ -345,6 +344,16 @@ fn chunk_size_for_picks_the_largest_applicable_tier() {
 }
 
 #[test]
+fn the_removed_memory_chunks_key_is_refused_by_name() {
+    let problems = problems("origin:\n  id: x\nlimits:\n  memory_chunks: 0\n");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("limits.memory_chunks: removed"),
+        "{problems:?}"
+    );
+}
+
+#[test]
 fn client_waits_are_bounded_and_positive() {
     let config =
         ok("origin:\n  id: x\nlimits:\n  client_write_timeout: 5s\n  readahead_wait: 250ms\n");
@@ -374,9 +383,9 @@ fn readahead_memory_must_hold_the_largest_chunk() {
                 .to_owned(),
         ]
     );
-    let config = ok("origin:\n  id: x\nlimits:\n  readahead_memory: 128MiB\n  memory_chunks: 16\n  origin_timeout: 250ms\n");
+    let config = ok("origin:\n  id: x\nlimits:\n  readahead_memory: 128MiB\n  origin_concurrency: 16\n  origin_timeout: 250ms\n");
     assert_eq!(config.limits.readahead_memory, 128 * MIB);
-    assert_eq!(config.limits.memory_chunks, 16);
+    assert_eq!(config.limits.origin_concurrency, 16);
     assert_eq!(config.limits.origin_timeout, Duration::from_millis(250));
 }
 
@@ -871,10 +880,11 @@ fn sizes_in_every_form() {
 
 #[test]
 fn yaml_merge_keys_work() {
-    let config =
-        ok("origin:\n  id: x\nlimits:\n  <<: { origin_concurrency: 8 }\n  memory_chunks: 2\n");
+    let config = ok(
+        "origin:\n  id: x\nlimits:\n  <<: { origin_concurrency: 8 }\n  readahead_memory: 512MiB\n",
+    );
     assert_eq!(config.limits.origin_concurrency, 8);
-    assert_eq!(config.limits.memory_chunks, 2);
+    assert_eq!(config.limits.readahead_memory, 512 * MIB);
 }
 
 #[test]

@@ -719,6 +719,12 @@ fn limits(p: &mut Problems, file: &LimitsFile, chunking: Option<&Chunking>) -> O
     if file.origin_timeout.0.is_zero() {
         p.push("limits.origin_timeout", "must be greater than 0");
     }
+    if file.memory_chunks.is_some() {
+        p.push(
+            "limits.memory_chunks",
+            "removed: it never had an effect (no RAM tier is built yet); delete the key",
+        );
+    }
     if file.client_write_timeout.0.is_zero() {
         p.push("limits.client_write_timeout", "must be greater than 0");
     }
@@ -742,7 +748,6 @@ fn limits(p: &mut Problems, file: &LimitsFile, chunking: Option<&Chunking>) -> O
         before,
         Limits {
             origin_concurrency: file.origin_concurrency,
-            memory_chunks: file.memory_chunks,
             readahead_memory: file.readahead_memory.0,
             origin_timeout: file.origin_timeout.0,
             client_write_timeout: file.client_write_timeout.0,

@@ -322,8 +322,6 @@ pub struct CatalogConfig {
 pub struct Limits {
     /// Chunk fills in flight to the origin per replica; always > 0.
     pub origin_concurrency: usize,
-    /// Hot-chunk RAM tier, in chunks; 0 = off.
-    pub memory_chunks: usize,
     /// Bytes the edge may buffer for read-ahead across all clients; at least the largest chunk.
     pub readahead_memory: u64,
     /// Connect / first-byte timeout of one origin request; always > 0.
