@@ -85,9 +85,7 @@ pub fn build_server(opt: Opt, config: Config) -> anyhow::Result<Server> {
     if let Some(evictor) = evictor {
         server.add_service(background_service("fs cache eviction", evictor));
     }
-    if let Some(reloader) = auth_reloader {
-        server.add_service(background_service("edge credentials reload", reloader));
-    }
+    server.add_service(background_service("SIGHUP handler", auth_reloader));
     server.add_service(background_service(
         "origin credentials probe",
         HealthProbe::new(health, origin),

@@ -304,3 +304,19 @@ async fn a_fill_request_with_a_wrong_object_size_does_not_delete_a_good_chunk() 
         "served from the store, not refilled"
     );
 }
+
+/// `SIGHUP` (what operators and tools send to "reload") never ends Orca: without a credentials
+/// file there is nothing to reload, and the process goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_without_a_credentials_file_does_not_end_orca() {
+    let mut s = Origin::start(|c| c).await;
+    let data = deterministic_bytes(49, 1000);
+    s.put("k", &data).await;
+    s.orca.signal("HUP");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(s.orca.try_wait().is_none(), "SIGHUP ended orca");
+    let r = http_get(&s.orca.object_url(BUCKET, "k"), None)
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.body), (200, data));
+}

@@ -206,19 +206,18 @@ impl EdgeAuth {
         Ok(keys.len())
     }
 
-    /// The background service that reloads the keys on `SIGHUP`; `None` without a file.
+    /// The background service that handles `SIGHUP`: it reloads the keys, and without a
+    /// credentials file it only says there is nothing to reload (the signal never ends Orca).
     #[must_use]
-    pub fn reloader(self: &Arc<Self>) -> Option<SighupReloader> {
-        self.file.as_ref().map(|_| SighupReloader(self.clone()))
+    pub fn reloader(self: &Arc<Self>) -> SighupReloader {
+        SighupReloader(self.clone())
     }
 
     /// Why the replica is not ready yet, for `/readyz`.
     #[must_use]
     pub fn readiness_problem(&self) -> Option<String> {
-        (self.file.is_some() && !self.sighup_ready.load(Ordering::Acquire)).then(|| {
-            "the SIGHUP handler that reloads edge.auth.credentials_file is not installed yet"
-                .to_string()
-        })
+        (!self.sighup_ready.load(Ordering::Acquire))
+            .then(|| "the SIGHUP handler is not installed yet".to_string())
     }
 }
 
@@ -239,14 +238,20 @@ impl BackgroundService for SighupReloader {
             }
         };
         self.0.sighup_ready.store(true, Ordering::Release);
-        let file = self.0.file.as_deref().unwrap_or(std::path::Path::new(""));
-        tracing::info!(file = %file.display(), "SIGHUP reloads the edge's credentials file");
+        let file = self.0.file.as_deref();
+        if let Some(file) = file {
+            tracing::info!(file = %file.display(), "SIGHUP reloads the edge's credentials file");
+        }
         loop {
             tokio::select! {
                 got = hangups.recv() => {
                     if got.is_none() {
                         return;
                     }
+                    let Some(file) = file else {
+                        tracing::info!("SIGHUP: nothing to reload (no edge.auth.credentials_file)");
+                        continue;
+                    };
                     match self.0.reload() {
                         Ok(keys) => {
                             EDGE_AUTH_RELOADS.with_label_values(&["ok"]).inc();
