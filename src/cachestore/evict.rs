@@ -63,11 +63,12 @@ const SAVED: &str = "policy-v1";
 const SAVED_MAGIC: &[u8] = b"orca fs policy v1\n";
 const SAVED_RECORD: usize = 42;
 
-/// The open chunk files the `fs` store keeps (shared so the evictor can close evicted ones).
-pub(crate) type OpenFiles = Arc<Mutex<LruCache<String, Arc<File>>>>;
+/// The open chunk files the `fs` store keeps, by chunk key (shared so the evictor can close
+/// evicted ones).
+pub(crate) type OpenFiles = Arc<Mutex<LruCache<Key, Arc<File>>>>;
 
 /// Bytes a file or directory uses on disk, as `du` counts them.
-fn on_disk(m: &fs::Metadata) -> u64 {
+pub(super) fn on_disk(m: &fs::Metadata) -> u64 {
     m.blocks() * 512
 }
 
@@ -258,7 +259,7 @@ impl Space {
         }
         st.capacity = capacity;
         st.low_mark = match self.low_watermark {
-            SizeOrPercent::Percent(p) => SizeOrPercent::Percent(p).of(capacity),
+            pct @ SizeOrPercent::Percent(_) => pct.of(capacity),
             SizeOrPercent::Size(low) => capacity.saturating_sub(self.max_size - low),
         };
         publish(&st);
@@ -583,7 +584,7 @@ impl Space {
                     })
                     .collect()
             });
-            let mut names = Vec::with_capacity(removed.len());
+            let mut evicted = Vec::with_capacity(removed.len());
             {
                 let mut st = self.state.lock();
                 for (key, name, bytes, result) in removed {
@@ -602,14 +603,14 @@ impl Space {
                             tracing::error!(chunk = %name, error = %e, "cannot delete an evicted chunk file");
                         }
                     }
-                    names.push(name);
+                    evicted.push(key);
                 }
                 publish(&st);
             }
             // Close kept descriptors of evicted files, so their space is freed now.
             let mut open = self.open_files.lock();
-            for name in &names {
-                open.pop(name);
+            for key in &evicted {
+                open.pop(key);
             }
             drop(open);
             self.room.notify_waiters();

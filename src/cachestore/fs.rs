@@ -19,7 +19,7 @@
 //! policy, and the [`Evictor`] deletes chunks in the background.
 
 use super::buf::{PieceBuf, PIECE};
-use super::evict::{Evictor, OpenFiles, Reservation, Space};
+use super::evict::{on_disk, Evictor, OpenFiles, Reservation, Space};
 use super::{CacheStore, ChunkRead, CommitOutcome, StoreError};
 use crate::chunk::{ChunkId, CACHE_VERSION};
 use crate::config::FsLimits;
@@ -281,7 +281,7 @@ fn commit_blocking(
         }
         f.sync_all()
             .map_err(|e| StoreError::io(format!("fsync {}", tmp.display()), e))?;
-        let blocks = f.metadata().map(|m| m.blocks() * 512).unwrap_or(0);
+        let blocks = f.metadata().map(|m| on_disk(&m)).unwrap_or(0);
         if let Some(parent) = final_path.parent() {
             fs::create_dir_all(parent)
                 .map_err(|e| StoreError::io(format!("create {}", parent.display()), e))?;
@@ -327,10 +327,9 @@ impl CacheStore for FsStore {
         from: u64,
         to: u64,
     ) -> Result<Option<Box<dyn ChunkRead>>, StoreError> {
-        let name = id.name();
         let key = id.placement_digest();
         let (pos, end) = (from.min(expected_len), to.min(expected_len));
-        let cached = self.open_files.lock().get(&name).cloned();
+        let cached = self.open_files.lock().get(&key).cloned();
         // A kept descriptor is checked like a fresh open (an `fstat`, no disk I/O): a file
         // truncated behind Orca's back is quarantined, not read short forever, and a file
         // deleted (by hand) is a miss, filled again, and its space is freed.
@@ -339,10 +338,10 @@ impl CacheStore for FsStore {
             (f, m)
         }) {
             Some((file, Some(m))) if m.len() == expected_len && m.nlink() > 0 => {
-                Some((file, m.blocks() * 512))
+                Some((file, on_disk(&m)))
             }
             Some(_) => {
-                self.open_files.lock().pop(&name);
+                self.open_files.lock().pop(&key);
                 None
             }
             None => None,
@@ -351,28 +350,23 @@ impl CacheStore for FsStore {
             Some(hit) => hit,
             None => {
                 let path = self.chunk_path(id);
-                let label = name.clone();
+                let label = id.name();
                 let opened =
                     tokio::task::spawn_blocking(move || open_checked(&path, expected_len, label))
                         .await
                         .map_err(|e| StoreError::io("open task", std::io::Error::other(e)))?;
-                let (file, bytes) = match opened {
-                    Ok(Some(hit)) => hit,
-                    Ok(None) => {
-                        self.space.forget(&key);
-                        return Ok(None);
-                    }
-                    Err(e) => {
-                        self.space.forget(&key);
-                        return Err(e);
-                    }
+                if !matches!(opened, Ok(Some(_))) {
+                    self.space.forget(&key);
+                }
+                let Some((file, bytes)) = opened? else {
+                    return Ok(None);
                 };
                 let file = Arc::new(file);
-                self.open_files.lock().put(name.clone(), file.clone());
+                self.open_files.lock().put(key, file.clone());
                 // The evictor may have unlinked it between the open and the put, after taking
                 // it out of the kept set: keep no descriptor of a deleted file.
                 if file.metadata().map(|m| m.nlink()).unwrap_or(0) == 0 {
-                    self.open_files.lock().pop(&name);
+                    self.open_files.lock().pop(&key);
                 }
                 (file, bytes)
             }
@@ -432,7 +426,7 @@ fn open_checked(
             expected: expected_len,
         });
     }
-    Ok(Some((file, meta.blocks() * 512)))
+    Ok(Some((file, on_disk(&meta))))
 }
 
 /// Reads a chunk file in pieces of at most [`PIECE`] bytes into recycled buffers.

@@ -15,7 +15,7 @@
 use super::EdgeShared;
 use crate::cachestore::storage::ChunkHit;
 use crate::cachestore::StoreError;
-use crate::chunk::{chunk_span, slice_in_chunk, ByteRange, Chunk, ObjectVersion};
+use crate::chunk::{chunk_span, slice_in_chunk, ByteRange, Chunk, ChunkId, ObjectVersion};
 use crate::error::S3Error;
 use crate::fill::FillError;
 use crate::metrics::{ChunkSource, FILL_JOINS, PEER_FILLS, READAHEAD_WAIT_TIMEOUTS};
@@ -73,8 +73,8 @@ pub fn budget_units(bytes: u64) -> u32 {
 }
 
 struct Running {
-    /// The chunk's name, for errors.
-    name: String,
+    /// The chunk, named in errors.
+    id: ChunkId,
     rx: UnboundedReceiver<PieceResult>,
     /// An on-demand hit, handed over before `rx` closes.
     hit_rx: oneshot::Receiver<ChunkHit>,
@@ -150,7 +150,7 @@ impl Pipeline {
                     // Bytes of this chunk were sent already: the response cannot be mended.
                     Err(source) => {
                         return Err(PipelineError::Store {
-                            chunk: head.name.clone(),
+                            chunk: head.id.to_string(),
                             source,
                         })
                     }
@@ -208,10 +208,10 @@ impl Pipeline {
             };
             let (tx, rx) = unbounded_channel();
             let (hit_tx, hit_rx) = oneshot::channel();
-            let name = chunk.id.name();
+            let id = chunk.id.clone();
             let task = tokio::spawn(read_chunk(self.edge.clone(), chunk, (from, to), tx, hit_tx));
             self.queue.push_back(Running {
-                name,
+                id,
                 rx,
                 hit_rx,
                 hit: None,
