@@ -190,3 +190,59 @@ async fn json_logging_writes_one_object_per_line() {
     assert!(counts[0] >= 5, "{out}");
     assert!(counts[1] >= 2, "no edge request lines: {out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_virtual_hosted_origin_gets_the_bucket_in_its_host_name() {
+    // `path_style: false`: the origin is asked at `BUCKET.s3.orca.test:PORT` for `/key`. The
+    // names resolve to the counting proxy for the orca process only (OrcaConfig::host); moto
+    // takes the bucket from the Host header as S3 does.
+    const DOMAIN: &str = "s3.orca.test";
+    let s = Stack::start(Origin::S3, BUCKET, |c| {
+        let port = c.origin_endpoint.rsplit(':').next().unwrap().to_string();
+        c.extra_yaml(&format!(
+            "origin:\n  id: test-origin\n  s3:\n    endpoint: http://{DOMAIN}:{port}\n    region: us-east-1\n    path_style: false\n"
+        ))
+        .host(DOMAIN)
+        .host(&format!("{BUCKET}.{DOMAIN}"))
+    })
+    .await;
+    let data = deterministic_bytes(84, 2 * MIB + 5);
+    s.put("vhost/obj.bin", &data).await;
+    let r = http_get(&s.url("vhost/obj.bin"), None).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(sha256_hex(&r.body), sha256_hex(&data));
+    let listing = http_get(
+        &format!(
+            "{}?list-type=2&prefix=vhost/",
+            bucket_url(&s.orca.edge_url(), BUCKET)
+        ),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(listing.status, 200, "{}", listing.text());
+    assert!(
+        listing.text().contains("<Key>vhost/obj.bin</Key>"),
+        "{}",
+        listing.text()
+    );
+
+    let log = s.proxy.counts().log;
+    let expected_host = format!("{BUCKET}.{DOMAIN}:");
+    // HEAD, 3 chunk GETs and the listing, every one addressed by host name, none by path.
+    assert!(log.len() >= 5, "{log:?}");
+    for request in &log {
+        let host = request.header("host").unwrap_or_default();
+        assert!(host.starts_with(&expected_host), "{request:?}");
+        assert!(
+            !request.path().starts_with(&format!("/{BUCKET}")),
+            "path-style request to a virtual-hosted origin: {request:?}"
+        );
+    }
+    let gets: Vec<&str> = log
+        .iter()
+        .filter(|r| r.method == "GET" && r.range.is_some())
+        .map(|r| r.path())
+        .collect();
+    assert_eq!(gets, vec!["/vhost/obj.bin"; 3], "{log:?}");
+}

@@ -86,6 +86,8 @@ pub struct OrcaConfig {
     /// Start-up waits for `/healthz` only, not `/readyz` (a test of a process that is not
     /// ready from the start).
     pub unready_at_start: bool,
+    /// Host names that resolve to 127.0.0.1 for this process only (see [`OrcaConfig::host`]).
+    pub hosts: Vec<String>,
 }
 
 impl OrcaConfig {
@@ -109,6 +111,7 @@ impl OrcaConfig {
             env: Vec::new(),
             binary: None,
             unready_at_start: false,
+            hosts: Vec::new(),
         }
     }
 
@@ -191,6 +194,17 @@ impl OrcaConfig {
     /// Start-up waits for `/healthz` only: the process is not expected to be ready.
     pub fn unready_at_start(mut self) -> Self {
         self.unready_at_start = true;
+        self
+    }
+
+    /// Makes `name` resolve to 127.0.0.1 for this process only: the process runs in its own
+    /// mount namespace (`unshare --mount`, which needs root, as tests here run) with a copy of
+    /// `/etc/hosts` plus these names bind-mounted over `/etc/hosts`. Names such as
+    /// `bucket.s3.orca.test` need this: the machine resolves only what `/etc/hosts` and DNS say,
+    /// and `*.localhost` is not special to glibc. The pid is orca's own (`unshare` without
+    /// `--fork` and `exec` keep it).
+    pub fn host(mut self, name: &str) -> Self {
+        self.hosts.push(name.to_string());
         self
     }
 
@@ -674,7 +688,25 @@ fn spawn(
     let _ = writeln!(log, "=== tests/common: starting orca ===");
     let log_err = log.try_clone().expect("clone log handle");
     let binary = config.binary.clone().unwrap_or_else(orca_bin);
-    let mut command = Command::new(&binary);
+    let mut command = if config.hosts.is_empty() {
+        Command::new(&binary)
+    } else {
+        let hosts = dir.join("hosts");
+        let mut text = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&format!("127.0.0.1 {}\n", config.hosts.join(" ")));
+        std::fs::write(&hosts, text).expect("write hosts file");
+        let mut c = Command::new("unshare");
+        c.arg("--mount")
+            .arg("sh")
+            .arg("-c")
+            .arg(r#"mount --bind "$0" /etc/hosts && exec "$@""#)
+            .arg(&hosts)
+            .arg(&binary);
+        c
+    };
     command
         .arg("--config")
         .arg(config_path)
