@@ -50,3 +50,10 @@ if [ -z "${ORCA_SKIP_BENCH:-}" ]; then
     step "benchmark smoke (hack/bench/run.sh --quick)"
     hack/bench/run.sh --quick
 fi
+
+# The soak (docs/reliability.md), for one minute: a fleet under checked load while a replica is
+# killed and another frozen. Set ORCA_SKIP_SOAK=1 to skip it locally.
+if [ -z "${ORCA_SKIP_SOAK:-}" ]; then
+    step "soak (hack/soak.sh --minutes 1)"
+    hack/soak.sh --minutes 1
+fi

@@ -6,7 +6,7 @@
 //!
 //! | layer | modules | owns |
 //! |---|---|---|
-//! | 5 | `app` | wiring: the Pingora server and its services (`main.rs` calls it) |
+//! | 5 | `app`, `fuzzing` | wiring: the Pingora server and its services (`main.rs` calls it); the fuzz targets' entry points |
 //! | 4 | `edge`, `ops` | the S3 surface clients talk to; health, readiness and metrics |
 //! | 3 | `fill` | the fill protocol: request, service (pingora-cache over the origin), clients |
 //! | 2 | `state` | the state the services share, built from the configuration |
@@ -25,6 +25,8 @@ pub mod config;
 pub(crate) mod edge;
 pub(crate) mod error;
 pub(crate) mod fill;
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod metadata;
 pub(crate) mod metrics;
 pub mod net;

@@ -176,6 +176,24 @@ metric!(
     )
 );
 metric!(
+    EDGE_CONNECTIONS,
+    IntGauge,
+    register_int_gauge_with_registry!(
+        "orca_edge_connections",
+        "Client connections the edge holds open (at most limits.max_connections)",
+        REGISTRY
+    )
+);
+metric!(
+    EDGE_CONNECTIONS_REFUSED,
+    IntCounter,
+    register_int_counter_with_registry!(
+        "orca_edge_connections_refused_total",
+        "Client connections closed at accept because limits.max_connections were open",
+        REGISTRY
+    )
+);
+metric!(
     PEER_FILLS,
     IntCounterVec,
     register_int_counter_vec_with_registry!(
@@ -284,6 +302,8 @@ pub fn init() {
         COMMITS.with_label_values(&[r]);
     }
     Lazy::force(&READAHEAD_WAIT_TIMEOUTS);
+    Lazy::force(&EDGE_CONNECTIONS);
+    Lazy::force(&EDGE_CONNECTIONS_REFUSED);
     // The size families get their `tier` labels from the stores that have them (the bounded
     // `fs` store: `store`), so a store without a bound shows no made-up zeros.
     Lazy::force(&CACHESTORE_BYTES);

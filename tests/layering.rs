@@ -8,6 +8,7 @@ use std::path::Path;
 /// Layer of each top-level module: imports may only point down (or sideways, without cycles).
 const LAYERS: &[(&str, u8)] = &[
     ("app", 5),
+    ("fuzzing", 5),
     ("edge", 4),
     ("ops", 4),
     ("fill", 3),

@@ -373,6 +373,8 @@ pub struct LimitsFile {
     /// How long a GET may wait for read-ahead budget before it is answered `503 SlowDown`.
     /// Default 10s.
     pub readahead_wait: HumanDuration,
+    /// Client connections the edge holds open at once; more are closed at accept. Default 16384.
+    pub max_connections: usize,
 }
 
 impl Default for LimitsFile {
@@ -384,6 +386,7 @@ impl Default for LimitsFile {
             origin_timeout: HumanDuration::secs(30),
             client_write_timeout: HumanDuration::secs(60),
             readahead_wait: HumanDuration::secs(10),
+            max_connections: 16384,
         }
     }
 }

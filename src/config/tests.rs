@@ -131,6 +131,7 @@ fn defaults_from_a_file_with_only_origin_id() {
             origin_timeout: Duration::from_secs(30),
             client_write_timeout: Duration::from_secs(60),
             readahead_wait: Duration::from_secs(10),
+            max_connections: 16384,
         }
     );
     assert_eq!(
@@ -359,6 +360,12 @@ fn client_waits_are_bounded_and_positive() {
         ok("origin:\n  id: x\nlimits:\n  client_write_timeout: 5s\n  readahead_wait: 250ms\n");
     assert_eq!(config.limits.client_write_timeout, Duration::from_secs(5));
     assert_eq!(config.limits.readahead_wait, Duration::from_millis(250));
+    let config = ok("origin:\n  id: x\nlimits:\n  max_connections: 100\n");
+    assert_eq!(config.limits.max_connections, 100);
+    assert_eq!(
+        problems("origin:\n  id: x\nlimits:\n  max_connections: 0\n"),
+        vec!["limits.max_connections: must be greater than 0".to_owned()]
+    );
     let problems =
         problems("origin:\n  id: x\nlimits:\n  client_write_timeout: 0s\n  readahead_wait: 0ms\n");
     assert_eq!(

@@ -731,6 +731,9 @@ fn limits(p: &mut Problems, file: &LimitsFile, chunking: Option<&Chunking>) -> O
     if file.readahead_wait.0.is_zero() {
         p.push("limits.readahead_wait", "must be greater than 0");
     }
+    if file.max_connections == 0 {
+        p.push("limits.max_connections", "must be greater than 0");
+    }
     if let Some(largest) = chunking.map(Chunking::max_chunk_size) {
         if file.readahead_memory.0 < largest {
             p.push(
@@ -752,6 +755,7 @@ fn limits(p: &mut Problems, file: &LimitsFile, chunking: Option<&Chunking>) -> O
             origin_timeout: file.origin_timeout.0,
             client_write_timeout: file.client_write_timeout.0,
             readahead_wait: file.readahead_wait.0,
+            max_connections: file.max_connections,
         },
     )
 }

@@ -330,6 +330,8 @@ pub struct Limits {
     pub client_write_timeout: Duration,
     /// The longest a GET waits for read-ahead budget before `503 SlowDown`; always > 0.
     pub readahead_wait: Duration,
+    /// Client connections the edge holds at once (more are closed at accept); always > 0.
+    pub max_connections: usize,
 }
 
 /// Peers and discovery.

@@ -12,6 +12,7 @@
 pub mod auth;
 mod bucket;
 pub mod conditional;
+pub mod limit;
 mod object;
 pub mod pipeline;
 pub mod request;
