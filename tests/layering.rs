@@ -11,6 +11,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("edge", 4),
     ("ops", 4),
     ("fill", 3),
+    ("seed", 3),
     ("state", 2),
     ("origin", 1),
     ("cachestore", 1),
