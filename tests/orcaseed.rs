@@ -300,3 +300,159 @@ fn a_missing_bucket_fails_naming_the_key_on_moto() {
 fn a_missing_container_fails_naming_the_key_on_azurite() {
     a_missing_bucket_fails_naming_the_key(&Target::azurite(), "ContainerNotFound");
 }
+
+/// The processes of a fleet hack/dev-up.sh started, by the pids it recorded.
+struct Fleet {
+    dir: tempfile::TempDir,
+    base: u16,
+    /// The pids read after dev-up, killed on drop if still running whatever the pid files say.
+    started: std::cell::RefCell<Vec<(&'static str, &'static str, u32)>>,
+}
+
+/// What each recorded process runs (a word of its command line), as hack/dev-down.sh checks.
+const FLEET: &[(&str, &str)] = &[
+    ("moto", "moto_server"),
+    ("azurite", "azurite"),
+    ("replica1", "conf/replica1.yaml"),
+    ("replica2", "conf/replica2.yaml"),
+    ("replica3", "conf/replica3.yaml"),
+];
+
+/// Whether `pid` runs a program whose command line contains `word` (a zombie does not).
+fn runs(pid: u32, word: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            String::from_utf8_lossy(&c)
+                .replace('\0', " ")
+                .contains(word)
+        })
+        .unwrap_or(false)
+}
+
+impl Fleet {
+    /// A base port whose eleven ports (moto, Azurite, three replicas' three) are all free.
+    fn free_base() -> u16 {
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        for attempt in 0..200u32 {
+            let base = 20_000 + ((std::process::id() * 7 + attempt * 97) % 400) as u16 * 100;
+            let ports = [0, 1, 10, 11, 12, 20, 21, 22, 30, 31, 32].map(|d| base + d);
+            if ports.iter().all(|p| free(*p)) {
+                return base;
+            }
+        }
+        panic!("no free block of ports for the fleet");
+    }
+
+    fn script(&self, name: &str) -> Output {
+        let repo = env!("CARGO_MANIFEST_DIR");
+        let mut cmd = Command::new("bash");
+        cmd.arg(format!("{repo}/hack/{name}"))
+            .env("ORCA_DEV_DIR", self.dir.path())
+            .env("ORCA_DEV_BASE_PORT", self.base.to_string())
+            .env("ORCA_DEV_SKIP_INSTALL", "1")
+            .env("ORCA_BIN", common::orca_bin())
+            .env("ORCASEED_BIN", env!("CARGO_BIN_EXE_orcaseed"))
+            .env("AZURITE_BLOB", common::azurite::azurite_bin());
+        run_bounded(&mut cmd, None, Duration::from_secs(240))
+    }
+
+    /// The pids dev-up recorded.
+    fn pids(&self) -> Vec<(&'static str, &'static str, u32)> {
+        FLEET
+            .iter()
+            .filter_map(|(name, word)| {
+                let file = self.dir.path().join(format!("run/{name}.pid"));
+                let pid = std::fs::read_to_string(file).ok()?.trim().parse().ok()?;
+                Some((*name, *word, pid))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Fleet {
+    /// Whatever happened in the test, nothing it started outlives it.
+    fn drop(&mut self) {
+        let mut all = self.started.borrow().clone();
+        all.extend(self.pids());
+        if all.iter().any(|(_, word, pid)| runs(*pid, word)) {
+            let _ = self.script("dev-down.sh");
+        }
+        for (_, word, pid) in all {
+            if runs(pid, word) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+}
+
+/// `hack/dev-up.sh` brings up moto, Azurite and three replicas and seeds them; a second run
+/// leaves the same fleet; one GET through each replica is byte-exact; `hack/dev-down.sh` stops
+/// every process dev-up started (checked by pid) and frees the ports.
+#[test]
+fn dev_up_serves_through_each_replica_and_dev_down_leaves_nothing() {
+    let fleet = Fleet {
+        dir: tempfile::Builder::new()
+            .prefix("orca-dev-")
+            .tempdir()
+            .unwrap(),
+        base: Fleet::free_base(),
+        started: Default::default(),
+    };
+    let up = fleet.script("dev-up.sh");
+    *fleet.started.borrow_mut() = fleet.pids();
+    let printed = String::from_utf8_lossy(&up.stdout).into_owned();
+    assert!(
+        up.status.success(),
+        "dev-up failed: {}\n{printed}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    assert!(printed.contains("The fleet is up"), "{printed}");
+    assert!(printed.contains("hack/dev-down.sh"), "{printed}");
+    let pids = fleet.pids();
+    assert_eq!(pids.len(), FLEET.len(), "recorded pids: {pids:?}");
+    for (name, word, pid) in &pids {
+        assert!(runs(*pid, word), "{name} (pid {pid}) is not running");
+    }
+
+    // Idempotent: the second run finds the fleet up and starts nothing.
+    let again = fleet.script("dev-up.sh");
+    assert!(again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("already up"),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
+    assert_eq!(fleet.pids(), pids);
+
+    // Seeded by orcaseed with --seed 1: the bytes are known without asking the origin.
+    let size = 20 << 20;
+    let want = orca::seed::gen::piece(orca::seed::gen::object_seed(1, 0), 0, size);
+    for i in 1..=3u16 {
+        let url = format!(
+            "http://127.0.0.1:{}/demo/big/obj-000000",
+            fleet.base + 10 * i
+        );
+        let got = block_on(common::http_get(&url, None)).unwrap();
+        assert_eq!(got.status, 200, "replica {i}");
+        assert!(got.body == want[..], "replica {i}: bytes differ");
+    }
+
+    let down = fleet.script("dev-down.sh");
+    assert!(
+        down.status.success(),
+        "dev-down failed: {}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    for (name, word, pid) in &pids {
+        assert!(!runs(*pid, word), "{name} (pid {pid}) is still running");
+    }
+    for d in [0u16, 1, 10, 11, 12, 20, 21, 22, 30, 31, 32] {
+        let port = fleet.base + d;
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "something still listens on {port}"
+        );
+    }
+}

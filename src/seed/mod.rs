@@ -186,6 +186,11 @@ pub enum Command {
         #[arg(long)]
         create_bucket: bool,
     },
+    /// Creates a bucket or container (one that exists already is fine).
+    CreateBucket {
+        /// s3://bucket or az://container.
+        location: String,
+    },
     /// Lists the objects under a prefix: key, size and ETag, tab-separated.
     List {
         /// s3://bucket/prefix or az://container/prefix (the prefix as written: `a` matches
@@ -650,6 +655,13 @@ pub async fn run(cli: Cli) -> Result<(), SeedError> {
         } => {
             let location = Location::parse(location)?;
             upload(args, path, &location, *concurrency, *force, *create_bucket).await
+        }
+        Command::CreateBucket { location } => {
+            let location = Location::parse(location)?;
+            let store = open(args, &location)?;
+            store.create_bucket().await?;
+            println!("{} is there", store.url(""));
+            Ok(())
         }
         Command::List { location } => list(args, &Location::parse(location)?).await,
         Command::Delete {

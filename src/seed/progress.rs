@@ -73,9 +73,10 @@ impl Progress {
         }
         let secs = self.started.elapsed().as_secs_f64().max(1e-3);
         let bytes = self.bytes_done.load(Ordering::Relaxed);
+        let objects = self.objects_done.load(Ordering::Relaxed);
         println!(
-            "{what}: {} objects, {} in {secs:.1}s ({}/s)",
-            self.objects_done.load(Ordering::Relaxed),
+            "{what}: {objects} object{}, {} in {secs:.1}s ({}/s)",
+            if objects == 1 { "" } else { "s" },
             HumanBytes(bytes),
             HumanBytes((bytes as f64 / secs) as u64)
         );
