@@ -93,21 +93,20 @@ EOF
 
 Try (first: source $rel/env.sh  # credentials for the aws CLI and orcaseed on PATH):
 
-  # 100 bytes from the second chunk of a 20 MiB object, through each replica: the same bytes
-  for p in $e1 $e2 $e3; do curl -s -r 9000000-9000099 http://127.0.0.1:\$p/demo/big/obj-000000 | sha256sum; done
-
-  # the whole object through replica 2, and straight from the origin: the same sha256
+  # a 20 MiB object (three 8 MiB chunks), cold, through replica 2, and straight from the origin
   curl -s http://127.0.0.1:$e2/demo/big/obj-000000 | sha256sum
   aws --endpoint-url $origin_url s3 cp s3://demo/big/obj-000000 - | sha256sum
 
-  # the aws CLI, through replica 3
-  aws --endpoint-url http://127.0.0.1:$e3 s3 ls s3://demo/ --recursive | head -5
-  aws --endpoint-url http://127.0.0.1:$e3 s3 cp s3://demo/hello.txt -
+  # which replica coordinated each chunk: the coordinator is the one that fetched it from the
+  # origin (one origin GET per chunk, fleet-wide); replica 2 counts the chunks peers sent it
+  for p in $(ops 1) $(ops 2) $(ops 3); do echo "ops :\$p"; curl -s http://127.0.0.1:\$p/metrics | grep -E '^orca_(origin_requests_total.*get|chunk_reads_total|peer_fills_total.*ok)'; done
 
-  # where each chunk was fetched: a chunk's coordinator is the replica whose
-  # orca_chunk_reads_total{source="origin"} counted it; the replica a client asked counts
-  # orca_peer_fills_total{result="ok"} for each chunk it got from a peer
-  for p in $(ops 1) $(ops 2) $(ops 3); do echo "ops :\$p"; curl -s http://127.0.0.1:\$p/metrics | grep -E '^orca_(chunk_reads|peer_fills)_total'; done
+  # 100 bytes from the second chunk through each replica: warm now, the same bytes everywhere
+  for p in $e1 $e2 $e3; do curl -s -r 9000000-9000099 http://127.0.0.1:\$p/demo/big/obj-000000 | sha256sum; done
+
+  # the aws CLI, through replica 3
+  aws --endpoint-url http://127.0.0.1:$e3 s3 ls s3://demo/
+  aws --endpoint-url http://127.0.0.1:$e3 s3 cp s3://demo/hello.txt -
 
   # the origins, with orcaseed: list, and more data (same seed, same bytes, whatever --concurrency)
   orcaseed list s3://demo/big/
