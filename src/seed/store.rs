@@ -277,12 +277,11 @@ impl Store {
         req: RequestHeader,
         max_body: usize,
     ) -> Result<Response, SeedError> {
+        // Resolving the host name has a deadline too (then the S3 client's lookup is cached).
+        let peer = self.step(op, key, "resolve the store", self.peer()).await?;
         let sent = match &self.backend {
             Backend::S3(client) => client.send(&self.bucket, req, max_body).await,
-            Backend::Azure { .. } => {
-                let peer = self.peer().await.map_err(|e| self.failed(op, key, e))?;
-                exchange(&self.pool, &peer, req, max_body, self.timeout).await
-            }
+            Backend::Azure { .. } => exchange(&self.pool, &peer, req, max_body, self.timeout).await,
         };
         sent.map_err(|e| self.failed(op, key, e.to_string()))
     }
@@ -339,7 +338,7 @@ impl Store {
                 .map_err(|e| self.failed(OP, key, e.to_string()))?,
         };
         let mut reader = BodyReader::open(body).await?;
-        let peer = self.peer().await.map_err(|e| self.failed(OP, key, e))?;
+        let peer = self.step(OP, key, "resolve the store", self.peer()).await?;
         let (mut session, _) = self
             .step(OP, key, "connect", self.pool.get_http_session(&peer))
             .await?;
