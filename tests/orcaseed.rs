@@ -456,3 +456,125 @@ fn dev_up_serves_through_each_replica_and_dev_down_leaves_nothing() {
         );
     }
 }
+
+/// Azure with a SAS token (env `AZURE_STORAGE_SAS_TOKEN`, no account key): write, list and
+/// delete. An account SAS (`ss=b`, `srt=sco`, `sp=rwdlc`) signed as Azure's 2020-12-06+
+/// account SAS string-to-sign prescribes.
+#[test]
+fn a_sas_token_writes_lists_and_deletes_on_azurite() {
+    use orca::net::encode::encode_query_value;
+    use orca::origin::azureblob::sign::{SharedKey, API_VERSION};
+    let t = Target::azurite();
+    t.create("sas");
+    let expiry = "2099-01-01T00:00:00Z";
+    let account = common::azurite::ACCOUNT;
+    let sts = format!("{account}\nrwdlc\nb\nsco\n\n{expiry}\n\n\n{API_VERSION}\n\n");
+    let sig = SharedKey::new(account, KEY).unwrap().sign(&sts).unwrap();
+    let sas = format!(
+        "sv={API_VERSION}&ss=b&srt=sco&sp=rwdlc&se={}&sig={}",
+        encode_query_value(expiry),
+        encode_query_value(&sig)
+    );
+    let Target::Azure(azurite, _) = &t else {
+        unreachable!()
+    };
+    let run = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_orcaseed"));
+        cmd.env_remove("AZURE_STORAGE_KEY")
+            .env("AZURE_STORAGE_SAS_TOKEN", &sas)
+            .args([
+                "--no-progress",
+                "--endpoint-url",
+                &format!("http://{}/devstoreaccount1", azurite.addr()),
+            ])
+            .args(args);
+        run_bounded(&mut cmd, None, RUN_DEADLINE)
+    };
+    let out = run(&["generate", "--count", "2", "--size", "3KiB", "az://sas/g/"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(t.get("sas", "g/obj-000001").map(|b| b.len()), Some(3072));
+    let out = run(&["list", "az://sas/g/"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    let out = run(&["delete", "--yes", "az://sas/g/"]);
+    assert!(out.status.success());
+    assert_eq!(t.get("sas", "g/obj-000000"), None);
+    // A token that does not sign: refused, naming the object.
+    let bad = sas.replace("sp=rwdlc", "sp=rwdl");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_orcaseed"));
+    cmd.env_remove("AZURE_STORAGE_KEY")
+        .env("AZURE_STORAGE_SAS_TOKEN", &bad)
+        .args([
+            "--no-progress",
+            "--endpoint-url",
+            &format!("http://{}/devstoreaccount1", azurite.addr()),
+            "generate",
+            "--count",
+            "1",
+            "--size",
+            "1",
+            "az://sas/bad/",
+        ]);
+    let out = run_bounded(&mut cmd, None, RUN_DEADLINE);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("PUT az://sas/bad/obj-000000: HTTP 403"),
+        "{stderr}"
+    );
+}
+
+/// The store's settings from an Orca configuration (`--config`): its `origin.s3` section, with
+/// the keys written in it and none in the environment.
+#[test]
+fn the_origin_section_of_an_orca_config_is_used() {
+    let moto = Moto::start();
+    block_on(create_bucket(&moto.endpoint(), "fromconfig"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("orca.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "origin:\n  id: x\n  s3:\n    endpoint: {}\n    path_style: true\n    \
+             access_key_id: file-id\n    secret_access_key: file-secret\ncachestore:\n  driver: fs\n",
+            moto.endpoint()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_orcaseed"));
+    cmd.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .args(["--no-progress", "--config", config.to_str().unwrap()])
+        .args([
+            "generate",
+            "--count",
+            "1",
+            "--size",
+            "1KiB",
+            "s3://fromconfig/c/",
+        ]);
+    let out = run_bounded(&mut cmd, None, RUN_DEADLINE);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = block_on(get_object(&moto.endpoint(), "fromconfig", "c/obj-000000")).unwrap();
+    assert_eq!(got.len(), 1024);
+    // Without the keys, Orca's own message names where to put them.
+    std::fs::write(
+        &config,
+        format!(
+            "origin:\n  id: x\n  s3:\n    endpoint: {}\n",
+            moto.endpoint()
+        ),
+    )
+    .unwrap();
+    let out = run_bounded(&mut cmd, None, RUN_DEADLINE);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("AWS_ACCESS_KEY_ID"), "{stderr}");
+}
