@@ -330,11 +330,13 @@ fn runs(pid: u32, word: &str) -> bool {
 }
 
 impl Fleet {
-    /// A base port whose eleven ports (moto, Azurite, three replicas' three) are all free.
+    /// A base port whose eleven ports (moto, Azurite, three replicas' three) are all free,
+    /// below Linux's ephemeral range (32768 and up), so that no `free_port()` of another test
+    /// takes one of them between this check and dev-up's start.
     fn free_base() -> u16 {
         let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
         for attempt in 0..200u32 {
-            let base = 20_000 + ((std::process::id() * 7 + attempt * 97) % 400) as u16 * 100;
+            let base = 20_000 + ((std::process::id() * 7 + attempt * 97) % 120) as u16 * 100;
             let ports = [0, 1, 10, 11, 12, 20, 21, 22, 30, 31, 32].map(|d| base + d);
             if ports.iter().all(|p| free(*p)) {
                 return base;
