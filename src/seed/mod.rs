@@ -324,7 +324,14 @@ fn origin_yaml(args: &StoreArgs, azure: bool) -> Result<String, SeedError> {
 /// The store of `location`, its settings validated as Orca validates its origin.
 fn open(args: &StoreArgs, location: &Location) -> Result<Store, SeedError> {
     let yaml = origin_yaml(args, location.azure)?;
-    let config = crate::config::from_yaml_str(&yaml)?;
+    // The process environment, less Orca's own service settings (`ORCA_SELF`,
+    // `ORCA_LOG_LEVEL`...): they describe a replica, not the store, and must not fail this.
+    let env = |name: &str| {
+        (!name.starts_with("ORCA_"))
+            .then(|| crate::config::process_env(name))
+            .flatten()
+    };
+    let config = crate::config::from_yaml_str_with_env(&yaml, &env)?;
     let driver: &OriginDriver = &config.origin.driver;
     Store::new(driver, &location.bucket, args.timeout)
 }
