@@ -725,6 +725,41 @@ mod tests {
     }
 
     #[test]
+    fn walking_a_directory_gives_relative_keys_and_skips_links_to_directories() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let root = dir.path();
+        let write = |rel: &str, data: &[u8]| {
+            let path = root.join(rel);
+            std::fs::create_dir_all(path.parent().unwrap_or(root))
+                .unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(path, data).unwrap_or_else(|e| panic!("{e}"));
+        };
+        write("b.txt", b"12");
+        write("a/c d.bin", b"123");
+        write("a/deeper/e", b"");
+        // A link back to the root would loop forever if it were followed.
+        std::os::unix::fs::symlink(root, root.join("a/loop")).unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink(root.join("b.txt"), root.join("link.txt"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let found: Vec<(String, u64)> = walk(root)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_iter()
+            .map(|(_, key, len)| (key, len))
+            .collect();
+        let want = [
+            ("a/c d.bin", 3),
+            ("a/deeper/e", 0),
+            ("b.txt", 2),
+            ("link.txt", 2),
+        ];
+        assert_eq!(found, want.map(|(k, n)| (k.to_string(), n)).to_vec(),);
+        // A file is itself, named by its file name.
+        let one = walk(&root.join("b.txt")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].1, "b.txt");
+    }
+
+    #[test]
     fn sizes_above_a_gib_need_force() {
         assert!(check_size("x", 1 << 30, false, false).is_ok());
         let e = check_size("x", (1 << 30) + 1, false, false).unwrap_err();
