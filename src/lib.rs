@@ -9,6 +9,7 @@
 //! | 5 | `app`, `fuzzing` | wiring: the Pingora server and its services (`main.rs` calls it); the fuzz targets' entry points |
 //! | 4 | `edge`, `ops` | the S3 surface clients talk to; health, readiness and metrics |
 //! | 3 | `fill` | the fill protocol: request, service (pingora-cache over the origin), clients |
+//! | 3 | `seed` | `orcaseed` (`src/bin/orcaseed.rs`): test data written to, listed in and deleted from an S3 bucket or Azure container |
 //! | 2 | `state` | the state the services share, built from the configuration |
 //! | 1 | `origin`, `cachestore`, `metadata`, `cluster` | origin drivers; chunk stores and the pingora-cache storage; HEAD cache; peer set and rendezvous |
 //! | 0 | `s3client`, `net`, `chunk`, `config`, `error`, `metrics`, `telemetry` | S3 requests and signing; HTTP plumbing; chunk identity and math; configuration; S3 errors; metric names; logging |
@@ -33,5 +34,6 @@ pub mod net;
 pub(crate) mod ops;
 pub mod origin;
 pub mod s3client;
+pub mod seed;
 pub(crate) mod state;
 pub mod telemetry;

@@ -205,8 +205,8 @@ impl Orca {
     }
 }
 
-/// The signing identity of a credentials section.
-fn s3_auth(credentials: &S3Credentials) -> S3Auth {
+/// The signing identity of a credentials section (also `orcaseed`'s).
+pub(crate) fn s3_auth(credentials: &S3Credentials) -> S3Auth {
     match credentials {
         S3Credentials::Anonymous => S3Auth::Anonymous,
         S3Credentials::Static {

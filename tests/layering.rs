@@ -12,6 +12,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("edge", 4),
     ("ops", 4),
     ("fill", 3),
+    ("seed", 3),
     ("state", 2),
     ("origin", 1),
     ("cachestore", 1),
@@ -30,11 +31,12 @@ fn layer(module: &str) -> Option<u8> {
     LAYERS.iter().find(|(m, _)| *m == module).map(|(_, l)| *l)
 }
 
-/// The top-level module a file under `src/` belongs to (`None` for lib.rs and main.rs).
+/// The top-level module a file under `src/` belongs to (`None` for lib.rs, main.rs and the other
+/// binaries in `src/bin/`, which sit above every layer).
 fn module_of(rel: &Path) -> Option<String> {
     let first = rel.components().next()?.as_os_str().to_str()?.to_string();
     let name = first.strip_suffix(".rs").unwrap_or(&first).to_string();
-    (name != "lib" && name != "main").then_some(name)
+    (name != "lib" && name != "main" && name != "bin").then_some(name)
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
