@@ -58,6 +58,11 @@ pub enum Fault {
     /// Answer with this status and XML body, without contacting the upstream: a part of an API
     /// that the real server lacks (e.g. S3 Express One Zone's `CreateSession` in front of moto).
     Respond(u16, String),
+    /// Remove this response header (case-insensitive), e.g. an origin that sends no `ETag`.
+    StripResponseHeader(String),
+    /// Send the body this many bytes at a time with this pause between pieces (each pause at
+    /// most [`MAX_STALL`]): a slow but live origin.
+    Drip(usize, Duration),
 }
 
 /// A fault with the predicate selecting the requests it applies to, and how many times.
@@ -454,6 +459,7 @@ struct Sink<'a> {
     written: usize,
     limit: Option<usize>,
     stall: Option<(usize, Duration)>,
+    drip: Option<(usize, Duration)>,
 }
 
 impl<'a> Sink<'a> {
@@ -463,6 +469,7 @@ impl<'a> Sink<'a> {
             written: 0,
             limit: None,
             stall: None,
+            drip: None,
         }
     }
 
@@ -483,6 +490,15 @@ impl<'a> Sink<'a> {
                 tokio::time::sleep(pause.min(MAX_STALL)).await;
                 data = after;
             }
+        }
+        if let Some((piece, pause)) = self.drip {
+            for part in data.chunks(piece.max(1)) {
+                if self.emit(part).await? {
+                    return Ok(true);
+                }
+                tokio::time::sleep(pause.min(MAX_STALL)).await;
+            }
+            return Ok(self.limit_reached());
         }
         self.emit(data).await
     }
@@ -938,6 +954,11 @@ async fn serve_one(down: &mut Conn, upstream: &str, shared: &Shared) -> io::Resu
             None => response.headers.push(("ETag".to_string(), etag.clone())),
         }
     }
+    if let Some(Fault::StripResponseHeader(name)) = &fault {
+        response
+            .headers
+            .retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+    }
     if let Some(Fault::Stall(pause)) = &fault {
         tokio::time::sleep((*pause).min(MAX_STALL)).await;
     }
@@ -972,6 +993,7 @@ async fn serve_one(down: &mut Conn, upstream: &str, shared: &Shared) -> io::Resu
     match &fault {
         Some(Fault::CutBodyAfter(n)) | Some(Fault::ResetAfter(n)) => sink.limit = Some(*n),
         Some(Fault::StallBodyAfter(n, pause)) => sink.stall = Some((*n, *pause)),
+        Some(Fault::Drip(n, pause)) => sink.drip = Some((*n, *pause)),
         _ => {}
     }
     let cut = copy_body(&mut up, &mut sink, framing).await?;
