@@ -168,6 +168,25 @@ pub fn xml_text(body: &[u8], tag: &str) -> Option<String> {
     )
 }
 
+/// The character an XML entity reference stands for: a character reference (`&#38;`) or one of
+/// XML's five named entities. Err names an entity XML does not define.
+pub fn xml_entity(r: &quick_xml::events::BytesRef<'_>) -> Result<char, String> {
+    match r.resolve_char_ref().map_err(|e| e.to_string())? {
+        Some(c) => Ok(c),
+        None => match &**r {
+            b"amp" => Ok('&'),
+            b"lt" => Ok('<'),
+            b"gt" => Ok('>'),
+            b"quot" => Ok('"'),
+            b"apos" => Ok('\''),
+            other => Err(format!(
+                "unknown entity &{};",
+                String::from_utf8_lossy(other)
+            )),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

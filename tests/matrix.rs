@@ -45,8 +45,9 @@ enum Expect {
     ExactOrError,
 }
 
-/// How one read ended.
+/// How one read ended (the fields are for the report, printed with `Debug`).
 #[derive(Debug)]
+#[allow(dead_code)]
 enum Outcome {
     Exact,
     /// An S3 error answer: status and code.

@@ -7,7 +7,7 @@
 use super::gen;
 use super::SeedError;
 use crate::config::OriginDriver;
-use crate::error::xml_text;
+use crate::error::{xml_entity, xml_text};
 use crate::net::encode::encode_query_value;
 use crate::net::http::{exchange, header_str, make_peer, Endpoint, Resolver, Response};
 use crate::net::pool::ConnPool;
@@ -581,25 +581,7 @@ fn parse_s3_listing(xml: &[u8]) -> Result<S3Page, String> {
             }
             Event::Text(t) => text.push_str(&t.decode().map_err(|e| bad(&e))?),
             Event::CData(t) => text.push_str(&t.decode().map_err(|e| bad(&e))?),
-            Event::GeneralRef(r) => {
-                let c = match r.resolve_char_ref().map_err(|e| bad(&e))? {
-                    Some(c) => c,
-                    None => match &*r {
-                        b"amp" => '&',
-                        b"lt" => '<',
-                        b"gt" => '>',
-                        b"quot" => '"',
-                        b"apos" => '\'',
-                        other => {
-                            return Err(bad(&format!(
-                                "unknown entity &{};",
-                                String::from_utf8_lossy(other)
-                            )))
-                        }
-                    },
-                };
-                text.push(c);
-            }
+            Event::GeneralRef(r) => text.push(xml_entity(&r).map_err(|e| bad(&e))?),
             Event::End(_) => {
                 let name = stack.pop().ok_or_else(|| bad(&"unbalanced end tag"))?;
                 let parent = stack.last().map(Vec::as_slice);

@@ -16,7 +16,7 @@
 //! key or a common prefix) is returned only when it sorts after the cursor's key, so a v1
 //! `NextMarker` naming a common prefix never repeats it.
 
-use crate::error::xml_escape_into;
+use crate::error::{xml_entity, xml_escape_into};
 use crate::net::encode::encode_key;
 use crate::origin::{unquote_etag, ListRequest, OriginError};
 use bytes::Bytes;
@@ -114,24 +114,7 @@ pub fn parse_enumeration(xml: &[u8]) -> Result<AzurePage, String> {
                 text.push_str(&s);
             }
             Event::GeneralRef(r) => {
-                let c = match r.resolve_char_ref() {
-                    Ok(Some(c)) => c,
-                    Ok(None) => match &*r {
-                        b"amp" => '&',
-                        b"lt" => '<',
-                        b"gt" => '>',
-                        b"quot" => '"',
-                        b"apos" => '\'',
-                        other => {
-                            return Err(format!(
-                                "List Blobs XML: unknown entity &{};",
-                                String::from_utf8_lossy(other)
-                            ))
-                        }
-                    },
-                    Err(e) => return Err(format!("List Blobs XML: {e}")),
-                };
-                text.push(c);
+                text.push(xml_entity(&r).map_err(|e| format!("List Blobs XML: {e}"))?);
             }
             Event::End(_) => {
                 let Some(name) = stack.pop() else {
