@@ -151,14 +151,12 @@ const CASES: &[Case] = &[
 /// hang and on a wrong answer: a success with other bytes, or an abort after bytes that are
 /// not the object's.
 async fn read(s: &Stack, key: &str, data: &[u8], cell: &str) -> Outcome {
-    let answer = tokio::time::timeout(CELL_DEADLINE, http_get(&s.url(key), None))
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "{cell}: the read hung past {CELL_DEADLINE:?}\n{}",
-                s.orca.log_tail()
-            )
-        });
+    let Ok(answer) = tokio::time::timeout(CELL_DEADLINE, http_get(&s.url(key), None)).await else {
+        panic!(
+            "{cell}: the read hung past {CELL_DEADLINE:?}\n{}",
+            s.orca.log_tail()
+        )
+    };
     match answer {
         Ok(r) if r.status == 200 => {
             assert!(
