@@ -11,7 +11,7 @@
 //! | 3 | `fill` | the fill protocol: request, service (pingora-cache over the origin), clients |
 //! | 2 | `state` | the state the services share, built from the configuration |
 //! | 1 | `origin`, `cachestore`, `metadata`, `cluster` | origin drivers; chunk stores and the pingora-cache storage; HEAD cache; peer set and rendezvous |
-//! | 0 | `s3client`, `net`, `chunk`, `config`, `error`, `metrics`, `telemetry` | S3 requests and signing; HTTP plumbing; chunk identity and math; configuration; S3 errors; metric names; logging |
+//! | 0 | `s3client`, `net`, `chunk`, `config`, `error`, `metrics`, `telemetry`, `credentials` | S3 requests and signing; HTTP plumbing; chunk identity and math; configuration; S3 errors; metric names; logging; cloud credential chains |
 //!
 //! The request path: `edge` parses an S3 request, resolves the object through `metadata`, and
 //! streams its chunks from `cachestore` (hits) or through `fill` (misses, to the chunk's
@@ -22,6 +22,7 @@ pub mod cachestore;
 pub mod chunk;
 pub mod cluster;
 pub mod config;
+pub mod credentials;
 pub(crate) mod edge;
 pub(crate) mod error;
 pub(crate) mod fill;
