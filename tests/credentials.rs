@@ -14,6 +14,7 @@
 
 mod common;
 
+use common::orca::yaml_str;
 use common::*;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -671,4 +672,128 @@ async fn credentials_about_to_expire_are_replaced_in_the_background_without_a_fa
     assert!(endpoint.fetches() <= i + 1, "{}", endpoint.fetches());
     assert_eq!(endpoint.refused.load(Ordering::SeqCst), 0);
     assert_not_logged(&orca, &acct.sessions[1]);
+}
+
+/// Reads through Orca with boto3 (header-signed GET, then a presigned URL it prints); prints
+/// the header signature, then the URL.
+const CLIENT: &str = r#"
+import sys, boto3
+from botocore.config import Config
+ep, ak, sk = sys.argv[1:4]
+s3 = boto3.client("s3", endpoint_url=ep, region_name="us-east-1",
+                  aws_access_key_id=ak, aws_secret_access_key=sk,
+                  config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
+sent = []
+def keep(request, **kw):
+    a = request.headers["Authorization"]
+    sent.append(a.decode() if isinstance(a, bytes) else a)
+s3.meta.events.register("before-send.s3.*", keep)
+body = s3.get_object(Bucket="creds", Key="obj-2")["Body"].read()
+assert body == ("object 2 " * 1000).encode(), "bytes differ"
+print(sent[-1].split("Signature=")[1])
+print(s3.generate_presigned_url("get_object", Params={"Bucket": "creds", "Key": "obj-3"},
+                                ExpiresIn=300))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_token_or_signature_reaches_the_debug_log_or_the_metrics() {
+    let acct = Account::start(1, 0);
+    // The shared cache bucket, created with the user's (checked) keys.
+    run_python(
+        r#"
+import sys, boto3
+boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
+             aws_access_key_id=sys.argv[2], aws_secret_access_key=sys.argv[3]
+             ).create_bucket(Bucket="orca-cache")
+"#,
+        &[&acct.moto.endpoint(), &acct.user.ak, &acct.user.sk],
+        "",
+    );
+    let session = acct.sessions[0].clone();
+    let pod_token = "pod-identity-token-Xq93LmZ";
+    let endpoint = CredEndpoint::start(EndpointConf {
+        protocol: Protocol::Container,
+        keys: vec![session.clone()],
+        expires_in: Duration::from_secs(3600),
+        token: pod_token.into(),
+    });
+    let client = ("AKIAORCACLIENT000001", "client-secret-Vb71qPw");
+    let keys = acct.dir().join("edge-keys.yaml");
+    std::fs::write(
+        &keys,
+        format!(
+            "keys:\n  - access_key_id: {}\n    secret_access_key_env: ORCA_TEST_CLIENT_SECRET\n    buckets: [creds]\n",
+            client.0
+        ),
+    )
+    .unwrap();
+    let config = OrcaConfig::new(&acct.proxy.endpoint())
+        .log_level("debug")
+        .extra_yaml(&format!(
+            "edge:\n  auth:\n    required: true\n    credentials_file: {}\n\
+             cachestore:\n  driver: s3\n  s3:\n    endpoint: {}\n    bucket: orca-cache\n    path_style: true\n",
+            yaml_str(&keys.to_string_lossy()),
+            yaml_str(&acct.proxy.endpoint())
+        ))
+        .env("ORCA_TEST_CLIENT_SECRET", client.1)
+        .env("ORCA_CACHESTORE_ACCESS_KEY_ID", &acct.user.ak)
+        .env("ORCA_CACHESTORE_SECRET_ACCESS_KEY", &acct.user.sk)
+        .env("AWS_ACCESS_KEY_ID", "")
+        .env("AWS_SECRET_ACCESS_KEY", "")
+        .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
+        .env(
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            &format!("{}{CONTAINER_PATH}", endpoint.url()),
+        )
+        .env("AWS_CONTAINER_AUTHORIZATION_TOKEN", pod_token);
+    let orca = OrcaProcess::start(config);
+    let out = run_python(CLIENT, &[&orca.edge_url(), client.0, client.1], "");
+    let mut lines = out.lines();
+    let header_signature = lines.next().unwrap().trim().to_string();
+    let presigned = lines.next().unwrap().trim().to_string();
+    let r = http_get(&presigned, None).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.body, "object 3 ".repeat(1000).as_bytes());
+    let url_signature = presigned
+        .split("X-Amz-Signature=")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    // The reads went through the chain's session (with its token) and the store.
+    let seen = acct.keys_seen();
+    assert!(seen.contains(&session.ak), "{seen:?}");
+    assert!(
+        acct.proxy
+            .counts()
+            .log
+            .iter()
+            .any(|r| r.method == "PUT" && r.target.starts_with("/orca-cache/")),
+        "nothing committed to the store"
+    );
+
+    let log = orca.log();
+    assert!(
+        log.contains("DEBUG"),
+        "not a debug log: {}",
+        orca.log_tail()
+    );
+    let metrics = orca.metrics();
+    let secrets = [
+        ("the store's secret", acct.user.sk.as_str()),
+        ("the session's secret", session.sk.as_str()),
+        ("the session token", session.token.as_deref().unwrap()),
+        ("the container authorization token", pod_token),
+        ("the client's secret", client.1),
+        ("the client's header signature", header_signature.as_str()),
+        ("the presigned URL's signature", url_signature.as_str()),
+    ];
+    for (what, secret) in secrets {
+        assert!(secret.len() >= 16, "{what} too short to search for");
+        for (place, text) in [("log", &log), ("metrics", &metrics)] {
+            if let Some(line) = text.lines().find(|l| l.contains(secret)) {
+                panic!("{what} is in the {place}: {line}");
+            }
+        }
+    }
 }
