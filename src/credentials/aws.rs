@@ -41,6 +41,10 @@ pub const EXPIRED_WITHIN: Duration = Duration::from_secs(15);
 /// After a failed background refresh, the next one starts no sooner than this.
 const RETRY_REFRESH_AFTER: Duration = Duration::from_secs(5);
 
+/// After a refresh that brought credentials already due for one (a source that hands out
+/// short-lived ones, or IMDS extending expired ones), the next one starts no sooner than this.
+const REFRESH_AGAIN_AFTER: Duration = Duration::from_secs(30);
+
 /// Why no credentials could be had from the chain. Cheap to clone: the callers that waited
 /// for one load share its failure.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -60,6 +64,8 @@ struct State {
     refreshing: bool,
     /// The last failed load: when, and why.
     failure: Option<(Instant, ChainError)>,
+    /// No background refresh starts before this.
+    quiet_until: Option<Instant>,
 }
 
 /// The default chain of one S3 section, with its cache.
@@ -178,11 +184,8 @@ impl AwsChain {
             let mut state = self.state.lock();
             match &state.current {
                 Some((creds, _)) if usable(creds, now) => {
-                    let recently_failed = state
-                        .failure
-                        .as_ref()
-                        .is_some_and(|(at, _)| at.elapsed() < RETRY_REFRESH_AFTER);
-                    let start = due(creds, now) && !state.refreshing && !recently_failed;
+                    let quiet = state.quiet_until.is_some_and(|t| Instant::now() < t);
+                    let start = due(creds, now) && !state.refreshing && !quiet;
                     if start {
                         state.refreshing = true;
                     }
@@ -198,7 +201,18 @@ impl AwsChain {
                     // Cleared however the task ends (its runtime may be dropped first).
                     let _refreshing = RefreshingFlag(&chain);
                     let _one = chain.flight.lock().await;
-                    if let Err(e) = chain.load().await {
+                    let result = chain.load().await;
+                    let mut state = chain.state.lock();
+                    state.quiet_until = match &result {
+                        Err(_) => Some(Instant::now() + RETRY_REFRESH_AFTER),
+                        Ok(()) => state
+                            .current
+                            .as_ref()
+                            .filter(|(c, _)| due(c, SystemTime::now()))
+                            .map(|_| Instant::now() + REFRESH_AGAIN_AFTER),
+                    };
+                    drop(state);
+                    if let Err(e) = result {
                         tracing::warn!(error = %e, "AWS credentials refresh failed; signing with the current ones until they expire");
                     }
                 });
