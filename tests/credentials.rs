@@ -797,3 +797,36 @@ boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_that_finds_nothing_makes_readyz_say_why_and_requests_fail_cleanly() {
+    let moto = Moto::start();
+    let orca = OrcaProcess::start(
+        OrcaConfig::new(&moto.endpoint())
+            .unready_at_start()
+            .env("AWS_ACCESS_KEY_ID", "")
+            .env("AWS_SECRET_ACCESS_KEY", "")
+            .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                "/nonexistent/aws-credentials",
+            ),
+    );
+    let (status, body) = orca.ops_get("/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("origin.s3: no AWS credentials from the default chain: none of env, profile, web-identity, container, imds had credentials"),
+        "{body}"
+    );
+    assert!(!body.contains("credentials: origin.s3"), "{body}");
+    let r = http_get(&orca.object_url("creds", "obj-0"), None)
+        .await
+        .unwrap();
+    assert!(r.status >= 500, "{} {}", r.status, r.text());
+    assert!(r.text().contains("<Error>"), "{}", r.text());
+    assert!(
+        orca.log().contains("no AWS credentials at start"),
+        "{}",
+        orca.log_tail()
+    );
+}
