@@ -12,7 +12,7 @@
 //! | 3 | `seed` | `orcaseed` (`src/bin/orcaseed.rs`): test data written to, listed in and deleted from an S3 bucket or Azure container |
 //! | 2 | `state` | the state the services share, built from the configuration |
 //! | 1 | `origin`, `cachestore`, `metadata`, `cluster` | origin drivers; chunk stores and the pingora-cache storage; HEAD cache; peer set and rendezvous |
-//! | 0 | `s3client`, `net`, `chunk`, `config`, `error`, `metrics`, `telemetry` | S3 requests and signing; HTTP plumbing; chunk identity and math; configuration; S3 errors; metric names; logging |
+//! | 0 | `s3client`, `net`, `chunk`, `config`, `error`, `metrics`, `telemetry`, `credentials` | S3 requests and signing; HTTP plumbing; chunk identity and math; configuration; S3 errors; metric names; logging; cloud credential chains |
 //!
 //! The request path: `edge` parses an S3 request, resolves the object through `metadata`, and
 //! streams its chunks from `cachestore` (hits) or through `fill` (misses, to the chunk's
@@ -23,6 +23,7 @@ pub mod cachestore;
 pub mod chunk;
 pub mod cluster;
 pub mod config;
+pub mod credentials;
 pub(crate) mod edge;
 pub(crate) mod error;
 pub(crate) mod fill;

@@ -93,11 +93,17 @@ impl ServeHttp for OpsService {
                 let mut problems = self.listener_problems().await;
                 problems.extend(self.orca.readiness_problems());
                 problems.extend(self.edge_auth.readiness_problem());
+                // Which source the AWS credential chains use, after the verdict (no secret).
+                let mut sources = self.orca.credential_sources().join("\n");
+                if !sources.is_empty() {
+                    sources.push('\n');
+                }
                 if problems.is_empty() {
-                    reply(200, "text/plain", b"ready\n".to_vec())
+                    reply(200, "text/plain", format!("ready\n{sources}").into_bytes())
                 } else {
                     let mut body = problems.join("\n");
                     body.push('\n');
+                    body.push_str(&sources);
                     reply(503, "text/plain", body.into_bytes())
                 }
             }

@@ -9,6 +9,7 @@
 //! `s3express`) and carry the session token in `x-amz-s3session-token`. The client keeps one
 //! session per directory bucket and renews it after [`EXPRESS_SESSION_REUSE`].
 
+use crate::credentials::aws::{AwsChain, ChainError};
 use crate::error::xml_text;
 use crate::net::encode::encode_key;
 use crate::net::http::{
@@ -86,6 +87,9 @@ pub enum S3ClientError {
     /// The answer's body was larger than the caller allows.
     #[error("response body over {0} bytes")]
     TooLarge(usize),
+    /// The default credential chain has no usable credentials.
+    #[error("{0}")]
+    Credentials(#[from] ChainError),
 }
 
 impl S3ClientError {
@@ -112,20 +116,23 @@ impl From<ExchangeError> for S3ClientError {
 }
 
 /// How a request is signed.
-enum Signer<'a> {
+enum Signer {
     /// The client's own keys, for service `s3` (or `s3express` for CreateSession).
-    Own(&'a Credentials, &'static str),
+    Own(Credentials, &'static str),
     /// An S3 Express session's credentials.
     Session(Credentials),
     /// Not at all.
     Unsigned,
 }
 
-/// Signing identity: static keys, or none for public buckets.
+/// Signing identity: static keys, the default credential chain, or none for public buckets.
 #[derive(Clone)]
 pub enum S3Auth {
     /// Sign with these credentials.
     Sign(Credentials),
+    /// Sign with what the AWS default credential chain hands out (cached, refreshed before
+    /// expiry: see [`S3Client::prepare`]).
+    Chain(Arc<AwsChain>),
     /// Send unsigned requests (public buckets).
     Anonymous,
 }
@@ -135,6 +142,7 @@ impl std::fmt::Debug for S3Auth {
         // Never print secrets.
         match self {
             S3Auth::Sign(c) => write!(f, "Sign({})", c.access_key_id()),
+            S3Auth::Chain(c) => write!(f, "Chain({:?})", c.source()),
             S3Auth::Anonymous => write!(f, "Anonymous"),
         }
     }
@@ -205,6 +213,9 @@ impl S3Client {
     /// the other callers keep using the old one (it is still valid): only a missing or expired
     /// session makes them wait, for one CreateSession between them.
     pub async fn prepare(&self, bucket: &str) -> Result<(), S3ClientError> {
+        if let S3Auth::Chain(chain) = &self.auth {
+            chain.ensure().await?;
+        }
         if !self.is_directory(bucket) {
             return Ok(());
         }
@@ -247,10 +258,14 @@ impl S3Client {
             bucket: bucket.to_string(),
             detail,
         };
-        let S3Auth::Sign(own) = &self.auth else {
-            return Err(session_error(
-                "an S3 Express directory bucket needs credentials to create sessions".into(),
-            ));
+        let own = match self.own_credentials() {
+            Ok(own) => own,
+            Err(S3ClientError::Credentials(e)) => return Err(e.into()),
+            Err(_) => {
+                return Err(session_error(
+                    "an S3 Express directory bucket needs credentials to create sessions".into(),
+                ))
+            }
         };
         let req = self.sign_with(
             "GET",
@@ -310,6 +325,32 @@ impl S3Client {
             .map(|(_, made)| made.elapsed())
     }
 
+    /// The client's own credentials: the static keys, or the chain's current ones (which
+    /// [`S3Client::prepare`] made sure of).
+    fn own_credentials(&self) -> Result<Credentials, S3ClientError> {
+        match &self.auth {
+            S3Auth::Sign(creds) => Ok(creds.clone()),
+            S3Auth::Chain(chain) => chain.current().ok_or_else(|| {
+                S3ClientError::Credentials(chain.problem().unwrap_or_else(|| ChainError {
+                    section: chain.section(),
+                    detail: "not loaded yet".into(),
+                }))
+            }),
+            S3Auth::Anonymous => Err(S3ClientError::build(
+                "sign",
+                std::io::Error::other("anonymous: no credentials"),
+            )),
+        }
+    }
+
+    /// The default credential chain this client signs with, if it does.
+    pub fn chain(&self) -> Option<&Arc<AwsChain>> {
+        match &self.auth {
+            S3Auth::Chain(chain) => Some(chain),
+            _ => None,
+        }
+    }
+
     /// The region requests are signed for.
     pub fn region(&self) -> &str {
         &self.region
@@ -348,11 +389,11 @@ impl S3Client {
     ) -> Result<RequestHeader, S3ClientError> {
         let signer = match &self.auth {
             S3Auth::Anonymous => Signer::Unsigned,
-            S3Auth::Sign(_) if self.is_directory(bucket) => Signer::Session(
+            _ if self.is_directory(bucket) => Signer::Session(
                 self.session(bucket)
                     .ok_or_else(|| S3ClientError::NoSession(bucket.to_string()))?,
             ),
-            S3Auth::Sign(own) => Signer::Own(own, "s3"),
+            _ => Signer::Own(self.own_credentials()?, "s3"),
         };
         self.sign_with(method, bucket, key, query, extra, signer, SystemTime::now())
     }
@@ -402,7 +443,7 @@ impl S3Client {
         key: Option<&str>,
         query: &str,
         extra: &[(&str, &str)],
-        signer: Signer<'_>,
+        signer: Signer,
         time: SystemTime,
     ) -> Result<RequestHeader, S3ClientError> {
         let host = self.endpoint.authority_for(&self.host_for(bucket));
@@ -420,7 +461,7 @@ impl S3Client {
         }
         let (creds, service, session) = match signer {
             Signer::Unsigned => return Ok(req),
-            Signer::Own(creds, service) => (creds.clone(), service, false),
+            Signer::Own(creds, service) => (creds, service, false),
             Signer::Session(creds) => (creds, "s3express", true),
         };
         {

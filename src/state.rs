@@ -12,6 +12,7 @@ use crate::cachestore::tiered::TieredStore;
 use crate::cachestore::CacheStore;
 use crate::cluster::{Cluster, PeerSource};
 use crate::config::{CacheStoreConfig, Config, LocalTier, OriginDriver, S3Credentials};
+use crate::credentials::aws::AwsChain;
 use crate::metadata::{MetadataCache, OriginHealth};
 use crate::metrics::TIER_LOCAL;
 use crate::origin::s3::S3Origin;
@@ -50,6 +51,9 @@ pub struct Orca {
     /// The bounded `fs` store's (or local tier's) index rebuild and eviction, taken by `app`
     /// to run as a background service.
     pub evictor: Mutex<Option<Evictor>>,
+    /// The AWS default credential chains in use (`origin.s3`, `cachestore.s3`): `/readyz`
+    /// says which source each one found, or why it found none.
+    pub credential_chains: Vec<Arc<AwsChain>>,
 }
 
 impl Orca {
@@ -57,17 +61,26 @@ impl Orca {
     /// metadata cache and budgets.
     pub fn build(config: Config) -> anyhow::Result<Arc<Self>> {
         let timeout = config.limits.origin_timeout;
+        let mut credential_chains = Vec::new();
         let origin: Arc<dyn Origin> = match &config.origin.driver {
-            OriginDriver::S3(s3) => Arc::new(
-                S3Origin::new(
-                    &s3.endpoint,
-                    &s3.region,
-                    s3.path_style,
-                    s3_auth(&s3.credentials),
-                    timeout,
+            OriginDriver::S3(s3) => {
+                let chain = (s3.credentials == S3Credentials::DefaultChain)
+                    .then(|| AwsChain::new("origin.s3", &s3.region));
+                if let Some(chain) = &chain {
+                    load_at_start(chain)?;
+                    credential_chains.push(chain.clone());
+                }
+                Arc::new(
+                    S3Origin::new(
+                        &s3.endpoint,
+                        &s3.region,
+                        s3.path_style,
+                        s3_auth(&s3.credentials, chain.as_ref()),
+                        timeout,
+                    )
+                    .context("origin.s3.endpoint")?,
                 )
-                .context("origin.s3.endpoint")?,
-            ),
+            }
             OriginDriver::AzureBlob(az) => Arc::new(
                 crate::origin::azureblob::AzureBlobOrigin::from_config(az, timeout)
                     .context("origin.azureblob")?,
@@ -90,8 +103,16 @@ impl Orca {
                 credentials,
                 local,
             } => {
+                // One chain for the checker and the store: the credentials the checks loaded
+                // are the store's first.
+                let chain = (*credentials == S3Credentials::DefaultChain)
+                    .then(|| AwsChain::new("cachestore.s3", region));
+                if let Some(chain) = &chain {
+                    credential_chains.push(chain.clone());
+                }
                 let client = |t| {
-                    S3Client::new(endpoint, region, *path_style, s3_auth(credentials), t)
+                    let auth = s3_auth(credentials, chain.as_ref());
+                    S3Client::new(endpoint, region, *path_style, auth, t)
                         .context("cachestore.s3.endpoint")
                 };
                 // The checks run now, before Pingora starts, on a runtime and a client of
@@ -154,6 +175,7 @@ impl Orca {
             cluster: Arc::new(cluster),
             store_problem,
             evictor: Mutex::new(evictor),
+            credential_chains,
         }))
     }
 
@@ -195,6 +217,11 @@ impl Orca {
         if !self.cluster.has_peer_set() {
             problems.push("peer discovery has not produced a peer set yet".to_string());
         }
+        for chain in &self.credential_chains {
+            if let Some(e) = chain.problem() {
+                problems.push(e.to_string());
+            }
+        }
         if !self.health.credentials_ok() {
             problems.push(format!(
                 "origin refused credentials {} times in a row",
@@ -205,10 +232,15 @@ impl Orca {
     }
 }
 
-/// The signing identity of a credentials section (also `orcaseed`'s).
-pub(crate) fn s3_auth(credentials: &S3Credentials) -> S3Auth {
+/// The signing identity of a credentials section (`chain`: its default chain, when it uses
+/// one; also `orcaseed`'s).
+pub(crate) fn s3_auth(credentials: &S3Credentials, chain: Option<&Arc<AwsChain>>) -> S3Auth {
     match credentials {
         S3Credentials::Anonymous => S3Auth::Anonymous,
+        S3Credentials::DefaultChain => match chain {
+            Some(chain) => S3Auth::Chain(chain.clone()),
+            None => S3Auth::Anonymous,
+        },
         S3Credentials::Static {
             access_key_id,
             secret_access_key,
@@ -220,6 +252,35 @@ pub(crate) fn s3_auth(credentials: &S3Credentials) -> S3Auth {
             None,
             "orca-config",
         )),
+    }
+}
+
+/// Loads the chain's first credentials before Pingora starts, on a runtime of its own (the
+/// chain's HTTP client keeps no connection, so nothing of it survives into the server's
+/// runtimes), so the log says at start which source is in use. A failure is not fatal: it is
+/// logged, `/readyz` reports it, and the first request tries again.
+fn load_at_start(chain: &Arc<AwsChain>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("runtime for the credentials' first load")?;
+    if let Err(e) = runtime.block_on(chain.ensure()) {
+        tracing::error!(error = %e, "no AWS credentials at start; retrying on the first request");
+    }
+    Ok(())
+}
+
+impl Orca {
+    /// What `/readyz` says besides the verdict: which source each default chain uses
+    /// (`credentials: origin.s3 web-identity`).
+    pub fn credential_sources(&self) -> Vec<String> {
+        self.credential_chains
+            .iter()
+            .filter_map(|c| {
+                c.source()
+                    .map(|s| format!("credentials: {} {s}", c.section()))
+            })
+            .collect()
     }
 }
 

@@ -25,6 +25,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("error", 0),
     ("metrics", 0),
     ("telemetry", 0),
+    ("credentials", 0),
 ];
 
 fn layer(module: &str) -> Option<u8> {

@@ -105,7 +105,8 @@ impl S3Store {
         let b = &self.bucket;
         let req = self
             .client
-            .signed_request("GET", b, None, "versioning=", &[])
+            .request("GET", b, None, "versioning=", &[])
+            .await
             .map_err(|e| StoreError::Check(format!("cachestore.s3: {e}")))?;
         let resp = self.client.send(b, req, 64 * 1024).await.map_err(|e| {
             StoreError::Check(format!("cachestore.s3: bucket {b:?} unreachable: {e}"))

@@ -71,11 +71,8 @@ fn defaults_from_a_file_with_only_origin_id() {
             endpoint: "https://s3.us-east-1.amazonaws.com".into(),
             region: "us-east-1".into(),
             path_style: false,
-            credentials: S3Credentials::Static {
-                access_key_id: "AKIDEXAMPLE".into(),
-                secret_access_key: "not-a-real-secret".into(),
-                session_token: None,
-            },
+            // aws_env()'s keys are read by the default chain's first link.
+            credentials: S3Credentials::DefaultChain,
         })
     );
     assert_eq!(
@@ -418,13 +415,12 @@ logging:
             "listen.edge",
             "origin.id",
             "origin.s3.endpoint",
-            "origin.s3",
             "metadata.max_entries",
             "logging.level",
         ]
     );
     let display = e.to_string();
-    assert_eq!(display.lines().count(), 6, "{display}");
+    assert_eq!(display.lines().count(), 5, "{display}");
     for line in display.lines() {
         assert!(line.contains(": "), "{line}");
     }
@@ -511,14 +507,10 @@ fn s3_credentials_resolution() {
         ("AWS_SESSION_TOKEN", "envtoken"),
     ];
 
-    // From the environment, with the session token.
+    // From the environment: through the default chain, whose first link reads it.
     assert_eq!(
         creds(MINIMAL, &full_env).unwrap(),
-        S3Credentials::Static {
-            access_key_id: "envid".into(),
-            secret_access_key: "envsecret".into(),
-            session_token: Some("envtoken".into()),
-        }
+        S3Credentials::DefaultChain
     );
     // The file wins over the environment.
     let in_file =
@@ -568,33 +560,22 @@ fn s3_credentials_resolution() {
         "origin.s3: env AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not"
     );
 
-    // Nothing at all names the three options; an empty env value counts as unset.
-    let e = creds(
-        MINIMAL,
-        &[("AWS_ACCESS_KEY_ID", ""), ("AWS_SECRET_ACCESS_KEY", "")],
-    )
-    .unwrap_err();
-    let msg = e.to_string();
-    assert!(msg.starts_with("origin.s3: no credentials found"), "{msg}");
-    for option in [
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "access_key_id and secret_access_key under origin.s3",
-        "anonymous: true",
-    ] {
-        assert!(msg.contains(option), "{msg}");
-    }
+    // Nothing at all: the default chain; an empty env value counts as unset.
+    assert_eq!(
+        creds(
+            MINIMAL,
+            &[("AWS_ACCESS_KEY_ID", ""), ("AWS_SECRET_ACCESS_KEY", "")],
+        )
+        .unwrap(),
+        S3Credentials::DefaultChain
+    );
 }
 
 #[test]
 fn credentials_are_redacted_in_debug() {
     let config = from_yaml_str_with_env(
-        MINIMAL,
-        &env_of(&[
-            ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
-            ("AWS_SECRET_ACCESS_KEY", "supersecret"),
-            ("AWS_SESSION_TOKEN", "sessiontoken"),
-        ]),
+        "origin:\n  id: x\n  s3:\n    access_key_id: AKIDEXAMPLE\n    secret_access_key: supersecret\n    session_token: sessiontoken\n",
+        &env_of(&[]),
     )
     .unwrap();
     let debug = format!("{config:?}");
@@ -695,14 +676,21 @@ fn edge_settings() {
 #[test]
 fn s3_cachestore() {
     let text = "origin:\n  id: x\ncachestore:\n  driver: s3\n";
-    let e = err_with(text, &aws_env());
-    let msg = e.to_string();
+    // Without ORCA_CACHESTORE_* keys: the default chain (which reads AWS_* itself).
+    let config = from_yaml_str_with_env(text, &aws_env()).unwrap();
+    assert!(matches!(
+        config.cachestore,
+        CacheStoreConfig::S3 {
+            credentials: S3Credentials::DefaultChain,
+            ..
+        }
+    ));
+    let e = err_with(text, &env_of(&[("ORCA_CACHESTORE_ACCESS_KEY_ID", "cid")]));
     assert!(
-        msg.starts_with("cachestore.s3: no credentials found"),
-        "{msg}"
+        e.to_string()
+            .contains("ORCA_CACHESTORE_SECRET_ACCESS_KEY is not"),
+        "{e}"
     );
-    assert!(msg.contains("ORCA_CACHESTORE_ACCESS_KEY_ID"), "{msg}");
-    assert!(!msg.contains("anonymous"), "{msg}");
 
     let env = env_of(&[
         ("AWS_ACCESS_KEY_ID", "a"),
@@ -914,11 +902,8 @@ fn shipped_config_files_validate() {
             endpoint: "http://127.0.0.1:9000".into(),
             region: "us-east-1".into(),
             path_style: true,
-            credentials: S3Credentials::Static {
-                access_key_id: "AKIDEXAMPLE".into(),
-                secret_access_key: "not-a-real-secret".into(),
-                session_token: None,
-            },
+            // aws_env()'s keys are read by the default chain's first link.
+            credentials: S3Credentials::DefaultChain,
         })
     );
     // Apart from the origin, the shipped file spells out the defaults.
@@ -933,10 +918,15 @@ fn shipped_config_files_validate() {
     assert_eq!(config.cluster, defaults.cluster);
     assert_eq!(config.logging, defaults.logging);
 
-    // Without credentials in the environment, the only problem is the missing credentials.
-    let e = load_with_env(&dir.join("orca.yaml"), &env_of(&[])).unwrap_err();
-    assert_eq!(e.problems().len(), 1, "{e}");
-    assert_eq!(e.problems()[0].key, "origin.s3");
+    // Without credentials in the environment, the default chain is asked at start.
+    let config = load_with_env(&dir.join("orca.yaml"), &env_of(&[])).unwrap();
+    assert!(matches!(
+        config.origin.driver,
+        OriginDriver::S3(S3OriginConfig {
+            credentials: S3Credentials::DefaultChain,
+            ..
+        })
+    ));
 
     let minimal = load_with_env(&dir.join("orca-minimal.yaml"), &aws_env()).unwrap();
     assert_eq!(minimal.origin.id, "my-origin");

@@ -194,6 +194,7 @@ fn s3_origin(p: &mut Problems, file: S3OriginFile, env: &Env<'_>) -> Option<S3Or
             env_access_key_id: "AWS_ACCESS_KEY_ID",
             env_secret_access_key: "AWS_SECRET_ACCESS_KEY",
             env_session_token: Some("AWS_SESSION_TOKEN"),
+            chain_reads_env: true,
         },
         env,
     );
@@ -217,6 +218,9 @@ struct CredentialSources {
     env_access_key_id: &'static str,
     env_secret_access_key: &'static str,
     env_session_token: Option<&'static str>,
+    /// Whether the default chain reads the section's env variables itself (the `AWS_*` ones):
+    /// then they select the chain rather than static keys.
+    chain_reads_env: bool,
 }
 
 /// Resolves S3 credentials: `anonymous: true`, else both keys from the section, else both keys
@@ -299,8 +303,8 @@ fn s3_credentials(
     env_credentials(p, src, env)
 }
 
-/// The last resort of [`s3_credentials`]: both keys from the environment, or a problem that
-/// names every way to provide them.
+/// The last resort of [`s3_credentials`]: both keys from the environment (or, for variables
+/// the chain reads itself, the chain), half a pair as a problem, or the default chain.
 fn env_credentials(
     p: &mut Problems,
     src: &CredentialSources,
@@ -309,6 +313,7 @@ fn env_credentials(
     let section = src.section;
     let (id_var, secret_var) = (src.env_access_key_id, src.env_secret_access_key);
     match (env.get(id_var), env.get(secret_var)) {
+        (Some(_), Some(_)) if src.chain_reads_env => Some(S3Credentials::DefaultChain),
         (Some(access_key_id), Some(secret_access_key)) => Some(S3Credentials::Static {
             access_key_id,
             secret_access_key,
@@ -328,21 +333,9 @@ fn env_credentials(
             );
             None
         }
-        (None, None) => {
-            let anonymous = if src.anonymous.is_some() {
-                ", or anonymous: true for a public bucket"
-            } else {
-                ""
-            };
-            p.push(
-                section,
-                format!(
-                    "no credentials found: set env {id_var} and {secret_var}, or \
-                     access_key_id and secret_access_key under {section}{anonymous}"
-                ),
-            );
-            None
-        }
+        // No keys anywhere: the default chain (the shared files, web identity, container
+        // credentials, IMDS); it reports at start and in /readyz what it found.
+        (None, None) => Some(S3Credentials::DefaultChain),
     }
 }
 
@@ -626,6 +619,7 @@ fn s3_cachestore(
             env_access_key_id: "ORCA_CACHESTORE_ACCESS_KEY_ID",
             env_secret_access_key: "ORCA_CACHESTORE_SECRET_ACCESS_KEY",
             env_session_token: None,
+            chain_reads_env: false,
         },
         env,
     );

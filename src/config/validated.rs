@@ -119,6 +119,10 @@ pub enum S3Credentials {
     },
     /// Unsigned requests (public buckets).
     Anonymous,
+    /// No keys configured: the AWS default credential chain (env, shared files with
+    /// `AWS_PROFILE`, web identity, container credentials, EC2 IMDSv2), looked up at start
+    /// and refreshed before expiry (`credentials::aws`).
+    DefaultChain,
 }
 
 impl fmt::Debug for S3Credentials {
@@ -138,6 +142,7 @@ impl fmt::Debug for S3Credentials {
                 )
                 .finish(),
             S3Credentials::Anonymous => f.write_str("Anonymous"),
+            S3Credentials::DefaultChain => f.write_str("DefaultChain"),
         }
     }
 }

@@ -67,6 +67,15 @@ impl S3Origin {
             .map_err(|e| OriginError::Protocol(e.to_string()))
     }
 
+    /// Makes sure the client can sign: with the default credential chain, loads credentials
+    /// when there are none usable (a refresh before expiry runs in the background).
+    async fn prepare(&self, bucket: &str) -> Result<(), OriginError> {
+        self.client
+            .prepare(bucket)
+            .await
+            .map_err(|e| OriginError::Transient(e.to_string()))
+    }
+
     /// Sends a signed request without a body and returns the whole (bounded) answer.
     pub async fn send(
         &self,
@@ -135,6 +144,7 @@ fn refusal_of(status: u16, body: &[u8]) -> OriginError {
 #[async_trait]
 impl Origin for S3Origin {
     async fn head(&self, bucket: &str, key: &str) -> Result<ObjectMeta, OriginError> {
+        self.prepare(bucket).await?;
         // Ask for the object's checksums too; they are sent back only where S3 would.
         let req = self.signed_request(
             "HEAD",
@@ -189,6 +199,7 @@ impl Origin for S3Origin {
 
     async fn list(&self, bucket: &str, request: &ListRequest) -> Result<Bytes, OriginError> {
         with_retries(OriginError::is_retryable, |_| async {
+            self.prepare(bucket).await?;
             let req = self.signed_request("GET", bucket, None, &request.query(), &[])?;
             let resp = self.send("list", bucket, req, MAX_LIST_BODY).await?;
             match resp.header.status.as_u16() {
@@ -202,6 +213,7 @@ impl Origin for S3Origin {
     }
 
     async fn head_bucket(&self, bucket: &str) -> Result<(), OriginError> {
+        self.prepare(bucket).await?;
         let req = self.signed_request("HEAD", bucket, None, "", &[])?;
         let resp = self.send("head", bucket, req, 64 * 1024).await?;
         match resp.header.status.as_u16() {
@@ -217,6 +229,8 @@ impl Origin for S3Origin {
     }
 
     async fn chunk_peer(&self, bucket: &str) -> Result<HttpPeer, OriginError> {
+        // The chunk request is signed right after, synchronously.
+        self.prepare(bucket).await?;
         self.client
             .peer(bucket)
             .await

@@ -6,7 +6,8 @@
 
 use super::gen;
 use super::SeedError;
-use crate::config::OriginDriver;
+use crate::config::{OriginDriver, S3Credentials};
+use crate::credentials::aws::AwsChain;
 use crate::error::{xml_entity, xml_text};
 use crate::net::encode::encode_query_value;
 use crate::net::http::{exchange, header_str, make_peer, Endpoint, Resolver, Response};
@@ -195,7 +196,12 @@ impl Store {
                     &s3.endpoint,
                     &s3.region,
                     s3.path_style,
-                    crate::state::s3_auth(&s3.credentials),
+                    crate::state::s3_auth(
+                        &s3.credentials,
+                        matches!(s3.credentials, S3Credentials::DefaultChain)
+                            .then(|| AwsChain::new("origin.s3", &s3.region))
+                            .as_ref(),
+                    ),
                     timeout,
                 )
                 .map_err(|e| SeedError::Setup(e.to_string()))?,

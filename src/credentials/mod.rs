@@ -1,0 +1,6 @@
+//! Credentials the clouds hand out: the AWS default credential chain ([`aws`]) for S3
+//! sections without keys, cached and refreshed before expiry, and the HTTP client its
+//! providers use ([`http`]), built on Orca's own connector.
+
+pub mod aws;
+pub mod http;
