@@ -795,8 +795,12 @@ mod tests {
         assert_eq!(s3.endpoint, "http://127.0.0.1:9");
         assert_eq!(s3.region, "eu-west-1");
         assert!(s3.path_style);
-        // No credentials anywhere: Orca's own message, naming the variables.
-        let e = crate::config::from_yaml_str_with_env(&yaml, &|_| None).unwrap_err();
-        assert!(e.to_string().contains("AWS_ACCESS_KEY_ID"), "{e}");
+        // No keys anywhere: the default credential chain, as Orca itself uses.
+        let config = crate::config::from_yaml_str_with_env(&yaml, &|_| None)
+            .unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        let OriginDriver::S3(s3) = &config.origin.driver else {
+            panic!("not s3: {yaml}");
+        };
+        assert_eq!(s3.credentials, crate::config::S3Credentials::DefaultChain);
     }
 }
