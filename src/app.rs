@@ -7,8 +7,9 @@
 use crate::config::Config;
 use crate::edge::auth::EdgeAuth;
 use crate::edge::EdgeService;
-use crate::fill::{FillClients, FillService};
+use crate::fill::{FillClients, FillService, PeerTls};
 use crate::metadata::HealthProbe;
+use crate::net::tls::{load_ca, CertReloader, CertResolver};
 use crate::ops::OpsService;
 use crate::state::Orca;
 use anyhow::Context;
@@ -47,6 +48,24 @@ pub fn build_server(opt: Opt, config: Config) -> anyhow::Result<Server> {
         orca.fill_read_timeout(),
         orca.peer_secret.clone(),
     );
+    let peer_tls = match &orca.config.cluster.peer_ca {
+        Some(ca) => Some(PeerTls {
+            ca: load_ca(ca).context("cluster.peer_ca")?,
+            server_name: orca.config.cluster.peer_server_name.clone(),
+        }),
+        None => None,
+    };
+    let fills = fills.with_peer_tls(peer_tls);
+    let edge_tls = match &listen.edge_tls {
+        Some(files) => Some(CertResolver::new("edge", files.clone()).context("listen.edge_tls")?),
+        None => None,
+    };
+    let internal_tls = match &listen.internal_tls {
+        Some(files) => {
+            Some(CertResolver::new("internal", files.clone()).context("listen.internal_tls")?)
+        }
+        None => None,
+    };
     let edge_auth = Arc::new(EdgeAuth::new(&orca.config.edge.auth));
     let mut edge = http_proxy_service_with_name(
         &conf,
@@ -56,18 +75,25 @@ pub fn build_server(opt: Opt, config: Config) -> anyhow::Result<Server> {
     // A write buffer that holds a response header and a small body, so a small object goes
     // out in one write instead of two (Pingora's default buffers 1460 bytes; a body piece
     // larger than the buffer still goes straight to the socket, uncopied).
-    edge.add_listener(
-        ListenerConfig::tcp(listen.edge.as_str()).l4_buffer(L4BufferSettings {
-            read: None,
-            write: Some(EDGE_WRITE_BUFFER),
-        }),
-    );
+    let mut edge_listener = ListenerConfig::tcp(listen.edge.as_str()).l4_buffer(L4BufferSettings {
+        read: None,
+        write: Some(EDGE_WRITE_BUFFER),
+    });
+    if let Some(resolver) = &edge_tls {
+        edge_listener = edge_listener.tls(resolver.settings());
+    }
+    edge.add_listener(edge_listener);
     let mut fill =
         http_proxy_service_with_name(&conf, FillService::for_peers(orca.clone()), "fill");
     let dns = orca.cluster.dns_refresher();
     let evictor = orca.evictor.lock().take();
     let auth_reloader = edge_auth.reloader();
-    fill.add_tcp(&listen.internal);
+    match &internal_tls {
+        Some(resolver) => fill
+            .add_listener(ListenerConfig::tcp(listen.internal.as_str()).tls(resolver.settings())),
+        None => fill.add_tcp(&listen.internal),
+    }
+    let cert_reloader = CertReloader::new(edge_tls.into_iter().chain(internal_tls).collect());
     let (health, origin) = (orca.health.clone(), orca.origin.clone());
     let mut ops = Service::new(
         "ops".to_string(),
@@ -86,6 +112,10 @@ pub fn build_server(opt: Opt, config: Config) -> anyhow::Result<Server> {
         server.add_service(background_service("fs cache eviction", evictor));
     }
     server.add_service(background_service("SIGHUP handler", auth_reloader));
+    server.add_service(background_service(
+        "TLS certificate reloader",
+        cert_reloader,
+    ));
     server.add_service(background_service(
         "origin credentials probe",
         HealthProbe::new(health, origin),

@@ -80,6 +80,16 @@ impl FillError {
     }
 }
 
+/// How peers are dialled over TLS (`cluster.peer_ca`, `cluster.peer_server_name`).
+#[derive(Clone)]
+pub struct PeerTls {
+    /// The only CA peers' certificates may chain to (the system's roots are not used).
+    pub ca: Arc<pingora::protocols::tls::CaType>,
+    /// The name peers' certificates are checked for; `None`: each peer's host as the peer
+    /// list spells it (a name or an IP address).
+    pub server_name: Option<String>,
+}
+
 /// A client of one fill service.
 pub struct FillClient {
     target: Target,
@@ -106,8 +116,27 @@ enum Target {
 impl FillClient {
     /// A client of the fill service at `addr` (another replica). `read_timeout` bounds the
     /// wait for each piece, which includes waiting on another caller's origin fill.
-    pub fn remote(addr: SocketAddr, read_timeout: Duration, secret: Option<String>) -> Self {
-        let mut peer = make_peer(addr, false, "", read_timeout);
+    /// With `tls`, the connection is TLS, and the peer's certificate must chain to `tls.ca`
+    /// and name `host` (or `tls.server_name`): Pingora's rustls connector checks both, and
+    /// skips every check when the name is empty, so it never is.
+    pub fn remote(
+        addr: SocketAddr,
+        host: &str,
+        tls: Option<&PeerTls>,
+        read_timeout: Duration,
+        secret: Option<String>,
+    ) -> Self {
+        let mut peer = match tls {
+            Some(tls) => {
+                let name = tls.server_name.as_deref().unwrap_or(host);
+                let mut peer = make_peer(addr, true, name, read_timeout);
+                peer.options.ca = Some(tls.ca.clone());
+                peer.options.verify_cert = true;
+                peer.options.verify_hostname = true;
+                peer
+            }
+            None => make_peer(addr, false, "", read_timeout),
+        };
         peer.options.connection_timeout = Some(Duration::from_secs(10));
         peer.options.total_connection_timeout = Some(Duration::from_secs(10));
         Self {
@@ -293,6 +322,8 @@ pub struct FillClients {
     /// The cluster's shared secret, sent to peers.
     secret: Option<String>,
     resolver: Resolver,
+    /// TLS to peers, when `cluster.peer_ca` is set.
+    peer_tls: Option<PeerTls>,
     /// The cluster generation `peers` was last pruned at.
     pruned_at: AtomicU64,
 }
@@ -321,7 +352,15 @@ impl FillClients {
             read_timeout,
             secret,
             resolver: Resolver::default(),
+            peer_tls: None,
         }
+    }
+
+    /// Dials peers over TLS with `tls` (`None`: plain HTTP).
+    #[must_use]
+    pub fn with_peer_tls(mut self, tls: Option<PeerTls>) -> Self {
+        self.peer_tls = tls;
+        self
     }
 
     /// This replica's own fill service.
@@ -382,6 +421,8 @@ impl FillClients {
             .map_err(|e| FillError::Unreachable(format!("cannot resolve peer {peer}: {e}")))?;
         let client = Arc::new(FillClient::remote(
             addr,
+            host,
+            self.peer_tls.as_ref(),
             self.read_timeout,
             self.secret.clone(),
         ));

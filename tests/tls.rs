@@ -1,0 +1,607 @@
+//! TLS on the edge and internal ports, with the clients people use: curl `--cacert`, the aws
+//! CLI `--ca-bundle`, boto3 `verify=`; a certificate replaced on disk and reloaded on `SIGHUP`
+//! while a download is in flight; a fleet whose peers fill over TLS checked against
+//! `cluster.peer_ca`, and a peer whose certificate another CA signed, refused.
+//!
+//! The certificates are made by the test with the `openssl` command line tool.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use ::orca::chunk::ChunkId;
+use ::orca::cluster::rendezvous;
+use common::orca::yaml_str;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const MIB: usize = 1 << 20;
+
+/// Runs `openssl` with `args` in `dir`; panics with its stderr on failure.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = run_bounded(
+        Command::new("openssl").args(args).current_dir(dir),
+        None,
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A test CA in a directory: makes leaf certificates it signs.
+struct Ca {
+    dir: PathBuf,
+    name: String,
+}
+
+impl Ca {
+    /// A new self-signed CA `name` (P-256) in `dir`.
+    fn new(dir: &Path, name: &str) -> Ca {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        );
+        Ca {
+            dir: dir.to_path_buf(),
+            name: name.to_string(),
+        }
+    }
+
+    /// The CA certificate (PEM).
+    fn cert(&self) -> PathBuf {
+        self.dir.join(format!("{}.pem", self.name))
+    }
+
+    /// A server certificate for 127.0.0.1 and localhost with subject `CN=cn` and serial
+    /// `serial` (hex), signed by this CA: `(cert, key)` files named after `cn`.
+    fn leaf(&self, cn: &str, serial: &str) -> (PathBuf, PathBuf) {
+        let ext = self.dir.join(format!("{cn}.ext"));
+        std::fs::write(
+            &ext,
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(
+            &self.dir,
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &format!("{cn}.key"),
+                "-out",
+                &format!("{cn}.csr"),
+                "-subj",
+                &format!("/CN={cn}"),
+            ],
+        );
+        openssl(
+            &self.dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{cn}.csr"),
+                "-CA",
+                &format!("{}.pem", self.name),
+                "-CAkey",
+                &format!("{}.key", self.name),
+                "-set_serial",
+                &format!("0x{serial}"),
+                "-days",
+                "2",
+                "-out",
+                &format!("{cn}.pem"),
+                "-extfile",
+                &format!("{cn}.ext"),
+            ],
+        );
+        (
+            self.dir.join(format!("{cn}.pem")),
+            self.dir.join(format!("{cn}.key")),
+        )
+    }
+}
+
+fn tls_yaml(key: &str, cert: &Path, key_file: &Path) -> String {
+    format!(
+        "  {key}:\n    cert: {}\n    key: {}\n",
+        yaml_str(&cert.to_string_lossy()),
+        yaml_str(&key_file.to_string_lossy())
+    )
+}
+
+/// The `listen` section for `ports` on 127.0.0.1, with `tls` lines added under it.
+fn listen_yaml(ports: OrcaPorts, tls: &str) -> String {
+    format!(
+        "listen:\n  edge: \"127.0.0.1:{}\"\n  internal: \"127.0.0.1:{}\"\n  ops: \"127.0.0.1:{}\"\n{tls}",
+        ports.edge, ports.internal, ports.ops
+    )
+}
+
+/// The serial number (hex, uppercase) and subject of the certificate the server at
+/// `127.0.0.1:port` presents to a new connection, as `openssl s_client` sees it, verified
+/// against `ca`.
+fn served_certificate(port: u16, ca: &Path) -> (String, String) {
+    let out = run_bounded(
+        Command::new("openssl")
+            .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+            .arg("-CAfile")
+            .arg(ca)
+            .args(["-verify_return_error", "-servername", "localhost"]),
+        Some(b""),
+        Duration::from_secs(30),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && text.contains("Verify return code: 0 (ok)"),
+        "s_client to {port}: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Feed the presented certificate to `openssl x509`.
+    let begin = text.find("-----BEGIN CERTIFICATE-----").unwrap();
+    let end = text.find("-----END CERTIFICATE-----").unwrap() + "-----END CERTIFICATE-----".len();
+    let out = run_bounded(
+        Command::new("openssl").args(["x509", "-noout", "-serial", "-subject"]),
+        Some(&text.as_bytes()[begin..end]),
+        Duration::from_secs(30),
+    );
+    let info = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {info}"))
+            .trim()
+            .to_string()
+    };
+    (field("serial="), field("subject="))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_over_tls_serves_curl_the_aws_cli_and_boto3_byte_exact() {
+    let pki = tempfile::tempdir().unwrap();
+    let ca = Ca::new(pki.path(), "orca-test-ca");
+    let (cert, key) = ca.leaf("orca-edge", "1001");
+    let moto = Moto::start();
+    create_bucket(&moto.endpoint(), "tls").await;
+    let proxy = FaultProxy::start(&moto.endpoint());
+    let ports = OrcaPorts::free();
+    let orca = OrcaProcess::start(
+        OrcaConfig::new(&proxy.endpoint())
+            .ports(ports)
+            .extra_yaml(&listen_yaml(ports, &tls_yaml("edge_tls", &cert, &key))),
+    );
+    // Larger than the aws CLI's 8 MiB multipart threshold: it reads with parallel ranged GETs.
+    let data = deterministic_bytes(14, 10 * MIB + 777);
+    put_object(&moto.endpoint(), "tls", "dir/obj.bin", data.clone()).await;
+    let want = sha256_hex(&data);
+    let edge = format!("https://127.0.0.1:{}", ports.edge);
+    let url = format!("{edge}/tls/dir/obj.bin");
+    let ca_path = ca.cert();
+    let ca_arg = ca_path.to_str().unwrap();
+
+    // curl: the whole object, then two ranges on one kept-alive connection.
+    let out = run_client(Command::new("curl").args(["-sS", "--fail", "--cacert", ca_arg, &url]));
+    assert_eq!(sha256_hex(&out), want, "curl --cacert");
+    let range = Command::new("curl")
+        .args(["-sS", "-v", "--fail", "--cacert", ca_arg, "-r", "5-9", &url])
+        .args(["--next", "-sS", "-v", "--fail", "--cacert", ca_arg])
+        .args(["-r", "1048570-1048580", &url])
+        .output()
+        .unwrap();
+    assert!(range.status.success());
+    let mut expected = data[5..=9].to_vec();
+    expected.extend_from_slice(&data[1048570..=1048580]);
+    assert_eq!(range.stdout, expected, "two ranges over one connection");
+    let verbose = String::from_utf8_lossy(&range.stderr);
+    assert!(
+        verbose.contains("Re-using existing connection") || verbose.contains("Reusing existing"),
+        "the second request did not reuse the TLS connection:\n{verbose}"
+    );
+    // The certificate is checked: without the CA curl refuses it, and plain HTTP gets nothing.
+    let refused = run_bounded(
+        Command::new("curl").args(["-sS", "--fail", &url]),
+        None,
+        CLIENT_DEADLINE,
+    );
+    assert!(!refused.status.success(), "curl trusted an unknown CA");
+    let plain = run_bounded(
+        Command::new("curl").args([
+            "-sS",
+            "--fail",
+            "--max-time",
+            "10",
+            &format!("http://127.0.0.1:{}/tls/dir/obj.bin", ports.edge),
+        ]),
+        None,
+        CLIENT_DEADLINE,
+    );
+    assert!(
+        !plain.status.success(),
+        "plain HTTP was served on the TLS port"
+    );
+
+    // The aws CLI with --ca-bundle.
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("aws.bin");
+    run_client(
+        Command::new("aws")
+            .args(["--endpoint-url", &edge, "--ca-bundle", ca_arg, "s3", "cp"])
+            .arg("s3://tls/dir/obj.bin")
+            .arg(&target)
+            .arg("--only-show-errors"),
+    );
+    assert_eq!(
+        sha256_hex(&std::fs::read(&target).unwrap()),
+        want,
+        "aws --ca-bundle"
+    );
+
+    // boto3 with verify=.
+    let script = format!(
+        "import boto3, hashlib, sys\n\
+         s3 = boto3.client('s3', endpoint_url='{edge}', verify='{ca_arg}')\n\
+         body = s3.get_object(Bucket='tls', Key='dir/obj.bin')['Body'].read()\n\
+         sys.stdout.write(hashlib.sha256(body).hexdigest())\n"
+    );
+    let out =
+        String::from_utf8(run_client(Command::new("python3").arg("-c").arg(&script))).unwrap();
+    assert_eq!(out, want, "boto3 verify=");
+    assert_eq!(
+        proxy.counts().gets_with_range,
+        11,
+        "each chunk from the origin once, whatever the client"
+    );
+    let (serial, subject) = served_certificate(ports.edge, &ca.cert());
+    assert_eq!(
+        (serial.as_str(), subject.as_str()),
+        ("1001", "CN = orca-edge")
+    );
+    drop(orca);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_replaced_and_reloaded_on_sighup_leaves_the_download_in_flight_whole() {
+    let pki = tempfile::tempdir().unwrap();
+    let ca = Ca::new(pki.path(), "orca-test-ca");
+    let (first_cert, first_key) = ca.leaf("orca-first", "A001");
+    let (second_cert, second_key) = ca.leaf("orca-second", "B002");
+    // The files Orca reads, replaced in place (as a secret mount or cert-manager does).
+    let cert = pki.path().join("tls.crt");
+    let key = pki.path().join("tls.key");
+    std::fs::copy(&first_cert, &cert).unwrap();
+    std::fs::copy(&first_key, &key).unwrap();
+
+    let moto = Moto::start();
+    create_bucket(&moto.endpoint(), "tls").await;
+    let proxy = FaultProxy::start(&moto.endpoint());
+    let ports = OrcaPorts::free();
+    let orca = OrcaProcess::start(
+        OrcaConfig::new(&proxy.endpoint())
+            .ports(ports)
+            .extra_yaml(&listen_yaml(ports, &tls_yaml("edge_tls", &cert, &key))),
+    );
+    // The reloader has installed its handler once it says so.
+    let installed = poll_until(Duration::from_secs(30), || {
+        orca.log()
+            .contains("SIGHUP reloads the TLS certificates")
+            .then_some(())
+    });
+    assert!(installed.is_some(), "no reloader:\n{}", orca.log_tail());
+    assert_eq!(
+        served_certificate(ports.edge, &ca.cert()),
+        ("A001".to_string(), "CN = orca-first".to_string())
+    );
+
+    let data = deterministic_bytes(15, 16 * MIB);
+    put_object(&moto.endpoint(), "tls", "big", data.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("big.bin");
+    // A slow reader: 16 MiB at 2 MiB/s.
+    let mut download = ChildGuard::new(
+        "curl",
+        Command::new("curl")
+            .args(["-sS", "--fail", "--limit-rate", "2M", "--cacert"])
+            .arg(ca.cert())
+            .arg("-o")
+            .arg(&target)
+            .arg(format!("https://127.0.0.1:{}/tls/big", ports.edge))
+            .spawn()
+            .unwrap(),
+    );
+    let started = poll_until(Duration::from_secs(30), || {
+        let len = std::fs::metadata(&target).map(|m| m.len()).unwrap_or(0);
+        (len > 0).then_some(len)
+    });
+    assert!(started.is_some(), "the download did not start");
+
+    // Replace both files and reload.
+    std::fs::copy(&second_cert, &cert).unwrap();
+    std::fs::copy(&second_key, &key).unwrap();
+    orca.signal("HUP");
+    let reloaded = poll_until(Duration::from_secs(30), || {
+        orca.log()
+            .contains("TLS certificate reloaded")
+            .then_some(())
+    });
+    assert!(reloaded.is_some(), "no reload:\n{}", orca.log_tail());
+    let at_reload = std::fs::metadata(&target).map(|m| m.len()).unwrap_or(0);
+    // New connections see the new certificate while the old one is still being read.
+    assert_eq!(
+        served_certificate(ports.edge, &ca.cert()),
+        ("B002".to_string(), "CN = orca-second".to_string())
+    );
+    assert_eq!(
+        orca.metric_value("orca_tls_reloads_total{listener=\"edge\",result=\"ok\"}"),
+        1.0
+    );
+
+    // A broken file is refused on reload; the certificate in force stays.
+    std::fs::write(&cert, "not a certificate\n").unwrap();
+    orca.signal("HUP");
+    let refused = poll_until(Duration::from_secs(30), || {
+        orca.log()
+            .contains("TLS certificate not reloaded")
+            .then_some(())
+    });
+    assert!(refused.is_some(), "no refusal:\n{}", orca.log_tail());
+    assert_eq!(
+        orca.metric_value("orca_tls_reloads_total{listener=\"edge\",result=\"error\"}"),
+        1.0
+    );
+    assert_eq!(served_certificate(ports.edge, &ca.cert()).0, "B002");
+
+    let status = download.wait_timeout(Duration::from_secs(120));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the download in flight failed: {status:?}"
+    );
+    assert!(
+        at_reload < data.len() as u64,
+        "the download had ended before the reload ({at_reload} bytes): nothing was shown"
+    );
+    assert_eq!(
+        sha256_hex(&std::fs::read(&target).unwrap()),
+        sha256_hex(&data),
+        "the download that spanned the reload"
+    );
+}
+
+#[test]
+fn a_missing_or_mismatched_certificate_is_refused_at_load_naming_the_key() {
+    let pki = tempfile::tempdir().unwrap();
+    let ca = Ca::new(pki.path(), "orca-test-ca");
+    let (cert, _key) = ca.leaf("one", "1");
+    let (_other_cert, other_key) = ca.leaf("two", "2");
+    let missing = pki.path().join("missing.pem");
+    let cases = [
+        (
+            tls_yaml("edge_tls", &missing, &other_key),
+            "listen.edge_tls.cert",
+        ),
+        (
+            tls_yaml("internal_tls", &cert, &missing),
+            "listen.internal_tls.key",
+        ),
+        // A key that is not the certificate's.
+        (tls_yaml("edge_tls", &cert, &other_key), "listen.edge_tls:"),
+        (
+            "  edge_tls:\n    key: \"/x\"\n".to_string(),
+            "listen.edge_tls.cert",
+        ),
+    ];
+    for (tls, key) in cases {
+        let config = format!("{}origin:\n  id: t\n", listen_yaml(OrcaPorts::free(), &tls));
+        let file = pki.path().join("orca.yaml");
+        std::fs::write(&file, config).unwrap();
+        let out = run_bounded(
+            Command::new(orca_bin())
+                .arg("-t")
+                .arg("--config")
+                .arg(&file),
+            None,
+            CLIENT_DEADLINE,
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{tls}: {stderr}");
+        assert!(stderr.contains(key), "{tls}: {key} not named in {stderr}");
+    }
+    // A peer CA that is not a certificate.
+    let config = format!(
+        "origin:\n  id: t\ncluster:\n  peer_ca: {}\n",
+        yaml_str(&other_key.to_string_lossy())
+    );
+    let file = pki.path().join("orca.yaml");
+    std::fs::write(&file, config).unwrap();
+    let out = run_bounded(
+        Command::new(orca_bin())
+            .arg("-t")
+            .arg("--config")
+            .arg(&file),
+        None,
+        CLIENT_DEADLINE,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cluster.peer_ca"), "{stderr}");
+}
+
+/// Two replicas whose internal ports speak TLS. `rogue`: replica 1's certificate is signed by
+/// another CA than the one `cluster.peer_ca` names.
+struct TlsFleet {
+    moto: Moto,
+    proxies: Vec<FaultProxy>,
+    replicas: Vec<OrcaProcess>,
+    addrs: Vec<String>,
+    _pki: tempfile::TempDir,
+}
+
+impl TlsFleet {
+    async fn start(rogue: bool) -> TlsFleet {
+        let pki = tempfile::tempdir().unwrap();
+        let ca = Ca::new(pki.path(), "fleet-ca");
+        let other = Ca::new(pki.path(), "other-ca");
+        let leaves = [
+            ca.leaf("replica-0", "10"),
+            if rogue {
+                other.leaf("replica-1", "11")
+            } else {
+                ca.leaf("replica-1", "11")
+            },
+        ];
+        let moto = Moto::start();
+        create_bucket(&moto.endpoint(), "fleet").await;
+        let proxies: Vec<FaultProxy> = (0..2)
+            .map(|_| FaultProxy::start(&moto.endpoint()))
+            .collect();
+        let mut attempt = 0;
+        let (replicas, addrs) = loop {
+            attempt += 1;
+            let ports: Vec<OrcaPorts> = (0..2).map(|_| OrcaPorts::free()).collect();
+            let addrs: Vec<String> = ports
+                .iter()
+                .map(|p| format!("127.0.0.1:{}", p.internal))
+                .collect();
+            let mut replicas = Vec::new();
+            let mut failure = None;
+            for (i, p) in ports.iter().enumerate() {
+                let (cert, key) = &leaves[i];
+                let cfg = OrcaConfig::new(&proxies[i].endpoint())
+                    .ports(*p)
+                    .extra_yaml(&listen_yaml(*p, &tls_yaml("internal_tls", cert, key)))
+                    .extra_yaml(&format!(
+                        "cluster:\n  peers: [\"{}\", \"{}\"]\n  self: \"{}\"\n  peer_ca: {}\n",
+                        addrs[0],
+                        addrs[1],
+                        addrs[i],
+                        yaml_str(&ca.cert().to_string_lossy())
+                    ));
+                match OrcaProcess::try_start(cfg) {
+                    Ok(r) => replicas.push(r),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            match failure {
+                None => break (replicas, addrs),
+                Some(e) if e.address_in_use && attempt < BIND_ATTEMPTS => drop(replicas),
+                Some(e) => panic!("{}", e.message),
+            }
+        };
+        TlsFleet {
+            moto,
+            proxies,
+            replicas,
+            addrs,
+            _pki: pki,
+        }
+    }
+
+    /// The chunk indices of an `n`-chunk object (1 MiB chunks) whose coordinator is replica 1.
+    fn coordinated_by_1(&self, key: &str, etag: &str, n: u64) -> Vec<u64> {
+        let mut peers = self.addrs.clone();
+        peers.sort();
+        (0..n)
+            .filter(|i| {
+                let id = ChunkId::from_fields("test-origin", "fleet", key, etag, MIB as u64, *i);
+                rendezvous::choose(&peers, &id) == Some(self.addrs[1].as_str())
+            })
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_fill_over_tls_verified_against_the_peer_ca() {
+    let fleet = TlsFleet::start(false).await;
+    let data = deterministic_bytes(16, 8 * MIB);
+    let etag = put_object(&fleet.moto.endpoint(), "fleet", "obj", data.clone()).await;
+    let etag = etag.trim_matches('"');
+    let theirs = fleet.coordinated_by_1("obj", etag, 8);
+    assert!(!theirs.is_empty(), "no chunk coordinated by replica 1");
+    let got = http_get(&fleet.replicas[0].object_url("fleet", "obj"), None)
+        .await
+        .unwrap();
+    assert_eq!(got.status, 200);
+    assert_eq!(sha256_hex(&got.body), sha256_hex(&data));
+    // Replica 1 fetched its chunks from the origin and handed them over TLS.
+    assert_eq!(
+        fleet.replicas[0].metric_value("orca_peer_fills_total{result=\"ok\"}"),
+        theirs.len() as f64
+    );
+    assert_eq!(fleet.proxies[1].counts().gets_with_range, theirs.len());
+    assert_eq!(fleet.proxies[0].counts().gets_with_range, 8 - theirs.len());
+    // The internal port speaks only TLS.
+    let plain = http_get(
+        &format!("{}/internal/fill", fleet.replicas[1].internal_url()),
+        None,
+    )
+    .await;
+    assert!(
+        plain
+            .as_ref()
+            .map_or(true, |r| r.status != 400 && r.status != 403),
+        "plain HTTP answered on the TLS internal port: {:?}",
+        plain.map(|r| r.status)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_whose_certificate_the_peer_ca_did_not_sign_is_refused_and_filled_locally() {
+    let fleet = TlsFleet::start(true).await;
+    let data = deterministic_bytes(17, 8 * MIB);
+    let etag = put_object(&fleet.moto.endpoint(), "fleet", "obj", data.clone()).await;
+    let theirs = fleet.coordinated_by_1("obj", etag.trim_matches('"'), 8);
+    assert!(!theirs.is_empty(), "no chunk coordinated by replica 1");
+    // Through replica 0: the handshake with replica 1 fails, so replica 0 fills those chunks
+    // itself; the client sees every byte.
+    let got = http_get(&fleet.replicas[0].object_url("fleet", "obj"), None)
+        .await
+        .unwrap();
+    assert_eq!(got.status, 200);
+    assert_eq!(sha256_hex(&got.body), sha256_hex(&data));
+    assert_eq!(fleet.proxies[0].counts().gets_with_range, 8);
+    assert_eq!(
+        fleet.proxies[1].counts().gets_with_range,
+        0,
+        "the rogue peer was asked for a fill"
+    );
+    assert!(fleet.replicas[0].metric_value("orca_peer_fills_total{result=\"error\"}") >= 1.0);
+    assert_eq!(
+        fleet.replicas[0].metric_value("orca_peer_fills_total{result=\"ok\"}"),
+        0.0
+    );
+    let log = fleet.replicas[0].log();
+    assert!(
+        log.contains("peer unreachable; filling locally for a while"),
+        "{}",
+        fleet.replicas[0].log_tail()
+    );
+}
