@@ -605,3 +605,81 @@ async fn a_peer_whose_certificate_the_peer_ca_did_not_sign_is_refused_and_filled
         fleet.replicas[0].log_tail()
     );
 }
+
+/// Starts `orca --config` with `yaml` (and the generated Pingora configuration) in `dir`, its
+/// log in `dir/orca.log`, with `args` added.
+fn spawn_orca(dir: &Path, config: &OrcaConfig, yaml: &str, args: &[&str]) -> ChildGuard {
+    let config_path = dir.join("orca.yaml");
+    let pingora_path = dir.join("pingora.yaml");
+    std::fs::write(&config_path, yaml).unwrap();
+    std::fs::write(&pingora_path, config.to_pingora_yaml(dir)).unwrap();
+    let log = std::fs::File::create(dir.join("orca.log")).unwrap();
+    let child = Command::new(orca_bin())
+        .arg("--config")
+        .arg(&config_path)
+        .arg("-c")
+        .arg(&pingora_path)
+        .args(args)
+        .current_dir(dir)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env_remove("ORCA_SELF")
+        .env_remove("ORCA_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    ChildGuard::new("orca", child)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ops_and_internal_ports_listen_on_their_own_interfaces() {
+    // 127.0.0.2 and 127.0.0.3 are loopback addresses too (Linux routes all of 127/8 to lo).
+    let moto = Moto::start();
+    create_bucket(&moto.endpoint(), "ifaces").await;
+    let dir = tempfile::tempdir().unwrap();
+    let ports = OrcaPorts::free();
+    let config = OrcaConfig::new(&moto.endpoint()).extra_yaml(&format!(
+        "listen:\n  edge: \"127.0.0.1:{}\"\n  internal: \"127.0.0.3:{}\"\n  ops: \"127.0.0.2:{}\"\n",
+        ports.edge, ports.internal, ports.ops
+    ));
+    let yaml = config.to_yaml(&ports, &dir.path().join("cache"));
+    let mut orca = spawn_orca(dir.path(), &config, &yaml, &[]);
+    let ops = std::net::SocketAddr::from(([127, 0, 0, 2], ports.ops));
+    let ready = poll_until(Duration::from_secs(30), || {
+        assert!(
+            orca.try_wait().is_none(),
+            "orca exited:\n{}",
+            file_tail(&dir.path().join("orca.log"), 40)
+        );
+        blocking_get(ops, "/readyz", Duration::from_secs(2))
+            .ok()
+            .filter(|r| r.status == 200)
+    });
+    assert!(
+        ready.is_some(),
+        "not ready on {ops}:\n{}",
+        file_tail(&dir.path().join("orca.log"), 40)
+    );
+    let connects = |ip: [u8; 4], port: u16| {
+        std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::from((ip, port)),
+            Duration::from_secs(2),
+        )
+        .is_ok()
+    };
+    // Each port answers on its own address only.
+    assert!(connects([127, 0, 0, 3], ports.internal));
+    assert!(!connects([127, 0, 0, 1], ports.internal));
+    assert!(!connects([127, 0, 0, 1], ports.ops));
+    assert!(!connects([127, 0, 0, 2], ports.edge));
+    let data = deterministic_bytes(18, 1000);
+    put_object(&moto.endpoint(), "ifaces", "k", data.clone()).await;
+    let got = http_get(&format!("http://127.0.0.1:{}/ifaces/k", ports.edge), None)
+        .await
+        .unwrap();
+    assert_eq!(got.body, data);
+    let metrics = blocking_get(ops, "/metrics", Duration::from_secs(10)).unwrap();
+    assert_eq!(metrics.status, 200);
+}
