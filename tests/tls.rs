@@ -683,3 +683,45 @@ async fn the_ops_and_internal_ports_listen_on_their_own_interfaces() {
     let metrics = blocking_get(ops, "/metrics", Duration::from_secs(10)).unwrap();
     assert_eq!(metrics.status, 200);
 }
+
+/// The lines of `log` that carry `message` and every one of `fields`.
+fn lines_with(log: &str, message: &str, fields: &[&str]) -> usize {
+    log.lines()
+        .filter(|l| l.contains(message) && fields.iter().all(|f| l.contains(f)))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_request_id_travels_with_peer_fills_into_the_coordinators_log() {
+    let fleet = TlsFleet::start(false).await;
+    let data = deterministic_bytes(19, 8 * MIB);
+    let etag = put_object(&fleet.moto.endpoint(), "fleet", "traced", data.clone()).await;
+    let theirs = fleet.coordinated_by_1("traced", etag.trim_matches('"'), 8);
+    assert!(!theirs.is_empty(), "no chunk coordinated by replica 1");
+    let got = http_get(&fleet.replicas[0].object_url("fleet", "traced"), None)
+        .await
+        .unwrap();
+    assert_eq!(sha256_hex(&got.body), sha256_hex(&data));
+    let id = got.header("x-amz-request-id").unwrap().to_string();
+    let field = format!("request_id={id}");
+    // The entry replica logged the request; the coordinator logged one fill and one origin GET
+    // for each of its chunks under the same id; the entry replica its own fills.
+    let followed = poll_until(Duration::from_secs(30), || {
+        let entry = fleet.replicas[0].log();
+        let coordinator = fleet.replicas[1].log();
+        let counts = (
+            lines_with(&entry, "edge request", &[&field]),
+            lines_with(&coordinator, "fill request", &[&field, "local=false"]),
+            lines_with(&coordinator, "origin chunk GET", &[&field]),
+            lines_with(&entry, "fill request", &[&field, "local=true"]),
+        );
+        (counts == (1, theirs.len(), theirs.len(), 8 - theirs.len())).then_some(counts)
+    });
+    assert!(
+        followed.is_some(),
+        "request {id} not followed across the fleet ({} chunks on replica 1)\n--- replica 0 ---\n{}\n--- replica 1 ---\n{}",
+        theirs.len(),
+        fleet.replicas[0].log_tail(),
+        fleet.replicas[1].log_tail()
+    );
+}

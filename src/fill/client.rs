@@ -12,7 +12,9 @@
 //! fill service paces its origin read by this reader, so a reader that stopped to wait for a
 //! slow client would slow every request joined to that chunk.
 
-use super::protocol::{FillRequest, REFUSED_HEADER, SECRET_HEADER, SOURCE_HEADER};
+use super::protocol::{
+    FillRequest, REFUSED_HEADER, REQUEST_ID_HEADER, SECRET_HEADER, SOURCE_HEADER,
+};
 use super::service::FillService;
 use crate::chunk::Chunk;
 use crate::cluster::Cluster;
@@ -196,13 +198,15 @@ impl FillClient {
     }
 
     /// Fetches one chunk and sends bytes `[from, to)` of it to `tx`, adding what it sent to
-    /// `sent`. Returns where the fill service got the bytes. The body length is checked
+    /// `sent`, for the edge request `request_id` (sent in `x-orca-request-id`, so the fill
+    /// service's log lines name it; empty: not sent). Returns where the fill service got the bytes. The body length is checked
     /// against the chunk's length: a short body is an error, never a complete chunk. Only
     /// bytes go to `tx`; failures are returned (`E` is the caller's error type).
     pub async fn fetch<E>(
         &self,
         chunk: &Chunk,
         (from, to): (u64, u64),
+        request_id: &str,
         tx: &UnboundedSender<Result<Bytes, E>>,
         sent: &mut u64,
     ) -> Result<ChunkSource, FillError> {
@@ -213,6 +217,10 @@ impl FillClient {
             .map_err(|e| unreachable(e.to_string()))?;
         req.insert_header("host", &self.authority)
             .map_err(|e| unreachable(e.to_string()))?;
+        if !request_id.is_empty() {
+            req.insert_header(REQUEST_ID_HEADER, request_id)
+                .map_err(|e| unreachable(e.to_string()))?;
+        }
         if let Some(secret) = &self.secret {
             req.insert_header(SECRET_HEADER, secret)
                 .map_err(|e| unreachable(e.to_string()))?;
