@@ -494,6 +494,8 @@ impl TlsFleet {
                 let (cert, key) = &leaves[i];
                 let cfg = OrcaConfig::new(&proxies[i].endpoint())
                     .ports(*p)
+                    // The fill client's trace line says whether a pooled connection was reused.
+                    .env("ORCA_LOG", "debug,orca::fill::client=trace")
                     .extra_yaml(&listen_yaml(*p, &tls_yaml("internal_tls", cert, key)))
                     .extra_yaml(&format!(
                         "cluster:\n  peers: [\"{}\", \"{}\"]\n  self: \"{}\"\n  peer_ca: {}\n",
@@ -541,10 +543,10 @@ impl TlsFleet {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_fill_over_tls_verified_against_the_peer_ca() {
     let fleet = TlsFleet::start(false).await;
-    let data = deterministic_bytes(16, 8 * MIB);
+    let data = deterministic_bytes(16, 16 * MIB);
     let etag = put_object(&fleet.moto.endpoint(), "fleet", "obj", data.clone()).await;
     let etag = etag.trim_matches('"');
-    let theirs = fleet.coordinated_by_1("obj", etag, 8);
+    let theirs = fleet.coordinated_by_1("obj", etag, 16);
     assert!(!theirs.is_empty(), "no chunk coordinated by replica 1");
     let got = http_get(&fleet.replicas[0].object_url("fleet", "obj"), None)
         .await
@@ -557,7 +559,25 @@ async fn peers_fill_over_tls_verified_against_the_peer_ca() {
         theirs.len() as f64
     );
     assert_eq!(fleet.proxies[1].counts().gets_with_range, theirs.len());
-    assert_eq!(fleet.proxies[0].counts().gets_with_range, 8 - theirs.len());
+    assert_eq!(fleet.proxies[0].counts().gets_with_range, 16 - theirs.len());
+    // TLS connections to the peer are pooled: a second object's peer fills reuse them.
+    let second = deterministic_bytes(20, 16 * MIB);
+    put_object(&fleet.moto.endpoint(), "fleet", "second", second.clone()).await;
+    let got = http_get(&fleet.replicas[0].object_url("fleet", "second"), None)
+        .await
+        .unwrap();
+    assert_eq!(sha256_hex(&got.body), sha256_hex(&second));
+    let reused = fleet.replicas[0]
+        .log()
+        .lines()
+        .filter(|l| l.contains("fill answered; connection back to the pool"))
+        .filter(|l| l.contains("reused=true"))
+        .count();
+    assert!(
+        reused >= 1,
+        "no peer fill reused a pooled TLS connection\n{}",
+        fleet.replicas[0].log_tail()
+    );
     // The internal port speaks only TLS.
     let plain = http_get(
         &format!("{}/internal/fill", fleet.replicas[1].internal_url()),
@@ -576,9 +596,9 @@ async fn peers_fill_over_tls_verified_against_the_peer_ca() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_whose_certificate_the_peer_ca_did_not_sign_is_refused_and_filled_locally() {
     let fleet = TlsFleet::start(true).await;
-    let data = deterministic_bytes(17, 8 * MIB);
+    let data = deterministic_bytes(17, 16 * MIB);
     let etag = put_object(&fleet.moto.endpoint(), "fleet", "obj", data.clone()).await;
-    let theirs = fleet.coordinated_by_1("obj", etag.trim_matches('"'), 8);
+    let theirs = fleet.coordinated_by_1("obj", etag.trim_matches('"'), 16);
     assert!(!theirs.is_empty(), "no chunk coordinated by replica 1");
     // Through replica 0: the handshake with replica 1 fails, so replica 0 fills those chunks
     // itself; the client sees every byte.
@@ -587,7 +607,7 @@ async fn a_peer_whose_certificate_the_peer_ca_did_not_sign_is_refused_and_filled
         .unwrap();
     assert_eq!(got.status, 200);
     assert_eq!(sha256_hex(&got.body), sha256_hex(&data));
-    assert_eq!(fleet.proxies[0].counts().gets_with_range, 8);
+    assert_eq!(fleet.proxies[0].counts().gets_with_range, 16);
     assert_eq!(
         fleet.proxies[1].counts().gets_with_range,
         0,
@@ -694,9 +714,9 @@ fn lines_with(log: &str, message: &str, fields: &[&str]) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_edge_request_id_travels_with_peer_fills_into_the_coordinators_log() {
     let fleet = TlsFleet::start(false).await;
-    let data = deterministic_bytes(19, 8 * MIB);
+    let data = deterministic_bytes(19, 16 * MIB);
     let etag = put_object(&fleet.moto.endpoint(), "fleet", "traced", data.clone()).await;
-    let theirs = fleet.coordinated_by_1("traced", etag.trim_matches('"'), 8);
+    let theirs = fleet.coordinated_by_1("traced", etag.trim_matches('"'), 16);
     assert!(!theirs.is_empty(), "no chunk coordinated by replica 1");
     let got = http_get(&fleet.replicas[0].object_url("fleet", "traced"), None)
         .await
@@ -715,7 +735,7 @@ async fn the_edge_request_id_travels_with_peer_fills_into_the_coordinators_log()
             lines_with(&coordinator, "origin chunk GET", &[&field]),
             lines_with(&entry, "fill request", &[&field, "local=true"]),
         );
-        (counts == (1, theirs.len(), theirs.len(), 8 - theirs.len())).then_some(counts)
+        (counts == (1, theirs.len(), theirs.len(), 16 - theirs.len())).then_some(counts)
     });
     assert!(
         followed.is_some(),
