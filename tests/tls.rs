@@ -397,7 +397,7 @@ async fn a_certificate_replaced_and_reloaded_on_sighup_leaves_the_download_in_fl
 fn a_missing_or_mismatched_certificate_is_refused_at_load_naming_the_key() {
     let pki = tempfile::tempdir().unwrap();
     let ca = Ca::new(pki.path(), "orca-test-ca");
-    let (cert, _key) = ca.leaf("one", "1");
+    let (cert, key) = ca.leaf("one", "1");
     let (_other_cert, other_key) = ca.leaf("two", "2");
     let missing = pki.path().join("missing.pem");
     let cases = [
@@ -415,8 +415,13 @@ fn a_missing_or_mismatched_certificate_is_refused_at_load_naming_the_key() {
             "  edge_tls:\n    key: \"/x\"\n".to_string(),
             "listen.edge_tls.cert",
         ),
+        // Peers speak HTTP/1.1.
+        (
+            tls_yaml("internal_tls", &cert, &key) + "    http2: true\n",
+            "listen.internal_tls.http2",
+        ),
     ];
-    for (tls, key) in cases {
+    for (tls, named) in cases {
         let config = format!("{}origin:\n  id: t\n", listen_yaml(OrcaPorts::free(), &tls));
         let file = pki.path().join("orca.yaml");
         std::fs::write(&file, config).unwrap();
@@ -430,7 +435,10 @@ fn a_missing_or_mismatched_certificate_is_refused_at_load_naming_the_key() {
         );
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{tls}: {stderr}");
-        assert!(stderr.contains(key), "{tls}: {key} not named in {stderr}");
+        assert!(
+            stderr.contains(named),
+            "{tls}: {named} not named in {stderr}"
+        );
     }
     // A peer CA that is not a certificate.
     let config = format!(
@@ -744,4 +752,76 @@ async fn the_edge_request_id_travels_with_peer_fills_into_the_coordinators_log()
         fleet.replicas[0].log_tail(),
         fleet.replicas[1].log_tail()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_offers_http2_over_tls_when_asked() {
+    let pki = tempfile::tempdir().unwrap();
+    let ca = Ca::new(pki.path(), "orca-test-ca");
+    let (cert, key) = ca.leaf("orca-h2", "2002");
+    let moto = Moto::start();
+    create_bucket(&moto.endpoint(), "tls").await;
+    let proxy = FaultProxy::start(&moto.endpoint());
+    let data = deterministic_bytes(22, 3 * MIB + 5);
+    put_object(&moto.endpoint(), "tls", "h2.bin", data.clone()).await;
+    let ca_path = ca.cert();
+    let ca_arg = ca_path.to_str().unwrap();
+    // (http2 key, the HTTP version curl --http2 ends up with)
+    for (http2, version) in [(true, "2"), (false, "1.1")] {
+        let ports = OrcaPorts::free();
+        let mut tls = tls_yaml("edge_tls", &cert, &key);
+        tls.push_str(&format!("    http2: {http2}\n"));
+        let orca = OrcaProcess::start(
+            OrcaConfig::new(&proxy.endpoint())
+                .ports(ports)
+                .extra_yaml(&listen_yaml(ports, &tls)),
+        );
+        let url = format!("https://127.0.0.1:{}/tls/h2.bin", ports.edge);
+        let dir = tempfile::tempdir().unwrap();
+        let body = dir.path().join("body");
+        let curl = |extra: &[&str], target: &Path| {
+            let out = run_client(
+                Command::new("curl")
+                    .args([
+                        "-sS",
+                        "--http2",
+                        "--cacert",
+                        ca_arg,
+                        "-w",
+                        "%{http_version} %{http_code}",
+                    ])
+                    .args(extra)
+                    .arg("-o")
+                    .arg(target)
+                    .arg(&url),
+            );
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(curl(&[], &body), format!("{version} 200"), "http2: {http2}");
+        assert_eq!(
+            sha256_hex(&std::fs::read(&body).unwrap()),
+            sha256_hex(&data)
+        );
+        assert_eq!(
+            curl(&["-r", "1048570-1048580"], &body),
+            format!("{version} 206")
+        );
+        assert_eq!(std::fs::read(&body).unwrap(), &data[1048570..=1048580]);
+        // An S3 error over the same protocol.
+        let missing = run_client(Command::new("curl").args([
+            "-sS",
+            "--http2",
+            "--cacert",
+            ca_arg,
+            "-w",
+            " %{http_version} %{http_code}",
+            &format!("https://127.0.0.1:{}/tls/nope", ports.edge),
+        ]));
+        let missing = String::from_utf8(missing).unwrap();
+        assert!(
+            missing.contains("NoSuchKey") && missing.ends_with(&format!(" {version} 404")),
+            "{missing}"
+        );
+        drop(orca);
+    }
 }

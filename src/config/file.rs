@@ -79,6 +79,8 @@ pub struct TlsFile {
     pub cert: Option<String>,
     /// The leaf's private key. Required.
     pub key: Option<String>,
+    /// Offer HTTP/2 (ALPN `h2`, then `http/1.1`). Edge only. Default false.
+    pub http2: bool,
 }
 
 impl Default for ListenFile {

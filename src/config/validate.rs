@@ -169,9 +169,16 @@ fn tls_files(p: &mut Problems, key: &str, file: TlsFile) -> Option<TlsFiles> {
         }
         return None;
     };
+    if file.http2 && key != "listen.edge_tls" {
+        p.push(
+            format!("{key}.http2"),
+            "only the edge offers HTTP/2 (peers speak HTTP/1.1)",
+        );
+    }
     let files = TlsFiles {
         cert: PathBuf::from(cert),
         key: PathBuf::from(private),
+        http2: file.http2,
     };
     match load_certified_key(&files) {
         Ok(_) => Some(files),

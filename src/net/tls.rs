@@ -36,6 +36,8 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// The leaf's private key (PEM: PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
+    /// Offer HTTP/2 by ALPN (`h2`, then `http/1.1`); otherwise HTTP/1.1 only.
+    pub http2: bool,
 }
 
 /// Why a certificate, key or CA file cannot be used.
@@ -232,6 +234,9 @@ impl CertResolver {
         let mut settings = TlsSettings::intermediate("", "")
             .expect("TlsSettings::intermediate with a resolver is infallible");
         settings.set_cert_resolver(self.clone());
+        if self.files.http2 {
+            settings.enable_h2();
+        }
         settings
     }
 
@@ -327,6 +332,7 @@ mod tests {
         let missing = TlsFiles {
             cert: dir.path().join("nope.pem"),
             key: dir.path().join("nope.key"),
+            http2: false,
         };
         let e = load_certified_key(&missing).unwrap_err().to_string();
         assert!(e.contains("nope.pem"), "{e}");
@@ -335,6 +341,7 @@ mod tests {
         let e = load_certified_key(&TlsFiles {
             cert: empty.clone(),
             key: empty.clone(),
+            http2: false,
         })
         .unwrap_err();
         assert!(matches!(e, TlsFileError::NoCertificate { .. }), "{e}");
