@@ -76,11 +76,18 @@ impl Ca {
     /// A server certificate for 127.0.0.1 and localhost with subject `CN=cn` and serial
     /// `serial` (hex), signed by this CA: `(cert, key)` files named after `cn`.
     fn leaf(&self, cn: &str, serial: &str) -> (PathBuf, PathBuf) {
+        self.leaf_for(cn, serial, "IP:127.0.0.1,DNS:localhost")
+    }
+
+    /// As [`Ca::leaf`], for the subject alternative names `san` (openssl syntax).
+    fn leaf_for(&self, cn: &str, serial: &str, san: &str) -> (PathBuf, PathBuf) {
         let ext = self.dir.join(format!("{cn}.ext"));
         std::fs::write(
             &ext,
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
-             keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+            format!(
+                "subjectAltName={san}\nbasicConstraints=CA:FALSE\n\
+                 keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n"
+            ),
         )
         .unwrap();
         openssl(
@@ -458,6 +465,58 @@ fn a_missing_or_mismatched_certificate_is_refused_at_load_naming_the_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("cluster.peer_ca"), "{stderr}");
+    // TLS on the internal port with peers needs the CA to dial them with; a server name
+    // needs a CA; a server name must be a DNS name or an IP address.
+    let ports = OrcaPorts::free();
+    let clustered = format!(
+        "{}origin:\n  id: t\ncluster:\n  peers: [\"127.0.0.1:{}\", \"127.0.0.1:1\"]\n  self: \"127.0.0.1:{}\"\n",
+        listen_yaml(ports, &tls_yaml("internal_tls", &cert, &key)),
+        ports.internal,
+        ports.internal
+    );
+    let ca_line = format!("  peer_ca: {}\n", yaml_str(&ca.cert().to_string_lossy()));
+    for (more, named) in [
+        (String::new(), "cluster.peer_ca: required"),
+        (
+            "  peer_server_name: orca.test\n".to_string(),
+            "cluster.peer_server_name",
+        ),
+        (
+            format!("{ca_line}  peer_server_name: \"not a name\"\n"),
+            "cluster.peer_server_name",
+        ),
+    ] {
+        std::fs::write(&file, format!("{clustered}{more}")).unwrap();
+        let out = run_bounded(
+            Command::new(orca_bin())
+                .arg("-t")
+                .arg("--config")
+                .arg(&file),
+            None,
+            CLIENT_DEADLINE,
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{more}: {stderr}");
+        assert!(stderr.contains(named), "{more}: {named} not in {stderr}");
+    }
+    // And with the CA the same file is valid.
+    std::fs::write(&file, format!("{clustered}{ca_line}")).unwrap();
+    let out = run_bounded(
+        Command::new(orca_bin())
+            .arg("-t")
+            .arg("--config")
+            .arg(&file)
+            .current_dir(pki.path())
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test"),
+        None,
+        CLIENT_DEADLINE,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Two replicas whose internal ports speak TLS. `rogue`: replica 1's certificate is signed by
@@ -472,15 +531,21 @@ struct TlsFleet {
 
 impl TlsFleet {
     async fn start(rogue: bool) -> TlsFleet {
+        Self::start_with(rogue, "IP:127.0.0.1,DNS:localhost", "").await
+    }
+
+    /// With the replicas' certificates for `san`, and `cluster:` lines `more` (e.g.
+    /// `peer_server_name`).
+    async fn start_with(rogue: bool, san: &str, more: &str) -> TlsFleet {
         let pki = tempfile::tempdir().unwrap();
         let ca = Ca::new(pki.path(), "fleet-ca");
         let other = Ca::new(pki.path(), "other-ca");
         let leaves = [
-            ca.leaf("replica-0", "10"),
+            ca.leaf_for("replica-0", "10", san),
             if rogue {
-                other.leaf("replica-1", "11")
+                other.leaf_for("replica-1", "11", san)
             } else {
-                ca.leaf("replica-1", "11")
+                ca.leaf_for("replica-1", "11", san)
             },
         ];
         let moto = Moto::start();
@@ -506,7 +571,7 @@ impl TlsFleet {
                     .env("ORCA_LOG", "debug,orca::fill::client=trace")
                     .extra_yaml(&listen_yaml(*p, &tls_yaml("internal_tls", cert, key)))
                     .extra_yaml(&format!(
-                        "cluster:\n  peers: [\"{}\", \"{}\"]\n  self: \"{}\"\n  peer_ca: {}\n",
+                        "cluster:\n  peers: [\"{}\", \"{}\"]\n  self: \"{}\"\n  peer_ca: {}\n{more}",
                         addrs[0],
                         addrs[1],
                         addrs[i],
@@ -823,5 +888,32 @@ async fn the_edge_offers_http2_over_tls_when_asked() {
             "{missing}"
         );
         drop(orca);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_server_name_is_the_name_peer_certificates_are_checked_for() {
+    // Certificates for a service name only (as with DNS discovery, where peers are pod IPs).
+    let san = "DNS:orca-peers.test";
+    for (server_name, accepted) in [("orca-peers.test", true), ("other.test", false)] {
+        let fleet =
+            TlsFleet::start_with(false, san, &format!("  peer_server_name: {server_name}\n")).await;
+        let data = deterministic_bytes(23, 16 * MIB);
+        let etag = put_object(&fleet.moto.endpoint(), "fleet", "named", data.clone()).await;
+        let theirs = fleet.coordinated_by_1("named", etag.trim_matches('"'), 16);
+        assert!(!theirs.is_empty(), "no chunk coordinated by replica 1");
+        let got = http_get(&fleet.replicas[0].object_url("fleet", "named"), None)
+            .await
+            .unwrap();
+        assert_eq!(sha256_hex(&got.body), sha256_hex(&data), "{server_name}");
+        let peer_ok = fleet.replicas[0].metric_value("orca_peer_fills_total{result=\"ok\"}");
+        if accepted {
+            assert_eq!(peer_ok, theirs.len() as f64, "{server_name}");
+            assert_eq!(fleet.proxies[1].counts().gets_with_range, theirs.len());
+        } else {
+            assert_eq!(peer_ok, 0.0, "a certificate for another name was accepted");
+            assert_eq!(fleet.proxies[1].counts().gets_with_range, 0);
+            assert_eq!(fleet.proxies[0].counts().gets_with_range, 16);
+        }
     }
 }
