@@ -87,13 +87,14 @@ pub fn build_server(opt: Opt, config: Config) -> anyhow::Result<Server> {
         http_proxy_service_with_name(&conf, FillService::for_peers(orca.clone()), "fill");
     let dns = orca.cluster.dns_refresher();
     let evictor = orca.evictor.lock().take();
-    let auth_reloader = edge_auth.reloader();
     match &internal_tls {
         Some(resolver) => fill
             .add_listener(ListenerConfig::tcp(listen.internal.as_str()).tls(resolver.settings())),
         None => fill.add_tcp(&listen.internal),
     }
+    // One SIGHUP handler reloads the certificates and the edge's client keys.
     let cert_reloader = CertReloader::new(edge_tls.into_iter().chain(internal_tls).collect());
+    let auth_reloader = edge_auth.reloader().with_certificates(cert_reloader);
     let (health, origin) = (orca.health.clone(), orca.origin.clone());
     let mut ops = Service::new(
         "ops".to_string(),
@@ -112,10 +113,6 @@ pub fn build_server(opt: Opt, config: Config) -> anyhow::Result<Server> {
         server.add_service(background_service("fs cache eviction", evictor));
     }
     server.add_service(background_service("SIGHUP handler", auth_reloader));
-    server.add_service(background_service(
-        "TLS certificate reloader",
-        cert_reloader,
-    ));
     server.add_service(background_service(
         "origin credentials probe",
         HealthProbe::new(health, origin),

@@ -18,8 +18,6 @@
 use crate::metrics::TLS_RELOADS;
 use parking_lot::RwLock;
 use pingora::listeners::tls::TlsSettings;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 use pingora::utils::tls::WrappedX509;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -252,16 +250,30 @@ impl ResolvesServerCert for CertResolver {
     }
 }
 
-/// Reloads every TLS listener's certificate and key on each `SIGHUP`, as a Pingora background
-/// service. It has its own signal stream (Tokio delivers a signal to every stream of its
-/// kind), beside the edge credentials' reloader, so one `SIGHUP` reloads both.
+/// Reloads every TLS listener's certificate and key. The edge's `SIGHUP` handler
+/// (`edge::auth::SighupReloader`) calls it on each signal, so one handler, which `/readyz`
+/// waits for, reloads the certificates and the client keys.
 pub struct CertReloader(Vec<Arc<CertResolver>>);
 
 impl CertReloader {
-    /// A reloader of `resolvers` (none: the service does nothing).
+    /// A reloader of `resolvers`.
     #[must_use]
     pub fn new(resolvers: Vec<Arc<CertResolver>>) -> Self {
+        for resolver in &resolvers {
+            TLS_RELOADS.with_label_values(&[resolver.name(), "ok"]);
+            TLS_RELOADS.with_label_values(&[resolver.name(), "error"]);
+        }
         Self(resolvers)
+    }
+
+    /// Whether there is no TLS listener.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The listeners' names.
+    pub fn listeners(&self) -> Vec<&'static str> {
+        self.0.iter().map(|r| r.name()).collect()
     }
 
     /// Reloads each listener's files once; a failure keeps that listener's pair in force.
@@ -277,40 +289,6 @@ impl CertReloader {
                     TLS_RELOADS.with_label_values(&[listener, "error"]).inc();
                     tracing::error!(listener, %err, "TLS certificate not reloaded; the one in force stays");
                 }
-            }
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl BackgroundService for CertReloader {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        use tokio::signal::unix::{signal, SignalKind};
-        if self.0.is_empty() {
-            return;
-        }
-        for resolver in &self.0 {
-            TLS_RELOADS.with_label_values(&[resolver.name(), "ok"]);
-            TLS_RELOADS.with_label_values(&[resolver.name(), "error"]);
-        }
-        let mut hangups = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(err) => {
-                tracing::error!(%err, "cannot install a SIGHUP handler: TLS certificates will not be reloaded");
-                return;
-            }
-        };
-        let listeners: Vec<&str> = self.0.iter().map(|r| r.name()).collect();
-        tracing::info!(?listeners, "SIGHUP reloads the TLS certificates");
-        loop {
-            tokio::select! {
-                got = hangups.recv() => {
-                    if got.is_none() {
-                        return;
-                    }
-                    self.reload_all();
-                }
-                _ = shutdown.changed() => return,
             }
         }
     }
