@@ -14,6 +14,9 @@
 //! **Peers.** With `cluster.peer_ca`, the fill client dials peers over TLS and checks their
 //! certificate against that CA only ([`load_ca`], set as the peer's own CA list), for the
 //! name `cluster.peer_server_name` or, by default, the peer's host as the peer list spells it.
+//! Pingora's rustls connector builds a client configuration with a root store from that list
+//! for each new connection; peer connections are pooled ([`crate::net::pool`]), so that is paid
+//! once per connection, not per fill.
 
 use crate::metrics::TLS_RELOADS;
 use parking_lot::RwLock;
