@@ -628,6 +628,15 @@ async fn peers_fill_over_tls_verified_against_the_peer_ca() {
     );
     assert_eq!(fleet.proxies[1].counts().gets_with_range, theirs.len());
     assert_eq!(fleet.proxies[0].counts().gets_with_range, 16 - theirs.len());
+    // SIGHUP reloads the internal listener's certificate too.
+    fleet.replicas[1].signal("HUP");
+    fleet.replicas[1]
+        .wait_metric_at_least(
+            "orca_tls_reloads_total{listener=\"internal\",result=\"ok\"}",
+            1.0,
+            Duration::from_secs(30),
+        )
+        .await;
     // TLS connections to the peer are pooled: a second object's peer fills reuse them.
     let second = deterministic_bytes(20, 16 * MIB);
     put_object(&fleet.moto.endpoint(), "fleet", "second", second.clone()).await;
