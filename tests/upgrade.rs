@@ -1,12 +1,15 @@
 //! The zero-downtime upgrade, shown: a second Orca started with `-u` takes the listeners of the
 //! first when it gets `SIGQUIT`; a download in flight on the first finishes byte-exact while new
 //! connections reach the second (each request found by its `x-amz-request-id` in the new
-//! process's log and not in the old one's).
+//! process's log and not in the old one's). On plain HTTP and on a TLS edge; every client is
+//! curl, so every request is a new connection.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
+use common::orca::yaml_str;
+use common::pki::Ca;
 use common::*;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -37,15 +40,56 @@ fn spawn_successor(old: &OrcaProcess, log: &Path) -> ChildGuard {
     ChildGuard::new("orca -u", child)
 }
 
-/// Lines of `log` that are `edge request` lines for request `id`.
+/// Whether `log` has the `edge request` line of request `id`.
 fn served(log: &str, id: &str) -> bool {
     let field = format!("request_id={id}");
     log.lines()
         .any(|l| l.contains("edge request") && l.contains(&field))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upgrade_hands_over_the_listeners_without_cutting_a_download() {
+/// Whether the `edge request` line of `id` shows up in the log at `path` within 10 s (it is
+/// written after the response's last byte).
+fn served_soon(path: &Path, id: &str) -> bool {
+    poll_until(Duration::from_secs(10), || {
+        served(&std::fs::read_to_string(path).unwrap_or_default(), id).then_some(())
+    })
+    .is_some()
+}
+
+/// GETs `url` with curl (trusting `ca` when given), writes the body to `out`, and returns the
+/// response's `x-amz-request-id`. Panics when curl fails.
+fn curl(url: &str, ca: Option<&Path>, out: &Path) -> String {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--fail", "-D", "-", "-o"]).arg(out);
+    if let Some(ca) = ca {
+        cmd.arg("--cacert").arg(ca);
+    }
+    let head = String::from_utf8(run_client(cmd.arg(url))).unwrap();
+    head.lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("x-amz-request-id")
+                .then(|| value.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no x-amz-request-id in {head}"))
+}
+
+#[test]
+fn an_upgrade_hands_over_the_listeners_without_cutting_a_download() {
+    block_on(upgrade(false));
+}
+
+#[test]
+fn an_upgrade_hands_over_tls_listeners_without_cutting_a_download() {
+    block_on(upgrade(true));
+}
+
+async fn upgrade(tls: bool) {
+    let pki = tempfile::tempdir().unwrap();
+    let ca = Ca::new(pki.path(), "upgrade-ca");
+    let (cert, key) = ca.leaf("orca-upgrade", "3003");
+    let ca_path = ca.cert();
+    let ca_arg = tls.then_some(ca_path.as_path());
     let moto = Moto::start();
     create_bucket(&moto.endpoint(), "upgrade").await;
     let data = deterministic_bytes(21, 32 * MIB);
@@ -53,23 +97,36 @@ async fn an_upgrade_hands_over_the_listeners_without_cutting_a_download() {
     put_object(&moto.endpoint(), "upgrade", "small", b"hello".to_vec()).await;
     // Pingora's own lifecycle lines (info) show when the old process stops accepting; a grace
     // period long enough for the slow download below.
-    let old = OrcaProcess::start(
-        OrcaConfig::new(&moto.endpoint())
-            .env("ORCA_LOG", "debug,pingora_core=info")
-            .pingora_extra_yaml("grace_period_seconds: 30"),
-    );
+    let ports = OrcaPorts::free();
+    let mut config = OrcaConfig::new(&moto.endpoint())
+        .ports(ports)
+        .env("ORCA_LOG", "debug,pingora_core=info")
+        .pingora_extra_yaml("grace_period_seconds: 30");
+    if tls {
+        config = config.extra_yaml(&format!(
+            "listen:\n  edge: \"127.0.0.1:{}\"\n  internal: \"127.0.0.1:{}\"\n  ops: \"127.0.0.1:{}\"\n  edge_tls:\n    cert: {}\n    key: {}\n",
+            ports.edge,
+            ports.internal,
+            ports.ops,
+            yaml_str(&cert.to_string_lossy()),
+            yaml_str(&key.to_string_lossy())
+        ));
+    }
+    let old = OrcaProcess::start(config);
+    let scheme = if tls { "https" } else { "http" };
+    let url = |key: &str| format!("{scheme}://127.0.0.1:{}/upgrade/{key}", ports.edge);
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("big.bin");
     // 32 MiB at 2 MiB/s: still running when the listeners change hands.
-    let mut download = ChildGuard::new(
-        "curl",
-        Command::new("curl")
-            .args(["-sS", "--fail", "--limit-rate", "2M", "-o"])
-            .arg(&target)
-            .arg(old.object_url("upgrade", "big"))
-            .spawn()
-            .unwrap(),
-    );
+    let mut download = Command::new("curl");
+    download
+        .args(["-sS", "--fail", "--limit-rate", "2M", "-o"])
+        .arg(&target)
+        .arg(url("big"));
+    if let Some(ca) = ca_arg {
+        download.arg("--cacert").arg(ca);
+    }
+    let mut download = ChildGuard::new("curl", download.spawn().unwrap());
     let started = poll_until(Duration::from_secs(30), || {
         let len = std::fs::metadata(&target).map(|m| m.len()).unwrap_or(0);
         (len > 0).then_some(len)
@@ -110,17 +167,12 @@ async fn an_upgrade_hands_over_the_listeners_without_cutting_a_download() {
         download.try_wait().is_none() && at_handover < data.len() as u64,
         "the download had ended before the old process closed its listeners: nothing shown"
     );
+    let small = dir.path().join("small");
     for i in 0..5 {
-        let got = http_get(&old.object_url("upgrade", "small"), None)
-            .await
-            .unwrap();
-        assert_eq!((got.status, got.body.as_slice()), (200, &b"hello"[..]));
-        let id = got.header("x-amz-request-id").unwrap().to_string();
-        let found = poll_until(Duration::from_secs(10), || {
-            served(&std::fs::read_to_string(&new_log).unwrap_or_default(), &id).then_some(())
-        });
+        let id = curl(&url("small"), ca_arg, &small);
+        assert_eq!(std::fs::read(&small).unwrap(), b"hello");
         assert!(
-            found.is_some(),
+            served_soon(&new_log, &id),
             "request {i} ({id}) is not in the new process's log:\n{}",
             file_tail(&new_log, 40)
         );
@@ -143,9 +195,12 @@ async fn an_upgrade_hands_over_the_listeners_without_cutting_a_download() {
         "the download that spanned the upgrade"
     );
     // And the new process serves the big object too.
-    let got = http_get(&old.object_url("upgrade", "big"), None)
-        .await
-        .unwrap();
-    assert_eq!(sha256_hex(&got.body), sha256_hex(&data));
+    let again = dir.path().join("again.bin");
+    let id = curl(&url("big"), ca_arg, &again);
+    assert_eq!(
+        sha256_hex(&std::fs::read(&again).unwrap()),
+        sha256_hex(&data)
+    );
+    assert!(served_soon(&new_log, &id), "{}", file_tail(&new_log, 40));
     new.kill();
 }
