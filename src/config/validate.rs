@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use super::file::{
     AzureBlobFile, CacheStoreDriverName, CacheStoreFile, ChunkingFile, ClusterFile, EdgeAuthFile,
     EdgeFile, FsStoreFile, LimitsFile, ListenFile, LogFormatName, LoggingFile, MetadataFile,
-    OrcaFile, OriginDriverName, OriginFile, S3OriginFile, S3StoreFile,
+    OrcaFile, OriginDriverName, OriginFile, S3OriginFile, S3StoreFile, TlsFile,
 };
 use super::units::SizeOrPercent;
 use super::validated::{
@@ -19,6 +19,7 @@ use super::validated::{
     LogFormat, Logging, MetadataConfig, OriginConfig, OriginDriver, Problem, S3Credentials,
     S3OriginConfig, Tier, LOG_LEVELS, MAX_CHUNK_SIZE, MAX_READAHEAD,
 };
+use crate::net::tls::TlsFiles;
 
 /// Collects problems while validation walks the file.
 #[derive(Default)]
@@ -73,6 +74,7 @@ pub fn validate(file: OrcaFile, env: EnvLookup<'_>) -> Result<Config, Vec<Proble
     };
     let limits = limits(&mut p, &file.limits, chunking.as_ref());
     let cluster = cluster(&mut p, file.cluster, &env);
+    peer_tls_consistent(&mut p, listen.as_ref(), cluster.as_ref());
     let logging = logging(&mut p, file.logging, &env);
 
     match (
@@ -133,16 +135,84 @@ fn listen(p: &mut Problems, file: ListenFile) -> Option<Listen> {
             ),
         }
     }
-    unless_new_problems(p, before, file.into())
-}
-
-impl From<ListenFile> for Listen {
-    fn from(file: ListenFile) -> Self {
+    let edge_tls = file
+        .edge_tls
+        .and_then(|t| tls_files(p, "listen.edge_tls", t));
+    let internal_tls = file
+        .internal_tls
+        .and_then(|t| tls_files(p, "listen.internal_tls", t));
+    unless_new_problems(
+        p,
+        before,
         Listen {
             edge: file.edge,
             internal: file.internal,
             ops: file.ops,
+            edge_tls,
+            internal_tls,
+        },
+    )
+}
+
+/// Checks a listener's `{cert, key}`: both given, both readable PEM, the key going with the
+/// certificate. Each problem names the key of the file at fault.
+fn tls_files(p: &mut Problems, key: &str, file: TlsFile) -> Option<TlsFiles> {
+    use crate::net::tls::{load_certified_key, TlsFileError};
+    let (Some(cert), Some(private)) = (&file.cert, &file.key) else {
+        for (name, value) in [("cert", &file.cert), ("key", &file.key)] {
+            if value.is_none() {
+                p.push(
+                    format!("{key}.{name}"),
+                    format!("required when {key} is set: a PEM file"),
+                );
+            }
         }
+        return None;
+    };
+    if file.http2 && key != "listen.edge_tls" {
+        p.push(
+            format!("{key}.http2"),
+            "only the edge offers HTTP/2 (peers speak HTTP/1.1)",
+        );
+    }
+    let files = TlsFiles {
+        cert: PathBuf::from(cert),
+        key: PathBuf::from(private),
+        http2: file.http2,
+    };
+    match load_certified_key(&files) {
+        Ok(_) => Some(files),
+        Err(e) => {
+            let at = match &e {
+                TlsFileError::Mismatch { .. } => key.to_string(),
+                TlsFileError::Read { path, .. }
+                | TlsFileError::Pem { path, .. }
+                | TlsFileError::NoCertificate { path }
+                | TlsFileError::BadCertificate { path, .. }
+                | TlsFileError::NoKey { path } => {
+                    let name = if *path == files.cert { "cert" } else { "key" };
+                    format!("{key}.{name}")
+                }
+            };
+            p.push(at, e.to_string());
+            None
+        }
+    }
+}
+
+/// Peers of a replica whose internal port speaks TLS must be dialled over TLS: with
+/// `listen.internal_tls` and peers, `cluster.peer_ca` is required.
+fn peer_tls_consistent(p: &mut Problems, listen: Option<&Listen>, cluster: Option<&ClusterConfig>) {
+    let (Some(listen), Some(cluster)) = (listen, cluster) else {
+        return;
+    };
+    let clustered = !cluster.peers.is_empty() || cluster.dns.is_some();
+    if listen.internal_tls.is_some() && clustered && cluster.peer_ca.is_none() {
+        p.push(
+            "cluster.peer_ca",
+            "required with listen.internal_tls and peers: the CA (PEM) that the peers' \
+             internal certificates chain to, so peers are dialled over TLS and verified",
+        );
     }
 }
 
@@ -818,6 +888,24 @@ fn cluster(p: &mut Problems, file: ClusterFile, env: &Env<'_>) -> Option<Cluster
     if let Some(var) = &file.shared_secret_env {
         shared_secret_env(p, var, env);
     }
+    if let Some(ca) = &file.peer_ca {
+        if let Err(e) = crate::net::tls::load_ca(std::path::Path::new(ca)) {
+            p.push("cluster.peer_ca", e.to_string());
+        }
+    }
+    if let Some(name) = &file.peer_server_name {
+        if file.peer_ca.is_none() {
+            p.push(
+                "cluster.peer_server_name",
+                "only with cluster.peer_ca (it names what peers' certificates are checked for)",
+            );
+        } else if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+            p.push(
+                "cluster.peer_server_name",
+                format!("\"{name}\" is not a DNS name or an IP address"),
+            );
+        }
+    }
 
     unless_new_problems(
         p,
@@ -827,6 +915,8 @@ fn cluster(p: &mut Problems, file: ClusterFile, env: &Env<'_>) -> Option<Cluster
             dns,
             self_addr,
             shared_secret_env: file.shared_secret_env,
+            peer_ca: file.peer_ca.map(PathBuf::from),
+            peer_server_name: file.peer_server_name,
         },
     )
 }

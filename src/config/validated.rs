@@ -72,6 +72,10 @@ pub struct Listen {
     pub internal: String,
     /// `/healthz`, `/readyz`, `/metrics`.
     pub ops: String,
+    /// TLS on the edge port (the files were readable and matched at validation).
+    pub edge_tls: Option<crate::net::tls::TlsFiles>,
+    /// TLS on the internal port (as `edge_tls`).
+    pub internal_tls: Option<crate::net::tls::TlsFiles>,
 }
 
 /// The origin: its identity and its driver.
@@ -352,6 +356,12 @@ pub struct ClusterConfig {
     /// Name of the env var holding the peers' shared secret; the variable was set and
     /// non-empty at validation time.
     pub shared_secret_env: Option<String>,
+    /// CA certificates (PEM, readable at validation) that peers' internal certificates must
+    /// chain to; set, peers are dialled over TLS.
+    pub peer_ca: Option<PathBuf>,
+    /// The name peers' certificates are checked for; `None`: each peer's host. Only with
+    /// `peer_ca`.
+    pub peer_server_name: Option<String>,
 }
 
 /// DNS peer discovery.

@@ -30,6 +30,7 @@ use crate::config::validated::{BucketGrant, ClientKey, EdgeAuthConfig};
 use crate::edge::request::S3Request;
 use crate::error::S3Error;
 use crate::metrics::{EDGE_AUTH_REJECTIONS, EDGE_AUTH_RELOADS};
+use crate::net::tls::CertReloader;
 use async_trait::async_trait;
 use aws_sigv4::sign::v4::{calculate_signature, generate_signing_key};
 use lru::LruCache;
@@ -210,7 +211,7 @@ impl EdgeAuth {
     /// credentials file it only says there is nothing to reload (the signal never ends Orca).
     #[must_use]
     pub fn reloader(self: &Arc<Self>) -> SighupReloader {
-        SighupReloader(self.clone())
+        SighupReloader(self.clone(), None)
     }
 
     /// Why the replica is not ready yet, for `/readyz`.
@@ -221,8 +222,19 @@ impl EdgeAuth {
     }
 }
 
-/// Reloads `edge.auth.credentials_file` on every `SIGHUP`, as a Pingora background service.
-pub struct SighupReloader(Arc<EdgeAuth>);
+/// Reloads `edge.auth.credentials_file` (and the TLS listeners' certificates, when given) on
+/// every `SIGHUP`, as a Pingora background service.
+pub struct SighupReloader(Arc<EdgeAuth>, Option<CertReloader>);
+
+impl SighupReloader {
+    /// Also reloads the TLS listeners' certificates on each `SIGHUP` (before the keys), under
+    /// the same handler, so `/readyz` covers both.
+    #[must_use]
+    pub fn with_certificates(mut self, certs: CertReloader) -> Self {
+        self.1 = (!certs.is_empty()).then_some(certs);
+        self
+    }
+}
 
 #[async_trait]
 impl BackgroundService for SighupReloader {
@@ -242,14 +254,22 @@ impl BackgroundService for SighupReloader {
         if let Some(file) = file {
             tracing::info!(file = %file.display(), "SIGHUP reloads the edge's credentials file");
         }
+        if let Some(certs) = &self.1 {
+            tracing::info!(listeners = ?certs.listeners(), "SIGHUP reloads the TLS certificates");
+        }
         loop {
             tokio::select! {
                 got = hangups.recv() => {
                     if got.is_none() {
                         return;
                     }
+                    if let Some(certs) = &self.1 {
+                        certs.reload_all();
+                    }
                     let Some(file) = file else {
-                        tracing::info!("SIGHUP: nothing to reload (no edge.auth.credentials_file)");
+                        if self.1.is_none() {
+                            tracing::info!("SIGHUP: nothing to reload (no edge.auth.credentials_file, no TLS listener)");
+                        }
                         continue;
                     };
                     match self.0.reload() {

@@ -221,7 +221,8 @@ impl EdgeService {
             etag: meta.etag.clone(),
             size: meta.size,
         };
-        let mut pipeline = Pipeline::new(self.shared.clone(), version, chunk_size, range);
+        let mut pipeline = Pipeline::new(self.shared.clone(), version, chunk_size, range)
+            .for_request(&ctx.request_id);
         // Status only after the first byte is in hand.
         let first = pipeline
             .next_piece()

@@ -106,6 +106,8 @@ pub struct Pipeline {
     /// Budget units that read-ahead must leave free for other requests' current chunks.
     reserve: usize,
     queue: VecDeque<Running>,
+    /// The edge request's id, sent with its fill requests (see [`Pipeline::for_request`]).
+    request_id: Arc<str>,
 }
 
 impl Pipeline {
@@ -130,7 +132,16 @@ impl Pipeline {
             readahead,
             reserve,
             queue: VecDeque::new(),
+            request_id: Arc::from(""),
         }
+    }
+
+    /// Sends `request_id` (the client's `x-amz-request-id`) with this pipeline's fill
+    /// requests, local and peer, so the replica that fills a chunk logs it.
+    #[must_use]
+    pub(crate) fn for_request(mut self, request_id: &str) -> Self {
+        self.request_id = Arc::from(request_id);
+        self
     }
 
     /// The next piece of the range, `Ok(None)` at its end.
@@ -209,7 +220,14 @@ impl Pipeline {
             let (tx, rx) = unbounded_channel();
             let (hit_tx, hit_rx) = oneshot::channel();
             let id = chunk.id.clone();
-            let task = tokio::spawn(read_chunk(self.edge.clone(), chunk, (from, to), tx, hit_tx));
+            let task = tokio::spawn(read_chunk(
+                self.edge.clone(),
+                chunk,
+                (from, to),
+                self.request_id.clone(),
+                tx,
+                hit_tx,
+            ));
             self.queue.push_back(Running {
                 id,
                 rx,
@@ -233,6 +251,7 @@ async fn read_chunk(
     edge: Arc<EdgeShared>,
     chunk: Chunk,
     (from, to): (u64, u64),
+    request_id: Arc<str>,
     tx: UnboundedSender<PieceResult>,
     hit_tx: oneshot::Sender<ChunkHit>,
 ) {
@@ -277,7 +296,17 @@ async fn read_chunk(
     let mut sent = 0u64;
     if let Some(peer) = orca.cluster.coordinator(&chunk.id) {
         if !edge.fills.is_down(&peer) {
-            match fetch_from_peer(&edge, &peer, &chunk, (from, to), &tx, &mut sent).await {
+            match fetch_from_peer(
+                &edge,
+                &peer,
+                &chunk,
+                (from, to),
+                &request_id,
+                &tx,
+                &mut sent,
+            )
+            .await
+            {
                 Ok(()) => {
                     PEER_FILLS.with_label_values(&["ok"]).inc();
                     ChunkSource::Peer.count();
@@ -298,7 +327,7 @@ async fn read_chunk(
                         "error"
                     };
                     PEER_FILLS.with_label_values(&[result]).inc();
-                    tracing::debug!(chunk = %chunk.id, peer, error = ?e, sent, "peer fill failed; filling locally");
+                    tracing::debug!(request_id = %request_id, chunk = %chunk.id, peer, error = ?e, sent, "peer fill failed; filling locally");
                     if matches!(e, FillError::Unreachable(_)) {
                         edge.fills.mark_down(&peer);
                     }
@@ -311,7 +340,7 @@ async fn read_chunk(
     match edge
         .fills
         .local()
-        .fetch(&chunk, (from + sent, to), &tx, &mut more)
+        .fetch(&chunk, (from + sent, to), &request_id, &tx, &mut more)
         .await
     {
         Ok(source) => source.count(),
@@ -324,11 +353,15 @@ async fn fetch_from_peer(
     peer: &str,
     chunk: &Chunk,
     range: (u64, u64),
+    request_id: &str,
     tx: &UnboundedSender<PieceResult>,
     sent: &mut u64,
 ) -> Result<(), FillError> {
     let client = edge.fills.peer(peer).await?;
-    client.fetch(chunk, range, tx, sent).await.map(|_| ())
+    client
+        .fetch(chunk, range, request_id, tx, sent)
+        .await
+        .map(|_| ())
 }
 
 /// Counts a hit by where its bytes come from (a join of a fill in flight also as a join).

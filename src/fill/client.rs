@@ -12,7 +12,9 @@
 //! fill service paces its origin read by this reader, so a reader that stopped to wait for a
 //! slow client would slow every request joined to that chunk.
 
-use super::protocol::{FillRequest, REFUSED_HEADER, SECRET_HEADER, SOURCE_HEADER};
+use super::protocol::{
+    FillRequest, REFUSED_HEADER, REQUEST_ID_HEADER, SECRET_HEADER, SOURCE_HEADER,
+};
 use super::service::FillService;
 use crate::chunk::Chunk;
 use crate::cluster::Cluster;
@@ -80,6 +82,16 @@ impl FillError {
     }
 }
 
+/// How peers are dialled over TLS (`cluster.peer_ca`, `cluster.peer_server_name`).
+#[derive(Clone)]
+pub struct PeerTls {
+    /// The only CA peers' certificates may chain to (the system's roots are not used).
+    pub ca: Arc<pingora::protocols::tls::CaType>,
+    /// The name peers' certificates are checked for; `None`: each peer's host as the peer
+    /// list spells it (a name or an IP address).
+    pub server_name: Option<String>,
+}
+
 /// A client of one fill service.
 pub struct FillClient {
     target: Target,
@@ -106,8 +118,27 @@ enum Target {
 impl FillClient {
     /// A client of the fill service at `addr` (another replica). `read_timeout` bounds the
     /// wait for each piece, which includes waiting on another caller's origin fill.
-    pub fn remote(addr: SocketAddr, read_timeout: Duration, secret: Option<String>) -> Self {
-        let mut peer = make_peer(addr, false, "", read_timeout);
+    /// With `tls`, the connection is TLS, and the peer's certificate must chain to `tls.ca`
+    /// and name `host` (or `tls.server_name`): Pingora's rustls connector checks both, and
+    /// skips every check when the name is empty, so it never is.
+    pub fn remote(
+        addr: SocketAddr,
+        host: &str,
+        tls: Option<&PeerTls>,
+        read_timeout: Duration,
+        secret: Option<String>,
+    ) -> Self {
+        let mut peer = match tls {
+            Some(tls) => {
+                let name = tls.server_name.as_deref().unwrap_or(host);
+                let mut peer = make_peer(addr, true, name, read_timeout);
+                peer.options.ca = Some(tls.ca.clone());
+                peer.options.verify_cert = true;
+                peer.options.verify_hostname = true;
+                peer
+            }
+            None => make_peer(addr, false, "", read_timeout),
+        };
         peer.options.connection_timeout = Some(Duration::from_secs(10));
         peer.options.total_connection_timeout = Some(Duration::from_secs(10));
         Self {
@@ -167,13 +198,15 @@ impl FillClient {
     }
 
     /// Fetches one chunk and sends bytes `[from, to)` of it to `tx`, adding what it sent to
-    /// `sent`. Returns where the fill service got the bytes. The body length is checked
+    /// `sent`, for the edge request `request_id` (sent in `x-orca-request-id`, so the fill
+    /// service's log lines name it; empty: not sent). Returns where the fill service got the bytes. The body length is checked
     /// against the chunk's length: a short body is an error, never a complete chunk. Only
     /// bytes go to `tx`; failures are returned (`E` is the caller's error type).
     pub async fn fetch<E>(
         &self,
         chunk: &Chunk,
         (from, to): (u64, u64),
+        request_id: &str,
         tx: &UnboundedSender<Result<Bytes, E>>,
         sent: &mut u64,
     ) -> Result<ChunkSource, FillError> {
@@ -184,6 +217,10 @@ impl FillClient {
             .map_err(|e| unreachable(e.to_string()))?;
         req.insert_header("host", &self.authority)
             .map_err(|e| unreachable(e.to_string()))?;
+        if !request_id.is_empty() {
+            req.insert_header(REQUEST_ID_HEADER, request_id)
+                .map_err(|e| unreachable(e.to_string()))?;
+        }
         if let Some(secret) = &self.secret {
             req.insert_header(SECRET_HEADER, secret)
                 .map_err(|e| unreachable(e.to_string()))?;
@@ -293,6 +330,8 @@ pub struct FillClients {
     /// The cluster's shared secret, sent to peers.
     secret: Option<String>,
     resolver: Resolver,
+    /// TLS to peers, when `cluster.peer_ca` is set.
+    peer_tls: Option<PeerTls>,
     /// The cluster generation `peers` was last pruned at.
     pruned_at: AtomicU64,
 }
@@ -321,7 +360,15 @@ impl FillClients {
             read_timeout,
             secret,
             resolver: Resolver::default(),
+            peer_tls: None,
         }
+    }
+
+    /// Dials peers over TLS with `tls` (`None`: plain HTTP).
+    #[must_use]
+    pub fn with_peer_tls(mut self, tls: Option<PeerTls>) -> Self {
+        self.peer_tls = tls;
+        self
     }
 
     /// This replica's own fill service.
@@ -382,6 +429,8 @@ impl FillClients {
             .map_err(|e| FillError::Unreachable(format!("cannot resolve peer {peer}: {e}")))?;
         let client = Arc::new(FillClient::remote(
             addr,
+            host,
+            self.peer_tls.as_ref(),
             self.read_timeout,
             self.secret.clone(),
         ));

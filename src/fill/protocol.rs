@@ -24,6 +24,24 @@ pub const SECRET_HEADER: &str = "x-orca-peer-secret";
 /// `AccessDenied`, as an origin's refusal of an object is too: the header tells them apart).
 pub const REFUSED_HEADER: &str = "x-orca-peer-refused";
 
+/// Header carrying the id of the edge request a fill serves (the client's `x-amz-request-id`),
+/// so the coordinator's log lines for the fill name it. At most [`MAX_REQUEST_ID`] characters
+/// of `[A-Za-z0-9_-]`; anything else is ignored.
+pub const REQUEST_ID_HEADER: &str = "x-orca-request-id";
+
+/// Longest request id a fill service takes from [`REQUEST_ID_HEADER`].
+pub const MAX_REQUEST_ID: usize = 64;
+
+/// The request id of a fill request's [`REQUEST_ID_HEADER`] value, when well-formed.
+pub fn request_id_of(value: &[u8]) -> Option<&str> {
+    let ok = !value.is_empty()
+        && value.len() <= MAX_REQUEST_ID
+        && value
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_');
+    ok.then(|| std::str::from_utf8(value).ok()).flatten()
+}
+
 /// Header naming where the fill service's bytes came from (`origin`, `memory`, `cachestore`).
 pub const SOURCE_HEADER: &str = "x-orca-source";
 
@@ -160,6 +178,17 @@ mod tests {
             got.chunk.id,
             ChunkId::from_fields("o", "bkt", key, "e&1", 10, 2)
         );
+    }
+
+    #[test]
+    fn request_ids_are_taken_only_when_well_formed() {
+        assert_eq!(request_id_of(b"0123abcdEF-_"), Some("0123abcdEF-_"));
+        assert_eq!(request_id_of(b""), None);
+        assert_eq!(request_id_of(b"a b"), None);
+        assert_eq!(request_id_of(b"id\r\nx-evil: 1"), None);
+        assert_eq!(request_id_of("é".as_bytes()), None);
+        assert!(request_id_of(&[b'a'; MAX_REQUEST_ID]).is_some());
+        assert_eq!(request_id_of(&[b'a'; MAX_REQUEST_ID + 1]), None);
     }
 
     #[test]

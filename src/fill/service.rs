@@ -27,7 +27,10 @@
 //! | `fail_to_proxy` | An S3 XML error before the first byte; after it, an abort. |
 //! | `logging` | On the listening instance, a fill that went to the origin counts as `orca_chunk_reads_total{source="origin"}` here. One debug `fill request` line. |
 
-use super::protocol::{FillRequest, FILL_PATH, REFUSED_HEADER, SECRET_HEADER, SOURCE_HEADER};
+use super::protocol::{
+    request_id_of, FillRequest, FILL_PATH, REFUSED_HEADER, REQUEST_ID_HEADER, SECRET_HEADER,
+    SOURCE_HEADER,
+};
 use crate::cachestore::storage::{cache_key, chunk_meta, ChunkHitHandler};
 use crate::chunk::Chunk;
 use crate::error::S3Error;
@@ -155,6 +158,9 @@ pub struct FillCtx {
     /// When the request arrived: a fill that failed after it (one it may have waited on) is
     /// answered with that failure.
     started: Option<tokio::time::Instant>,
+    /// The id of the edge request this fill serves (`x-orca-request-id`, from the edge of
+    /// this replica or a peer's), or a fresh one: named in this fill's log lines and errors.
+    request_id: String,
 }
 
 fn origin_err(e: &OriginError) -> Box<Error> {
@@ -177,6 +183,12 @@ impl ProxyHttp for FillService {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         ctx.started = Some(tokio::time::Instant::now());
+        ctx.request_id = session
+            .req_header()
+            .headers
+            .get(REQUEST_ID_HEADER)
+            .and_then(|v| request_id_of(v.as_bytes()))
+            .map_or_else(crate::error::request_id, str::to_string);
         // The requester that stops reading (a frozen peer) fails its own fill after this long
         // without progress; the flight's other readers then stop waiting on it.
         session.set_write_timeout(Some(self.orca.config.limits.client_write_timeout));
@@ -217,8 +229,8 @@ impl ProxyHttp for FillService {
                 } else {
                     &[]
                 };
-                let id = crate::error::request_id();
-                crate::error::write_error_with(session, &e, &resource, &id, extra).await?;
+                crate::error::write_error_with(session, &e, &resource, &ctx.request_id, extra)
+                    .await?;
                 Ok(true)
             }
         }
@@ -350,6 +362,7 @@ impl ProxyHttp for FillService {
         match self.orca.origin.chunk_request(&chunk) {
             Ok(req) => {
                 tracing::debug!(
+                    request_id = %ctx.request_id,
                     chunk = %chunk.id,
                     bucket = %chunk.version.bucket,
                     key = %chunk.version.key,
@@ -395,7 +408,7 @@ impl ProxyHttp for FillService {
                     .health
                     .record_for::<()>(&v.bucket, Some(&v.key), &Err(e.clone())),
             }
-            tracing::warn!(chunk = %chunk.id, status, error = %e, attempt = ctx.attempts, "origin chunk GET failed");
+            tracing::warn!(request_id = %ctx.request_id, chunk = %chunk.id, status, error = %e, attempt = ctx.attempts, "origin chunk GET failed");
             let mut err = origin_err(&e);
             err.set_retry(e.is_retryable() && ctx.attempts < ORIGIN_ATTEMPTS);
             ctx.error = Some(e);
@@ -498,8 +511,7 @@ impl ProxyHttp for FillService {
         let oe = ctx.error.clone().unwrap_or_else(|| error_of(e));
         let s3 = oe.to_s3();
         let resource = session.req_header().uri.path().to_string();
-        let _ =
-            crate::error::write_error(session, &s3, &resource, &crate::error::request_id()).await;
+        let _ = crate::error::write_error(session, &s3, &resource, &ctx.request_id).await;
         FailToProxy {
             error_code: s3.status,
             can_reuse_downstream: false,
@@ -515,6 +527,8 @@ impl ProxyHttp for FillService {
         }
         if let Some(chunk) = &ctx.chunk {
             tracing::debug!(
+                request_id = %ctx.request_id,
+                local = self.local,
                 chunk = %chunk.id,
                 phase = ?session.cache.phase(),
                 source = ctx.source.map(ChunkSource::as_str),

@@ -7,3 +7,4 @@ pub mod encode;
 pub mod http;
 pub mod pool;
 pub mod retry;
+pub mod tls;

@@ -14,6 +14,7 @@ pub mod cases;
 pub mod httpc;
 pub mod moto;
 pub mod orca;
+pub mod pki;
 pub mod proxy;
 pub mod s3;
 pub mod stack;
