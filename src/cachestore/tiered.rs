@@ -29,7 +29,7 @@
 
 use super::fs::FsStore;
 use super::storage::COMMIT_TIMEOUT;
-use super::{check_commit_len, CacheStore, ChunkRead, CommitOutcome, StoreError};
+use super::{check_commit_len, CacheStore, ChunkRead, CommitOutcome, StoreError, TierState};
 use crate::chunk::ChunkId;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -212,6 +212,20 @@ impl CacheStore for TieredStore {
 
     fn driver(&self) -> &'static str {
         "s3+local"
+    }
+
+    async fn locate(&self, id: &ChunkId) -> Vec<TierState> {
+        let mut tiers = self.local.locate(id).await;
+        tiers.extend(self.shared.locate(id).await);
+        tiers
+    }
+
+    async fn purge(&self, id: &ChunkId, shared: bool) -> Vec<TierState> {
+        // The shared copy first: a read between the two finds the local copy, never promotes
+        // the shared one back.
+        let mut tiers = self.shared.purge(id, shared).await;
+        tiers.splice(0..0, self.local.purge(id, shared).await);
+        tiers
     }
 
     fn prefetch_hits(&self) -> bool {
@@ -416,6 +430,9 @@ mod tests {
         }
         fn driver(&self) -> &'static str {
             "networked"
+        }
+        async fn purge(&self, id: &ChunkId, shared: bool) -> Vec<TierState> {
+            self.0.purge(id, shared).await
         }
         fn prefetch_hits(&self) -> bool {
             true

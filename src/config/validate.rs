@@ -74,6 +74,11 @@ pub fn validate(file: OrcaFile, env: EnvLookup<'_>) -> Result<Config, Vec<Proble
     let limits = limits(&mut p, &file.limits, chunking.as_ref());
     let cluster = cluster(&mut p, file.cluster, &env);
     let logging = logging(&mut p, file.logging, &env);
+    let ops = super::ops::validate(file.ops).map_err(|problems| {
+        for (key, message) in problems {
+            p.push(key, message);
+        }
+    });
 
     match (
         listen, origin, edge, cachestore, chunking, metadata, limits, cluster, logging,
@@ -99,6 +104,7 @@ pub fn validate(file: OrcaFile, env: EnvLookup<'_>) -> Result<Config, Vec<Proble
             limits,
             cluster,
             logging,
+            ops: ops.unwrap_or_default(),
         }),
         _ => Err(p.0),
     }

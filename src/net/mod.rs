@@ -5,5 +5,6 @@
 
 pub mod encode;
 pub mod http;
+pub mod oneshot;
 pub mod pool;
 pub mod retry;
