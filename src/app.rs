@@ -4,6 +4,7 @@
 //! Nothing here spawns a task or opens a connection: Pingora may fork (`-d`) when it runs, so
 //! connectors and tasks are created lazily inside its runtimes.
 
+use crate::cachectl::CacheCtl;
 use crate::config::Config;
 use crate::edge::auth::EdgeAuth;
 use crate::edge::EdgeService;
@@ -42,11 +43,21 @@ pub fn build_server(opt: Opt, config: Config) -> anyhow::Result<Server> {
     // The edge reaches this replica's fill service in-process, through its own instance.
     let local_fill = Arc::new(http_proxy(&conf, FillService::for_local_edge(orca.clone())));
     let fills = FillClients::new(
-        local_fill,
+        local_fill.clone(),
         orca.cluster.clone(),
         orca.fill_read_timeout(),
         orca.peer_secret.clone(),
     );
+    // Warm jobs fill through the same clients (their own set: their own peers' back-off).
+    let cachectl = Arc::new(CacheCtl::new(
+        orca.clone(),
+        FillClients::new(
+            local_fill,
+            orca.cluster.clone(),
+            orca.fill_read_timeout(),
+            orca.peer_secret.clone(),
+        ),
+    )?);
     let edge_auth = Arc::new(EdgeAuth::new(&orca.config.edge.auth));
     let mut edge = http_proxy_service_with_name(
         &conf,
@@ -71,7 +82,7 @@ pub fn build_server(opt: Opt, config: Config) -> anyhow::Result<Server> {
     let (health, origin) = (orca.health.clone(), orca.origin.clone());
     let mut ops = Service::new(
         "ops".to_string(),
-        HttpServer::new_app(OpsService::new(orca, edge_auth)),
+        HttpServer::new_app(OpsService::new(orca, edge_auth, cachectl)),
     );
     ops.add_tcp(&listen.ops);
     ops.threads = Some(1);

@@ -7,7 +7,7 @@
 //! | layer | modules | owns |
 //! |---|---|---|
 //! | 5 | `app` | wiring: the Pingora server and its services (`main.rs` calls it) |
-//! | 4 | `edge`, `ops` | the S3 surface clients talk to; health, readiness and metrics |
+//! | 4 | `edge`, `ops`, `cachectl` | the S3 surface clients talk to; health, readiness and metrics; cache control (warm, purge, inspect) on the ops port and its `orca` subcommands |
 //! | 3 | `fill` | the fill protocol: request, service (pingora-cache over the origin), clients |
 //! | 2 | `state` | the state the services share, built from the configuration |
 //! | 1 | `origin`, `cachestore`, `metadata`, `cluster` | origin drivers; chunk stores and the pingora-cache storage; HEAD cache; peer set and rendezvous |
@@ -18,6 +18,7 @@
 //! coordinator from `cluster`, which fetches it from `origin` once). See `docs/design.md`.
 
 pub mod app;
+pub mod cachectl;
 pub mod cachestore;
 pub mod chunk;
 pub mod cluster;

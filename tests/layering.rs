@@ -10,6 +10,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("app", 5),
     ("edge", 4),
     ("ops", 4),
+    ("cachectl", 4),
     ("fill", 3),
     ("state", 2),
     ("origin", 1),
