@@ -276,6 +276,9 @@ fn refusal(status: u16, body: &Value) -> String {
 /// Follows a warm job to its end, with a progress bar on a terminal and plain lines otherwise;
 /// Ctrl-C cancels it.
 async fn follow(client: &Client, id: &str, json: bool) -> Result<u8, Failed> {
+    // Installed before anything is printed: a Ctrl-C from then on cancels the job.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| failed(format!("cannot catch Ctrl-C: {e}")))?;
     let terminal = std::io::stdout().is_terminal() && !json;
     let bar = if terminal {
         let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stdout());
@@ -295,8 +298,6 @@ async fn follow(client: &Client, id: &str, json: bool) -> Result<u8, Failed> {
     }
     let path = format!("/cache/jobs/{id}");
     let (mut last_line, mut failures) = (None::<Instant>, 0u32);
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
     loop {
         let job = match client.call("GET", &path, 200).await {
             Ok(job) => {
@@ -345,7 +346,7 @@ async fn follow(client: &Client, id: &str, json: bool) -> Result<u8, Failed> {
         }
         tokio::select! {
             () = tokio::time::sleep(POLL) => {}
-            _ = &mut ctrl_c => {
+            _ = interrupt.recv() => {
                 if let Some(bar) = &bar {
                     bar.abandon();
                 }
