@@ -321,11 +321,9 @@ async fn follow(client: &Client, id: &str, json: bool) -> Result<u8, Failed> {
                 bar.set_position(job["bytes"]["done"].as_u64().unwrap_or(0));
                 bar.set_message(counts(&job));
             }
-            None if !json => {
-                if done || last_line.is_none_or(|t| t.elapsed() >= PLAIN_EVERY) {
-                    println!("{} {}", plain_progress(&job), counts(&job));
-                    last_line = Some(Instant::now());
-                }
+            None if !json && (done || last_line.is_none_or(|t| t.elapsed() >= PLAIN_EVERY)) => {
+                println!("{} {}", plain_progress(&job), counts(&job));
+                last_line = Some(Instant::now());
             }
             None => {}
         }
@@ -366,7 +364,7 @@ fn plain_progress(job: &Value) -> String {
         job["bytes"]["done"].as_u64().unwrap_or(0),
         job["bytes"]["total"].as_u64().unwrap_or(0),
     );
-    let pct = if total == 0 { 100 } else { done * 100 / total };
+    let pct = (done * 100).checked_div(total).unwrap_or(100);
     format!("{pct:>3}% {}/{}", human(done), human(total))
 }
 

@@ -131,11 +131,11 @@ impl CacheCtl {
                     let report = self.purge(bucket, key).await;
                     reply(if report.complete { 200 } else { 502 }, &report)
                 }
-                Err(e) => e,
+                Err(e) => *e,
             },
             (Method::GET, "inspect") => match object_of(&query) {
                 Ok((bucket, key)) => self.inspect(bucket, key).await,
-                Err(e) => e,
+                Err(e) => *e,
             },
             (m, r) if r.starts_with("jobs/") => {
                 let id = &r["jobs/".len()..];
@@ -418,10 +418,10 @@ fn merge(into: &mut ReplicaReport, more: ReplicaReport) {
 }
 
 /// The `bucket` and `key` parameters, both required.
-fn object_of(q: &HashMap<String, String>) -> Result<(&str, &str), Response<Vec<u8>>> {
+fn object_of(q: &HashMap<String, String>) -> Result<(&str, &str), Box<Response<Vec<u8>>>> {
     match (q.get("bucket"), q.get("key")) {
         (Some(b), Some(k)) if !b.is_empty() && !k.is_empty() => Ok((b, k)),
-        _ => Err(error(400, "bucket and key are required")),
+        _ => Err(Box::new(error(400, "bucket and key are required"))),
     }
 }
 
