@@ -329,7 +329,7 @@ async fn follow(client: &Client, id: &str, json: bool) -> Result<u8, Failed> {
         }
         if done {
             if let Some(bar) = &bar {
-                bar.finish();
+                bar.finish_and_clear();
             }
             if json {
                 println!("{job:#}");
@@ -364,7 +364,10 @@ fn plain_progress(job: &Value) -> String {
         job["bytes"]["done"].as_u64().unwrap_or(0),
         job["bytes"]["total"].as_u64().unwrap_or(0),
     );
-    let pct = (done * 100).checked_div(total).unwrap_or(100);
+    let listing = !job["listing_complete"].as_bool().unwrap_or(true);
+    let pct = (done * 100)
+        .checked_div(total)
+        .unwrap_or(if listing { 0 } else { 100 });
     format!("{pct:>3}% {}/{}", human(done), human(total))
 }
 
@@ -373,10 +376,10 @@ fn counts(job: &Value) -> String {
     let listing = if job["listing_complete"].as_bool().unwrap_or(true) {
         ""
     } else {
-        "+ (listing)"
+        " so far, listing"
     };
     format!(
-        "objects {}/{}{listing}, chunks {}/{} ({} fetched from the origin, {} already cached), errors {}",
+        "objects {}/{}, chunks {}/{} ({} fetched from the origin, {} already cached), errors {}{listing}",
         n("objects", "done"),
         n("objects", "total"),
         n("chunks", "done"),
@@ -491,9 +494,9 @@ fn print_inspect(target: &str, report: &Value) {
         };
         println!(
             "{:>6} {:>12} {:>10}  {:<22} {:<18} {}",
-            c["index"],
-            c["offset"],
-            c["length"],
+            c["index"].as_u64().unwrap_or(0),
+            c["offset"].as_u64().unwrap_or(0),
+            c["length"].as_u64().unwrap_or(0),
             c["coordinator"].as_str().unwrap_or_default(),
             tiers,
             c["name"].as_str().unwrap_or_default()

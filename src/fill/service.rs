@@ -26,6 +26,9 @@
 //! | `response_filter` | Adds `x-orca-source` (`origin`, `memory` or `cachestore`), which the asking fill client counts. |
 //! | `fail_to_proxy` | An S3 XML error before the first byte; after it, an abort. |
 //! | `logging` | On the listening instance, a fill that went to the origin counts as `orca_chunk_reads_total{source="origin"}` here. One debug `fill request` line. |
+//!
+//! `POST /internal/purge` (a peer's part of a fleet-wide purge, [`super::purge`]) is answered in
+//! `request_filter` too, after the shared secret; it never reaches the cache.
 
 use super::protocol::{FillRequest, FILL_PATH, REFUSED_HEADER, SECRET_HEADER, SOURCE_HEADER};
 use super::purge::{purge_local, PurgeRequest, PURGE_PATH};
