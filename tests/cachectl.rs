@@ -262,6 +262,40 @@ async fn warm_fetches_each_chunk_once_fleet_wide_and_a_second_warm_fetches_nothi
         assert_eq!(ranges, expected, "{key}");
     }
     assert!(fleet.origin_gets_of("elsewhere/x.bin").is_empty());
+    // Each by its coordinator (as inspect names it): through that replica's own origin proxy.
+    let internal: Vec<String> = fleet.replicas.iter().map(|r| r.internal_addr()).collect();
+    for (key, _) in &objects {
+        let (status, report) = fleet
+            .ops(
+                0,
+                "GET",
+                &format!("/cache/inspect?bucket={BUCKET}&key={}", encode_key(key)),
+                Some(SECRET),
+            )
+            .await;
+        assert_eq!(status, 200, "{report}");
+        for c in report["chunks"].as_array().unwrap() {
+            let coordinator = c["coordinator"].as_str().unwrap();
+            let replica = internal.iter().position(|a| a == coordinator).unwrap();
+            let (from, len) = (c["offset"].as_u64().unwrap(), c["length"].as_u64().unwrap());
+            let range = format!("bytes={from}-{}", from + len - 1);
+            let path = format!("/{BUCKET}/{key}");
+            let through = fleet.origin_proxies[replica]
+                .counts()
+                .log
+                .iter()
+                .filter(|r| {
+                    r.method == "GET"
+                        && r.path() == path
+                        && r.range.as_deref() == Some(range.as_str())
+                })
+                .count();
+            assert_eq!(
+                through, 1,
+                "{key} {range} was not fetched by its coordinator {coordinator}"
+            );
+        }
+    }
 
     // Every replica serves every object, byte-exact, without one more origin GET.
     let before = fleet
