@@ -4,6 +4,7 @@
 //! Nothing here spawns a task or opens a connection: Pingora may fork (`-d`) when it runs, so
 //! connectors and tasks are created lazily inside its runtimes.
 
+use crate::cachectl::CacheCtl;
 use crate::config::Config;
 use crate::edge::auth::EdgeAuth;
 use crate::edge::limit::{ConnectionLimit, MemoryTrimmer};
@@ -44,7 +45,7 @@ pub fn build_server(opt: Opt, config: Config) -> anyhow::Result<Server> {
     // The edge reaches this replica's fill service in-process, through its own instance.
     let local_fill = Arc::new(http_proxy(&conf, FillService::for_local_edge(orca.clone())));
     let fills = FillClients::new(
-        local_fill,
+        local_fill.clone(),
         orca.cluster.clone(),
         orca.fill_read_timeout(),
         orca.peer_secret.clone(),
@@ -56,7 +57,7 @@ pub fn build_server(opt: Opt, config: Config) -> anyhow::Result<Server> {
         }),
         None => None,
     };
-    let fills = fills.with_peer_tls(peer_tls);
+    let fills = fills.with_peer_tls(peer_tls.clone());
     let edge_tls = match &listen.edge_tls {
         Some(files) => Some(CertResolver::new("edge", files.clone()).context("listen.edge_tls")?),
         None => None,
@@ -67,6 +68,17 @@ pub fn build_server(opt: Opt, config: Config) -> anyhow::Result<Server> {
         }
         None => None,
     };
+    // Warm jobs fill through the same clients (their own set: their own peers' back-off).
+    let cachectl = Arc::new(CacheCtl::new(
+        orca.clone(),
+        FillClients::new(
+            local_fill,
+            orca.cluster.clone(),
+            orca.fill_read_timeout(),
+            orca.peer_secret.clone(),
+        )
+        .with_peer_tls(peer_tls),
+    )?);
     let edge_auth = Arc::new(EdgeAuth::new(&orca.config.edge.auth));
     // At most limits.max_connections client connections (see edge::limit).
     let mut edge = Service::new(
@@ -108,7 +120,7 @@ pub fn build_server(opt: Opt, config: Config) -> anyhow::Result<Server> {
     let (health, origin) = (orca.health.clone(), orca.origin.clone());
     let mut ops = Service::new(
         "ops".to_string(),
-        HttpServer::new_app(OpsService::new(orca, edge_auth)),
+        HttpServer::new_app(OpsService::new(orca, edge_auth, cachectl)),
     );
     ops.add_tcp(&listen.ops);
     ops.threads = Some(1);

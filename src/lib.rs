@@ -7,7 +7,7 @@
 //! | layer | modules | owns |
 //! |---|---|---|
 //! | 5 | `app`, `fuzzing` | wiring: the Pingora server and its services (`main.rs` calls it); the fuzz targets' entry points |
-//! | 4 | `edge`, `ops` | the S3 surface clients talk to; health, readiness and metrics |
+//! | 4 | `edge`, `ops`, `cachectl` | the S3 surface clients talk to; health, readiness and metrics; cache control (warm, purge, inspect) on the ops port and its `orca` subcommands |
 //! | 3 | `fill` | the fill protocol: request, service (pingora-cache over the origin), clients |
 //! | 3 | `seed` | `orcaseed` (`src/bin/orcaseed.rs`): test data written to, listed in and deleted from an S3 bucket or Azure container |
 //! | 2 | `state` | the state the services share, built from the configuration |
@@ -19,6 +19,7 @@
 //! coordinator from `cluster`, which fetches it from `origin` once). See `docs/design.md`.
 
 pub mod app;
+pub mod cachectl;
 pub mod cachestore;
 pub mod chunk;
 pub mod cluster;

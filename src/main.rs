@@ -8,11 +8,15 @@ use std::process::ExitCode;
 
 /// Orca: a chunked, read-through cache for S3 and Azure Blob origins.
 #[derive(Parser, Debug)]
-#[command(name = "orca", version, about)]
+#[command(name = "orca", version, about, subcommand_negates_reqs = true)]
 struct Cli {
     /// Orca's configuration (YAML).
-    #[arg(long, env = "ORCA_CONFIG", value_name = "FILE")]
-    config: PathBuf,
+    #[arg(long, env = "ORCA_CONFIG", value_name = "FILE", required = true)]
+    config: Option<PathBuf>,
+
+    /// Cache control on a running replica's ops port (without one, Orca runs the server).
+    #[command(subcommand)]
+    command: Option<orca::cachectl::cli::Command>,
 
     /// Pingora's own server options: -c FILE, -d, -u, -t.
     #[command(flatten)]
@@ -21,10 +25,21 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match orca::config::load(&cli.config) {
+    if let Some(command) = cli.command {
+        return orca::cachectl::cli::run(command);
+    }
+    // Required by clap when no subcommand is given.
+    let Some(config_path) = cli.config else {
+        eprintln!("orca: --config FILE (or ORCA_CONFIG) is required");
+        return ExitCode::from(2);
+    };
+    let config = match orca::config::load(&config_path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("orca: invalid configuration {}:\n{e}", cli.config.display());
+            eprintln!(
+                "orca: invalid configuration {}:\n{e}",
+                config_path.display()
+            );
             return ExitCode::from(2);
         }
     };
@@ -43,7 +58,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
         orca::app::after_check();
-        println!("orca: configuration {} is valid", cli.config.display());
+        println!("orca: configuration {} is valid", config_path.display());
         return ExitCode::SUCCESS;
     }
     orca::telemetry::init(&config.logging);

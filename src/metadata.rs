@@ -146,6 +146,19 @@ impl MetadataCache {
         ))
     }
 
+    /// What a fresh HEAD pinned for an object, if anything, without asking the origin (`orca
+    /// inspect`, `orca purge`).
+    pub fn peek(&self, bucket: &str, key: &str) -> Option<ObjectMeta> {
+        let k = (bucket.to_string(), key.to_string());
+        match self.entries.lock().peek(&k) {
+            Some(Slot::Ready {
+                result: Ok(meta),
+                expires,
+            }) if Instant::now() < *expires => Some(meta.clone()),
+            _ => None,
+        }
+    }
+
     /// Drops what is known of an object (its ETag no longer matches the origin's). A HEAD in
     /// flight is dropped too: it may have started before the change, so its answer is handed
     /// to its waiters but not kept.

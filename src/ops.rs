@@ -1,5 +1,7 @@
-//! The ops service: `/healthz`, `/readyz` and `/metrics` (Prometheus text).
+//! The ops service: `/healthz`, `/readyz` and `/metrics` (Prometheus text), and cache control
+//! under `/cache/` ([`crate::cachectl`]).
 
+use crate::cachectl::CacheCtl;
 use crate::edge::auth::EdgeAuth;
 use crate::metrics;
 use crate::state::Orca;
@@ -25,15 +27,18 @@ pub struct OpsService {
     /// service's listeners in that service's own runtime, so this port can answer before the
     /// edge accepts anything; until then `/readyz` connects to both to find out.
     listening: AtomicBool,
+    /// Warm, purge and inspect (`/cache/...`).
+    cachectl: Arc<CacheCtl>,
 }
 
 impl OpsService {
     /// Ops over shared state.
-    pub fn new(orca: Arc<Orca>, edge_auth: Arc<EdgeAuth>) -> Self {
+    pub fn new(orca: Arc<Orca>, edge_auth: Arc<EdgeAuth>, cachectl: Arc<CacheCtl>) -> Self {
         Self {
             orca,
             edge_auth,
             listening: AtomicBool::new(false),
+            cachectl,
         }
     }
 
@@ -108,6 +113,9 @@ impl ServeHttp for OpsService {
                 }
             }
             "/metrics" => reply(200, "text/plain; version=0.0.4", metrics::render()),
+            path if path.starts_with(crate::cachectl::PREFIX) => {
+                self.cachectl.handle(session).await
+            }
             _ => reply(404, "text/plain", b"not found\n".to_vec()),
         }
     }

@@ -11,6 +11,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("fuzzing", 5),
     ("edge", 4),
     ("ops", 4),
+    ("cachectl", 4),
     ("fill", 3),
     ("seed", 3),
     ("state", 2),

@@ -20,7 +20,7 @@
 
 use super::buf::{PieceBuf, PIECE};
 use super::evict::{on_disk, Evictor, OpenFiles, Reservation, Space};
-use super::{CacheStore, ChunkRead, CommitOutcome, StoreError};
+use super::{CacheStore, ChunkRead, CommitOutcome, StoreError, TierState};
 use crate::chunk::{ChunkId, CACHE_VERSION};
 use crate::config::FsLimits;
 use crate::metrics::TIER_STORE;
@@ -61,6 +61,9 @@ pub struct FsStore {
     open_files: OpenFiles,
     /// The index of the chunk files and the bound (shared with the evictor).
     space: Arc<Space>,
+    /// The tier's name in `orca inspect` and `orca purge`: `fs`, or `local` in front of a
+    /// shared store.
+    tier_name: &'static str,
 }
 
 impl FsStore {
@@ -99,6 +102,11 @@ impl FsStore {
             seq: AtomicU64::new(0),
             open_files,
             space,
+            tier_name: if tier == crate::metrics::TIER_LOCAL {
+                "local"
+            } else {
+                "fs"
+            },
         };
         store.probe()?;
         Ok(store)
@@ -398,6 +406,36 @@ impl CacheStore for FsStore {
 
     fn driver(&self) -> &'static str {
         "fs"
+    }
+
+    async fn locate(&self, id: &ChunkId) -> Vec<TierState> {
+        vec![TierState {
+            tier: self.tier_name,
+            shared: false,
+            bytes: self.stat(id).await.map_err(|e| e.to_string()),
+        }]
+    }
+
+    async fn purge(&self, id: &ChunkId, _shared: bool) -> Vec<TierState> {
+        let key = id.placement_digest();
+        let path = self.chunk_path(id);
+        let removed = match tokio::fs::metadata(&path).await {
+            Ok(m) => match tokio::fs::remove_file(&path).await {
+                Ok(()) => Ok(Some(m.len())),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(format!("remove {}: {e}", path.display())),
+            },
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("stat {}: {e}", path.display())),
+        };
+        // No kept descriptor and no index entry of a removed file: its space is free now.
+        self.open_files.lock().pop(&key);
+        self.space.forget(&key);
+        vec![TierState {
+            tier: self.tier_name,
+            shared: false,
+            bytes: removed,
+        }]
     }
 }
 

@@ -1,7 +1,7 @@
 //! An in-memory [`CacheStore`] for unit tests of the storage machinery: chunks in a map, a
 //! count of the reads it served, and a gate that holds commits back until a test opens it.
 
-use super::{check_commit_len, CacheStore, ChunkRead, CommitOutcome, StoreError};
+use super::{check_commit_len, CacheStore, ChunkRead, CommitOutcome, StoreError, TierState};
 use crate::chunk::ChunkId;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -114,5 +114,14 @@ impl CacheStore for MemStore {
 
     fn driver(&self) -> &'static str {
         "memory"
+    }
+
+    async fn purge(&self, id: &ChunkId, _shared: bool) -> Vec<TierState> {
+        let removed = self.chunks.lock().remove(id).map(|b| b.len() as u64);
+        vec![TierState {
+            tier: "memory",
+            shared: false,
+            bytes: Ok(removed),
+        }]
     }
 }

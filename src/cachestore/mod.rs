@@ -144,6 +144,20 @@ pub trait ChunkRead: Send + Sync {
     }
 }
 
+/// One tier's part in a chunk: what [`CacheStore::locate`] found there, or what
+/// [`CacheStore::purge`] removed from it.
+#[derive(Debug, Clone)]
+pub struct TierState {
+    /// The tier: `fs` (the `fs` store), `local` (the local tier in front of a shared store) or
+    /// `s3` (the shared store).
+    pub tier: &'static str,
+    /// Whether every replica sees this tier (the shared `s3` store).
+    pub shared: bool,
+    /// The chunk's stored bytes (found, or removed), `None` when it was not there, or why the
+    /// tier could not tell.
+    pub bytes: Result<Option<u64>, String>,
+}
+
 /// A cache-store driver.
 #[async_trait]
 pub trait CacheStore: Send + Sync + 'static {
@@ -173,6 +187,21 @@ pub trait CacheStore: Send + Sync + 'static {
 
     /// The driver's name for logs (`fs`, `s3`).
     fn driver(&self) -> &'static str;
+
+    /// Where a chunk is stored, one entry per tier (`orca inspect`). The default asks
+    /// [`CacheStore::stat`] and names the tier after [`CacheStore::driver`].
+    async fn locate(&self, id: &ChunkId) -> Vec<TierState> {
+        vec![TierState {
+            tier: self.driver(),
+            shared: false,
+            bytes: self.stat(id).await.map_err(|e| e.to_string()),
+        }]
+    }
+
+    /// Removes a chunk from every tier (`orca purge`), one entry per tier: the bytes removed,
+    /// `None` when it was not there. With `shared` false a shared tier is left alone (another
+    /// replica purges it for the fleet). Removing a chunk that is not there is no error.
+    async fn purge(&self, id: &ChunkId, shared: bool) -> Vec<TierState>;
 
     /// Whether a hit is worth reading ahead of the client, in parallel with the chunk being
     /// sent (a network store, where each stream is slow), rather than as the client takes it

@@ -15,7 +15,7 @@
 //! versioning check is replaced by `CreateSession`, and every request is signed with the
 //! session the client keeps (see [`crate::s3client`]).
 
-use super::{CacheStore, ChunkRead, CommitOutcome, StoreError};
+use super::{CacheStore, ChunkRead, CommitOutcome, StoreError, TierState};
 use crate::chunk::{ChunkId, CACHE_VERSION};
 use crate::net::http::header_str;
 use crate::s3client::{S3Body, S3Client, S3ClientError};
@@ -158,6 +158,26 @@ impl S3Store {
         }
     }
 
+    /// Deletes a chunk's object, checking the answer (S3 answers 204 whether or not it was
+    /// there).
+    async fn remove(&self, id: &ChunkId) -> Result<(), String> {
+        let key = Self::object_key(id);
+        let req = self
+            .client
+            .request("DELETE", &self.bucket, Some(&key), "", &[])
+            .await
+            .map_err(|e| format!("delete {key}: {e}"))?;
+        let resp = self
+            .client
+            .send(&self.bucket, req, 64 * 1024)
+            .await
+            .map_err(|e| format!("delete {key}: {e}"))?;
+        match resp.header.status.as_u16() {
+            200 | 204 | 404 => Ok(()),
+            s => Err(status_error(format!("delete {key}"), s, &resp.body).to_string()),
+        }
+    }
+
     async fn delete(&self, key: &str) {
         if let Ok(req) = self
             .client
@@ -286,6 +306,30 @@ impl CacheStore for S3Store {
 
     fn driver(&self) -> &'static str {
         "s3"
+    }
+
+    async fn locate(&self, id: &ChunkId) -> Vec<TierState> {
+        vec![TierState {
+            tier: "s3",
+            shared: true,
+            bytes: self.stat(id).await.map_err(|e| e.to_string()),
+        }]
+    }
+
+    async fn purge(&self, id: &ChunkId, shared: bool) -> Vec<TierState> {
+        if !shared {
+            return Vec::new();
+        }
+        let bytes = match self.stat(id).await {
+            Ok(Some(len)) => self.remove(id).await.map(|()| Some(len)),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        };
+        vec![TierState {
+            tier: "s3",
+            shared: true,
+            bytes,
+        }]
     }
 }
 

@@ -12,7 +12,7 @@
 //! fresh fill.
 
 use super::catalog::Catalog;
-use super::{CacheStore, ChunkRead, CommitOutcome, StoreError};
+use super::{CacheStore, ChunkRead, CommitOutcome, StoreError, TierState};
 use crate::chunk::{Chunk, ChunkId};
 use crate::metrics::{ChunkSource, COMMITS};
 use crate::origin::OriginError;
@@ -399,6 +399,30 @@ impl ChunkStorage {
             }
             _ => None,
         }
+    }
+
+    /// Whether a whole chunk is here: a fill in flight, or stored with its length (`orca
+    /// warm` skips it). A store that cannot answer counts as a miss.
+    pub async fn holds(&self, chunk: &Chunk) -> bool {
+        let flight = self.flights.lock().get(&chunk.id).cloned();
+        if flight.is_some_and(|f| !f.failed()) {
+            return true;
+        }
+        matches!(self.store.stat(&chunk.id).await, Ok(Some(len)) if len == chunk.len)
+    }
+
+    /// Where a chunk is stored, per tier (`orca inspect`), and whether a fill of it is in
+    /// flight in this process.
+    pub async fn locate(&self, id: &ChunkId) -> (Vec<TierState>, bool) {
+        let in_flight = self.flights.lock().get(id).is_some_and(|f| !f.failed());
+        (self.store.locate(id).await, in_flight)
+    }
+
+    /// Removes a chunk from every tier of the store (the shared one only with `shared`), per
+    /// tier what was removed (`orca purge`). A fill of it in flight is not stopped: it was
+    /// asked for by a read that pinned that version, and it lands as that read's chunk.
+    pub async fn purge(&self, id: &ChunkId, shared: bool) -> Vec<TierState> {
+        self.store.purge(id, shared).await
     }
 
     fn key_chunk(key: &CacheKey) -> Result<Chunk> {

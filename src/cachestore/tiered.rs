@@ -29,7 +29,7 @@
 
 use super::fs::FsStore;
 use super::storage::COMMIT_TIMEOUT;
-use super::{check_commit_len, CacheStore, ChunkRead, CommitOutcome, StoreError};
+use super::{check_commit_len, CacheStore, ChunkRead, CommitOutcome, StoreError, TierState};
 use crate::chunk::ChunkId;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -212,6 +212,24 @@ impl CacheStore for TieredStore {
 
     fn driver(&self) -> &'static str {
         "s3+local"
+    }
+
+    async fn locate(&self, id: &ChunkId) -> Vec<TierState> {
+        let mut tiers = self.local.locate(id).await;
+        tiers.extend(self.shared.locate(id).await);
+        tiers
+    }
+
+    async fn purge(&self, id: &ChunkId, shared: bool) -> Vec<TierState> {
+        // The shared copy first: a read between the two finds the local copy, never promotes
+        // the shared one back.
+        let mut tiers = if shared {
+            self.shared.purge(id, true).await
+        } else {
+            Vec::new()
+        };
+        tiers.splice(0..0, self.local.purge(id, shared).await);
+        tiers
     }
 
     fn prefetch_hits(&self) -> bool {
@@ -417,6 +435,9 @@ mod tests {
         fn driver(&self) -> &'static str {
             "networked"
         }
+        async fn purge(&self, id: &ChunkId, shared: bool) -> Vec<TierState> {
+            self.0.purge(id, shared).await
+        }
         fn prefetch_hits(&self) -> bool {
             true
         }
@@ -578,5 +599,39 @@ mod tests {
         assert!(wait_local(&t.local, &id(4)).await);
         let r = t.local.read(&id(4), LEN, 0, LEN).await.unwrap().unwrap();
         assert_eq!(drain(r).await, bytes(4));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn purge_removes_the_local_copy_and_the_shared_one_only_when_asked() {
+        let t = tiers(4);
+        t.store.commit(&id(5), vec![bytes(5)], LEN).await.unwrap();
+        let found = |tiers: Vec<TierState>| -> Vec<(&'static str, Option<u64>)> {
+            tiers
+                .into_iter()
+                .map(|t| (t.tier, t.bytes.unwrap()))
+                .collect()
+        };
+        assert_eq!(
+            found(t.store.locate(&id(5)).await),
+            [("local", Some(LEN)), ("memory", Some(LEN))]
+        );
+        // A peer's purge leaves the shared store to the replica asked.
+        assert_eq!(
+            found(t.store.purge(&id(5), false).await),
+            [("local", Some(LEN))]
+        );
+        assert_eq!(
+            found(t.store.locate(&id(5)).await),
+            [("local", None), ("memory", Some(LEN))]
+        );
+        assert_eq!(
+            found(t.store.purge(&id(5), true).await),
+            [("local", None), ("memory", Some(LEN))]
+        );
+        assert_eq!(
+            found(t.store.purge(&id(5), true).await),
+            [("local", None), ("memory", None)]
+        );
+        assert!(t.store.read(&id(5), LEN, 0, LEN).await.unwrap().is_none());
     }
 }

@@ -94,6 +94,11 @@ impl Cluster {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// This replica's fill address as its peers see it (its name in the peer set).
+    pub fn self_addr(&self) -> &str {
+        &self.self_addr
+    }
+
     /// The current peer set.
     pub fn peers(&self) -> Arc<Vec<String>> {
         self.peers.read().clone()

@@ -53,6 +53,9 @@ pub struct OrcaFile {
     /// `logging`: level and format.
     #[serde(deserialize_with = "null_default")]
     pub logging: LoggingFile,
+    /// `ops`: cache control on the ops port.
+    #[serde(deserialize_with = "null_default")]
+    pub ops: super::ops::OpsFile,
 }
 
 /// `listen`.

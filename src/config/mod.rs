@@ -7,6 +7,7 @@
 
 pub mod client_keys;
 pub mod file;
+pub mod ops;
 pub mod units;
 mod validate;
 pub mod validated;
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde_path_to_error::Segment;
 
+pub use ops::OpsConfig;
 pub use units::{ByteSize, HumanDuration, SizeOrPercent, UnitError};
 pub use validated::{
     AzureBlobConfig, AzureCredentials, CacheStoreConfig, CatalogConfig, Chunking, ClusterConfig,

@@ -76,6 +76,11 @@ pub fn validate(file: OrcaFile, env: EnvLookup<'_>) -> Result<Config, Vec<Proble
     let cluster = cluster(&mut p, file.cluster, &env);
     peer_tls_consistent(&mut p, listen.as_ref(), cluster.as_ref());
     let logging = logging(&mut p, file.logging, &env);
+    let ops = super::ops::validate(file.ops).map_err(|problems| {
+        for (key, message) in problems {
+            p.push(key, message);
+        }
+    });
 
     match (
         listen, origin, edge, cachestore, chunking, metadata, limits, cluster, logging,
@@ -101,6 +106,7 @@ pub fn validate(file: OrcaFile, env: EnvLookup<'_>) -> Result<Config, Vec<Proble
             limits,
             cluster,
             logging,
+            ops: ops.unwrap_or_default(),
         }),
         _ => Err(p.0),
     }

@@ -61,6 +61,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// Log level and format.
     pub logging: Logging,
+    /// Cache control on the ops port.
+    pub ops: super::ops::OpsConfig,
 }
 
 /// The three listening addresses, each a `host:port` that parses as a [`SocketAddr`](std::net::SocketAddr).

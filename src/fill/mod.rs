@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod protocol;
+pub mod purge;
 pub mod service;
 
 pub use client::{FillClients, FillError, PeerTls};

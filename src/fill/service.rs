@@ -26,11 +26,15 @@
 //! | `response_filter` | Adds `x-orca-source` (`origin`, `memory` or `cachestore`), which the asking fill client counts. |
 //! | `fail_to_proxy` | An S3 XML error before the first byte; after it, an abort. |
 //! | `logging` | On the listening instance, a fill that went to the origin counts as `orca_chunk_reads_total{source="origin"}` here. One debug `fill request` line. |
+//!
+//! `POST /internal/purge` (a peer's part of a fleet-wide purge, [`super::purge`]) is answered in
+//! `request_filter` too, after the shared secret; it never reaches the cache.
 
 use super::protocol::{
     request_id_of, FillRequest, FILL_PATH, REFUSED_HEADER, REQUEST_ID_HEADER, SECRET_HEADER,
     SOURCE_HEADER,
 };
+use super::purge::{purge_local, PurgeRequest, PURGE_PATH};
 use crate::cachestore::storage::{cache_key, chunk_meta, ChunkHitHandler};
 use crate::chunk::Chunk;
 use crate::error::S3Error;
@@ -108,6 +112,61 @@ impl FillService {
 }
 
 impl FillService {
+    /// Whether the request carries the cluster's shared secret (or none is configured).
+    fn has_secret(&self, session: &Session) -> bool {
+        let Some(secret) = &self.orca.peer_secret else {
+            return true;
+        };
+        let given = session
+            .req_header()
+            .headers
+            .get(SECRET_HEADER)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        bool::from(subtle::ConstantTimeEq::ct_eq(given, secret.as_bytes()))
+    }
+
+    /// `POST /internal/purge` (see [`super::purge`]): the shared secret, then this replica's
+    /// part of a purge, answered as JSON.
+    async fn serve_purge(&self, session: &mut Session) -> Result<()> {
+        let req = session.req_header();
+        let decoded = if req.method != http::Method::POST {
+            Err(S3Error::method_not_allowed())
+        } else if !self.has_secret(session) {
+            PEER_REJECTED.with_label_values(&["auth"]).inc();
+            Err(S3Error::new(
+                403,
+                "AccessDenied",
+                "Missing or wrong peer secret.",
+            ))
+        } else {
+            PurgeRequest::decode(req.uri.query().unwrap_or(""))
+                .map_err(|m| S3Error::new(400, "InvalidArgument", m))
+        };
+        let request = match decoded {
+            Ok(r) => r,
+            Err(e) => {
+                let extra: &[(&'static str, &str)] = if e.status == 403 {
+                    &[(REFUSED_HEADER, "secret")]
+                } else {
+                    &[]
+                };
+                let id = crate::error::request_id();
+                return crate::error::write_error_with(session, &e, PURGE_PATH, &id, extra).await;
+            }
+        };
+        let report = purge_local(&self.orca, &request).await;
+        let body = serde_json::to_vec(&report)
+            .map_err(|e| Error::because(ErrorType::InternalError, "purge report", e))?;
+        let mut resp = ResponseHeader::build(200, Some(2))?;
+        resp.insert_header("content-type", "application/json")?;
+        resp.insert_header("content-length", body.len().to_string())?;
+        session.write_response_header(Box::new(resp), false).await?;
+        session
+            .write_response_body(Some(Bytes::from(body)), true)
+            .await
+    }
+
     /// Once this request's fill has failed for good before its answer was accepted (no retry
     /// follows), records the failure for the requests waiting on it, before Pingora releases
     /// the cache lock to them.
@@ -192,6 +251,10 @@ impl ProxyHttp for FillService {
         // The requester that stops reading (a frozen peer) fails its own fill after this long
         // without progress; the flight's other readers then stop waiting on it.
         session.set_write_timeout(Some(self.orca.config.limits.client_write_timeout));
+        if session.req_header().uri.path() == PURGE_PATH {
+            self.serve_purge(session).await?;
+            return Ok(true);
+        }
         let req = session.req_header();
         let result = if req.method != http::Method::GET {
             Err(S3Error::method_not_allowed())

@@ -5,6 +5,7 @@
 
 pub mod encode;
 pub mod http;
+pub mod oneshot;
 pub mod pool;
 pub mod retry;
 pub mod tls;
