@@ -180,6 +180,10 @@ impl ProxyHttp for FillService {
         // The requester that stops reading (a frozen peer) fails its own fill after this long
         // without progress; the flight's other readers then stop waiting on it.
         session.set_write_timeout(Some(self.orca.config.limits.client_write_timeout));
+        // Pingora's cancel-safe writes: its proxy loop keeps reading the origin into the
+        // flight while a write to this requester is pending, so the flight keeps filling
+        // (into its spool) whatever its first reader does.
+        session.set_proxy_tasks_enabled(true);
         let req = session.req_header();
         let result = if req.method != http::Method::GET {
             Err(S3Error::method_not_allowed())
