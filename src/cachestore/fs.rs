@@ -482,8 +482,14 @@ impl CacheStore for FsStore {
         .map_err(|e| StoreError::io("commit task", std::io::Error::other(e)))?
     }
 
-    fn spool(&self, id: &ChunkId) -> Result<Option<Spool>, StoreError> {
-        Spool::create(self.tmp_path(id)).map(Some)
+    async fn spool(&self, id: &ChunkId, len: u64) -> Result<Option<Spool>, StoreError> {
+        // Room first, as for a commit: a spool is the chunk's file before its link.
+        let reservation = self.space.reserve(&id.placement_digest(), len).await?;
+        let path = self.tmp_path(id);
+        let spool = tokio::task::spawn_blocking(move || Spool::create(path))
+            .await
+            .map_err(|e| StoreError::io("spool task", std::io::Error::other(e)))??;
+        Ok(Some(spool.hold(reservation)))
     }
 
     async fn commit_spool(
@@ -493,8 +499,11 @@ impl CacheStore for FsStore {
         len: u64,
     ) -> Result<CommitOutcome, StoreError> {
         let key = id.placement_digest();
-        // Room first, as for any commit (see `commit`).
-        let reservation = self.space.reserve(&key, len).await?;
+        // The room reserved with the spool (or, for a spool of another store's, now).
+        let reservation = match spool.take_reservation() {
+            Some(r) => r,
+            None => self.space.reserve(&key, len).await?,
+        };
         let final_path = self.chunk_path(id);
         let space = self.space.clone();
         let name = id.name();

@@ -177,8 +177,9 @@ pub trait CacheStore: Send + Sync + 'static {
     /// A temp file for a fill of `id` to write its bytes to as they arrive (see
     /// [`spool`]), so the fill holds only a window of the chunk in memory. `None` (the
     /// default): the store has nowhere to spool, and a fill holds its whole chunk in memory
-    /// until [`CacheStore::commit`]. Blocking (it creates a file): called on the blocking pool.
-    fn spool(&self, _id: &ChunkId) -> Result<Option<Spool>, StoreError> {
+    /// until [`CacheStore::commit`]. A bounded store reserves the chunk's `len` bytes for
+    /// the spool first: spools count against its bound.
+    async fn spool(&self, _id: &ChunkId, _len: u64) -> Result<Option<Spool>, StoreError> {
         Ok(None)
     }
 

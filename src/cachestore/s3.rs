@@ -33,7 +33,7 @@ pub struct S3Store {
     /// Why commits are refused (the self-test failed), if they are.
     refused: Option<String>,
     /// Where fills spool their chunks before the PUT (none: a fill holds its chunk in memory).
-    spools: Option<SpoolDir>,
+    spools: Option<Arc<SpoolDir>>,
 }
 
 fn client_error(context: impl Into<String>) -> impl FnOnce(S3ClientError) -> StoreError {
@@ -65,7 +65,7 @@ impl S3Store {
     /// Fills spool their chunks to temp files in `dir` (see [`super::spool`]), and a commit
     /// PUTs the file: a fill then holds only a window of its chunk in memory.
     pub fn spool_in(&mut self, dir: SpoolDir) {
-        self.spools = Some(dir);
+        self.spools = Some(Arc::new(dir));
     }
 
     /// The object name of a chunk.
@@ -326,8 +326,14 @@ impl CacheStore for S3Store {
         self.put_if_absent(&Self::object_key(id), &pieces).await
     }
 
-    fn spool(&self, id: &ChunkId) -> Result<Option<Spool>, StoreError> {
-        self.spools.as_ref().map(|d| d.spool(id)).transpose()
+    async fn spool(&self, id: &ChunkId, _len: u64) -> Result<Option<Spool>, StoreError> {
+        let Some(dir) = self.spools.clone() else {
+            return Ok(None);
+        };
+        let id = id.clone();
+        tokio::task::spawn_blocking(move || dir.spool(&id).map(Some))
+            .await
+            .map_err(|e| StoreError::io("spool task", std::io::Error::other(e)))?
     }
 
     async fn commit_spool(

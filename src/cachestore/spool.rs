@@ -10,8 +10,10 @@
 //! with its instance directory at the next start (see [`super::fs`]).
 
 use super::buf::{PieceBuf, PIECE};
+use super::evict::Reservation;
 use super::StoreError;
 use bytes::Bytes;
+use parking_lot::Mutex;
 use rustix::io::{Errno, ReadWriteFlags};
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, IoSliceMut};
@@ -28,6 +30,8 @@ static NOWAIT: AtomicBool = AtomicBool::new(true);
 pub struct Spool {
     file: Arc<File>,
     path: PathBuf,
+    /// The room a bounded store reserved for it (released if it is never committed).
+    reservation: Mutex<Option<Reservation>>,
 }
 
 impl Spool {
@@ -42,7 +46,19 @@ impl Spool {
         Ok(Self {
             file: Arc::new(file),
             path,
+            reservation: Mutex::new(None),
         })
+    }
+
+    /// Keeps `reservation` (a bounded store's room for the chunk) with the spool.
+    pub(crate) fn hold(self, reservation: Reservation) -> Self {
+        *self.reservation.lock() = Some(reservation);
+        self
+    }
+
+    /// The reservation kept with the spool, for its commit.
+    pub(crate) fn take_reservation(&self) -> Option<Reservation> {
+        self.reservation.lock().take()
     }
 
     /// Writes `pieces` at `offset`, in order. Blocking: call it on the blocking pool.

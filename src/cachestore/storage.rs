@@ -863,16 +863,10 @@ impl Storage for ChunkStorage {
             .await
             .map_err(|_| Error::explain(ErrorType::InternalError, "flight permits closed"))?;
         // The spool the fill writes its chunk to as it arrives (a temp file of the store's).
-        let store = self.store.clone();
-        let id = chunk.id.clone();
-        let spool = match tokio::task::spawn_blocking(move || store.spool(&id)).await {
-            Ok(Ok(spool)) => spool,
-            Ok(Err(e)) => {
-                tracing::warn!(chunk = %chunk.id, error = %e, "cannot create the fill's spool; it keeps its chunk in memory");
-                None
-            }
+        let spool = match self.store.spool(&chunk.id, chunk.len).await {
+            Ok(spool) => spool,
             Err(e) => {
-                tracing::warn!(chunk = %chunk.id, error = %e, "spool task failed; the fill keeps its chunk in memory");
+                tracing::warn!(chunk = %chunk.id, error = %e, "cannot create the fill's spool; it keeps its chunk in memory");
                 None
             }
         };
@@ -1215,5 +1209,165 @@ mod tests {
         // A length this replica vouches for does quarantine a wrong-length chunk.
         assert!(storage.open(&bogus, 0, 7).await.is_none());
         assert_eq!(store.get(&good.id), None);
+    }
+
+    // Spooled fills, over a real `fs` store in a temp directory (real time: the spool writes
+    // on the blocking pool).
+
+    /// A chunk of `len` bytes (one chunk of an object of that size).
+    fn big_chunk(len: u64) -> Chunk {
+        let version = ObjectVersion {
+            origin_id: "o".into(),
+            bucket: "b".into(),
+            key: "big".into(),
+            etag: "e".into(),
+            size: len,
+        };
+        Chunk::new(Arc::new(version), len, 0).expect("one chunk")
+    }
+
+    fn byte(i: u64) -> u8 {
+        (i % 251) as u8
+    }
+
+    fn fs_storage(
+        dir: &std::path::Path,
+    ) -> (&'static ChunkStorage, Arc<super::super::fs::FsStore>) {
+        let store = Arc::new(
+            super::super::fs::FsStore::open(dir, &crate::config::FsLimits::default()).unwrap(),
+        );
+        let storage = Box::leak(Box::new(ChunkStorage::new(store.clone(), 64, 4, STALL)));
+        (storage, store)
+    }
+
+    /// The temp files of the store at `root` (its instance directories, locks aside).
+    fn temp_files(root: &std::path::Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for d in std::fs::read_dir(root.join("tmp")).unwrap().flatten() {
+            for f in std::fs::read_dir(d.path()).unwrap().flatten() {
+                let name = f.file_name().to_string_lossy().to_string();
+                if name != ".lock" {
+                    out.push(name);
+                }
+            }
+        }
+        out
+    }
+
+    fn held(flight: &Flight) -> u64 {
+        let s = flight.state.lock();
+        s.len - s.base
+    }
+
+    /// Writes `len` bytes in pieces of `piece`, checking after each that the flight holds at
+    /// most its window (and the piece just appended).
+    async fn write_spooled(writer: &mut MissHandler, flight: &Flight, len: u64, piece: u64) {
+        let mut at = 0;
+        while at < len {
+            let n = piece.min(len - at);
+            let data: Vec<u8> = (at..at + n).map(byte).collect();
+            tokio::time::timeout(WAIT, writer.write_body(Bytes::from(data), at + n == len))
+                .await
+                .expect("the spool keeps up")
+                .unwrap();
+            at += n;
+            assert!(
+                held(flight) <= FLIGHT_WINDOW + piece,
+                "{} bytes held after {at}",
+                held(flight)
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spooled_fill_holds_its_window_and_readers_behind_it_read_the_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, store) = fs_storage(dir.path());
+        let len = 8 * FLIGHT_WINDOW + 12345;
+        let c = big_chunk(len);
+        let mut writer = miss_handler(storage, &c).await;
+        let flight = storage.flights.lock().get(&c.id).cloned().unwrap();
+        assert!(flight.spool.is_some(), "the fs store spools");
+        // A reader that joins at once but reads nothing until the end (a stalled client).
+        let mut stalled = storage.open(&c, 0, len).await.expect("the flight").reader;
+        write_spooled(&mut writer, &flight, len, 64 * 1024).await;
+        // A reader joining late, from inside the part that is only in the spool.
+        let mut late = storage
+            .open(&c, 1000, len - 7)
+            .await
+            .expect("the flight")
+            .reader;
+        let late_bytes = read_all(&mut late).await.unwrap();
+        assert_eq!(late_bytes, (1000..len - 7).map(byte).collect::<Vec<_>>());
+        tokio::time::timeout(WAIT, writer.finish())
+            .await
+            .unwrap()
+            .unwrap();
+        // Committed from the spool: the stored chunk is exact, no temp file is left once the
+        // flight's readers are done.
+        settle(storage, &c).await;
+        assert_eq!(
+            held(&flight),
+            0,
+            "a committed flight's readers hold no memory"
+        );
+        let stalled_bytes = read_all(&mut stalled).await.unwrap();
+        assert_eq!(stalled_bytes, (0..len).map(byte).collect::<Vec<_>>());
+        let stored = std::fs::read(store.chunk_path(&c.id)).unwrap();
+        assert_eq!(stored.len() as u64, len);
+        assert!(stored == (0..len).map(byte).collect::<Vec<_>>());
+        drop((stalled, late, flight));
+        assert_eq!(temp_files(dir.path()), Vec::<String>::new());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spooled_fill_that_dies_stores_nothing_and_removes_its_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, store) = fs_storage(dir.path());
+        let len = 4 * FLIGHT_WINDOW;
+        let c = big_chunk(len);
+        let mut writer = miss_handler(storage, &c).await;
+        let flight = storage.flights.lock().get(&c.id).cloned().unwrap();
+        let mut reader = storage.open(&c, 0, len).await.expect("the flight").reader;
+        // Most of the chunk, much of it only in the spool by now; then the origin fails.
+        write_spooled(&mut writer, &flight, 3 * FLIGHT_WINDOW, 64 * 1024).await;
+        drop(writer);
+        assert!(
+            read_all(&mut reader).await.is_err(),
+            "an error, never a clean end"
+        );
+        assert!(
+            storage.open(&c, 0, len).await.is_none(),
+            "the next reader refills"
+        );
+        assert!(!store.chunk_path(&c.id).exists(), "nothing stored");
+        assert_eq!(held(&flight), 0, "a failed flight holds no memory");
+        drop((reader, flight));
+        // The spool task lets go of the flight once it sees the failure.
+        for _ in 0..1000 {
+            if temp_files(dir.path()).is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            temp_files(dir.path()),
+            Vec::<String>::new(),
+            "the spool is removed"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spooled_fill_of_the_wrong_length_is_never_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, store) = fs_storage(dir.path());
+        let len = 2 * FLIGHT_WINDOW;
+        let c = big_chunk(len);
+        let mut writer = miss_handler(storage, &c).await;
+        let flight = storage.flights.lock().get(&c.id).cloned().unwrap();
+        write_spooled(&mut writer, &flight, len - 1, 64 * 1024).await;
+        assert!(writer.finish().await.is_err(), "one byte short");
+        assert!(!store.chunk_path(&c.id).exists());
+        assert!(storage.open(&c, 0, len).await.is_none());
     }
 }

@@ -213,8 +213,8 @@ impl CacheStore for TieredStore {
 
     /// Fills spool to the local tier's temp directory: the same file is PUT to the shared
     /// store and then linked into the local tier.
-    fn spool(&self, id: &ChunkId) -> Result<Option<Spool>, StoreError> {
-        self.local.spool(id)
+    async fn spool(&self, id: &ChunkId, len: u64) -> Result<Option<Spool>, StoreError> {
+        self.local.spool(id, len).await
     }
 
     async fn commit_spool(
