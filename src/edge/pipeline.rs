@@ -237,41 +237,11 @@ async fn read_chunk(
     hit_tx: oneshot::Sender<ChunkHit>,
 ) {
     let orca = &edge.orca;
-    if let Some(mut hit) = orca.storage.open(&chunk, from, to).await {
-        let mut sent = 0u64;
-        loop {
-            match hit.reader.next_piece().await {
-                Ok(Some(piece)) => {
-                    sent += piece.len() as u64;
-                    if tx.send(Ok(piece)).is_err() {
-                        return;
-                    }
-                    if hit.on_demand {
-                        // The rest is read by the pipeline as the client takes it; `tx` is
-                        // dropped after the hand-over, so the pipeline finds the hit then.
-                        // Counted now: the pipeline may never ask past the last byte.
-                        count_hit(&hit);
-                        let _ = hit_tx.send(hit);
-                        return;
-                    }
-                }
-                Ok(None) => {
-                    count_hit(&hit);
-                    return;
-                }
-                Err(e) if sent == 0 => {
-                    // A store that fails before the first byte is a miss: fill instead.
-                    tracing::warn!(chunk = %chunk.id, error = %e, "chunk read failed; filling instead");
-                    break;
-                }
-                Err(source) => {
-                    let _ = tx.send(Err(PipelineError::Store {
-                        chunk: chunk.id.name(),
-                        source,
-                    }));
-                    return;
-                }
-            }
+    let mut hit_tx = hit_tx;
+    if let Some(hit) = orca.storage.open(&chunk, from, to).await {
+        match pass_hit(&chunk, hit, true, &tx, hit_tx).await {
+            Ok(()) => return,
+            Err(back) => hit_tx = back,
         }
     }
     let mut sent = 0u64;
@@ -306,16 +276,75 @@ async fn read_chunk(
             }
         }
     }
-    // Locally, from where the peer left off (nothing was sent twice).
-    let mut more = 0u64;
-    match edge
-        .fills
-        .local()
-        .fetch(&chunk, (from + sent, to), &tx, &mut more)
-        .await
-    {
-        Ok(source) => source.count(),
-        Err(e) => fail(&edge, &chunk, &tx, e.into_origin()),
+    // Locally, from where the peer left off (nothing was sent twice). The in-process fill
+    // service is asked to start the fill; once it answers, the chunk is a fill in flight in
+    // this process (or stored), read here as the client takes it: a slow client holds no
+    // more than the piece it is sent, and the fill goes on into its spool without it.
+    let source = match edge.fills.local().start(&chunk).await {
+        Ok(source) => source,
+        Err(e) => return fail(&edge, &chunk, &tx, e.into_origin()),
+    };
+    if let Some(hit) = orca.storage.open(&chunk, from + sent, to).await {
+        if pass_hit(&chunk, hit, false, &tx, hit_tx).await.is_ok() {
+            return source.count();
+        }
+    }
+    // The fill this request started failed before its first byte reached here (its flight
+    // is gone): that is this request's answer, as it would be read through the fill
+    // service; the next request fills again.
+    let e = OriginError::Transient(format!("the fill of chunk {} failed", chunk.id));
+    fail(&edge, &chunk, &tx, e)
+}
+
+/// Passes a hit's bytes to `tx`: all of them, or for an on-demand hit its first piece, then
+/// the hit itself to `hit_tx` (the pipeline reads the rest as the client takes it). `count`:
+/// count the hit by its source. `Err(hit_tx)` when the hit failed before its first byte: the
+/// caller fills instead.
+async fn pass_hit(
+    chunk: &Chunk,
+    mut hit: ChunkHit,
+    count: bool,
+    tx: &UnboundedSender<PieceResult>,
+    hit_tx: oneshot::Sender<ChunkHit>,
+) -> Result<(), oneshot::Sender<ChunkHit>> {
+    let mut sent = 0u64;
+    loop {
+        match hit.reader.next_piece().await {
+            Ok(Some(piece)) => {
+                sent += piece.len() as u64;
+                if tx.send(Ok(piece)).is_err() {
+                    return Ok(());
+                }
+                if hit.on_demand {
+                    // The rest is read by the pipeline as the client takes it; `tx` is
+                    // dropped after the hand-over, so the pipeline finds the hit then.
+                    // Counted now: the pipeline may never ask past the last byte.
+                    if count {
+                        count_hit(&hit);
+                    }
+                    let _ = hit_tx.send(hit);
+                    return Ok(());
+                }
+            }
+            Ok(None) => {
+                if count {
+                    count_hit(&hit);
+                }
+                return Ok(());
+            }
+            Err(e) if sent == 0 => {
+                // A store that fails before the first byte is a miss: fill instead.
+                tracing::warn!(chunk = %chunk.id, error = %e, "chunk read failed; filling instead");
+                return Err(hit_tx);
+            }
+            Err(source) => {
+                let _ = tx.send(Err(PipelineError::Store {
+                    chunk: chunk.id.name(),
+                    source,
+                }));
+                return Ok(());
+            }
+        }
     }
 }
 

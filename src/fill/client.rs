@@ -177,8 +177,61 @@ impl FillClient {
         tx: &UnboundedSender<Result<Bytes, E>>,
         sent: &mut u64,
     ) -> Result<ChunkSource, FillError> {
-        let unreachable = |m: String| FillError::Unreachable(format!("fill service: {m}"));
         let expected_len = chunk.len;
+        let (mut session, reused, source) = self.answer(chunk).await?;
+        let mut offset = 0u64;
+        loop {
+            match session.read_response_body().await {
+                Ok(Some(piece)) => {
+                    let start = offset;
+                    let end = offset + piece.len() as u64;
+                    offset = end;
+                    if end > expected_len {
+                        return Err(FillError::Broken("fill body longer than the chunk".into()));
+                    }
+                    if end <= from || start >= to {
+                        continue;
+                    }
+                    let lo = from.saturating_sub(start) as usize;
+                    let hi = (to.min(end) - start) as usize;
+                    *sent += (hi - lo) as u64;
+                    // The client went away: stop; the fill service finishes the fill.
+                    if tx.send(Ok(piece.slice(lo..hi))).is_err() {
+                        return Ok(source);
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(FillError::Broken(format!(
+                        "body cut at {offset} of {expected_len} bytes: {e}"
+                    )))
+                }
+            }
+        }
+        if offset != expected_len {
+            return Err(FillError::Broken(format!(
+                "body ended at {offset} of {expected_len} bytes"
+            )));
+        }
+        tracing::trace!(reused, "fill answered; connection back to the pool");
+        self.release(session).await;
+        Ok(source)
+    }
+
+    /// Asks for one chunk and returns once the fill service has answered `200`, without
+    /// reading the body: the chunk is then a fill in flight in this process's storage, or
+    /// stored (for this replica's own, in-process fill service, whose storage the caller
+    /// shares). The session is dropped: the fill goes on without this reader, into its spool.
+    pub async fn start(&self, chunk: &Chunk) -> Result<ChunkSource, FillError> {
+        let (_session, _, source) = self.answer(chunk).await?;
+        Ok(source)
+    }
+
+    /// Sends the fill request for `chunk` and reads the answer's header: the session, whether
+    /// it was a reused connection, and where the fill service gets the bytes; a refusal or an
+    /// error answer is returned as its [`FillError`].
+    async fn answer(&self, chunk: &Chunk) -> Result<(ClientSession, bool, ChunkSource), FillError> {
+        let unreachable = |m: String| FillError::Unreachable(format!("fill service: {m}"));
         let path = FillRequest::new(chunk.clone()).path_and_query();
         let mut req = RequestHeader::build("GET", path.as_bytes(), None)
             .map_err(|e| unreachable(e.to_string()))?;
@@ -236,45 +289,7 @@ impl FillClient {
                 .and_then(|v| v.to_str().ok())
                 .and_then(ChunkSource::parse)
                 .unwrap_or(ChunkSource::Origin);
-            let mut offset = 0u64;
-            loop {
-                match session.read_response_body().await {
-                    Ok(Some(piece)) => {
-                        let start = offset;
-                        let end = offset + piece.len() as u64;
-                        offset = end;
-                        if end > expected_len {
-                            return Err(FillError::Broken(
-                                "fill body longer than the chunk".into(),
-                            ));
-                        }
-                        if end <= from || start >= to {
-                            continue;
-                        }
-                        let lo = from.saturating_sub(start) as usize;
-                        let hi = (to.min(end) - start) as usize;
-                        *sent += (hi - lo) as u64;
-                        // The client went away: stop; the fill service finishes the fill.
-                        if tx.send(Ok(piece.slice(lo..hi))).is_err() {
-                            return Ok(source);
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        return Err(FillError::Broken(format!(
-                            "body cut at {offset} of {expected_len} bytes: {e}"
-                        )))
-                    }
-                }
-            }
-            if offset != expected_len {
-                return Err(FillError::Broken(format!(
-                    "body ended at {offset} of {expected_len} bytes"
-                )));
-            }
-            tracing::trace!(reused, "fill answered; connection back to the pool");
-            self.release(session).await;
-            return Ok(source);
+            return Ok((session, reused, source));
         }
         Err(last_err.unwrap_or_else(|| unreachable("connection failed".into())))
     }

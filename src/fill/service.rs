@@ -46,7 +46,7 @@ use pingora_cache::{
 };
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use pingora_proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
@@ -527,6 +527,19 @@ impl ProxyHttp for FillService {
                 "fill request"
             );
         }
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &Self::CTX,
+        _error: &Error,
+        context: ProxyWarnLogContext,
+    ) -> bool {
+        // This replica's edge reads a fill from the storage once it started (it drops its
+        // in-process request after the header): that the fill goes on without a reader is
+        // the design, not news. A peer that stopped reading is worth its warning.
+        self.local && matches!(context, ProxyWarnLogContext::DownstreamCache)
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, _error: &Error) -> bool {
