@@ -276,24 +276,28 @@ async fn read_chunk(
             }
         }
     }
-    // Locally, from where the peer left off (nothing was sent twice). The in-process fill
-    // service is asked to start the fill; once it answers, the chunk is a fill in flight in
-    // this process (or stored), read here as the client takes it: a slow client holds no
-    // more than the piece it is sent, and the fill goes on into its spool without it.
-    let source = match edge.fills.local().start(&chunk).await {
-        Ok(source) => source,
-        Err(e) => return fail(&edge, &chunk, &tx, e.into_origin()),
-    };
-    if let Some(hit) = orca.storage.open(&chunk, from + sent, to).await {
-        if pass_hit(&chunk, hit, false, &tx, hit_tx).await.is_ok() {
-            return source.count();
+    // Locally, from where the peer left off (nothing was sent twice), through this replica's
+    // own fill service, in-process. Its answer is read as the client takes it: a slow client
+    // holds no more than the in-memory stream's buffer, and the fill goes on into its spool
+    // without it.
+    match edge.fills.local().open(&chunk, (from + sent, to)).await {
+        Ok((source, body)) => {
+            let hit = ChunkHit {
+                source,
+                reader: Box::new(body),
+                on_demand: true,
+            };
+            match pass_hit(&chunk, hit, false, &tx, hit_tx).await {
+                Ok(()) => source.count(),
+                Err(_) => {
+                    let e =
+                        OriginError::Transient(format!("the fill of chunk {} broke off", chunk.id));
+                    fail(&edge, &chunk, &tx, e)
+                }
+            }
         }
+        Err(e) => fail(&edge, &chunk, &tx, e.into_origin()),
     }
-    // The fill this request started failed before its first byte reached here (its flight
-    // is gone): that is this request's answer, as it would be read through the fill
-    // service; the next request fills again.
-    let e = OriginError::Transient(format!("the fill of chunk {} failed", chunk.id));
-    fail(&edge, &chunk, &tx, e)
 }
 
 /// Passes a hit's bytes to `tx`: all of them, or for an on-demand hit its first piece, then
@@ -333,8 +337,7 @@ async fn pass_hit(
                 return Ok(());
             }
             Err(e) if sent == 0 => {
-                // A store that fails before the first byte is a miss: fill instead.
-                tracing::warn!(chunk = %chunk.id, error = %e, "chunk read failed; filling instead");
+                tracing::warn!(chunk = %chunk.id, error = %e, "chunk read failed before its first byte");
                 return Err(hit_tx);
             }
             Err(source) => {

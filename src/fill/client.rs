@@ -14,6 +14,7 @@
 
 use super::protocol::{FillRequest, REFUSED_HEADER, SECRET_HEADER, SOURCE_HEADER};
 use super::service::FillService;
+use crate::cachestore::{ChunkRead, StoreError};
 use crate::chunk::Chunk;
 use crate::cluster::Cluster;
 use crate::error::code_from_xml;
@@ -218,13 +219,27 @@ impl FillClient {
         Ok(source)
     }
 
-    /// Asks for one chunk and returns once the fill service has answered `200`, without
-    /// reading the body: the chunk is then a fill in flight in this process's storage, or
-    /// stored (for this replica's own, in-process fill service, whose storage the caller
-    /// shares). The session is dropped: the fill goes on without this reader, into its spool.
-    pub async fn start(&self, chunk: &Chunk) -> Result<ChunkSource, FillError> {
-        let (_session, _, source) = self.answer(chunk).await?;
-        Ok(source)
+    /// Asks for one chunk and returns, once the fill service has answered `200`, where it
+    /// gets the bytes and a reader of bytes `[from, to)` of the answer's body, to be read as
+    /// the caller's client takes them. For this replica's own fill service that costs no
+    /// more than the in-memory stream's buffer: the fill goes on into its spool while the
+    /// reader waits (see `FillService`).
+    pub async fn open(
+        &self,
+        chunk: &Chunk,
+        (from, to): (u64, u64),
+    ) -> Result<(ChunkSource, FillBody), FillError> {
+        let (session, _, source) = self.answer(chunk).await?;
+        Ok((
+            source,
+            FillBody {
+                session: tokio::sync::Mutex::new(session),
+                offset: 0,
+                from,
+                to: to.min(chunk.len),
+                expected_len: chunk.len,
+            },
+        ))
     }
 
     /// Sends the fill request for `chunk` and reads the answer's header: the session, whether
@@ -292,6 +307,59 @@ impl FillClient {
             return Ok((session, reused, source));
         }
         Err(last_err.unwrap_or_else(|| unreachable("connection failed".into())))
+    }
+}
+
+/// The body of a fill service's answer, read on demand: bytes `[from, to)` of the chunk, the
+/// length checked (a body that ends short of `to`, or runs past the chunk, is an error).
+pub struct FillBody {
+    /// Behind a lock only to be `Sync` (one reader uses it).
+    session: tokio::sync::Mutex<ClientSession>,
+    /// Bytes of the body read so far.
+    offset: u64,
+    from: u64,
+    to: u64,
+    expected_len: u64,
+}
+
+#[async_trait::async_trait]
+impl ChunkRead for FillBody {
+    async fn next_piece(&mut self) -> Result<Option<Bytes>, StoreError> {
+        let broken = |m: String| StoreError::io("fill answer", std::io::Error::other(m));
+        let session = self.session.get_mut();
+        loop {
+            if self.offset >= self.to {
+                return Ok(None);
+            }
+            match session.read_response_body().await {
+                Ok(Some(piece)) => {
+                    let start = self.offset;
+                    let end = start + piece.len() as u64;
+                    self.offset = end;
+                    if end > self.expected_len {
+                        return Err(broken("fill body longer than the chunk".into()));
+                    }
+                    if end <= self.from {
+                        continue;
+                    }
+                    let lo = self.from.saturating_sub(start) as usize;
+                    let hi = (self.to.min(end) - start) as usize;
+                    return Ok(Some(piece.slice(lo..hi)));
+                }
+                Ok(None) => {
+                    return Err(broken(format!(
+                        "body ended at {} of {} bytes",
+                        self.offset, self.expected_len
+                    )))
+                }
+                Err(e) => {
+                    return Err(broken(format!(
+                        "body cut at {} of {} bytes: {e}",
+                        self.offset, self.expected_len
+                    )))
+                }
+            }
+        }
     }
 }
 
