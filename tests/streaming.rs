@@ -10,6 +10,7 @@
 
 mod common;
 
+use common::orca::yaml_str;
 use common::*;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,6 +21,16 @@ const WAIT: Duration = Duration::from_secs(60);
 /// The most of its chunk a fill holds in memory (`cachestore::storage::FLIGHT_WINDOW`), plus
 /// one origin piece of slack.
 const WINDOW: f64 = (MIB + 512 * 1024) as f64;
+
+/// An `fs` store in `root` bounded by its own size alone: the shared machines' disks run near
+/// full, and the default `min_free` would refuse every commit there.
+fn own_fs_store(c: OrcaConfig, root: &std::path::Path) -> OrcaConfig {
+    let yaml = format!(
+        "cachestore:\n  driver: fs\n  fs:\n    root: {}\n    max_size: 1GiB\n    min_free: 0\n",
+        yaml_str(&root.to_string_lossy())
+    );
+    c.cache_root(root).extra_yaml(&yaml)
+}
 
 /// The process's resident set, in bytes.
 fn rss(pid: u32) -> u64 {
@@ -106,7 +117,11 @@ impl SlowClient {
 /// exist.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_client_costs_only_the_fills_window_and_joiners_get_every_byte() {
-    let s = Stack::start(Origin::S3, "stream", |c| c.chunk_size("64MiB")).await;
+    let root = tempfile::tempdir().unwrap();
+    let s = Stack::start(Origin::S3, "stream", |c| {
+        own_fs_store(c.chunk_size("64MiB"), root.path())
+    })
+    .await;
     let data = deterministic_bytes(15, 64 * MIB);
     s.put("big", &data).await;
     s.put("small", b"warm up").await;
@@ -286,7 +301,11 @@ async fn read_through_a_reset(s: &Stack, key: &str, data: &[u8]) {
 /// either.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_origin_failing_mid_fill_stores_nothing_in_the_fs_store() {
-    let s = Stack::start(Origin::S3, "stream", |c| c.chunk_size("8MiB")).await;
+    let root = tempfile::tempdir().unwrap();
+    let s = Stack::start(Origin::S3, "stream", |c| {
+        own_fs_store(c.chunk_size("8MiB"), root.path())
+    })
+    .await;
     let data = deterministic_bytes(16, 12 * MIB);
     s.put("cut", &data).await;
     read_through_a_reset(&s, "cut", &data).await;

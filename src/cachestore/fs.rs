@@ -483,13 +483,25 @@ impl CacheStore for FsStore {
     }
 
     async fn spool(&self, id: &ChunkId, len: u64) -> Result<Option<Spool>, StoreError> {
-        // Room first, as for a commit: a spool is the chunk's file before its link.
-        let reservation = self.space.reserve(&id.placement_digest(), len).await?;
+        // Room first, as for a commit: a spool is the chunk's file before its link. A store
+        // the evictor cannot make room in (within its wait) still gets the spool, unreserved:
+        // the bound is overshot by the spools in flight rather than the chunk kept in memory;
+        // its commit then waits for room again, and gives up if none comes.
+        let reservation = match self.space.reserve(&id.placement_digest(), len).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(chunk = %id, error = %e, "no room reserved for a fill's spool; spooling unreserved");
+                None
+            }
+        };
         let path = self.tmp_path(id);
         let spool = tokio::task::spawn_blocking(move || Spool::create(path))
             .await
             .map_err(|e| StoreError::io("spool task", std::io::Error::other(e)))??;
-        Ok(Some(spool.hold(reservation)))
+        Ok(Some(match reservation {
+            Some(r) => spool.hold(r),
+            None => spool,
+        }))
     }
 
     async fn commit_spool(

@@ -483,6 +483,10 @@ pub struct ChunkHit {
     /// Read as the client takes the bytes, not ahead of it (bytes already in memory, or a
     /// store that does not gain from reading ahead: [`CacheStore::prefetch_hits`]).
     pub on_demand: bool,
+    /// Bytes the reader may hold ahead of the client (an in-process stream's buffer), which
+    /// the edge keeps counted in its read-ahead budget; 0 for a hit read straight from memory
+    /// or the store.
+    pub buffered: u64,
 }
 
 impl ChunkStorage {
@@ -539,6 +543,7 @@ impl ChunkStorage {
                     source: ChunkSource::Memory,
                     reader: Box::new(FlightReader::new(flight, from, to, self.stall_timeout)),
                     on_demand: true,
+                    buffered: 0,
                 });
             }
         }
@@ -571,6 +576,7 @@ impl ChunkStorage {
                     .prefetch_hint()
                     .unwrap_or_else(|| self.store.prefetch_hits()),
                 reader,
+                buffered: 0,
             }),
             Ok(None) => {
                 self.misses.record_miss(&chunk.id, read_began);

@@ -17,7 +17,7 @@ use crate::cachestore::storage::ChunkHit;
 use crate::cachestore::StoreError;
 use crate::chunk::{chunk_span, slice_in_chunk, ByteRange, Chunk, ChunkId, ObjectVersion};
 use crate::error::S3Error;
-use crate::fill::FillError;
+use crate::fill::{FillBody, FillError};
 use crate::metrics::{ChunkSource, FILL_JOINS, PEER_FILLS, READAHEAD_WAIT_TIMEOUTS};
 use crate::origin::OriginError;
 use bytes::Bytes;
@@ -161,8 +161,16 @@ impl Pipeline {
                 Some(Err(e)) => return Err(e),
                 None => match head.hit_rx.try_recv() {
                     Ok(hit) => {
-                        // Nothing of it is buffered ahead of the client any more.
-                        head.reservation = None;
+                        // Only what the hit's reader may hold ahead of the client stays
+                        // counted (an in-process stream's buffer; nothing for memory or disk).
+                        let keep = budget_units(hit.buffered) as usize;
+                        head.reservation = head.reservation.take().and_then(|mut r| {
+                            if keep == 0 {
+                                None
+                            } else {
+                                r.split(keep.min(r.num_permits()))
+                            }
+                        });
                         head.hit = Some(hit);
                     }
                     Err(_) => {
@@ -286,6 +294,7 @@ async fn read_chunk(
                 source,
                 reader: Box::new(body),
                 on_demand: true,
+                buffered: FillBody::BUFFERED,
             };
             match pass_hit(&chunk, hit, false, &tx, hit_tx).await {
                 Ok(()) => source.count(),

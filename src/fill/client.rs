@@ -322,6 +322,12 @@ pub struct FillBody {
     expected_len: u64,
 }
 
+impl FillBody {
+    /// The most a reader of this replica's own fill service holds ahead of its client: the
+    /// in-process stream's buffer and the piece being read.
+    pub const BUFFERED: u64 = (LOCAL_PIPE + 256 * 1024) as u64;
+}
+
 #[async_trait::async_trait]
 impl ChunkRead for FillBody {
     async fn next_piece(&mut self) -> Result<Option<Bytes>, StoreError> {

@@ -11,5 +11,5 @@ pub mod client;
 pub mod protocol;
 pub mod service;
 
-pub use client::{FillClients, FillError};
+pub use client::{FillBody, FillClients, FillError};
 pub use service::FillService;
