@@ -112,9 +112,9 @@ impl SlowClient {
 /// far less than the chunk); a joiner that arrives when most of the chunk is only in the spool
 /// gets every byte; so does the stalled client once it reads again; the origin is asked once.
 ///
-/// Fails against the code before streaming fills: the fill held the whole chunk in memory
-/// (RSS grows by 40 MiB and more while the origin pauses at 40 MiB), and the gauge did not
-/// exist.
+/// Seen failing against deliberately broken builds: with the whole chunk kept in memory (no
+/// window) the gauge reads 64 MiB and RSS grows by 65 MiB; without Pingora's cancel-safe writes
+/// in the fill service the fill stops while its first reader stalls ("the fill stopped").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_client_costs_only_the_fills_window_and_joiners_get_every_byte() {
     let root = tempfile::tempdir().unwrap();
@@ -297,8 +297,8 @@ async fn read_through_a_reset(s: &Stack, key: &str, data: &[u8]) {
 
 /// The origin fails in the middle of a streaming fill into the `fs` store: the client's body
 /// is aborted, no chunk file and no spool is left, and the next reader fills again and gets
-/// every byte. (A regression guard for the spool path: the code before it kept nothing
-/// either.)
+/// every byte. (The code before spools kept nothing either; seen failing against a build that
+/// commits a failed fill's spool without its length check.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_origin_failing_mid_fill_stores_nothing_in_the_fs_store() {
     let root = tempfile::tempdir().unwrap();
