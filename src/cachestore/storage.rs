@@ -10,6 +10,12 @@
 //! A writer that goes away without finishing fails its flight: readers get an error, never a
 //! clean end of stream, and the flight leaves the registry at once so the next caller starts a
 //! fresh fill.
+//!
+//! Memory: a flight holds at most [`FLIGHT_WINDOW`] of its chunk. Every piece is also written
+//! to the flight's spool (a temp file the store provides, [`super::spool`]) by a task of its
+//! own; spooled pieces are dropped beyond half the window, readers behind what is held read the
+//! spool, the writer waits while the window is full, and the commit hands the store the spool,
+//! not the bytes. A flight without a spool keeps its whole chunk, as all did before.
 
 use super::buf::PIECE;
 use super::catalog::Catalog;
