@@ -317,12 +317,17 @@ def check_rendering(where, docs, example_secret, work):
     tiers = [{"size": "64MiB"}, {"size": "128MiB"}] if tiers is None else tiers
     largest = max([orca_size(chunking.get("size", "8MiB"))] + [orca_size(x["size"]) for x in tiers])
     limits = orca.get("limits") or {}
-    need = int(limits.get("origin_concurrency", 64)) * largest \
-        + orca_size(limits.get("readahead_memory", "1GiB"))
+    concurrency = int(limits.get("origin_concurrency", 64))
+    # Fills hold a 1 MiB window (+ a piece) each and spool the rest (docs/operations.md
+    # "Memory"); 16 MiB of pooled buffers; a local tier's copies hold whole chunks.
+    local_tier = store.get("driver", "fs") == "s3" and (store.get("s3") or {}).get("local")
+    need = orca_size(limits.get("readahead_memory", "1GiB")) + concurrency * (2**20 + 2**16) \
+        + 16 * 2**20 + (concurrency * largest if local_tier else 0)
     mem_limit = ((c.get("resources") or {}).get("limits") or {}).get("memory")
     if mem_limit is None or k8s_quantity(mem_limit) < need:
-        problem(where, f"memory limit {mem_limit} is below origin_concurrency x largest chunk + "
-                f"readahead_memory = {need / 2**20:.0f} MiB")
+        problem(where, f"memory limit {mem_limit} is below readahead_memory + origin_concurrency "
+                f"x 1.1 MiB + 16 MiB{' + origin_concurrency x largest chunk' if local_tier else ''}"
+                f" = {need / 2**20:.0f} MiB")
 
     # Security: non-root, read-only root, no capabilities; writes only to emptyDirs.
     psc, csc = pod.get("securityContext") or {}, c.get("securityContext") or {}
@@ -341,10 +346,18 @@ def check_rendering(where, docs, example_secret, work):
                ("pingora.yaml upgrade_sock", pingora.get("upgrade_sock", "/tmp/pingora_upgrade.sock"))]
     if store.get("driver", "fs") == "fs":
         written.append(("cachestore.fs.root", (store.get("fs") or {}).get("root", "./data/cache")))
+    elif not local_tier:
+        written.append(("the s3 store's spools", "/tmp/orca-spool"))
     for what, path in written:
         mount = next((m for m in writable if under(path, m) or os.path.normpath(path) == m), None)
         if not os.path.isabs(path) or mount is None:
             problem(where, f"{what} {path} is not on a writable emptyDir mount")
+        elif what == "the s3 store's spools":
+            size_limit = writable[mount]["emptyDir"].get("sizeLimit")
+            room = concurrency * largest + 16 * 2**20
+            if size_limit is None or k8s_quantity(size_limit) < room:
+                problem(where, f"the /tmp emptyDir's sizeLimit ({size_limit}) must hold the fills' "
+                        f"spools, origin_concurrency x largest chunk + 16 MiB = {room / 2**20:.0f} MiB")
         elif what == "cachestore.fs.root":
             size_limit = writable[mount]["emptyDir"].get("sizeLimit")
             max_size = (store.get("fs") or {}).get("max_size")

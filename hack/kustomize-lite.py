@@ -54,7 +54,8 @@ def merge_list(base, patch, mkeys):
         elif idx is None:
             new.append(item)
         else:
-            out[idx] = merge(out[idx], item)
+            # kustomize moves a patched item to the front too, in the patch's order.
+            new.append(merge(out.pop(idx), item))
     return new + out  # kustomize puts new items first (the order matters to $(VAR) in env)
 
 

@@ -82,6 +82,15 @@ metric!(
     )
 );
 metric!(
+    FILL_BUFFERED_BYTES,
+    IntGauge,
+    register_int_gauge_with_registry!(
+        "orca_fill_buffered_bytes",
+        "Chunk bytes held in memory by fills in flight and their commits (the fills' windows)",
+        REGISTRY
+    )
+);
+metric!(
     FILLS_INFLIGHT,
     IntGauge,
     register_int_gauge_with_registry!(
@@ -306,6 +315,7 @@ pub fn init() {
     Lazy::force(&ORIGIN_REQUESTS);
     Lazy::force(&ORIGIN_BYTES);
     Lazy::force(&FILLS_INFLIGHT);
+    Lazy::force(&FILL_BUFFERED_BYTES);
     Lazy::force(&FILL_JOINS);
     Lazy::force(&COMMITS);
     for r in ["committed", "lost", "error"] {

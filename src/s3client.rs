@@ -546,6 +546,29 @@ impl S3Client {
         extra: &[(&str, &str)],
     ) -> Result<Response, S3ClientError> {
         let len: u64 = pieces.iter().map(|p| p.len() as u64).sum();
+        let mut body = pieces.iter().cloned();
+        self.put_body(bucket, key, len, extra, &mut || {
+            let next = body.next();
+            async move { Ok(next) }
+        })
+        .await
+    }
+
+    /// PUTs exactly `len` bytes produced by `next` (declared as `Content-Length: len`) and
+    /// reads the (small) answer. A body that fails or does not add up to `len` is never
+    /// finished: the connection is dropped mid-body, so the store keeps nothing of it.
+    pub async fn put_body<F, Fut>(
+        &self,
+        bucket: &str,
+        key: &str,
+        len: u64,
+        extra: &[(&str, &str)],
+        next: &mut F,
+    ) -> Result<Response, S3ClientError>
+    where
+        F: FnMut() -> Fut + Send,
+        Fut: std::future::Future<Output = Result<Option<Bytes>, std::io::Error>> + Send,
+    {
         let len_text = len.to_string();
         let mut headers: Vec<(&str, &str)> = vec![("content-length", &len_text)];
         headers.extend(extra.iter().copied());
@@ -561,11 +584,31 @@ impl S3Client {
                 .write_request_header(Box::new(req))
                 .await
                 .map_err(S3ClientError::io)?;
-            for piece in pieces {
+            let mut sent = 0u64;
+            loop {
+                let piece = next().await.map_err(|e| {
+                    S3ClientError::io(pingora_error::Error::because(
+                        pingora_error::ErrorType::ReadError,
+                        "reading the body to PUT",
+                        e,
+                    ))
+                })?;
+                let Some(piece) = piece else { break };
+                sent += piece.len() as u64;
+                if sent > len {
+                    break;
+                }
                 session
-                    .write_request_body(piece.clone(), false)
+                    .write_request_body(piece, false)
                     .await
                     .map_err(S3ClientError::io)?;
+            }
+            if sent != len {
+                // Dropped unfinished: the store sees a short body and stores nothing.
+                return Err(S3ClientError::io(pingora_error::Error::explain(
+                    pingora_error::ErrorType::ReadError,
+                    format!("the body to PUT has {sent} bytes, {len} declared"),
+                )));
             }
             session
                 .finish_request_body()

@@ -6,6 +6,7 @@
 
 use crate::cachestore::evict::Evictor;
 use crate::cachestore::fs::FsStore;
+use crate::cachestore::fs::SpoolDir;
 use crate::cachestore::s3::S3Store;
 use crate::cachestore::storage::ChunkStorage;
 use crate::cachestore::tiered::TieredStore;
@@ -142,7 +143,15 @@ impl Orca {
                             config.limits.origin_concurrency,
                         ))
                     }
-                    None => Arc::new(s3),
+                    None => {
+                        // Fills spool their chunks under the temp directory before the PUT.
+                        let dir = std::env::temp_dir().join("orca-spool");
+                        s3.spool_in(
+                            SpoolDir::open(&dir)
+                                .with_context(|| format!("spool directory {}", dir.display()))?,
+                        );
+                        Arc::new(s3)
+                    }
                 }
             }
         };

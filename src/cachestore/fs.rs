@@ -18,8 +18,9 @@
 //! reserves its bytes in the index of [`super::evict`] first, every hit counts for the eviction
 //! policy, and the [`Evictor`] deletes chunks in the background.
 
-use super::buf::{PieceBuf, PIECE};
+use super::buf::PIECE;
 use super::evict::{on_disk, Evictor, OpenFiles, Reservation, Space};
+use super::spool::{read_piece, Spool};
 use super::{CacheStore, ChunkRead, CommitOutcome, StoreError, TierState};
 use crate::chunk::{ChunkId, CACHE_VERSION};
 use crate::config::FsLimits;
@@ -28,13 +29,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use lru::LruCache;
 use parking_lot::Mutex;
-use rustix::io::{Errno, ReadWriteFlags};
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, IoSliceMut, Write};
+use std::io::{ErrorKind, Write};
 use std::num::NonZeroUsize;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Open chunk files kept for reuse, so a warm hit costs neither an `open(2)` nor a trip to the
@@ -43,10 +43,6 @@ use std::sync::Arc;
 /// bytes, even after the file was unlinked; its disk space is freed when it leaves this cache
 /// (the evictor takes evicted files out; a file deleted by hand is dropped at its next read).
 const OPEN_FILES: usize = 256;
-
-/// Whether `preadv2(RWF_NOWAIT)` works here (Linux 4.14+, and the filesystem must support
-/// it); cleared on the first `EOPNOTSUPP`.
-static NOWAIT: AtomicBool = AtomicBool::new(true);
 
 /// A cache store in a local directory.
 pub struct FsStore {
@@ -206,6 +202,37 @@ impl Drop for Instance {
     }
 }
 
+/// A directory of spools outside any `fs` store (the `s3` store without a local tier):
+/// `ROOT/<instance>/`, locked and cleaned of crashed processes' directories as a store's temp
+/// directory is.
+pub struct SpoolDir {
+    instance: Instance,
+    seq: AtomicU64,
+}
+
+impl SpoolDir {
+    /// Creates `root` if needed, removes what crashed processes left there and makes this
+    /// process's own directory in it.
+    pub fn open(root: &Path) -> Result<Self, StoreError> {
+        fs::create_dir_all(root)
+            .map_err(|e| StoreError::io(format!("create {}", root.display()), e))?;
+        let removed = clean_tmp(root)?;
+        if removed > 0 {
+            tracing::info!(removed, root = %root.display(), "removed spools left by a crash");
+        }
+        Ok(Self {
+            instance: Instance::create(root)?,
+            seq: AtomicU64::new(0),
+        })
+    }
+
+    /// A new spool for a fill of `id`. Blocking.
+    pub fn spool(&self, id: &ChunkId) -> Result<Spool, StoreError> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        Spool::create(self.instance.dir.join(format!("{seq}.{}.tmp", id.name())))
+    }
+}
+
 /// Removes what crashed processes left in `ROOT/tmp`: every instance directory whose lock can
 /// be taken (its process is gone), and older releases' `<pid>.<seq>.<chunk>.tmp` files whose pid
 /// is not another live process. Returns the files removed.
@@ -277,7 +304,7 @@ fn commit_blocking(
     if final_path.exists() {
         return Ok(CommitOutcome::Lost);
     }
-    let result = (|| {
+    let written = (|| {
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -287,9 +314,38 @@ fn commit_blocking(
             f.write_all(piece)
                 .map_err(|e| StoreError::io(format!("write {}", tmp.display()), e))?;
         }
-        f.sync_all()
+        Ok(f)
+    })();
+    let result = match written {
+        Ok(f) => link_blocking(final_path, tmp, &f, space, key, reservation),
+        Err(e) => {
+            // The evictor makes room before the next commit comes.
+            if is_out_of_space(&e) {
+                space.out_of_space();
+            }
+            Err(e)
+        }
+    };
+    let _ = fs::remove_file(tmp);
+    result
+}
+
+/// Fsyncs the complete temp file `tmp` (open as `file`) and links it to `final_path` without
+/// replacing. On success the chunk enters the index with the blocks its file uses, and
+/// `reservation` is released; on failure it is released by its drop. The temp name is left
+/// to the caller to remove.
+fn link_blocking(
+    final_path: &Path,
+    tmp: &Path,
+    file: &File,
+    space: &Space,
+    key: [u8; 40],
+    reservation: Reservation,
+) -> Result<CommitOutcome, StoreError> {
+    let result = (|| {
+        file.sync_all()
             .map_err(|e| StoreError::io(format!("fsync {}", tmp.display()), e))?;
-        let blocks = f.metadata().map(|m| on_disk(&m)).unwrap_or(0);
+        let blocks = file.metadata().map(|m| on_disk(&m)).unwrap_or(0);
         if let Some(parent) = final_path.parent() {
             fs::create_dir_all(parent)
                 .map_err(|e| StoreError::io(format!("create {}", parent.display()), e))?;
@@ -301,7 +357,6 @@ fn commit_blocking(
             Err(e) => Err(StoreError::io(format!("link {}", final_path.display()), e)),
         }
     })();
-    let _ = fs::remove_file(tmp);
     match result {
         Ok((CommitOutcome::Committed, blocks)) => {
             space.committed(key, blocks, reservation);
@@ -309,13 +364,44 @@ fn commit_blocking(
         }
         Ok((outcome, _)) => Ok(outcome),
         Err(e) => {
-            // The temp file is gone; the evictor makes room before the next commit comes.
+            // The evictor makes room before the next commit comes.
             if is_out_of_space(&e) {
                 space.out_of_space();
             }
             Err(e)
         }
     }
+}
+
+/// Commits a fill's spool: its length checked against `len`, then fsynced and linked as
+/// [`link_blocking`] does. No byte of the chunk is in memory: a commit that outlives its
+/// timeout holds only the file's descriptor.
+fn commit_spool_blocking(
+    final_path: &Path,
+    spool: &Spool,
+    len: u64,
+    space: &Space,
+    key: [u8; 40],
+    reservation: Reservation,
+    name: String,
+) -> Result<CommitOutcome, StoreError> {
+    let tmp = spool.path();
+    let found = spool
+        .file()
+        .metadata()
+        .map_err(|e| StoreError::io(format!("stat {}", tmp.display()), e))?
+        .len();
+    if found != len {
+        return Err(StoreError::LengthMismatch {
+            name,
+            got: found,
+            declared: len,
+        });
+    }
+    if final_path.exists() {
+        return Ok(CommitOutcome::Lost);
+    }
+    link_blocking(final_path, tmp, spool.file(), space, key, reservation)
 }
 
 #[async_trait]
@@ -404,6 +490,50 @@ impl CacheStore for FsStore {
         .map_err(|e| StoreError::io("commit task", std::io::Error::other(e)))?
     }
 
+    async fn spool(&self, id: &ChunkId, len: u64) -> Result<Option<Spool>, StoreError> {
+        // Room first, as for a commit: a spool is the chunk's file before its link. A store
+        // the evictor cannot make room in (within its wait) still gets the spool, unreserved:
+        // the bound is overshot by the spools in flight rather than the chunk kept in memory;
+        // its commit then waits for room again, and gives up if none comes.
+        let reservation = match self.space.reserve(&id.placement_digest(), len).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(chunk = %id, error = %e, "no room reserved for a fill's spool; spooling unreserved");
+                None
+            }
+        };
+        let path = self.tmp_path(id);
+        let spool = tokio::task::spawn_blocking(move || Spool::create(path))
+            .await
+            .map_err(|e| StoreError::io("spool task", std::io::Error::other(e)))??;
+        Ok(Some(match reservation {
+            Some(r) => spool.hold(r),
+            None => spool,
+        }))
+    }
+
+    async fn commit_spool(
+        &self,
+        id: &ChunkId,
+        spool: Arc<Spool>,
+        len: u64,
+    ) -> Result<CommitOutcome, StoreError> {
+        let key = id.placement_digest();
+        // The room reserved with the spool (or, for a spool of another store's, now).
+        let reservation = match spool.take_reservation() {
+            Some(r) => r,
+            None => self.space.reserve(&key, len).await?,
+        };
+        let final_path = self.chunk_path(id);
+        let space = self.space.clone();
+        let name = id.name();
+        tokio::task::spawn_blocking(move || {
+            commit_spool_blocking(&final_path, &spool, len, &space, key, reservation, name)
+        })
+        .await
+        .map_err(|e| StoreError::io("commit task", std::io::Error::other(e)))?
+    }
+
     fn driver(&self) -> &'static str {
         "fs"
     }
@@ -471,32 +601,12 @@ fn open_checked(
 ///
 /// A piece in the page cache is read right here with `preadv2(RWF_NOWAIT)`, which copies what
 /// is cached and never waits for the disk; only a piece that needs the disk goes to the
-/// blocking pool. The buffer becomes the `Bytes` written to the socket: one copy in user space.
+/// blocking pool ([`read_piece`]). The buffer becomes the `Bytes` written to the socket: one
+/// copy in user space.
 struct FsReader {
     file: Arc<File>,
     pos: u64,
     end: u64,
-}
-
-impl FsReader {
-    /// Whatever part of the next `buf.len()` bytes is in the page cache; `None` when none is,
-    /// or when this read should go through the blocking pool (which reports real errors).
-    fn read_cached(&self, buf: &mut [u8]) -> Option<usize> {
-        if !NOWAIT.load(Ordering::Relaxed) {
-            return None;
-        }
-        let mut slices = [IoSliceMut::new(buf)];
-        match rustix::io::preadv2(&*self.file, &mut slices, self.pos, ReadWriteFlags::NOWAIT) {
-            Ok(0) => None,
-            Ok(n) => Some(n),
-            Err(Errno::OPNOTSUPP) | Err(Errno::NOSYS) => {
-                NOWAIT.store(false, Ordering::Relaxed);
-                None
-            }
-            // `EAGAIN`: not in the page cache.
-            Err(_) => None,
-        }
-    }
 }
 
 #[async_trait]
@@ -506,36 +616,9 @@ impl ChunkRead for FsReader {
             return Ok(None);
         }
         let want = (self.end - self.pos).min(PIECE as u64) as usize;
-        let mut buf = PieceBuf::take(want);
-        let short = || {
-            StoreError::io(
-                "read chunk",
-                std::io::Error::new(
-                    ErrorKind::UnexpectedEof,
-                    "chunk file shorter than its length",
-                ),
-            )
-        };
-        let n = match self.read_cached(buf.as_mut_slice()) {
-            Some(n) => n,
-            None => {
-                let (file, pos) = (self.file.clone(), self.pos);
-                let (back, read) = tokio::task::spawn_blocking(move || {
-                    let read = file.read_exact_at(buf.as_mut_slice(), pos);
-                    (buf, read)
-                })
-                .await
-                .map_err(|e| StoreError::io("read task", std::io::Error::other(e)))?;
-                buf = back;
-                match read {
-                    Ok(()) => want,
-                    Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Err(short()),
-                    Err(e) => return Err(StoreError::io("read chunk", e)),
-                }
-            }
-        };
-        self.pos += n as u64;
-        Ok(Some(buf.into_bytes(n)))
+        let piece = read_piece(&self.file, self.pos, want).await?;
+        self.pos += piece.len() as u64;
+        Ok(Some(piece))
     }
 }
 

@@ -16,12 +16,15 @@ pub(crate) mod fs;
 pub(crate) mod mem;
 mod policy;
 pub mod s3;
+pub(crate) mod spool;
 pub(crate) mod storage;
 pub(crate) mod tiered;
 
 use crate::chunk::ChunkId;
 use async_trait::async_trait;
 use bytes::Bytes;
+use spool::Spool;
+use std::sync::Arc;
 
 /// What a store can fail with. Callers treat every store failure on a read as a miss: a broken
 /// cache must never make Orca worse than no cache.
@@ -184,6 +187,31 @@ pub trait CacheStore: Send + Sync + 'static {
         pieces: Vec<Bytes>,
         len: u64,
     ) -> Result<CommitOutcome, StoreError>;
+
+    /// A temp file for a fill of `id` to write its bytes to as they arrive (see
+    /// [`spool`]), so the fill holds only a window of the chunk in memory. `None` (the
+    /// default): the store has nowhere to spool, and a fill holds its whole chunk in memory
+    /// until [`CacheStore::commit`]. A bounded store reserves the chunk's `len` bytes for
+    /// the spool first: spools count against its bound.
+    async fn spool(&self, _id: &ChunkId, _len: u64) -> Result<Option<Spool>, StoreError> {
+        Ok(None)
+    }
+
+    /// Commits a chunk whose `len` bytes were all written to `spool` (one of this store's), as
+    /// atomically and without clobbering as [`CacheStore::commit`]. The file's length is
+    /// checked against `len` before anything becomes visible.
+    async fn commit_spool(
+        &self,
+        id: &ChunkId,
+        _spool: Arc<Spool>,
+        _len: u64,
+    ) -> Result<CommitOutcome, StoreError> {
+        Err(StoreError::Check(format!(
+            "commit of {}: the {} store keeps no spools",
+            id.name(),
+            self.driver()
+        )))
+    }
 
     /// The driver's name for logs (`fs`, `s3`).
     fn driver(&self) -> &'static str;

@@ -15,6 +15,9 @@
 //! versioning check is replaced by `CreateSession`, and every request is signed with the
 //! session the client keeps (see [`crate::s3client`]).
 
+use super::buf::PIECE;
+use super::fs::SpoolDir;
+use super::spool::{read_piece, Spool};
 use super::{CacheStore, ChunkRead, CommitOutcome, StoreError, TierState};
 use crate::chunk::{ChunkId, CACHE_VERSION};
 use crate::net::http::header_str;
@@ -29,6 +32,8 @@ pub struct S3Store {
     bucket: String,
     /// Why commits are refused (the self-test failed), if they are.
     refused: Option<String>,
+    /// Where fills spool their chunks before the PUT (none: a fill holds its chunk in memory).
+    spools: Option<Arc<SpoolDir>>,
 }
 
 fn client_error(context: impl Into<String>) -> impl FnOnce(S3ClientError) -> StoreError {
@@ -53,7 +58,14 @@ impl S3Store {
             client: Arc::new(client.with_directory_buckets()),
             bucket: bucket.to_string(),
             refused: None,
+            spools: None,
         }
+    }
+
+    /// Fills spool their chunks to temp files in `dir` (see [`super::spool`]), and a commit
+    /// PUTs the file: a fill then holds only a window of its chunk in memory.
+    pub fn spool_in(&mut self, dir: SpoolDir) {
+        self.spools = Some(Arc::new(dir));
     }
 
     /// The object name of a chunk.
@@ -178,6 +190,41 @@ impl S3Store {
         }
     }
 
+    /// [`S3Store::put_if_absent`] of a chunk spooled to a file, read a piece at a time.
+    async fn put_spool_if_absent(
+        &self,
+        key: &str,
+        spool: &Spool,
+        len: u64,
+    ) -> Result<CommitOutcome, StoreError> {
+        let file = spool.file().clone();
+        let mut pos = 0u64;
+        let mut next = || {
+            let (file, at) = (file.clone(), pos);
+            let want = (len - at).min(PIECE as u64) as usize;
+            pos += want as u64;
+            async move {
+                if want == 0 {
+                    return Ok(None);
+                }
+                read_piece(&file, at, want)
+                    .await
+                    .map(Some)
+                    .map_err(std::io::Error::other)
+            }
+        };
+        let resp = self
+            .client
+            .put_body(&self.bucket, key, len, &[("if-none-match", "*")], &mut next)
+            .await
+            .map_err(client_error(format!("put {key}")))?;
+        match resp.header.status.as_u16() {
+            200 | 201 => Ok(CommitOutcome::Committed),
+            412 | 409 => Ok(CommitOutcome::Lost),
+            s => Err(status_error(format!("put {key}"), s, &resp.body)),
+        }
+    }
+
     async fn delete(&self, key: &str) {
         if let Ok(req) = self
             .client
@@ -298,6 +345,41 @@ impl CacheStore for S3Store {
             return Err(StoreError::Check(reason.clone()));
         }
         self.put_if_absent(&Self::object_key(id), &pieces).await
+    }
+
+    async fn spool(&self, id: &ChunkId, _len: u64) -> Result<Option<Spool>, StoreError> {
+        let Some(dir) = self.spools.clone() else {
+            return Ok(None);
+        };
+        let id = id.clone();
+        tokio::task::spawn_blocking(move || dir.spool(&id).map(Some))
+            .await
+            .map_err(|e| StoreError::io("spool task", std::io::Error::other(e)))?
+    }
+
+    async fn commit_spool(
+        &self,
+        id: &ChunkId,
+        spool: Arc<Spool>,
+        len: u64,
+    ) -> Result<CommitOutcome, StoreError> {
+        if let Some(reason) = &self.refused {
+            return Err(StoreError::Check(reason.clone()));
+        }
+        let key = Self::object_key(id);
+        let found = spool
+            .file()
+            .metadata()
+            .map_err(|e| StoreError::io(format!("stat {}", spool.path().display()), e))?
+            .len();
+        if found != len {
+            return Err(StoreError::LengthMismatch {
+                name: id.name(),
+                got: found,
+                declared: len,
+            });
+        }
+        self.put_spool_if_absent(&key, &spool, len).await
     }
 
     fn prefetch_hits(&self) -> bool {

@@ -10,11 +10,19 @@
 //! A writer that goes away without finishing fails its flight: readers get an error, never a
 //! clean end of stream, and the flight leaves the registry at once so the next caller starts a
 //! fresh fill.
+//!
+//! Memory: a flight holds at most [`FLIGHT_WINDOW`] of its chunk. Every piece is also written
+//! to the flight's spool (a temp file the store provides, [`super::spool`]) by a task of its
+//! own; spooled pieces are dropped beyond half the window, readers behind what is held read the
+//! spool, the writer waits while the window is full, and the commit hands the store the spool,
+//! not the bytes. A flight without a spool keeps its whole chunk, as all did before.
 
+use super::buf::PIECE;
 use super::catalog::Catalog;
+use super::spool::{read_piece, Spool};
 use super::{CacheStore, ChunkRead, CommitOutcome, StoreError, TierState};
 use crate::chunk::{Chunk, ChunkId};
-use crate::metrics::{ChunkSource, COMMITS};
+use crate::metrics::{ChunkSource, COMMITS, FILL_BUFFERED_BYTES};
 use crate::origin::OriginError;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -27,7 +35,7 @@ use pingora_cache::{CacheKey, CacheMeta, PurgeOutcome, PurgeTarget, Storage};
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -54,6 +62,16 @@ pub fn cache_key(chunk: &Chunk, vouched: bool) -> CacheKey {
 #[derive(Debug, Clone, Copy)]
 struct Unvouched;
 
+/// The most of its chunk a fill that spools keeps in memory (plus one origin piece): its
+/// writer waits while this much is held, until the spool has written it out. Four store
+/// pieces ([`PIECE`]): the spool writes a batch of about half of it per trip to the blocking
+/// pool, while the origin fills the other half.
+pub const FLIGHT_WINDOW: u64 = 4 * PIECE as u64;
+
+/// Bytes already spooled that a fill keeps in memory for its readers near the head (half the
+/// window); a reader further behind reads the spool.
+const RETAIN: u64 = FLIGHT_WINDOW / 2;
+
 /// Where a flight stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum FlightStatus {
@@ -66,24 +84,72 @@ enum FlightStatus {
 }
 
 struct FlightState {
-    pieces: Vec<Bytes>,
+    /// The chunk's bytes held in memory, in order; the first starts at `base`.
+    pieces: VecDeque<Bytes>,
+    /// The number of pieces dropped from the front of `pieces` so far (readers' hints are
+    /// counted from the first piece ever appended).
+    front_index: usize,
+    /// Offset of the first piece held; the bytes before it are only in the spool.
+    base: u64,
+    /// Bytes appended.
     len: u64,
+    /// Bytes written to the spool (whole pieces: always a piece boundary).
+    spooled: u64,
+    /// Why the spool failed: the flight then keeps the rest of its chunk in memory.
+    spool_error: Option<String>,
     status: FlightStatus,
+}
+
+impl FlightState {
+    /// Drops spooled pieces from the front while more than `keep` bytes are held; returns the
+    /// bytes dropped.
+    fn trim(&mut self, keep: u64) -> u64 {
+        let mut freed = 0;
+        while let Some(front) = self.pieces.front() {
+            let n = front.len() as u64;
+            if self.base + n > self.spooled || self.len - self.base <= keep {
+                break;
+            }
+            self.pieces.pop_front();
+            self.front_index += 1;
+            self.base += n;
+            freed += n;
+        }
+        freed
+    }
+
+    /// Drops every piece held; returns the bytes dropped.
+    fn clear(&mut self) -> u64 {
+        let freed = self.len - self.base;
+        self.front_index += self.pieces.len();
+        self.pieces.clear();
+        self.base = self.len;
+        freed
+    }
 }
 
 /// What a reader finds at its position in a flight.
 enum Next {
     /// The next piece.
     Piece(Bytes),
+    /// The next bytes (this many) are no longer in memory: read them from the spool.
+    Spool(Arc<Spool>, usize),
     /// Nothing yet: wait for the writer.
     Wait,
-    /// The flight is complete and the reader has had every piece.
+    /// The flight is complete and the reader has had every byte.
     End,
     /// The flight failed.
     Failed(String),
 }
 
 /// A chunk being filled, readable while it is written.
+///
+/// With a spool (every production store has one), the flight holds at most
+/// [`FLIGHT_WINDOW`] of its chunk in memory: every piece is also written to the spool by a
+/// task of its own, spooled pieces beyond [`RETAIN`] are dropped, and the writer waits while
+/// the window is full. Readers behind what is held read the spool. Without a spool (a store
+/// that has none, or one that failed), the flight holds its whole chunk until it is
+/// committed, bounded by the flight permits.
 pub struct Flight {
     name: String,
     chunk: Chunk,
@@ -91,28 +157,36 @@ pub struct Flight {
     state: Mutex<FlightState>,
     changed: watch::Sender<()>,
     /// One of the registry's permits, held while the flight is in the registry: it bounds the
-    /// chunks held in memory by fills and commits to `limits.origin_concurrency`.
+    /// fills and commits in flight to `limits.origin_concurrency`.
     permit: Mutex<Option<OwnedSemaphorePermit>>,
+    spool: Option<Arc<Spool>>,
 }
 
 impl Flight {
-    fn new(chunk: Chunk, tag: u64, permit: OwnedSemaphorePermit) -> Self {
+    fn new(chunk: Chunk, tag: u64, permit: OwnedSemaphorePermit, spool: Option<Spool>) -> Self {
         let (changed, _) = watch::channel(());
         Self {
             name: chunk.id.name(),
             chunk,
             tag,
             state: Mutex::new(FlightState {
-                pieces: Vec::new(),
+                pieces: VecDeque::new(),
+                front_index: 0,
+                base: 0,
                 len: 0,
+                spooled: 0,
+                spool_error: None,
                 status: FlightStatus::Filling,
             }),
             changed,
             permit: Mutex::new(Some(permit)),
+            spool: spool.map(Arc::new),
         }
     }
 
-    fn append(&self, data: Bytes) -> std::result::Result<(), String> {
+    /// Appends a piece. With a spool, then waits while the window is full, at most `stall`
+    /// (a spool that makes no progress for that long fails the fill).
+    async fn append(&self, data: Bytes, stall: Duration) -> std::result::Result<(), String> {
         {
             let mut s = self.state.lock();
             let new_len = s.len + data.len() as u64;
@@ -124,11 +198,35 @@ impl Flight {
             }
             s.len = new_len;
             if !data.is_empty() {
-                s.pieces.push(data);
+                FILL_BUFFERED_BYTES.add(data.len() as i64);
+                s.pieces.push_back(data);
             }
         }
         self.changed.send_replace(());
-        Ok(())
+        if self.spool.is_none() {
+            return Ok(());
+        }
+        let mut rx = self.changed.subscribe();
+        loop {
+            {
+                let s = self.state.lock();
+                if s.spool_error.is_some()
+                    || s.len - s.base < FLIGHT_WINDOW
+                    || s.status != FlightStatus::Filling
+                {
+                    return Ok(());
+                }
+            }
+            match tokio::time::timeout(stall, rx.changed()).await {
+                Ok(_) => {}
+                Err(_) => {
+                    return Err(format!(
+                        "the spool of chunk {} made no progress in {stall:?}",
+                        self.name
+                    ))
+                }
+            }
+        }
     }
 
     /// Ends the flight (the first end wins: a complete flight is never failed afterwards).
@@ -146,20 +244,140 @@ impl Flight {
         matches!(self.state.lock().status, FlightStatus::Failed(_))
     }
 
-    /// What a reader that has had `index` pieces finds next.
-    fn next(&self, index: usize) -> Next {
+    fn len(&self) -> u64 {
+        self.state.lock().len
+    }
+
+    /// What a reader at `pos` (reading up to `to`) finds next. `hint` is the reader's last
+    /// piece (its index and offset), so a reader walks the pieces held once, not from the
+    /// front at every step.
+    fn next(&self, pos: u64, to: u64, hint: &mut Option<(usize, u64)>) -> Next {
         let s = self.state.lock();
-        match (s.pieces.get(index), &s.status) {
-            (Some(p), _) => Next::Piece(p.clone()),
-            (None, FlightStatus::Filling) => Next::Wait,
-            (None, FlightStatus::Complete) => Next::End,
-            (None, FlightStatus::Failed(e)) => Next::Failed(e.clone()),
+        if let FlightStatus::Failed(e) = &s.status {
+            return Next::Failed(e.clone());
+        }
+        if pos < s.base {
+            return match &self.spool {
+                Some(spool) => {
+                    let want = (s.base - pos).min(to - pos).min(PIECE as u64);
+                    Next::Spool(spool.clone(), want as usize)
+                }
+                // Pieces are only dropped once spooled.
+                None => Next::Failed("bytes dropped without a spool".into()),
+            };
+        }
+        let (mut idx, mut off) = match *hint {
+            Some((i, o)) if i >= s.front_index && o <= pos => (i, o),
+            _ => (s.front_index, s.base),
+        };
+        while let Some(p) = s.pieces.get(idx - s.front_index) {
+            let end = off + p.len() as u64;
+            if pos < end {
+                *hint = Some((idx, off));
+                let lo = (pos - off) as usize;
+                let hi = (end.min(to) - off) as usize;
+                return Next::Piece(p.slice(lo..hi));
+            }
+            idx += 1;
+            off = end;
+        }
+        *hint = Some((idx, off));
+        match &s.status {
+            FlightStatus::Filling => Next::Wait,
+            _ => Next::End,
         }
     }
 
+    /// Every piece, for a commit without a spool (which never dropped one).
     fn pieces(&self) -> (Vec<Bytes>, u64) {
         let s = self.state.lock();
-        (s.pieces.clone(), s.len)
+        (s.pieces.iter().cloned().collect(), s.len)
+    }
+
+    /// Drops the pieces held once they are not needed: the flight failed, or every byte is
+    /// in the spool (its readers read the rest there).
+    fn release(&self) {
+        let freed = {
+            let mut s = self.state.lock();
+            let spooled = self.spool.is_some()
+                && s.spool_error.is_none()
+                && s.status == FlightStatus::Complete
+                && s.spooled == s.len;
+            if spooled || matches!(s.status, FlightStatus::Failed(_)) {
+                s.clear()
+            } else {
+                0
+            }
+        };
+        FILL_BUFFERED_BYTES.sub(freed as i64);
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        let s = self.state.get_mut();
+        FILL_BUFFERED_BYTES.sub((s.len - s.base) as i64);
+    }
+}
+
+/// Writes a flight's pieces to its spool as they arrive, and drops the spooled ones beyond
+/// [`RETAIN`]. Ends when every byte is spooled after the flight completed, when it failed, or
+/// when the spool fails (the flight then keeps the rest in memory); a flight that gets no new
+/// byte for `stall` is given up (its readers and writer have the same deadline).
+async fn spool_flight(flight: Arc<Flight>, spool: Arc<Spool>, stall: Duration) {
+    let mut rx = flight.changed.subscribe();
+    loop {
+        rx.borrow_and_update();
+        let (batch, at) = {
+            let s = flight.state.lock();
+            if s.spool_error.is_some() || matches!(s.status, FlightStatus::Failed(_)) {
+                return;
+            }
+            if s.spooled == s.len && s.status == FlightStatus::Complete {
+                return;
+            }
+            let mut off = s.base;
+            let mut batch = Vec::new();
+            for p in &s.pieces {
+                if off >= s.spooled {
+                    batch.push(p.clone());
+                }
+                off += p.len() as u64;
+            }
+            (batch, s.spooled)
+        };
+        if batch.is_empty() {
+            if tokio::time::timeout(stall, rx.changed()).await.is_err() {
+                let mut s = flight.state.lock();
+                if s.status == FlightStatus::Filling {
+                    s.spool_error = Some(format!("no new byte in {stall:?}"));
+                }
+                return;
+            }
+            continue;
+        }
+        let n: u64 = batch.iter().map(|p| p.len() as u64).sum();
+        let writer = spool.clone();
+        let written = tokio::task::spawn_blocking(move || writer.write_at(&batch, at))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+        let freed = {
+            let mut s = flight.state.lock();
+            match written {
+                Ok(()) => {
+                    s.spooled = at + n;
+                    s.trim(RETAIN)
+                }
+                Err(e) => {
+                    tracing::warn!(chunk = %flight.name, error = %e, "writing the fill's spool failed; it keeps its chunk in memory and is not committed");
+                    s.spool_error = Some(e.to_string());
+                    0
+                }
+            }
+        };
+        FILL_BUFFERED_BYTES.sub(freed as i64);
+        flight.changed.send_replace(());
     }
 }
 
@@ -169,11 +387,11 @@ pub struct FlightReader {
     /// The longest wait for the next byte.
     stall_timeout: Duration,
     rx: watch::Receiver<()>,
-    next_piece: usize,
-    /// Offset in the chunk of the start of `next_piece`.
-    piece_offset: u64,
-    from: u64,
+    /// The next byte to read.
+    pos: u64,
     to: u64,
+    /// The piece last read (index, offset), where the search for the next one starts.
+    hint: Option<(usize, u64)>,
 }
 
 impl FlightReader {
@@ -184,10 +402,9 @@ impl FlightReader {
             flight,
             stall_timeout,
             rx,
-            next_piece: 0,
-            piece_offset: 0,
-            from: from.min(to),
+            pos: from.min(to),
             to,
+            hint: None,
         }
     }
 }
@@ -196,7 +413,7 @@ impl FlightReader {
 impl ChunkRead for FlightReader {
     async fn next_piece(&mut self) -> std::result::Result<Option<Bytes>, StoreError> {
         loop {
-            if self.piece_offset >= self.to {
+            if self.pos >= self.to {
                 return Ok(None);
             }
             self.rx.borrow_and_update();
@@ -206,18 +423,15 @@ impl ChunkRead for FlightReader {
                     std::io::Error::new(kind, e.to_string()),
                 )
             };
-            match self.flight.next(self.next_piece) {
+            match self.flight.next(self.pos, self.to, &mut self.hint) {
                 Next::Piece(piece) => {
-                    self.next_piece += 1;
-                    let start = self.piece_offset;
-                    let end = start + piece.len() as u64;
-                    self.piece_offset = end;
-                    if end <= self.from {
-                        continue;
-                    }
-                    let lo = self.from.saturating_sub(start) as usize;
-                    let hi = (self.to.min(end) - start) as usize;
-                    return Ok(Some(piece.slice(lo..hi)));
+                    self.pos += piece.len() as u64;
+                    return Ok(Some(piece));
+                }
+                Next::Spool(spool, want) => {
+                    let piece = read_piece(spool.file(), self.pos, want).await?;
+                    self.pos += piece.len() as u64;
+                    return Ok(Some(piece));
                 }
                 Next::Wait => {
                     match tokio::time::timeout(self.stall_timeout, self.rx.changed()).await {
@@ -275,6 +489,10 @@ pub struct ChunkHit {
     /// Read as the client takes the bytes, not ahead of it (bytes already in memory, or a
     /// store that does not gain from reading ahead: [`CacheStore::prefetch_hits`]).
     pub on_demand: bool,
+    /// Bytes the reader may hold ahead of the client (an in-process stream's buffer), which
+    /// the edge keeps counted in its read-ahead budget; 0 for a hit read straight from memory
+    /// or the store.
+    pub buffered: u64,
 }
 
 impl ChunkStorage {
@@ -331,6 +549,7 @@ impl ChunkStorage {
                     source: ChunkSource::Memory,
                     reader: Box::new(FlightReader::new(flight, from, to, self.stall_timeout)),
                     on_demand: true,
+                    buffered: 0,
                 });
             }
         }
@@ -363,6 +582,7 @@ impl ChunkStorage {
                     .prefetch_hint()
                     .unwrap_or_else(|| self.store.prefetch_hits()),
                 reader,
+                buffered: 0,
             }),
             Ok(None) => {
                 self.misses.record_miss(&chunk.id, read_began);
@@ -445,25 +665,22 @@ impl ChunkStorage {
                 flights.remove(&flight.chunk.id);
             }
         }
-        // Out of the registry: its slot is free for the next fill.
+        // Out of the registry: its slot is free for the next fill, and its memory goes
+        // (its readers, if any, read the rest from its spool).
         flight.permit.lock().take();
+        flight.release();
     }
 
     fn commit_in_background(&'static self, flight: Arc<Flight>) {
         tokio::spawn(async move {
-            let (pieces, len) = flight.pieces();
-            let result = match tokio::time::timeout(
-                COMMIT_TIMEOUT,
-                self.store.commit(&flight.chunk.id, pieces, len),
-            )
-            .await
-            {
-                Ok(r) => r,
-                Err(_) => Err(StoreError::io(
-                    format!("commit of {}", flight.name),
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"),
-                )),
-            };
+            let result =
+                match tokio::time::timeout(COMMIT_TIMEOUT, self.commit_flight(&flight)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(StoreError::io(
+                        format!("commit of {}", flight.name),
+                        std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"),
+                    )),
+                };
             let label = match &result {
                 Ok(CommitOutcome::Committed) => "committed",
                 Ok(CommitOutcome::Lost) => "lost",
@@ -480,6 +697,50 @@ impl ChunkStorage {
             // Only now may readers go to the store: the registry served the chunk until here.
             self.remove_flight(&flight);
         });
+    }
+}
+
+impl ChunkStorage {
+    /// Commits a complete flight: from its spool once the spool task has written the last
+    /// byte, else (no spool, or one that failed before any piece was dropped) from memory.
+    async fn commit_flight(
+        &self,
+        flight: &Arc<Flight>,
+    ) -> std::result::Result<CommitOutcome, StoreError> {
+        let id = &flight.chunk.id;
+        if let Some(spool) = &flight.spool {
+            let mut rx = flight.changed.subscribe();
+            loop {
+                // Some(true): spooled, commit the spool; Some(false): commit from memory.
+                let ready = {
+                    let s = flight.state.lock();
+                    match &s.spool_error {
+                        Some(_) if s.base == 0 => Some(false),
+                        Some(e) => {
+                            return Err(StoreError::io(
+                                format!("spool of {}", flight.name),
+                                std::io::Error::other(e.clone()),
+                            ))
+                        }
+                        None if s.spooled == s.len => Some(true),
+                        None => None,
+                    }
+                };
+                match ready {
+                    Some(true) => {
+                        let len = flight.len();
+                        return self.store.commit_spool(id, spool.clone(), len).await;
+                    }
+                    Some(false) => break,
+                    // Bounded by the caller's COMMIT_TIMEOUT.
+                    None => {
+                        let _ = rx.changed().await;
+                    }
+                }
+            }
+        }
+        let (pieces, len) = flight.pieces();
+        self.store.commit(id, pieces, len).await
     }
 }
 
@@ -540,13 +801,14 @@ struct ChunkMissHandler {
 impl HandleMiss for ChunkMissHandler {
     async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
         self.flight
-            .append(data)
+            .append(data, self.storage.stall_timeout)
+            .await
             .map_err(|m| Error::explain(ErrorType::InternalError, m))
     }
 
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
         self.finished = true;
-        let (_, len) = self.flight.pieces();
+        let len = self.flight.len();
         if len != self.flight.chunk.len {
             let msg = format!(
                 "chunk {} ended at {len} of {} bytes",
@@ -636,9 +898,24 @@ impl Storage for ChunkStorage {
             .acquire_owned()
             .await
             .map_err(|_| Error::explain(ErrorType::InternalError, "flight permits closed"))?;
+        // The spool the fill writes its chunk to as it arrives (a temp file of the store's).
+        let spool = match self.store.spool(&chunk.id, chunk.len).await {
+            Ok(spool) => spool,
+            Err(e) => {
+                tracing::warn!(chunk = %chunk.id, error = %e, "cannot create the fill's spool; it keeps its chunk in memory");
+                None
+            }
+        };
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
-        let flight = Arc::new(Flight::new(chunk, tag, permit));
-        tracing::debug!(chunk = %flight.name, tag, "fill registered");
+        let flight = Arc::new(Flight::new(chunk, tag, permit, spool));
+        if let Some(spool) = &flight.spool {
+            tokio::spawn(spool_flight(
+                flight.clone(),
+                spool.clone(),
+                self.stall_timeout,
+            ));
+        }
+        tracing::debug!(chunk = %flight.name, tag, spooled = flight.spool.is_some(), "fill registered");
         // A newer writer replaces an older one (e.g. after a lock timeout); the older flight's
         // readers keep their Arc and finish or fail with it.
         self.flights
@@ -968,5 +1245,165 @@ mod tests {
         // A length this replica vouches for does quarantine a wrong-length chunk.
         assert!(storage.open(&bogus, 0, 7).await.is_none());
         assert_eq!(store.get(&good.id), None);
+    }
+
+    // Spooled fills, over a real `fs` store in a temp directory (real time: the spool writes
+    // on the blocking pool).
+
+    /// A chunk of `len` bytes (one chunk of an object of that size).
+    fn big_chunk(len: u64) -> Chunk {
+        let version = ObjectVersion {
+            origin_id: "o".into(),
+            bucket: "b".into(),
+            key: "big".into(),
+            etag: "e".into(),
+            size: len,
+        };
+        Chunk::new(Arc::new(version), len, 0).expect("one chunk")
+    }
+
+    fn byte(i: u64) -> u8 {
+        (i % 251) as u8
+    }
+
+    fn fs_storage(
+        dir: &std::path::Path,
+    ) -> (&'static ChunkStorage, Arc<super::super::fs::FsStore>) {
+        let store = Arc::new(
+            super::super::fs::FsStore::open(dir, &crate::config::FsLimits::default()).unwrap(),
+        );
+        let storage = Box::leak(Box::new(ChunkStorage::new(store.clone(), 64, 4, STALL)));
+        (storage, store)
+    }
+
+    /// The temp files of the store at `root` (its instance directories, locks aside).
+    fn temp_files(root: &std::path::Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for d in std::fs::read_dir(root.join("tmp")).unwrap().flatten() {
+            for f in std::fs::read_dir(d.path()).unwrap().flatten() {
+                let name = f.file_name().to_string_lossy().to_string();
+                if name != ".lock" {
+                    out.push(name);
+                }
+            }
+        }
+        out
+    }
+
+    fn held(flight: &Flight) -> u64 {
+        let s = flight.state.lock();
+        s.len - s.base
+    }
+
+    /// Writes `len` bytes in pieces of `piece`, checking after each that the flight holds at
+    /// most its window (and the piece just appended).
+    async fn write_spooled(writer: &mut MissHandler, flight: &Flight, len: u64, piece: u64) {
+        let mut at = 0;
+        while at < len {
+            let n = piece.min(len - at);
+            let data: Vec<u8> = (at..at + n).map(byte).collect();
+            tokio::time::timeout(WAIT, writer.write_body(Bytes::from(data), at + n == len))
+                .await
+                .expect("the spool keeps up")
+                .unwrap();
+            at += n;
+            assert!(
+                held(flight) <= FLIGHT_WINDOW + piece,
+                "{} bytes held after {at}",
+                held(flight)
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spooled_fill_holds_its_window_and_readers_behind_it_read_the_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, store) = fs_storage(dir.path());
+        let len = 8 * FLIGHT_WINDOW + 12345;
+        let c = big_chunk(len);
+        let mut writer = miss_handler(storage, &c).await;
+        let flight = storage.flights.lock().get(&c.id).cloned().unwrap();
+        assert!(flight.spool.is_some(), "the fs store spools");
+        // A reader that joins at once but reads nothing until the end (a stalled client).
+        let mut stalled = storage.open(&c, 0, len).await.expect("the flight").reader;
+        write_spooled(&mut writer, &flight, len, 64 * 1024).await;
+        // A reader joining late, from inside the part that is only in the spool.
+        let mut late = storage
+            .open(&c, 1000, len - 7)
+            .await
+            .expect("the flight")
+            .reader;
+        let late_bytes = read_all(&mut late).await.unwrap();
+        assert_eq!(late_bytes, (1000..len - 7).map(byte).collect::<Vec<_>>());
+        tokio::time::timeout(WAIT, writer.finish())
+            .await
+            .unwrap()
+            .unwrap();
+        // Committed from the spool: the stored chunk is exact, no temp file is left once the
+        // flight's readers are done.
+        settle(storage, &c).await;
+        assert_eq!(
+            held(&flight),
+            0,
+            "a committed flight's readers hold no memory"
+        );
+        let stalled_bytes = read_all(&mut stalled).await.unwrap();
+        assert_eq!(stalled_bytes, (0..len).map(byte).collect::<Vec<_>>());
+        let stored = std::fs::read(store.chunk_path(&c.id)).unwrap();
+        assert_eq!(stored.len() as u64, len);
+        assert!(stored == (0..len).map(byte).collect::<Vec<_>>());
+        drop((stalled, late, flight));
+        assert_eq!(temp_files(dir.path()), Vec::<String>::new());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spooled_fill_that_dies_stores_nothing_and_removes_its_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, store) = fs_storage(dir.path());
+        let len = 4 * FLIGHT_WINDOW;
+        let c = big_chunk(len);
+        let mut writer = miss_handler(storage, &c).await;
+        let flight = storage.flights.lock().get(&c.id).cloned().unwrap();
+        let mut reader = storage.open(&c, 0, len).await.expect("the flight").reader;
+        // Most of the chunk, much of it only in the spool by now; then the origin fails.
+        write_spooled(&mut writer, &flight, 3 * FLIGHT_WINDOW, 64 * 1024).await;
+        drop(writer);
+        assert!(
+            read_all(&mut reader).await.is_err(),
+            "an error, never a clean end"
+        );
+        assert!(
+            storage.open(&c, 0, len).await.is_none(),
+            "the next reader refills"
+        );
+        assert!(!store.chunk_path(&c.id).exists(), "nothing stored");
+        assert_eq!(held(&flight), 0, "a failed flight holds no memory");
+        drop((reader, flight));
+        // The spool task lets go of the flight once it sees the failure.
+        for _ in 0..1000 {
+            if temp_files(dir.path()).is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            temp_files(dir.path()),
+            Vec::<String>::new(),
+            "the spool is removed"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spooled_fill_of_the_wrong_length_is_never_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, store) = fs_storage(dir.path());
+        let len = 2 * FLIGHT_WINDOW;
+        let c = big_chunk(len);
+        let mut writer = miss_handler(storage, &c).await;
+        let flight = storage.flights.lock().get(&c.id).cloned().unwrap();
+        write_spooled(&mut writer, &flight, len - 1, 64 * 1024).await;
+        assert!(writer.finish().await.is_err(), "one byte short");
+        assert!(!store.chunk_path(&c.id).exists());
+        assert!(storage.open(&c, 0, len).await.is_none());
     }
 }

@@ -28,6 +28,7 @@
 //! that tier: gone from both, it is filled again.
 
 use super::fs::FsStore;
+use super::spool::Spool;
 use super::storage::COMMIT_TIMEOUT;
 use super::{check_commit_len, CacheStore, ChunkRead, CommitOutcome, StoreError, TierState};
 use crate::chunk::ChunkId;
@@ -205,6 +206,26 @@ impl CacheStore for TieredStore {
         // even while the shared store refuses commits.
         let shared = self.shared.commit(id, pieces.clone(), len).await;
         if let Err(e) = self.local.commit(id, pieces, len).await {
+            tracing::warn!(chunk = %id, error = %e, "local tier commit failed");
+        }
+        shared
+    }
+
+    /// Fills spool to the local tier's temp directory: the same file is PUT to the shared
+    /// store and then linked into the local tier.
+    async fn spool(&self, id: &ChunkId, len: u64) -> Result<Option<Spool>, StoreError> {
+        self.local.spool(id, len).await
+    }
+
+    async fn commit_spool(
+        &self,
+        id: &ChunkId,
+        spool: Arc<Spool>,
+        len: u64,
+    ) -> Result<CommitOutcome, StoreError> {
+        // As `commit`: the shared store first, the local copy whatever it said.
+        let shared = self.shared.commit_spool(id, spool.clone(), len).await;
+        if let Err(e) = self.local.commit_spool(id, spool, len).await {
             tracing::warn!(chunk = %id, error = %e, "local tier commit failed");
         }
         shared

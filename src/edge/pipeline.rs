@@ -17,7 +17,7 @@ use crate::cachestore::storage::ChunkHit;
 use crate::cachestore::StoreError;
 use crate::chunk::{chunk_span, slice_in_chunk, ByteRange, Chunk, ChunkId, ObjectVersion};
 use crate::error::S3Error;
-use crate::fill::FillError;
+use crate::fill::{FillBody, FillError};
 use crate::metrics::{ChunkSource, FILL_JOINS, PEER_FILLS, READAHEAD_WAIT_TIMEOUTS};
 use crate::origin::OriginError;
 use bytes::Bytes;
@@ -172,8 +172,16 @@ impl Pipeline {
                 Some(Err(e)) => return Err(e),
                 None => match head.hit_rx.try_recv() {
                     Ok(hit) => {
-                        // Nothing of it is buffered ahead of the client any more.
-                        head.reservation = None;
+                        // Only what the hit's reader may hold ahead of the client stays
+                        // counted (an in-process stream's buffer; nothing for memory or disk).
+                        let keep = budget_units(hit.buffered) as usize;
+                        head.reservation = head.reservation.take().and_then(|mut r| {
+                            if keep == 0 {
+                                None
+                            } else {
+                                r.split(keep.min(r.num_permits()))
+                            }
+                        });
                         head.hit = Some(hit);
                     }
                     Err(_) => {
@@ -256,41 +264,11 @@ async fn read_chunk(
     hit_tx: oneshot::Sender<ChunkHit>,
 ) {
     let orca = &edge.orca;
-    if let Some(mut hit) = orca.storage.open(&chunk, from, to).await {
-        let mut sent = 0u64;
-        loop {
-            match hit.reader.next_piece().await {
-                Ok(Some(piece)) => {
-                    sent += piece.len() as u64;
-                    if tx.send(Ok(piece)).is_err() {
-                        return;
-                    }
-                    if hit.on_demand {
-                        // The rest is read by the pipeline as the client takes it; `tx` is
-                        // dropped after the hand-over, so the pipeline finds the hit then.
-                        // Counted now: the pipeline may never ask past the last byte.
-                        count_hit(&hit);
-                        let _ = hit_tx.send(hit);
-                        return;
-                    }
-                }
-                Ok(None) => {
-                    count_hit(&hit);
-                    return;
-                }
-                Err(e) if sent == 0 => {
-                    // A store that fails before the first byte is a miss: fill instead.
-                    tracing::warn!(chunk = %chunk.id, error = %e, "chunk read failed; filling instead");
-                    break;
-                }
-                Err(source) => {
-                    let _ = tx.send(Err(PipelineError::Store {
-                        chunk: chunk.id.name(),
-                        source,
-                    }));
-                    return;
-                }
-            }
+    let mut hit_tx = hit_tx;
+    if let Some(hit) = orca.storage.open(&chunk, from, to).await {
+        match pass_hit(&chunk, hit, true, &tx, hit_tx).await {
+            Ok(()) => return,
+            Err(back) => hit_tx = back,
         }
     }
     let mut sent = 0u64;
@@ -335,16 +313,84 @@ async fn read_chunk(
             }
         }
     }
-    // Locally, from where the peer left off (nothing was sent twice).
-    let mut more = 0u64;
+    // Locally, from where the peer left off (nothing was sent twice), through this replica's
+    // own fill service, in-process. Its answer is read as the client takes it: a slow client
+    // holds no more than the in-memory stream's buffer, and the fill goes on into its spool
+    // without it.
     match edge
         .fills
         .local()
-        .fetch(&chunk, (from + sent, to), &request_id, &tx, &mut more)
+        .open(&chunk, (from + sent, to), &request_id)
         .await
     {
-        Ok(source) => source.count(),
+        Ok((source, body)) => {
+            let hit = ChunkHit {
+                source,
+                reader: Box::new(body),
+                on_demand: true,
+                buffered: FillBody::BUFFERED,
+            };
+            match pass_hit(&chunk, hit, false, &tx, hit_tx).await {
+                Ok(()) => source.count(),
+                Err(_) => {
+                    let e =
+                        OriginError::Transient(format!("the fill of chunk {} broke off", chunk.id));
+                    fail(&edge, &chunk, &tx, e)
+                }
+            }
+        }
         Err(e) => fail(&edge, &chunk, &tx, e.into_origin()),
+    }
+}
+
+/// Passes a hit's bytes to `tx`: all of them, or for an on-demand hit its first piece, then
+/// the hit itself to `hit_tx` (the pipeline reads the rest as the client takes it). `count`:
+/// count the hit by its source. `Err(hit_tx)` when the hit failed before its first byte: the
+/// caller fills instead.
+async fn pass_hit(
+    chunk: &Chunk,
+    mut hit: ChunkHit,
+    count: bool,
+    tx: &UnboundedSender<PieceResult>,
+    hit_tx: oneshot::Sender<ChunkHit>,
+) -> Result<(), oneshot::Sender<ChunkHit>> {
+    let mut sent = 0u64;
+    loop {
+        match hit.reader.next_piece().await {
+            Ok(Some(piece)) => {
+                sent += piece.len() as u64;
+                if tx.send(Ok(piece)).is_err() {
+                    return Ok(());
+                }
+                if hit.on_demand {
+                    // The rest is read by the pipeline as the client takes it; `tx` is
+                    // dropped after the hand-over, so the pipeline finds the hit then.
+                    // Counted now: the pipeline may never ask past the last byte.
+                    if count {
+                        count_hit(&hit);
+                    }
+                    let _ = hit_tx.send(hit);
+                    return Ok(());
+                }
+            }
+            Ok(None) => {
+                if count {
+                    count_hit(&hit);
+                }
+                return Ok(());
+            }
+            Err(e) if sent == 0 => {
+                tracing::warn!(chunk = %chunk.id, error = %e, "chunk read failed before its first byte");
+                return Err(hit_tx);
+            }
+            Err(source) => {
+                let _ = tx.send(Err(PipelineError::Store {
+                    chunk: chunk.id.name(),
+                    source,
+                }));
+                return Ok(());
+            }
+        }
     }
 }
 

@@ -16,6 +16,7 @@ use super::protocol::{
     FillRequest, REFUSED_HEADER, REQUEST_ID_HEADER, SECRET_HEADER, SOURCE_HEADER,
 };
 use super::service::FillService;
+use crate::cachestore::{ChunkRead, StoreError};
 use crate::chunk::Chunk;
 use crate::cluster::Cluster;
 use crate::error::code_from_xml;
@@ -210,8 +211,80 @@ impl FillClient {
         tx: &UnboundedSender<Result<Bytes, E>>,
         sent: &mut u64,
     ) -> Result<ChunkSource, FillError> {
-        let unreachable = |m: String| FillError::Unreachable(format!("fill service: {m}"));
         let expected_len = chunk.len;
+        let (mut session, reused, source) = self.answer(chunk, request_id).await?;
+        let mut offset = 0u64;
+        loop {
+            match session.read_response_body().await {
+                Ok(Some(piece)) => {
+                    let start = offset;
+                    let end = offset + piece.len() as u64;
+                    offset = end;
+                    if end > expected_len {
+                        return Err(FillError::Broken("fill body longer than the chunk".into()));
+                    }
+                    if end <= from || start >= to {
+                        continue;
+                    }
+                    let lo = from.saturating_sub(start) as usize;
+                    let hi = (to.min(end) - start) as usize;
+                    *sent += (hi - lo) as u64;
+                    // The client went away: stop; the fill service finishes the fill.
+                    if tx.send(Ok(piece.slice(lo..hi))).is_err() {
+                        return Ok(source);
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(FillError::Broken(format!(
+                        "body cut at {offset} of {expected_len} bytes: {e}"
+                    )))
+                }
+            }
+        }
+        if offset != expected_len {
+            return Err(FillError::Broken(format!(
+                "body ended at {offset} of {expected_len} bytes"
+            )));
+        }
+        tracing::trace!(reused, "fill answered; connection back to the pool");
+        self.release(session).await;
+        Ok(source)
+    }
+
+    /// Asks for one chunk and returns, once the fill service has answered `200`, where it
+    /// gets the bytes and a reader of bytes `[from, to)` of the answer's body, to be read as
+    /// the caller's client takes them. For this replica's own fill service that costs no
+    /// more than the in-memory stream's buffer: the fill goes on into its spool while the
+    /// reader waits (see `FillService`).
+    pub async fn open(
+        &self,
+        chunk: &Chunk,
+        (from, to): (u64, u64),
+        request_id: &str,
+    ) -> Result<(ChunkSource, FillBody), FillError> {
+        let (session, _, source) = self.answer(chunk, request_id).await?;
+        Ok((
+            source,
+            FillBody {
+                session: tokio::sync::Mutex::new(session),
+                offset: 0,
+                from,
+                to: to.min(chunk.len),
+                expected_len: chunk.len,
+            },
+        ))
+    }
+
+    /// Sends the fill request for `chunk` and reads the answer's header: the session, whether
+    /// it was a reused connection, and where the fill service gets the bytes; a refusal or an
+    /// error answer is returned as its [`FillError`]. `request_id`: as for [`FillClient::fetch`].
+    async fn answer(
+        &self,
+        chunk: &Chunk,
+        request_id: &str,
+    ) -> Result<(ClientSession, bool, ChunkSource), FillError> {
+        let unreachable = |m: String| FillError::Unreachable(format!("fill service: {m}"));
         let path = FillRequest::new(chunk.clone()).path_and_query();
         let mut req = RequestHeader::build("GET", path.as_bytes(), None)
             .map_err(|e| unreachable(e.to_string()))?;
@@ -273,47 +346,68 @@ impl FillClient {
                 .and_then(|v| v.to_str().ok())
                 .and_then(ChunkSource::parse)
                 .unwrap_or(ChunkSource::Origin);
-            let mut offset = 0u64;
-            loop {
-                match session.read_response_body().await {
-                    Ok(Some(piece)) => {
-                        let start = offset;
-                        let end = offset + piece.len() as u64;
-                        offset = end;
-                        if end > expected_len {
-                            return Err(FillError::Broken(
-                                "fill body longer than the chunk".into(),
-                            ));
-                        }
-                        if end <= from || start >= to {
-                            continue;
-                        }
-                        let lo = from.saturating_sub(start) as usize;
-                        let hi = (to.min(end) - start) as usize;
-                        *sent += (hi - lo) as u64;
-                        // The client went away: stop; the fill service finishes the fill.
-                        if tx.send(Ok(piece.slice(lo..hi))).is_err() {
-                            return Ok(source);
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        return Err(FillError::Broken(format!(
-                            "body cut at {offset} of {expected_len} bytes: {e}"
-                        )))
-                    }
-                }
-            }
-            if offset != expected_len {
-                return Err(FillError::Broken(format!(
-                    "body ended at {offset} of {expected_len} bytes"
-                )));
-            }
-            tracing::trace!(reused, "fill answered; connection back to the pool");
-            self.release(session).await;
-            return Ok(source);
+            return Ok((session, reused, source));
         }
         Err(last_err.unwrap_or_else(|| unreachable("connection failed".into())))
+    }
+}
+
+/// The body of a fill service's answer, read on demand: bytes `[from, to)` of the chunk, the
+/// length checked (a body that ends short of `to`, or runs past the chunk, is an error).
+pub struct FillBody {
+    /// Behind a lock only to be `Sync` (one reader uses it).
+    session: tokio::sync::Mutex<ClientSession>,
+    /// Bytes of the body read so far.
+    offset: u64,
+    from: u64,
+    to: u64,
+    expected_len: u64,
+}
+
+impl FillBody {
+    /// The most a reader of this replica's own fill service holds ahead of its client: the
+    /// in-process stream's buffer and the piece being read.
+    pub const BUFFERED: u64 = (LOCAL_PIPE + 256 * 1024) as u64;
+}
+
+#[async_trait::async_trait]
+impl ChunkRead for FillBody {
+    async fn next_piece(&mut self) -> Result<Option<Bytes>, StoreError> {
+        let broken = |m: String| StoreError::io("fill answer", std::io::Error::other(m));
+        let session = self.session.get_mut();
+        loop {
+            if self.offset >= self.to {
+                return Ok(None);
+            }
+            match session.read_response_body().await {
+                Ok(Some(piece)) => {
+                    let start = self.offset;
+                    let end = start + piece.len() as u64;
+                    self.offset = end;
+                    if end > self.expected_len {
+                        return Err(broken("fill body longer than the chunk".into()));
+                    }
+                    if end <= self.from {
+                        continue;
+                    }
+                    let lo = self.from.saturating_sub(start) as usize;
+                    let hi = (self.to.min(end) - start) as usize;
+                    return Ok(Some(piece.slice(lo..hi)));
+                }
+                Ok(None) => {
+                    return Err(broken(format!(
+                        "body ended at {} of {} bytes",
+                        self.offset, self.expected_len
+                    )))
+                }
+                Err(e) => {
+                    return Err(broken(format!(
+                        "body cut at {} of {} bytes: {e}",
+                        self.offset, self.expected_len
+                    )))
+                }
+            }
+        }
     }
 }
 

@@ -12,5 +12,5 @@ pub mod protocol;
 pub mod purge;
 pub mod service;
 
-pub use client::{FillClients, FillError, PeerTls};
+pub use client::{FillBody, FillClients, FillError, PeerTls};
 pub use service::FillService;

@@ -53,7 +53,7 @@ use pingora_cache::{
 };
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use pingora_proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
@@ -255,6 +255,10 @@ impl ProxyHttp for FillService {
             self.serve_purge(session).await?;
             return Ok(true);
         }
+        // Pingora's cancel-safe writes: its proxy loop keeps reading the origin into the
+        // flight while a write to this requester is pending, so the flight keeps filling
+        // (into its spool) whatever its first reader does.
+        session.set_proxy_tasks_enabled(true);
         let req = session.req_header();
         let result = if req.method != http::Method::GET {
             Err(S3Error::method_not_allowed())
@@ -600,6 +604,19 @@ impl ProxyHttp for FillService {
                 "fill request"
             );
         }
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &Self::CTX,
+        _error: &Error,
+        context: ProxyWarnLogContext,
+    ) -> bool {
+        // This replica's edge reads a fill from the storage once it started (it drops its
+        // in-process request after the header): that the fill goes on without a reader is
+        // the design, not news. A peer that stopped reading is worth its warning.
+        self.local && matches!(context, ProxyWarnLogContext::DownstreamCache)
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, _error: &Error) -> bool {
