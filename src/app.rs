@@ -7,7 +7,7 @@
 use crate::cachectl::CacheCtl;
 use crate::config::Config;
 use crate::edge::auth::EdgeAuth;
-use crate::edge::limit::{ConnectionLimit, MemoryTrimmer};
+use crate::edge::limit::ConnectionLimit;
 use crate::edge::EdgeService;
 use crate::fill::{FillClients, FillService, PeerTls};
 use crate::metadata::HealthProbe;
@@ -135,7 +135,6 @@ pub fn build_server(opt: Opt, config: Config) -> anyhow::Result<Server> {
         server.add_service(background_service("fs cache eviction", evictor));
     }
     server.add_service(background_service("SIGHUP handler", auth_reloader));
-    server.add_service(background_service("memory trim", MemoryTrimmer));
     server.add_service(background_service(
         "origin credentials probe",
         HealthProbe::new(health, origin),

@@ -207,7 +207,7 @@ async fn attack(
 async fn ten_thousand_idle_connections_and_a_header_drip_leave_others_served_and_go_away() {
     const IDLE: usize = 10_000;
     const DRIPS: usize = 200;
-    let s = Stack::start(Origin::S3, BUCKET, |c| c.log_level("info")).await;
+    let s = Stack::start(Origin::S3, BUCKET, |c| c.log_level("debug")).await;
     let data = deterministic_bytes(91, 3 * 1024 * 1024 + 11);
     s.put("k", &data).await;
     // Warm: the baseline includes the pools and caches a served read leaves.
@@ -241,7 +241,20 @@ async fn ten_thousand_idle_connections_and_a_header_drip_leave_others_served_and
             rss1 / 1024,
             rss2 / 1024
         ));
-        assert!(back, "RSS did not come back: {report:?}");
+        let trims: Vec<String> = s
+            .orca
+            .log()
+            .lines()
+            .filter(|l| {
+                l.contains("trim") || l.contains("background") || l.contains("edge_connections")
+            })
+            .map(str::to_string)
+            .collect();
+        assert!(
+            back,
+            "RSS did not come back: {report:?}; open connections {}; trims logged: {trims:?}",
+            s.orca.metric_value("orca_edge_connections")
+        );
     }
     eprintln!("orca under {IDLE} idle and {DRIPS} dripping connections: {report:#?}");
     assert_eq!(

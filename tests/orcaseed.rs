@@ -390,8 +390,9 @@ impl Drop for Fleet {
 }
 
 /// `hack/dev-up.sh` brings up moto, Azurite and three replicas and seeds them; a second run
-/// leaves the same fleet; one GET through each replica is byte-exact; `hack/dev-down.sh` stops
-/// every process dev-up started (checked by pid) and frees the ports.
+/// leaves the same fleet; one GET through each replica is byte-exact; `orca warm`, `inspect`
+/// and `purge` work as the quickstart shows; `hack/dev-down.sh` stops every process dev-up
+/// started (checked by pid) and frees the ports. This is the quickstart, run as written.
 #[test]
 fn dev_up_serves_through_each_replica_and_dev_down_leaves_nothing() {
     let fleet = Fleet {
@@ -440,6 +441,38 @@ fn dev_up_serves_through_each_replica_and_dev_down_leaves_nothing() {
         assert_eq!(got.status, 200, "replica {i}");
         assert!(got.body == want[..], "replica {i}: bytes differ");
     }
+
+    // The quickstart's cache control (docs/quickstart.md, section 7): warm the whole `big/`
+    // prefix through replica 1, inspect and purge one object through the others; the token is
+    // the fleet's peer secret.
+    let orca_cli = |args: &[&str]| {
+        let mut cmd = Command::new(common::orca_bin());
+        cmd.args(args)
+            .arg("--token-file")
+            .arg(fleet.dir.path().join("peer-secret"));
+        run_bounded(&mut cmd, None, Duration::from_secs(120))
+    };
+    let ops = |i: u16| format!("http://127.0.0.1:{}", fleet.base + 10 * i + 2);
+    let warm = orca_cli(&["warm", "s3://demo/big/", "--ops", &ops(1)]);
+    let said =
+        String::from_utf8_lossy(&warm.stdout).into_owned() + &String::from_utf8_lossy(&warm.stderr);
+    assert!(warm.status.success(), "orca warm: {said}");
+    assert!(said.contains("objects 3/3, chunks 9/9"), "{said}");
+    let inspect = orca_cli(&["inspect", "s3://demo/big/obj-000000", "--ops", &ops(2)]);
+    let said = String::from_utf8_lossy(&inspect.stdout).into_owned();
+    assert!(inspect.status.success(), "orca inspect: {said}");
+    assert!(said.contains("3 chunks, 3 cached"), "{said}");
+    let purge = orca_cli(&["purge", "s3://demo/big/obj-000000", "--ops", &ops(3)]);
+    let said = String::from_utf8_lossy(&purge.stdout).into_owned();
+    assert!(purge.status.success(), "orca purge: {said}");
+    assert!(said.contains("s3 3 chunks"), "{said}");
+    // Purged everywhere, still served right: filled again from the origin.
+    let got = block_on(common::http_get(
+        &format!("http://127.0.0.1:{}/demo/big/obj-000000", fleet.base + 20),
+        None,
+    ))
+    .unwrap();
+    assert!(got.body == want[..], "after the purge: bytes differ");
 
     let down = fleet.script("dev-down.sh");
     assert!(

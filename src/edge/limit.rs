@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
@@ -34,12 +35,16 @@ impl<A> ConnectionLimit<A> {
     }
 }
 
+/// The most connections open at once since memory was last trimmed.
+static HIGH_WATER: AtomicI64 = AtomicI64::new(0);
+
 /// The open-connections gauge, moved for as long as a connection holds its permit.
 struct Open;
 
 impl Open {
     fn new() -> Self {
         EDGE_CONNECTIONS.inc();
+        HIGH_WATER.fetch_max(EDGE_CONNECTIONS.get(), Ordering::Relaxed);
         Open
     }
 }
@@ -47,6 +52,25 @@ impl Open {
 impl Drop for Open {
     fn drop(&mut self) {
         EDGE_CONNECTIONS.dec();
+        let open = EDGE_CONNECTIONS.get();
+        let high = HIGH_WATER.load(Ordering::Relaxed);
+        // One closing connection wins the exchange and trims, off the runtime's workers.
+        if high - open >= TRIM_AFTER_CLOSED
+            && HIGH_WATER
+                .compare_exchange(high, open, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn_blocking(move || {
+                    let released = trim();
+                    tracing::debug!(
+                        closed = high - open,
+                        released,
+                        "memory trimmed after connections closed"
+                    );
+                });
+            }
+        }
     }
 }
 
@@ -71,45 +95,17 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
     }
 }
 
-/// Connections that must have closed since the last high-water mark before memory is trimmed.
-const TRIM_AFTER_CLOSED: i64 = 1024;
-/// How often the trimmer looks at the connection count (an atomic read).
-const TRIM_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Gives the memory of closed connections back to the kernel after a burst of them.
+/// Connections that must have closed since the high-water mark before memory is trimmed.
 ///
 /// glibc's allocator keeps freed memory in its per-thread arenas for reuse and returns little
 /// of it: after 10,000 idle connections closed, a replica kept the 360 MiB they had used, and a
 /// second identical burst, served from other arenas, added 240 MiB more (`tests/hostile.rs`).
-/// When the open-connection count has fallen by [`TRIM_AFTER_CLOSED`] from its high-water mark,
-/// this calls `malloc_trim(0)`, which releases the free pages of every arena. It runs on its own
-/// background thread, at most once per [`TRIM_CHECK`], and only after such a fall, so a steady
-/// load never pays for it. Other C libraries (musl) have no such call: there it does nothing.
-pub struct MemoryTrimmer;
-
-#[async_trait]
-impl pingora::services::background::BackgroundService for MemoryTrimmer {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut high = EDGE_CONNECTIONS.get();
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(TRIM_CHECK) => {}
-                _ = shutdown.changed() => return,
-            }
-            let open = EDGE_CONNECTIONS.get();
-            high = high.max(open);
-            if high - open >= TRIM_AFTER_CLOSED {
-                let released = trim();
-                tracing::debug!(
-                    closed = high - open,
-                    released,
-                    "memory trimmed after connections closed"
-                );
-                high = open;
-            }
-        }
-    }
-}
+/// When the open-connection count has fallen this far from its high-water mark, the connection
+/// whose close crosses it calls `malloc_trim(0)` on the blocking pool, which releases the free
+/// pages of every arena, and the mark starts again from there: after a burst closes, at most
+/// this many connections' memory (about 10 MiB) is left untrimmed. A steady load never pays. Other C libraries (musl) have no such
+/// call: there it does nothing.
+const TRIM_AFTER_CLOSED: i64 = 256;
 
 /// `malloc_trim(0)`: whether glibc released memory.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
