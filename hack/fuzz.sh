@@ -52,6 +52,8 @@ for t in "${targets[@]}"; do
   else
     result=FAILED
     status=1
+    # The panic and its message come long before libFuzzer's summary: show both.
+    grep -n -A12 "panicked at" "$log" | head -40 || true
     tail -40 "$log"
   fi
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo 0)
