@@ -8,7 +8,7 @@
 # those that add coverage are merged into fuzz/corpus/ at the end (commit them). A crash
 # leaves its input in fuzz/artifacts/TARGET/ and the script exits 1: copy the input to
 # fuzz/regressions/TARGET/, fix the parser, and `tests/fuzz_replay.rs` keeps it fixed. A line per target goes to
-# fuzz/runs.log (date, target, seconds, executions) for docs/reliability.md's table.
+# fuzz/runs.log (date, target, seconds fuzzed, executions, result) for docs/reliability.md's table.
 # CI does not run this: it replays the corpus in the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +43,9 @@ for t in "${targets[@]}"; do
   mkdir -p "corpus/$t" "corpus-new/$t" "artifacts/$t"
   echo "fuzz.sh: $t for ${per}s"
   log=$(mktemp)
+  # Build first, so the time recorded is the fuzzing's own (a crash ends a run early).
+  cargo fuzz build --sanitizer none "$t" >"$log" 2>&1 || { cat "$log"; exit 1; }
+  started=$(date +%s)
   # --sanitizer none: sanitizers need a nightly compiler; libFuzzer's coverage guidance and the
   # asserted promises do not. -rss_limit_mb bounds a run; -timeout flags a hang of 10 s.
   if cargo fuzz run --sanitizer none "$t" "corpus-new/$t" "corpus/$t" -- \
@@ -56,9 +59,10 @@ for t in "${targets[@]}"; do
     grep -n -A12 "panicked at" "$log" | head -40 || true
     tail -40 "$log"
   fi
+  secs=$(( $(date +%s) - started ))
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo 0)
-  printf '%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$t" "$per" "$execs" "$result" >> runs.log
-  echo "fuzz.sh: $t $result: $execs executions in ${per}s"
+  printf '%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$t" "$secs" "$execs" "$result" >> runs.log
+  echo "fuzz.sh: $t $result: $execs executions in ${secs}s"
   rm -f "$log"
   # Fold what was found into the kept corpus: -merge=1 keeps every file already in corpus/
   # and adds the new inputs that reach code the corpus does not.
