@@ -807,6 +807,11 @@ async fn every_fs_store_fault_on_a_read() {
     let outcome = read_at(&url, None, &data, cell, logs).await;
     set_mode(0o755);
     check(cell, Expect::Exact, &outcome);
+    assert_eq!(
+        origin_gets_of(&fleet.proxies[0], "fs/read-only"),
+        3,
+        "{cell}: each chunk from the origin once"
+    );
     let objects: Vec<(&str, &str, &[u8])> = stored
         .iter()
         .map(|(k, e, d)| (k.as_str(), e.as_str(), d.as_slice()))
