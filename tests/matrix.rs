@@ -715,6 +715,9 @@ async fn every_shared_store_fault_on_a_read() {
     eprintln!("{report:#?}");
 }
 
+/// What an fs cell does to a chunk file by hand.
+type Damage = fn(&std::path::Path);
+
 /// Whether this process runs as root (the kernel then ignores directory permissions).
 fn running_as_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
@@ -739,7 +742,7 @@ async fn every_fs_store_fault_on_a_read() {
     let root = orca.cache_root().to_path_buf();
     let logs = || orca.log_tail();
     let mut stored: Vec<(String, String, Vec<u8>)> = Vec::new();
-    let cases: &[(&str, fn(&std::path::Path))] = &[
+    let cases: &[(&str, Damage)] = &[
         ("chunk-truncated", |path| {
             let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
             file.set_len(MIB as u64 / 2).unwrap();
