@@ -22,8 +22,8 @@ mod common;
 use ::orca::cachestore::s3::S3Store;
 use ::orca::chunk::ChunkId;
 use common::cases::{
-    assert_fs_store_holds_only_good_chunks, assert_store_holds_only_good_chunks, settle_commits_of,
-    Stored,
+    assert_fs_store_holds_only_good_chunks, assert_store_holds_only_good_chunks, good_chunks,
+    settle_commits_of, Stored,
 };
 use common::*;
 use std::time::Duration;
@@ -257,10 +257,7 @@ async fn run(readers: usize, scenario: &str) {
         );
         s.proxy.clear_faults();
         stored.push((key.clone(), etag, data.clone()));
-        let objects: Vec<(&str, &str, &[u8])> = stored
-            .iter()
-            .map(|(k, e, d)| (k.as_str(), e.as_str(), d.as_slice()))
-            .collect();
+        let objects = views(&stored);
         // Right after the faulty read, before a clean one could repair anything.
         assert_store_holds_only_good_chunks(&s, &objects, false).await;
         let (ready, body) = s.orca.ops_get("/readyz");
@@ -468,10 +465,7 @@ async fn every_sick_coordinator_on_a_peer_fill() {
         }
         fleet.peer_proxies[1].clear_faults();
         stored.push((key.clone(), etag.clone(), data.clone()));
-        let objects: Vec<(&str, &str, &[u8])> = stored
-            .iter()
-            .map(|(k, e, d)| (k.as_str(), e.as_str(), d.as_slice()))
-            .collect();
+        let objects = views(&stored);
         for r in &fleet.replicas {
             assert_fs_store_holds_only_good_chunks(r, BUCKET, &objects, false).await;
             let (ready, body) = r.ops_get("/readyz");
@@ -579,6 +573,35 @@ const STORE_CASES: &[StoreCase] = &[
     },
 ];
 
+/// The objects of a column so far, as the store checks take them.
+fn views(stored: &[(String, String, Vec<u8>)]) -> Vec<Stored<'_>> {
+    stored
+        .iter()
+        .map(|(k, e, d)| (k.as_str(), e.as_str(), d.as_slice()))
+        .collect()
+}
+
+/// Puts `data` as `key`, reads it once through the fleet's first replica (exact: that fills
+/// the store) and adds it to `stored`; returns its ETag and URL.
+async fn put_and_fill(
+    fleet: &Fleet,
+    key: &str,
+    data: &[u8],
+    cell: &str,
+    stored: &mut Vec<(String, String, Vec<u8>)>,
+) -> (String, String) {
+    let orca = &fleet.replicas[0];
+    let etag = fleet.put(key, data).await;
+    let url = orca.object_url(BUCKET, key);
+    let first = read_at(&url, None, data, &format!("{cell} (filling read)"), || {
+        orca.log_tail()
+    })
+    .await;
+    check(cell, Expect::Exact, &first);
+    stored.push((key.to_string(), etag.clone(), data.to_vec()));
+    (etag, url)
+}
+
 /// The chunk objects in the store bucket (a ListObjectsV2 straight to moto).
 async fn store_objects(moto: &str) -> Vec<String> {
     let url = format!(
@@ -604,29 +627,25 @@ async fn assert_bucket_holds_only_good_chunks(
     all: bool,
 ) {
     settle_commits_of(orca).await;
-    let chunk = MIB as u64;
-    let mut good = std::collections::HashMap::new();
-    for (key, etag, data) in objects {
-        for index in 0..(data.len() as u64).div_ceil(chunk) {
-            let id = ChunkId::from_fields("test-origin", BUCKET, key, etag, chunk, index);
-            let start = (index * chunk) as usize;
-            let end = (start + MIB).min(data.len());
-            good.insert(S3Store::object_key(&id), &data[start..end]);
-        }
-    }
+    let good = good_chunks("test-origin", BUCKET, objects);
     let found = store_objects(moto).await;
-    for name in &found {
-        let want = good
-            .get(name)
-            .unwrap_or_else(|| panic!("{name} in the store is no chunk of the objects"));
-        let got = get_object(moto, STORE_BUCKET, name).await.unwrap();
+    // An object's name ends in its chunk's name (`S3Store::object_key`).
+    let names: Vec<&str> = found.iter().filter_map(|o| o.rsplit('/').next()).collect();
+    for (object, name) in found.iter().zip(&names) {
+        let (key, want) = good
+            .get(*name)
+            .unwrap_or_else(|| panic!("{object} in the store is no chunk of the objects"));
+        let got = get_object(moto, STORE_BUCKET, object).await.unwrap();
         assert!(
             got == *want,
-            "stored chunk {name} differs from the origin's bytes"
+            "stored chunk {object} of {key} differs from the origin's bytes"
         );
     }
     if all {
-        let missing: Vec<_> = good.keys().filter(|n| !found.contains(n)).collect();
+        let missing: Vec<_> = good
+            .keys()
+            .filter(|n| !names.contains(&n.as_str()))
+            .collect();
         assert!(missing.is_empty(), "chunks not stored: {missing:?}");
     }
 }
@@ -655,16 +674,9 @@ async fn every_shared_store_fault_on_a_read() {
         let cell = format!("s3 store x {}", case.name);
         let key = format!("store/{}", case.name);
         let data = deterministic_bytes(400 + i as u64, 2 * MIB + 5);
-        let etag = fleet.put(&key, &data).await;
-        let url = orca.object_url(BUCKET, &key);
         // Fill the store, then read it back under the fault.
-        let first = read_at(&url, None, &data, &format!("{cell} (filling read)"), logs).await;
-        check(&cell, Expect::Exact, &first);
-        stored.push((key.clone(), etag.clone(), data.clone()));
-        let objects: Vec<(&str, &str, &[u8])> = stored
-            .iter()
-            .map(|(k, e, d)| (k.as_str(), e.as_str(), d.as_slice()))
-            .collect();
+        let (etag, url) = put_and_fill(&fleet, &key, &data, &cell, &mut stored).await;
+        let objects = views(&stored);
         assert_bucket_holds_only_good_chunks(orca, &moto, &objects, true).await;
         fleet.proxies[0].reset_counts();
         store_proxy.reset_counts();
@@ -753,15 +765,8 @@ async fn every_fs_store_fault_on_a_read() {
         let cell = format!("fs store x {name}");
         let key = format!("fs/{name}");
         let data = deterministic_bytes(500 + i as u64, 2 * MIB + 5);
-        let etag = fleet.put(&key, &data).await;
-        let url = orca.object_url(BUCKET, &key);
-        let first = read_at(&url, None, &data, &format!("{cell} (filling read)"), logs).await;
-        check(&cell, Expect::Exact, &first);
-        stored.push((key.clone(), etag.clone(), data.clone()));
-        let objects: Vec<(&str, &str, &[u8])> = stored
-            .iter()
-            .map(|(k, e, d)| (k.as_str(), e.as_str(), d.as_slice()))
-            .collect();
+        let (etag, url) = put_and_fill(&fleet, &key, &data, &cell, &mut stored).await;
+        let objects = views(&stored);
         assert_fs_store_holds_only_good_chunks(orca, BUCKET, &objects, true).await;
         let id = ChunkId::from_fields("test-origin", BUCKET, &key, &etag, MIB as u64, 1);
         damage(&fs_chunk_path(&root, &id));
@@ -815,10 +820,7 @@ async fn every_fs_store_fault_on_a_read() {
         3,
         "{cell}: each chunk from the origin once"
     );
-    let objects: Vec<(&str, &str, &[u8])> = stored
-        .iter()
-        .map(|(k, e, d)| (k.as_str(), e.as_str(), d.as_slice()))
-        .collect();
+    let objects = views(&stored);
     assert_fs_store_holds_only_good_chunks(orca, BUCKET, &objects, false).await;
     let (ready, body) = orca.ops_get("/readyz");
     assert_eq!(ready, 200, "{cell}: readiness after the fault: {body}");
