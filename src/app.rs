@@ -45,7 +45,7 @@ pub fn build_server(opt: Opt, config: Config) -> anyhow::Result<Server> {
     // The edge reaches this replica's fill service in-process, through its own instance.
     let local_fill = Arc::new(http_proxy(&conf, FillService::for_local_edge(orca.clone())));
     let fills = FillClients::new(
-        local_fill.clone(),
+        local_fill,
         orca.cluster.clone(),
         orca.fill_read_timeout(),
         orca.peer_secret.clone(),
@@ -57,7 +57,7 @@ pub fn build_server(opt: Opt, config: Config) -> anyhow::Result<Server> {
         }),
         None => None,
     };
-    let fills = fills.with_peer_tls(peer_tls.clone());
+    let fills = fills.with_peer_tls(peer_tls);
     let edge_tls = match &listen.edge_tls {
         Some(files) => Some(CertResolver::new("edge", files.clone()).context("listen.edge_tls")?),
         None => None,
@@ -69,16 +69,7 @@ pub fn build_server(opt: Opt, config: Config) -> anyhow::Result<Server> {
         None => None,
     };
     // Warm jobs fill through the same clients (their own set: their own peers' back-off).
-    let cachectl = Arc::new(CacheCtl::new(
-        orca.clone(),
-        FillClients::new(
-            local_fill,
-            orca.cluster.clone(),
-            orca.fill_read_timeout(),
-            orca.peer_secret.clone(),
-        )
-        .with_peer_tls(peer_tls),
-    )?);
+    let cachectl = Arc::new(CacheCtl::new(orca.clone(), fills.sibling())?);
     let edge_auth = Arc::new(EdgeAuth::new(&orca.config.edge.auth));
     // At most limits.max_connections client connections (see edge::limit).
     let mut edge = Service::new(

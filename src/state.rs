@@ -65,8 +65,7 @@ impl Orca {
         let mut credential_chains = Vec::new();
         let origin: Arc<dyn Origin> = match &config.origin.driver {
             OriginDriver::S3(s3) => {
-                let chain = (s3.credentials == S3Credentials::DefaultChain)
-                    .then(|| AwsChain::new("origin.s3", &s3.region));
+                let chain = AwsChain::for_section("origin.s3", &s3.credentials, &s3.region);
                 if let Some(chain) = &chain {
                     load_at_start(chain)?;
                     credential_chains.push(chain.clone());
@@ -106,8 +105,7 @@ impl Orca {
             } => {
                 // One chain for the checker and the store: the credentials the checks loaded
                 // are the store's first.
-                let chain = (*credentials == S3Credentials::DefaultChain)
-                    .then(|| AwsChain::new("cachestore.s3", region));
+                let chain = AwsChain::for_section("cachestore.s3", credentials, region);
                 if let Some(chain) = &chain {
                     credential_chains.push(chain.clone());
                 }

@@ -14,7 +14,7 @@ use ::orca::chunk::ChunkId;
 use common::orca::yaml_str;
 use common::*;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -24,16 +24,26 @@ const STORE_BUCKET: &str = "orca-cache";
 const SECRET: &str = "fleet-s3cr3t";
 const WAIT: Duration = Duration::from_secs(60);
 
+/// The shared [`common::Fleet`] with each replica's local tier and the admin token.
 struct Fleet {
-    moto: Moto,
-    /// One per replica, in front of the origin.
-    origin_proxies: Vec<FaultProxy>,
-    replicas: Vec<OrcaProcess>,
+    inner: common::Fleet,
     /// Each replica's local tier root.
     local_roots: Vec<PathBuf>,
     /// Holds the admin token (the peers' shared secret).
     token_file: PathBuf,
-    dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Fleet {
+    type Target = common::Fleet;
+    fn deref(&self) -> &common::Fleet {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Fleet {
+    fn deref_mut(&mut self) -> &mut common::Fleet {
+        &mut self.inner
+    }
 }
 
 impl Fleet {
@@ -41,84 +51,39 @@ impl Fleet {
     /// with a local tier; 1 MiB chunks; metadata kept for an hour (only a purge makes a replica
     /// see a changed object sooner); `extra` appended to each configuration.
     async fn start(n: usize, extra: &str) -> Fleet {
-        let moto = Moto::start();
-        create_bucket(&moto.endpoint(), BUCKET).await;
-        create_bucket(&moto.endpoint(), STORE_BUCKET).await;
-        let dir = tempfile::Builder::new()
-            .prefix("orca-cachectl-")
-            .tempdir()
-            .unwrap();
-        let token_file = dir.path().join("token");
-        std::fs::write(&token_file, format!("{SECRET}\n")).unwrap();
-        let ports: Vec<OrcaPorts> = (0..n).map(|_| OrcaPorts::free()).collect();
-        let addrs: Vec<String> = ports
-            .iter()
-            .map(|p| format!("\"127.0.0.1:{}\"", p.internal))
-            .collect();
-        let (mut origin_proxies, mut replicas, mut local_roots) = (vec![], vec![], vec![]);
-        for (i, p) in ports.iter().enumerate() {
-            let proxy = FaultProxy::start(&moto.endpoint());
-            let root = dir.path().join(format!("local-{i}"));
-            let cfg = OrcaConfig::new(&proxy.endpoint())
+        let inner = common::Fleet::start(n, &[BUCKET, STORE_BUCKET], |m| {
+            let root = m.dir.join(format!("local-{}", m.index));
+            m.config()
                 .chunk_size("1MiB")
                 .readahead(2)
                 .origin_concurrency(4)
                 .metadata_ttl("1h")
-                .ports(*p)
                 .env("ORCA_CACHESTORE_ACCESS_KEY_ID", "test")
                 .env("ORCA_CACHESTORE_SECRET_ACCESS_KEY", "test")
                 .env("ORCA_PEER_SECRET", SECRET)
                 .extra_yaml(&format!(
-                    "cluster:\n  peers: [{}]\n  self: {}\n  shared_secret_env: ORCA_PEER_SECRET\n\
-                     cachestore:\n  driver: s3\n  s3:\n    endpoint: {}\n    bucket: {STORE_BUCKET}\n    path_style: true\n  local:\n    root: {}\n    max_size: 256MiB\n    min_free: 0\n{extra}",
-                    addrs.join(", "),
-                    addrs[i],
-                    moto.endpoint(),
+                    "{}cachestore:\n  driver: s3\n  s3:\n    endpoint: {}\n    bucket: {STORE_BUCKET}\n    path_style: true\n  local:\n    root: {}\n    max_size: 256MiB\n    min_free: 0\n{extra}",
+                    m.everyone("  shared_secret_env: ORCA_PEER_SECRET\n"),
+                    m.moto,
                     yaml_str(&root.to_string_lossy()),
-                ));
-            replicas.push(OrcaProcess::start(cfg));
-            origin_proxies.push(proxy);
-            local_roots.push(root);
-        }
+                ))
+        })
+        .await;
+        let local_roots = (0..n)
+            .map(|i| inner.dir.path().join(format!("local-{i}")))
+            .collect();
+        let token_file = inner.dir.path().join("token");
+        std::fs::write(&token_file, format!("{SECRET}\n")).unwrap();
         Fleet {
-            moto,
-            origin_proxies,
-            replicas,
+            inner,
             local_roots,
             token_file,
-            dir,
         }
-    }
-
-    async fn put(&self, key: &str, data: &[u8]) -> String {
-        let etag = put_object(&self.moto.endpoint(), BUCKET, key, data.to_vec()).await;
-        etag.trim_matches('"').to_string()
-    }
-
-    async fn get_exact(&self, replica: usize, key: &str, data: &[u8]) {
-        let orca = &self.replicas[replica];
-        let r = http_get(&orca.object_url(BUCKET, key), None)
-            .await
-            .unwrap_or_else(|e| panic!("GET {key} via {replica}: {e}\n{}", orca.log_tail()));
-        assert_eq!(
-            r.status,
-            200,
-            "GET {key} via {replica}\n{}",
-            orca.log_tail()
-        );
-        assert_eq!(
-            sha256_hex(&r.body),
-            sha256_hex(data),
-            "GET {key} via {replica}"
-        );
     }
 
     /// Every origin request the fleet made.
     fn origin_log(&self) -> Vec<RequestRecord> {
-        self.origin_proxies
-            .iter()
-            .flat_map(|p| p.counts().log)
-            .collect()
+        self.proxies.iter().flat_map(|p| p.counts().log).collect()
     }
 
     /// Origin chunk GETs (ranged) across the fleet, per range, of object `key`.
@@ -186,14 +151,6 @@ impl Fleet {
 
 fn chunk_id(key: &str, etag: &str, index: u64) -> ChunkId {
     ChunkId::from_fields("test-origin", BUCKET, key, etag, MIB as u64, index)
-}
-
-fn local_chunk_path(root: &Path, id: &ChunkId) -> PathBuf {
-    let hex = id.object_hex();
-    root.join("v1")
-        .join(&hex[0..2])
-        .join(&hex[2..4])
-        .join(id.name())
 }
 
 fn text(out: &Output) -> String {
@@ -280,7 +237,7 @@ async fn warm_fetches_each_chunk_once_fleet_wide_and_a_second_warm_fetches_nothi
             let (from, len) = (c["offset"].as_u64().unwrap(), c["length"].as_u64().unwrap());
             let range = format!("bytes={from}-{}", from + len - 1);
             let path = format!("/{BUCKET}/{key}");
-            let through = fleet.origin_proxies[replica]
+            let through = fleet.proxies[replica]
                 .counts()
                 .log
                 .iter()
@@ -316,11 +273,7 @@ async fn warm_fetches_each_chunk_once_fleet_wide_and_a_second_warm_fetches_nothi
     assert_eq!(after, before, "warm reads went to the origin");
 
     // A second warm (through the API, on replica 2) fetches nothing: listing and HEADs only.
-    let mark: Vec<usize> = fleet
-        .origin_proxies
-        .iter()
-        .map(|p| p.counts().total)
-        .collect();
+    let mark: Vec<usize> = fleet.proxies.iter().map(|p| p.counts().total).collect();
     let (status, job) = fleet
         .ops(
             2,
@@ -338,7 +291,7 @@ async fn warm_fetches_each_chunk_once_fleet_wide_and_a_second_warm_fetches_nothi
     assert_eq!(job["chunks_cached"], chunks, "{job}");
     assert_eq!(job["chunks"]["done"], job["chunks"]["total"]);
     assert_eq!(job["errors"], 0);
-    for (p, m) in fleet.origin_proxies.iter().zip(mark) {
+    for (p, m) in fleet.proxies.iter().zip(mark) {
         for r in &p.counts().log[m..] {
             let listing =
                 r.method == "GET" && r.path().trim_end_matches('/') == format!("/{BUCKET}");
@@ -390,7 +343,7 @@ async fn cancel_stops_a_running_warm_job_and_ctrl_c_cancels_the_subcommands_job(
             .await;
     }
     // Every chunk GET stalls after its first bytes: the job cannot finish while this holds.
-    fleet.origin_proxies[0].push_fault(
+    fleet.proxies[0].push_fault(
         FaultRule::new(Fault::StallBodyAfter(4096, Duration::from_secs(45)))
             .method("GET")
             .with_range()
@@ -408,7 +361,7 @@ async fn cancel_stops_a_running_warm_job_and_ctrl_c_cancels_the_subcommands_job(
     let id = job["id"].as_str().unwrap().to_string();
     // Running: its first chunk GET reached the origin.
     let started = poll_until(WAIT, || {
-        (fleet.origin_proxies[0].counts().gets_with_range > 0).then_some(())
+        (fleet.proxies[0].counts().gets_with_range > 0).then_some(())
     });
     assert!(started.is_some(), "the job never asked the origin");
     let (status, job) = fleet
@@ -419,9 +372,9 @@ async fn cancel_stops_a_running_warm_job_and_ctrl_c_cancels_the_subcommands_job(
     assert_eq!(job["chunks"]["done"], 0, "{job}");
     assert!(job["finished_at"].is_u64(), "{job}");
     // It stays stopped: no other chunk is asked for, and it never finishes.
-    fleet.origin_proxies[0].clear_faults();
+    fleet.proxies[0].clear_faults();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let gets = fleet.origin_proxies[0].counts().gets_with_range;
+    let gets = fleet.proxies[0].counts().gets_with_range;
     assert_eq!(gets, 1, "a cancelled job asked for more chunks");
     let (_, job) = fleet
         .ops(0, "GET", &format!("/cache/jobs/{id}"), Some(SECRET))
@@ -430,7 +383,7 @@ async fn cancel_stops_a_running_warm_job_and_ctrl_c_cancels_the_subcommands_job(
     assert_eq!(job["chunks"]["done"], 0, "{job}");
 
     // The subcommand cancels its job on Ctrl-C (SIGINT) and exits 130.
-    fleet.origin_proxies[0].push_fault(
+    fleet.proxies[0].push_fault(
         FaultRule::new(Fault::StallBodyAfter(4096, Duration::from_secs(45)))
             .method("GET")
             .with_range()
@@ -454,7 +407,7 @@ async fn cancel_stops_a_running_warm_job_and_ctrl_c_cancels_the_subcommands_job(
             .split_whitespace()
             .next()?
             .to_string();
-        (fleet.origin_proxies[0].counts().gets_with_range > gets).then_some(id)
+        (fleet.proxies[0].counts().gets_with_range > gets).then_some(id)
     });
     let id = running.expect("the subcommand's job never asked the origin");
     child.signal("INT");
@@ -504,7 +457,7 @@ async fn purge_makes_every_replica_serve_a_changed_object_at_once_and_empties_th
             fleet
                 .local_roots
                 .iter()
-                .all(|root| local_chunk_path(root, id).exists())
+                .all(|root| fs_chunk_path(root, id).exists())
         })
     };
     assert!(
@@ -577,7 +530,7 @@ async fn purge_makes_every_replica_serve_a_changed_object_at_once_and_empties_th
             .await
             .is_none());
         for root in &fleet.local_roots {
-            assert!(!local_chunk_path(root, id).exists(), "{}", id.name());
+            assert!(!fs_chunk_path(root, id).exists(), "{}", id.name());
         }
     }
     // Purging again is fine: nothing left to remove, every replica answers.

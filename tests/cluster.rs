@@ -17,137 +17,50 @@ use std::collections::HashMap;
 const MIB: usize = 1 << 20;
 const BUCKET: &str = "fleet";
 
-struct Fleet {
-    moto: Moto,
-    proxies: Vec<FaultProxy>,
-    replicas: Vec<OrcaProcess>,
-    /// Each replica's fill address, as the peer lists name it.
-    addrs: Vec<String>,
+/// `n` replicas; `peers_of(i, all)` gives replica i's static peer list.
+/// With `shared_store`, the replicas share an S3 cache store (a bucket of the same moto);
+/// otherwise each has its own fs store.
+async fn start(
+    n: usize,
+    peers_of: impl Fn(usize, &[String]) -> Vec<String>,
+    extra: &str,
+    shared_store: bool,
+) -> Fleet {
+    start_with_chunks(n, peers_of, extra, shared_store, "1MiB").await
 }
 
-impl Fleet {
-    /// `n` replicas; `peers_of(i, all)` gives replica i's static peer list.
-    /// With `shared_store`, the replicas share an S3 cache store (a bucket of the same moto);
-    /// otherwise each has its own fs store.
-    async fn start(
-        n: usize,
-        peers_of: impl Fn(usize, &[String]) -> Vec<String>,
-        extra: &str,
-        shared_store: bool,
-    ) -> Fleet {
-        Self::start_with_chunks(n, peers_of, extra, shared_store, "1MiB").await
-    }
-
-    async fn start_with_chunks(
-        n: usize,
-        peers_of: impl Fn(usize, &[String]) -> Vec<String>,
-        extra: &str,
-        shared_store: bool,
-        chunk_size: &str,
-    ) -> Fleet {
-        let moto = Moto::start();
-        create_bucket(&moto.endpoint(), BUCKET).await;
+async fn start_with_chunks(
+    n: usize,
+    peers_of: impl Fn(usize, &[String]) -> Vec<String>,
+    extra: &str,
+    shared_store: bool,
+    chunk_size: &str,
+) -> Fleet {
+    let buckets: &[&str] = if shared_store {
+        &[BUCKET, "orca-cache"]
+    } else {
+        &[BUCKET]
+    };
+    Fleet::start(n, buckets, |m| {
         let store = if shared_store {
-            create_bucket(&moto.endpoint(), "orca-cache").await;
             format!(
                 "cachestore:\n  driver: s3\n  s3:\n    endpoint: {}\n    bucket: orca-cache\n    path_style: true\n",
-                moto.endpoint()
+                m.moto
             )
         } else {
             String::new()
         };
-        // The proxies bind port 0 before the replicas' ports are chosen, so none of them can
-        // take a port a replica is about to bind.
-        let proxies: Vec<FaultProxy> = (0..n)
-            .map(|_| FaultProxy::start(&moto.endpoint()))
-            .collect();
-        // The replicas name each other's ports, so a port taken between its choice and its
-        // bind (by another test's process) restarts the whole fleet on new ports.
-        let mut attempt = 0;
-        let (replicas, addrs) = loop {
-            attempt += 1;
-            let ports: Vec<OrcaPorts> = (0..n).map(|_| OrcaPorts::free()).collect();
-            let addrs: Vec<String> = ports
-                .iter()
-                .map(|p| format!("127.0.0.1:{}", p.internal))
-                .collect();
-            let mut replicas = Vec::new();
-            let mut failure = None;
-            for (i, p) in ports.iter().enumerate() {
-                let peers = peers_of(i, &addrs)
-                    .iter()
-                    .map(|a| format!("\"{a}\""))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let cfg = OrcaConfig::new(&proxies[i].endpoint())
-                    .chunk_size(chunk_size)
-                    .ports(*p)
-                    .env("ORCA_TEST_PEER_SECRET", "fleet-secret")
-                    .env("ORCA_CACHESTORE_ACCESS_KEY_ID", "test")
-                    .env("ORCA_CACHESTORE_SECRET_ACCESS_KEY", "test")
-                    .extra_yaml(&format!(
-                        "cluster:\n  peers: [{peers}]\n  self: \"{}\"\n{extra}{store}",
-                        addrs[i]
-                    ));
-                match OrcaProcess::try_start(cfg) {
-                    Ok(replica) => replicas.push(replica),
-                    Err(e) => {
-                        failure = Some(e);
-                        break;
-                    }
-                }
-            }
-            match failure {
-                None => break (replicas, addrs),
-                Some(e) if e.address_in_use && attempt < BIND_ATTEMPTS => drop(replicas),
-                Some(e) => panic!("{}", e.message),
-            }
-        };
-        Fleet {
-            moto,
-            proxies,
-            replicas,
-            addrs,
-        }
-    }
-
-    async fn put(&self, key: &str, data: &[u8]) -> String {
-        let etag = put_object(&self.moto.endpoint(), BUCKET, key, data.to_vec()).await;
-        etag.trim_matches('"').to_string()
-    }
-
-    fn origin_gets(&self) -> usize {
-        self.proxies
-            .iter()
-            .map(|p| p.counts().gets_with_range)
-            .sum()
-    }
-
-    /// The chunk indices each replica fetched from the origin (from its proxy's log), for
-    /// `chunk` -byte chunks. Panics on a ranged request whose Range does not parse.
-    fn fetched_by(&self) -> Vec<Vec<u64>> {
-        self.fetched_by_chunks(MIB as u64)
-    }
-
-    fn fetched_by_chunks(&self, chunk: u64) -> Vec<Vec<u64>> {
-        self.proxies
-            .iter()
-            .map(|p| {
-                p.counts()
-                    .log
-                    .iter()
-                    .filter_map(|r| r.range.as_deref())
-                    .map(|range| {
-                        range
-                            .strip_prefix("bytes=")
-                            .and_then(|r| r.split('-').next()?.parse::<u64>().ok())
-                            .unwrap_or_else(|| panic!("an origin GET with Range {range:?}"))
-                    })
-                    .map(|start| start / chunk)
-                    .collect()
-            })
-            .collect()
-    }
+        m.config()
+            .chunk_size(chunk_size)
+            .env("ORCA_TEST_PEER_SECRET", "fleet-secret")
+            .env("ORCA_CACHESTORE_ACCESS_KEY_ID", "test")
+            .env("ORCA_CACHESTORE_SECRET_ACCESS_KEY", "test")
+            .extra_yaml(&format!(
+                "{}{extra}{store}",
+                m.cluster_yaml(&peers_of(m.index, m.addrs), "")
+            ))
+    })
+    .await
 }
 
 fn everyone(_: usize, all: &[String]) -> Vec<String> {
@@ -156,7 +69,7 @@ fn everyone(_: usize, all: &[String]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_chunk_is_fetched_by_its_coordinator_whichever_replica_the_client_entered() {
-    let fleet = Fleet::start(3, everyone, "", true).await;
+    let fleet = start(3, everyone, "", true).await;
     let data = deterministic_bytes(24, 24 * MIB);
     let etag = fleet.put("obj", &data).await;
     // Enter through each replica in turn. Before the later passes, let the first pass's commits
@@ -187,7 +100,7 @@ async fn each_chunk_is_fetched_by_its_coordinator_whichever_replica_the_client_e
         p.sort();
         p
     };
-    for (i, chunks) in fleet.fetched_by().iter().enumerate() {
+    for (i, chunks) in fleet.fetched_by(MIB as u64).iter().enumerate() {
         for index in chunks {
             let id = ChunkId::from_fields("test-origin", BUCKET, "obj", &etag, MIB as u64, *index);
             assert_eq!(
@@ -229,7 +142,7 @@ async fn each_chunk_is_fetched_by_its_coordinator_whichever_replica_the_client_e
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_and_36_clients_fetch_each_chunk_once() {
-    let fleet = Fleet::start(3, everyone, "", true).await;
+    let fleet = start(3, everyone, "", true).await;
     let data = deterministic_bytes(36, 24 * MIB);
     fleet.put("hot", &data).await;
     let want = sha256_hex(&data);
@@ -250,7 +163,7 @@ async fn three_replicas_and_36_clients_fetch_each_chunk_once() {
 async fn a_replica_with_a_disagreeing_peer_list_still_serves_correctly() {
     // Replica 2 believes it is alone with replica 0; replicas 0 and 1 see all three. Requests
     // it sends to a peer that does not coordinate the chunk get 409 and are filled locally.
-    let fleet = Fleet::start(
+    let fleet = start(
         3,
         |i, all| {
             if i == 2 {
@@ -308,7 +221,7 @@ async fn a_replica_with_a_disagreeing_peer_list_still_serves_correctly() {
         "409s for the disputed chunks {disputed:?}"
     );
     // The fallback: replica 2 fetched each disputed chunk from the origin itself.
-    let mine = &fleet.fetched_by()[2];
+    let mine = &fleet.fetched_by(MIB as u64)[2];
     for index in &disputed {
         assert!(
             mine.contains(index),
@@ -342,7 +255,7 @@ async fn a_replica_with_a_disagreeing_peer_list_still_serves_correctly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_replica_mid_read_costs_only_its_own_clients() {
-    let mut fleet = Fleet::start(3, everyone, "", true).await;
+    let mut fleet = start(3, everyone, "", true).await;
     let data = deterministic_bytes(26, 24 * MIB);
     fleet.put("doomed", &data).await;
     let want = sha256_hex(&data);
@@ -396,7 +309,7 @@ async fn killing_a_replica_mid_read_costs_only_its_own_clients() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_must_present_the_shared_secret() {
-    let fleet = Fleet::start(
+    let fleet = start(
         2,
         everyone,
         "  shared_secret_env: ORCA_TEST_PEER_SECRET\n",
@@ -454,7 +367,7 @@ async fn peers_must_present_the_shared_secret() {
         );
     }
     let mut by_replica = HashMap::new();
-    for (i, chunks) in fleet.fetched_by().iter().enumerate() {
+    for (i, chunks) in fleet.fetched_by(MIB as u64).iter().enumerate() {
         by_replica.insert(i, chunks.len());
     }
     assert_eq!(by_replica.values().sum::<usize>(), 8);
@@ -489,7 +402,7 @@ fn connections_to(port: u16) -> std::collections::HashSet<u16> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_peer_fills_reuse_pooled_connections() {
-    let fleet = Fleet::start_with_chunks(2, everyone, "", false, "4KiB").await;
+    let fleet = start_with_chunks(2, everyone, "", false, "4KiB").await;
     // 2048 chunks of 4 KiB: about half are fetched through the peer, a few at a time.
     let data = deterministic_bytes(28, 2048 * 4096);
     let etag = fleet.put("many", &data).await;
@@ -522,7 +435,7 @@ async fn a_thousand_peer_fills_reuse_pooled_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_stops_answering_costs_one_piece_deadline_then_local_fills() {
     // origin_timeout 1s: the edge waits at most 5 * 1 + 5 = 10 s for a piece from a peer.
-    let fleet = Fleet::start(
+    let fleet = start(
         2,
         everyone,
         "limits:\n  origin_concurrency: 16\n  origin_timeout: 1s\n",
@@ -566,7 +479,7 @@ async fn a_peer_that_stops_answering_costs_one_piece_deadline_then_local_fills()
         fleet.replicas[0].metric_value("orca_peer_fills_total{result=\"ok\"}"),
         0.0
     );
-    let fetched = fleet.fetched_by();
+    let fetched = fleet.fetched_by(MIB as u64);
     let mut mine = fetched[0].clone();
     mine.sort();
     assert_eq!(mine, [0, 1, 2, 3]);
@@ -582,7 +495,7 @@ async fn a_peer_that_stops_answering_costs_one_piece_deadline_then_local_fills()
 /// load when it is struggling.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinators_timeout_falls_back_to_a_local_fill() {
-    let fleet = Fleet::start(2, everyone, "limits:\n  origin_timeout: 1s\n", false).await;
+    let fleet = start(2, everyone, "limits:\n  origin_timeout: 1s\n", false).await;
     let data = deterministic_bytes(31, MIB);
     let etag = fleet.put("obj", &data).await;
     let id = ChunkId::from_fields("test-origin", BUCKET, "obj", &etag, MIB as u64, 0);

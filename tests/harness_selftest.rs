@@ -486,6 +486,31 @@ async fn replace_etag_and_stalls() {
     assert!(!err.is_body_error(), "{err}");
 }
 
+/// A black hole sends nothing and never asks the upstream; a set response header replaces the
+/// upstream's value and leaves the body alone.
+#[tokio::test]
+async fn black_hole_and_set_response_header() {
+    let (moto, bucket, key, data) = moto_with_object(200_000).await;
+    let proxy = FaultProxy::start(&moto.addr());
+    let url = object_url(&proxy.endpoint(), &bucket, &key);
+
+    proxy.push_fault(Fault::BlackHole(Duration::from_secs(60)));
+    let silent = tokio::time::timeout(Duration::from_millis(500), s3_get(&url, None)).await;
+    assert!(silent.is_err(), "a black hole answered: {silent:?}");
+    // The next request is answered: the rule was used once.
+    let r = s3_get(&url, Some("bytes=0-99")).await.unwrap();
+    assert_eq!(r.body, &data[..100]);
+
+    proxy.push_fault(Fault::SetResponseHeader(
+        "Content-Range".into(),
+        "bytes 5-104/200000".into(),
+    ));
+    let r = s3_get(&url, Some("bytes=0-99")).await.unwrap();
+    assert_eq!(r.status, 206);
+    assert_eq!(r.header("content-range"), Some("bytes 5-104/200000"));
+    assert_eq!(r.body, &data[..100]);
+}
+
 #[tokio::test]
 async fn odd_keys_round_trip_through_moto_and_proxy() {
     let moto = Moto::start();

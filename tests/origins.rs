@@ -7,8 +7,7 @@
 mod common;
 
 use common::*;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 const MIB: usize = 1 << 20;
 
@@ -186,40 +185,14 @@ impl S3sFs {
         std::fs::create_dir_all(&root).unwrap();
         let log_path = dir.path().join("s3s.log");
         let program = std::env::var("S3S_FS").unwrap_or_else(|_| "s3s-fs".into());
-        let mut attempt = 0;
-        let (child, port) = loop {
-            attempt += 1;
-            let log = std::fs::File::create(&log_path).unwrap();
-            let port = free_port();
-            let child = Command::new(&program)
-                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-                .args(["--access-key", ak, "--secret-key", sk])
-                .arg(&root)
-                .stdin(Stdio::null())
-                .stdout(Stdio::from(log.try_clone().unwrap()))
-                .stderr(Stdio::from(log))
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!("cannot start {program} (hack/test.sh installs it): {e}")
-                });
-            let mut child = ChildGuard::new("s3s-fs", child);
-            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-            let ready = wait_for_port(addr, Duration::from_secs(30), || match child.try_wait() {
-                Some(status) => Err(format!("s3s-fs exited: {status}")),
-                None => Ok(()),
+        let (child, port) =
+            spawn_on_free_port("s3s-fs", &log_path, "hack/test.sh installs it", |port| {
+                let mut cmd = Command::new(&program);
+                cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                    .args(["--access-key", ak, "--secret-key", sk])
+                    .arg(&root);
+                cmd
             });
-            match ready {
-                Ok(()) => break (child, port),
-                Err(e) => {
-                    child.kill();
-                    let tail = file_tail(&log_path, 40);
-                    if attempt < BIND_ATTEMPTS && says_address_in_use(&tail) {
-                        continue;
-                    }
-                    panic!("s3s-fs did not start: {e}\n{tail}");
-                }
-            }
-        };
         S3sFs {
             _child: child,
             endpoint: format!("http://127.0.0.1:{port}"),

@@ -26,16 +26,21 @@ const STORE_BUCKET: &str = "orca-cache";
 const CONCURRENCY: u32 = 4;
 const WAIT: Duration = Duration::from_secs(60);
 
+/// The shared [`common::Fleet`] with a proxy in front of the shared store and each replica's
+/// local tier.
 struct Fleet {
-    moto: Moto,
+    inner: common::Fleet,
     /// In front of the shared store, for every replica: counts what reads cost it.
     store_proxy: FaultProxy,
-    /// One per replica, in front of the origin.
-    origin_proxies: Vec<FaultProxy>,
-    replicas: Vec<OrcaProcess>,
     /// Each replica's local tier root.
     local_roots: Vec<PathBuf>,
-    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Fleet {
+    type Target = common::Fleet;
+    fn deref(&self) -> &common::Fleet {
+        &self.inner
+    }
 }
 
 impl Fleet {
@@ -43,78 +48,35 @@ impl Fleet {
     /// tier of `local_max` (and no `min_free`, so the bound is `local_max` on any disk).
     async fn start(n: usize, local_max: &str) -> Fleet {
         let moto = Moto::start();
-        create_bucket(&moto.endpoint(), BUCKET).await;
-        create_bucket(&moto.endpoint(), STORE_BUCKET).await;
         let store_proxy = FaultProxy::start(&moto.endpoint());
-        let dir = tempfile::Builder::new()
-            .prefix("orca-tiered-")
-            .tempdir()
-            .unwrap();
-        let ports: Vec<OrcaPorts> = (0..n).map(|_| OrcaPorts::free()).collect();
-        let addrs: Vec<String> = ports
-            .iter()
-            .map(|p| format!("\"127.0.0.1:{}\"", p.internal))
-            .collect();
-        let (mut origin_proxies, mut replicas, mut local_roots) = (vec![], vec![], vec![]);
-        for (i, p) in ports.iter().enumerate() {
-            let proxy = FaultProxy::start(&moto.endpoint());
-            let root = dir.path().join(format!("local-{i}"));
+        let store = store_proxy.endpoint();
+        let inner = common::Fleet::start_on(moto, n, &[BUCKET, STORE_BUCKET], |m| {
+            let root = m.dir.join(format!("local-{}", m.index));
             let cluster = if n > 1 {
-                format!(
-                    "cluster:\n  peers: [{}]\n  self: {}\n",
-                    addrs.join(", "),
-                    addrs[i]
-                )
+                m.everyone("")
             } else {
                 String::new()
             };
-            let cfg = OrcaConfig::new(&proxy.endpoint())
+            m.config()
                 .chunk_size("1MiB")
                 .readahead(2)
                 .origin_concurrency(CONCURRENCY)
-                .ports(*p)
                 .env("ORCA_CACHESTORE_ACCESS_KEY_ID", "test")
                 .env("ORCA_CACHESTORE_SECRET_ACCESS_KEY", "test")
                 .extra_yaml(&format!(
-                    "{cluster}cachestore:\n  driver: s3\n  s3:\n    endpoint: {}\n    bucket: {STORE_BUCKET}\n    path_style: true\n  local:\n    root: {}\n    max_size: {local_max}\n    min_free: 0\n",
-                    store_proxy.endpoint(),
+                    "{cluster}cachestore:\n  driver: s3\n  s3:\n    endpoint: {store}\n    bucket: {STORE_BUCKET}\n    path_style: true\n  local:\n    root: {}\n    max_size: {local_max}\n    min_free: 0\n",
                     yaml_str(&root.to_string_lossy()),
-                ));
-            replicas.push(OrcaProcess::start(cfg));
-            origin_proxies.push(proxy);
-            local_roots.push(root);
-        }
+                ))
+        })
+        .await;
+        let local_roots = (0..n)
+            .map(|i| inner.dir.path().join(format!("local-{i}")))
+            .collect();
         Fleet {
-            moto,
+            inner,
             store_proxy,
-            origin_proxies,
-            replicas,
             local_roots,
-            _dir: dir,
         }
-    }
-
-    async fn put(&self, key: &str, data: &[u8]) -> String {
-        let etag = put_object(&self.moto.endpoint(), BUCKET, key, data.to_vec()).await;
-        etag.trim_matches('"').to_string()
-    }
-
-    async fn get_exact(&self, replica: usize, key: &str, data: &[u8]) {
-        let orca = &self.replicas[replica];
-        let r = http_get(&orca.object_url(BUCKET, key), None)
-            .await
-            .unwrap_or_else(|e| panic!("GET {key} via {replica}: {e}\n{}", orca.log_tail()));
-        assert_eq!(
-            r.status,
-            200,
-            "GET {key} via {replica}\n{}",
-            orca.log_tail()
-        );
-        assert_eq!(
-            sha256_hex(&r.body),
-            sha256_hex(data),
-            "GET {key} via {replica}"
-        );
     }
 
     async fn get_range_exact(
@@ -147,7 +109,7 @@ impl Fleet {
 
     /// Origin chunk GETs (ranged) across the fleet of objects whose key contains `part`.
     fn origin_gets_of(&self, part: &str) -> usize {
-        self.origin_proxies
+        self.proxies
             .iter()
             .flat_map(|p| p.counts().log)
             .filter(|r| r.method == "GET" && r.range.is_some() && r.path().contains(part))
@@ -200,15 +162,6 @@ impl Fleet {
 
 fn chunk_id(key: &str, etag: &str, index: u64) -> ChunkId {
     ChunkId::from_fields("test-origin", BUCKET, key, etag, MIB as u64, index)
-}
-
-/// The file of a chunk in a local tier rooted at `root`.
-fn local_chunk_path(root: &Path, id: &ChunkId) -> PathBuf {
-    let hex = id.object_hex();
-    root.join("v1")
-        .join(&hex[0..2])
-        .join(&hex[2..4])
-        .join(id.name())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -342,7 +295,7 @@ async fn a_chunk_deleted_from_the_shared_store_and_the_local_tiers_is_refilled_o
     assert!(head_object(&store, STORE_BUCKET, &object).await.is_some());
     delete_object(&store, STORE_BUCKET, &object).await;
     for root in &fleet.local_roots {
-        std::fs::remove_file(local_chunk_path(root, &id)).unwrap();
+        std::fs::remove_file(fs_chunk_path(root, &id)).unwrap();
     }
     // Every replica reads it again: one fill from the origin, and the fleet has it again.
     fleet.get_exact(1, "gone/object", &data).await;
@@ -372,7 +325,7 @@ async fn a_chunk_deleted_from_the_shared_store_and_the_local_tiers_is_refilled_o
         fleet
             .local_roots
             .iter()
-            .all(|r| local_chunk_path(r, &id).exists())
+            .all(|r| fs_chunk_path(r, &id).exists())
             .then_some(())
     });
     assert!(back.is_some(), "admitted to both local tiers again");

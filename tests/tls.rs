@@ -401,11 +401,15 @@ fn a_missing_or_mismatched_certificate_is_refused_at_load_naming_the_key() {
 /// Two replicas whose internal ports speak TLS. `rogue`: replica 1's certificate is signed by
 /// another CA than the one `cluster.peer_ca` names.
 struct TlsFleet {
-    moto: Moto,
-    proxies: Vec<FaultProxy>,
-    replicas: Vec<OrcaProcess>,
-    addrs: Vec<String>,
+    inner: Fleet,
     _pki: tempfile::TempDir,
+}
+
+impl std::ops::Deref for TlsFleet {
+    type Target = Fleet;
+    fn deref(&self) -> &Fleet {
+        &self.inner
+    }
 }
 
 impl TlsFleet {
@@ -427,56 +431,19 @@ impl TlsFleet {
                 ca.leaf_for("replica-1", "11", san)
             },
         ];
-        let moto = Moto::start();
-        create_bucket(&moto.endpoint(), "fleet").await;
-        let proxies: Vec<FaultProxy> = (0..2)
-            .map(|_| FaultProxy::start(&moto.endpoint()))
-            .collect();
-        let mut attempt = 0;
-        let (replicas, addrs) = loop {
-            attempt += 1;
-            let ports: Vec<OrcaPorts> = (0..2).map(|_| OrcaPorts::free()).collect();
-            let addrs: Vec<String> = ports
-                .iter()
-                .map(|p| format!("127.0.0.1:{}", p.internal))
-                .collect();
-            let mut replicas = Vec::new();
-            let mut failure = None;
-            for (i, p) in ports.iter().enumerate() {
-                let (cert, key) = &leaves[i];
-                let cfg = OrcaConfig::new(&proxies[i].endpoint())
-                    .ports(*p)
-                    // The fill client's trace line says whether a pooled connection was reused.
-                    .env("ORCA_LOG", "debug,orca::fill::client=trace")
-                    .extra_yaml(&listen_yaml(*p, &tls_yaml("internal_tls", cert, key)))
-                    .extra_yaml(&format!(
-                        "cluster:\n  peers: [\"{}\", \"{}\"]\n  self: \"{}\"\n  peer_ca: {}\n{more}",
-                        addrs[0],
-                        addrs[1],
-                        addrs[i],
-                        yaml_str(&ca.cert().to_string_lossy())
-                    ));
-                match OrcaProcess::try_start(cfg) {
-                    Ok(r) => replicas.push(r),
-                    Err(e) => {
-                        failure = Some(e);
-                        break;
-                    }
-                }
-            }
-            match failure {
-                None => break (replicas, addrs),
-                Some(e) if e.address_in_use && attempt < BIND_ATTEMPTS => drop(replicas),
-                Some(e) => panic!("{}", e.message),
-            }
-        };
-        TlsFleet {
-            moto,
-            proxies,
-            replicas,
-            addrs,
-            _pki: pki,
-        }
+        let inner = Fleet::start(2, &["fleet"], |m| {
+            let (cert, key) = &leaves[m.index];
+            m.config()
+                // The fill client's trace line says whether a pooled connection was reused.
+                .env("ORCA_LOG", "debug,orca::fill::client=trace")
+                .extra_yaml(&listen_yaml(m.ports, &tls_yaml("internal_tls", cert, key)))
+                .extra_yaml(&m.everyone(&format!(
+                    "  peer_ca: {}\n{more}",
+                    yaml_str(&ca.cert().to_string_lossy())
+                )))
+        })
+        .await;
+        TlsFleet { inner, _pki: pki }
     }
 
     /// The chunk indices of an `n`-chunk object (1 MiB chunks) whose coordinator is replica 1.

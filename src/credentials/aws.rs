@@ -14,6 +14,7 @@
 //! Only a request that finds no usable credentials waits, for one load shared by all waiters.
 
 use super::http::OrcaHttpClient;
+use crate::config::S3Credentials;
 use aws_config::ecs::EcsCredentialsProvider;
 use aws_config::environment::credentials::EnvironmentVariableCredentialsProvider;
 use aws_config::imds::credentials::ImdsCredentialsProvider;
@@ -90,6 +91,16 @@ impl std::fmt::Debug for AwsChain {
 }
 
 impl AwsChain {
+    /// The chain of a configuration section whose credentials are `credentials`: one for
+    /// [`S3Credentials::DefaultChain`], none for keys or anonymous requests.
+    pub fn for_section(
+        section: &'static str,
+        credentials: &S3Credentials,
+        region: &str,
+    ) -> Option<Arc<Self>> {
+        matches!(credentials, S3Credentials::DefaultChain).then(|| Self::new(section, region))
+    }
+
     /// The chain for `section`, reading the process environment and the shared files. STS
     /// (web identity, `role_arn`) is asked in `AWS_REGION` (or `AWS_DEFAULT_REGION`), else in
     /// the section's `region`. Builds only: nothing is fetched or spawned.

@@ -265,20 +265,27 @@ async fn read_chunk(
 ) {
     let orca = &edge.orca;
     let mut hit_tx = hit_tx;
+    // Bytes of the chunk sent so far: a store read that broke off is continued from there.
+    let mut sent = 0u64;
     if let Some(hit) = orca.storage.open(&chunk, from, to).await {
         match pass_hit(&chunk, hit, true, &tx, hit_tx).await {
-            Ok(()) => return,
-            Err(back) => hit_tx = back,
+            Passed::Done => return,
+            Passed::Broke {
+                hit_tx: back,
+                sent: n,
+            } => {
+                hit_tx = back;
+                sent = n;
+            }
         }
     }
-    let mut sent = 0u64;
     if let Some(peer) = orca.cluster.coordinator(&chunk.id) {
         if !edge.fills.is_down(&peer) {
             match fetch_from_peer(
                 &edge,
                 &peer,
                 &chunk,
-                (from, to),
+                (from + sent, to),
                 &request_id,
                 &tx,
                 &mut sent,
@@ -331,8 +338,8 @@ async fn read_chunk(
                 buffered: FillBody::BUFFERED,
             };
             match pass_hit(&chunk, hit, false, &tx, hit_tx).await {
-                Ok(()) => source.count(),
-                Err(_) => {
+                Passed::Done => source.count(),
+                Passed::Broke { .. } => {
                     let e =
                         OriginError::Transient(format!("the fill of chunk {} broke off", chunk.id));
                     fail(&edge, &chunk, &tx, e)
@@ -343,24 +350,37 @@ async fn read_chunk(
     }
 }
 
+/// How [`pass_hit`] ended.
+enum Passed {
+    /// Every byte went to `tx`, or the hit was handed over, or the client went away.
+    Done,
+    /// The hit failed before its first byte, or a cache store's read broke off after `sent`
+    /// bytes: the caller gets the rest elsewhere (a broken cache must not cost the client its
+    /// response when the origin can give the rest).
+    Broke {
+        hit_tx: oneshot::Sender<ChunkHit>,
+        sent: u64,
+    },
+}
+
 /// Passes a hit's bytes to `tx`: all of them, or for an on-demand hit its first piece, then
 /// the hit itself to `hit_tx` (the pipeline reads the rest as the client takes it). `count`:
-/// count the hit by its source. `Err(hit_tx)` when the hit failed before its first byte: the
-/// caller fills instead.
+/// count the hit by its source. [`Passed::Broke`] when the hit failed before its first byte,
+/// or a cache store's read failed after some: the caller fills the rest instead.
 async fn pass_hit(
     chunk: &Chunk,
     mut hit: ChunkHit,
     count: bool,
     tx: &UnboundedSender<PieceResult>,
     hit_tx: oneshot::Sender<ChunkHit>,
-) -> Result<(), oneshot::Sender<ChunkHit>> {
+) -> Passed {
     let mut sent = 0u64;
     loop {
         match hit.reader.next_piece().await {
             Ok(Some(piece)) => {
                 sent += piece.len() as u64;
                 if tx.send(Ok(piece)).is_err() {
-                    return Ok(());
+                    return Passed::Done;
                 }
                 if hit.on_demand {
                     // The rest is read by the pipeline as the client takes it; `tx` is
@@ -370,25 +390,29 @@ async fn pass_hit(
                         count_hit(&hit);
                     }
                     let _ = hit_tx.send(hit);
-                    return Ok(());
+                    return Passed::Done;
                 }
             }
             Ok(None) => {
                 if count {
                     count_hit(&hit);
                 }
-                return Ok(());
+                return Passed::Done;
             }
             Err(e) if sent == 0 => {
                 tracing::warn!(chunk = %chunk.id, error = %e, "chunk read failed before its first byte");
-                return Err(hit_tx);
+                return Passed::Broke { hit_tx, sent };
+            }
+            Err(e) if hit.source == ChunkSource::CacheStore => {
+                tracing::warn!(chunk = %chunk.id, error = %e, sent, "cache store read broke off; reading the rest elsewhere");
+                return Passed::Broke { hit_tx, sent };
             }
             Err(source) => {
                 let _ = tx.send(Err(PipelineError::Store {
                     chunk: chunk.id.name(),
                     source,
                 }));
-                return Ok(());
+                return Passed::Done;
             }
         }
     }

@@ -417,6 +417,8 @@ pub const PEER_DOWN_BACKOFF: Duration = Duration::from_secs(5);
 /// The edge's fill clients: this replica's own fill service and one client per peer.
 pub struct FillClients {
     local: FillClient,
+    /// The service `local` reaches (for [`FillClients::sibling`]).
+    local_proxy: Arc<HttpProxy<FillService>>,
     cluster: Arc<Cluster>,
     peers: Mutex<Peers>,
     /// The peers' read timeout (see [`FillClient::remote`]).
@@ -447,7 +449,8 @@ impl FillClients {
         secret: Option<String>,
     ) -> Self {
         Self {
-            local: FillClient::local(local, read_timeout),
+            local: FillClient::local(local.clone(), read_timeout),
+            local_proxy: local,
             pruned_at: AtomicU64::new(cluster.generation()),
             cluster,
             peers: Mutex::new(Peers::default()),
@@ -463,6 +466,19 @@ impl FillClients {
     pub fn with_peer_tls(mut self, tls: Option<PeerTls>) -> Self {
         self.peer_tls = tls;
         self
+    }
+
+    /// A second set with the same local service, cluster, timeout, secret and peer TLS, and
+    /// peer clients and back-offs of its own (e.g. for warm jobs next to the edge).
+    #[must_use]
+    pub fn sibling(&self) -> Self {
+        Self::new(
+            self.local_proxy.clone(),
+            self.cluster.clone(),
+            self.read_timeout,
+            self.secret.clone(),
+        )
+        .with_peer_tls(self.peer_tls.clone())
     }
 
     /// This replica's own fill service.

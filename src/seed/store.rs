@@ -6,7 +6,7 @@
 
 use super::gen;
 use super::SeedError;
-use crate::config::{OriginDriver, S3Credentials};
+use crate::config::OriginDriver;
 use crate::credentials::aws::AwsChain;
 use crate::error::{xml_entity, xml_text};
 use crate::net::encode::encode_query_value;
@@ -198,9 +198,7 @@ impl Store {
                     s3.path_style,
                     crate::state::s3_auth(
                         &s3.credentials,
-                        matches!(s3.credentials, S3Credentials::DefaultChain)
-                            .then(|| AwsChain::new("origin.s3", &s3.region))
-                            .as_ref(),
+                        AwsChain::for_section("origin.s3", &s3.credentials, &s3.region).as_ref(),
                     ),
                     timeout,
                 )

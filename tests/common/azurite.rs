@@ -3,18 +3,13 @@
 //! free port of 127.0.0.1, stopped by pid on drop, and a small client that seeds it with
 //! requests signed by Orca's own Shared Key signer.
 
-use std::fs::File;
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use ::orca::net::encode::{encode_key, encode_query_value};
 use ::orca::origin::azureblob::sign::{now_rfc1123, SharedKey, API_VERSION};
 
-use super::{
-    file_tail, free_port, http_request, says_address_in_use, wait_for_port, ChildGuard, OrcaConfig,
-    BIND_ATTEMPTS, READY_TIMEOUT,
-};
+use super::{file_tail, http_request, spawn_on_free_port, ChildGuard, OrcaConfig};
 
 pub const ACCOUNT: &str = "devstoreaccount1";
 /// Azurite's well-known development key (public, in Microsoft's Azurite documentation).
@@ -52,44 +47,19 @@ impl Azurite {
             .unwrap();
         let log_path = dir.path().join("azurite.log");
         let bin = azurite_bin();
-        let mut attempt = 0;
-        let (child, port) = loop {
-            attempt += 1;
-            let log = File::create(&log_path).unwrap();
-            let port = free_port();
-            let child = Command::new(&bin)
-                .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
-                .arg("--location")
-                .arg(dir.path().join("data"))
-                .args(["--skipApiVersionCheck", "--disableTelemetry", "--silent"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::from(log.try_clone().unwrap()))
-                .stderr(Stdio::from(log))
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "cannot start {} (run hack/install-azurite.sh): {e}",
-                        bin.display()
-                    )
-                });
-            let mut child = ChildGuard::new("azurite-blob", child);
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let ready = wait_for_port(addr, READY_TIMEOUT, || match child.try_wait() {
-                Some(status) => Err(format!("azurite-blob exited early: {status}")),
-                None => Ok(()),
-            });
-            match ready {
-                Ok(()) => break (child, port),
-                Err(e) => {
-                    child.kill();
-                    let tail = file_tail(&log_path, 40);
-                    if attempt < BIND_ATTEMPTS && says_address_in_use(&tail) {
-                        continue;
-                    }
-                    panic!("Azurite did not become ready: {e}\n--- log tail ---\n{tail}");
-                }
-            }
-        };
+        let (child, port) = spawn_on_free_port(
+            "azurite-blob",
+            &log_path,
+            "run hack/install-azurite.sh",
+            |port| {
+                let mut cmd = Command::new(&bin);
+                cmd.args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+                    .arg("--location")
+                    .arg(dir.path().join("data"))
+                    .args(["--skipApiVersionCheck", "--disableTelemetry", "--silent"]);
+                cmd
+            },
+        );
         Azurite {
             _child: child,
             port,

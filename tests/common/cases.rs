@@ -8,7 +8,7 @@ use std::time::Duration;
 use ::orca::chunk::ChunkId;
 
 use super::{
-    deterministic_bytes, http_get, http_head, sha256_hex, Fault, FaultRule, HttpError,
+    deterministic_bytes, http_get, http_head, sha256_hex, Fault, FaultRule, HttpError, OrcaProcess,
     RequestRecord, Stack,
 };
 
@@ -20,12 +20,16 @@ pub type Stored<'a> = (&'a str, &'a str, &'a [u8]);
 /// Waits (at most 10 s) until no fill is in flight and the commit counters stop moving, so a
 /// store check sees every commit the reads before it started (commits run in the background).
 pub async fn settle_commits(s: &Stack) {
+    settle_commits_of(&s.orca).await;
+}
+
+/// [`settle_commits`] for one replica.
+pub async fn settle_commits_of(orca: &OrcaProcess) {
     let mut last = None;
     let mut stable = 0;
     for _ in 0..100 {
-        let inflight = s.orca.metric_value_async("orca_fills_inflight").await;
-        let commits = s
-            .orca
+        let inflight = orca.metric_value_async("orca_fills_inflight").await;
+        let commits = orca
             .metric_value_async("orca_cachestore_commits_total")
             .await;
         if inflight == 0.0 && last == Some(commits) {
@@ -41,8 +45,28 @@ pub async fn settle_commits(s: &Stack) {
     }
     panic!(
         "fills or commits still moving after 10 s\n{}",
-        s.orca.log_tail()
+        orca.log_tail()
     );
+}
+
+/// Each chunk of `objects` (1 MiB chunks of `bucket`, `origin_id`) by its name: the object's
+/// key and the origin's bytes for that chunk.
+pub fn good_chunks<'a>(
+    origin_id: &str,
+    bucket: &str,
+    objects: &[Stored<'a>],
+) -> std::collections::HashMap<String, (String, &'a [u8])> {
+    let chunk = MIB as u64;
+    let mut good = std::collections::HashMap::new();
+    for (key, etag, data) in objects {
+        for index in 0..(data.len() as u64).div_ceil(chunk) {
+            let id = ChunkId::from_fields(origin_id, bucket, key, etag, chunk, index);
+            let start = (index * chunk) as usize;
+            let end = (start + MIB).min(data.len());
+            good.insert(id.name(), (key.to_string(), &data[start..end]));
+        }
+    }
+    good
 }
 
 /// Checks the fs store directly, after [`settle_commits`]: every file under `ROOT/v1` is a chunk
@@ -50,18 +74,19 @@ pub async fn settle_commits(s: &Stack) {
 /// that chunk; nothing else is stored. With `all`, every chunk of every object is there too (and
 /// a missing `v1/` fails); without it an absent `v1/` means nothing was stored, which passes.
 pub async fn assert_store_holds_only_good_chunks(s: &Stack, objects: &[Stored<'_>], all: bool) {
-    settle_commits(s).await;
-    let chunk = MIB as u64;
-    let mut good = std::collections::HashMap::new();
-    for (key, etag, data) in objects {
-        for index in 0..(data.len() as u64).div_ceil(chunk) {
-            let id = ChunkId::from_fields(s.origin_id(), &s.bucket, key, etag, chunk, index);
-            let start = (index * chunk) as usize;
-            let end = (start + MIB).min(data.len());
-            good.insert(id.name(), (key.to_string(), &data[start..end]));
-        }
-    }
-    let root = s.orca.cache_root().join("v1");
+    assert_fs_store_holds_only_good_chunks(&s.orca, &s.bucket, objects, all).await;
+}
+
+/// [`assert_store_holds_only_good_chunks`] for the fs store of any replica reading `bucket`.
+pub async fn assert_fs_store_holds_only_good_chunks(
+    orca: &OrcaProcess,
+    bucket: &str,
+    objects: &[Stored<'_>],
+    all: bool,
+) {
+    settle_commits_of(orca).await;
+    let good = good_chunks(&orca.config().origin_id, bucket, objects);
+    let root = orca.cache_root().join("v1");
     let found = stored_files(&root);
     assert!(
         found.is_some() || !all,
@@ -76,7 +101,7 @@ pub async fn assert_store_holds_only_good_chunks(s: &Stack, objects: &[Stored<'_
                 "{} is no chunk of {:?}\n{}",
                 path.display(),
                 objects.iter().map(|o| o.0).collect::<Vec<_>>(),
-                s.orca.log_tail()
+                orca.log_tail()
             );
         };
         let got = std::fs::read(&path).unwrap();

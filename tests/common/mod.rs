@@ -11,6 +11,7 @@
 
 pub mod azurite;
 pub mod cases;
+pub mod fleet;
 pub mod httpc;
 pub mod moto;
 pub mod orca;
@@ -28,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+pub use self::fleet::{fs_chunk_path, Fleet, Member};
 pub use self::httpc::{
     blocking_get, http_client, http_get, http_head, http_request, raw_request, send, HttpError,
     HttpResponse, RawResponse,
@@ -334,3 +336,47 @@ pub fn says_address_in_use(log: &str) -> bool {
 
 /// How many times a server whose free port was taken before it bound it is started again.
 pub const BIND_ATTEMPTS: usize = 3;
+
+/// Starts a server on a free port of 127.0.0.1 and waits (at most [`READY_TIMEOUT`]) until the
+/// port accepts connections. `command(port)` builds the command line; its stdout and stderr go
+/// to `log_path`. When the server exits saying its port was taken meanwhile, it is started
+/// again on another port (at most [`BIND_ATTEMPTS`] times); on any other failure this panics
+/// with `hint` (how to install it) or the log's tail. `name` is for messages.
+pub fn spawn_on_free_port(
+    name: &str,
+    log_path: &Path,
+    hint: &str,
+    mut command: impl FnMut(u16) -> std::process::Command,
+) -> (ChildGuard, u16) {
+    use std::process::Stdio;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let log = File::create(log_path).expect("create the server's log");
+        let log_err = log.try_clone().expect("clone the log handle");
+        let port = free_port();
+        let child = command(port)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({hint}): {e}"));
+        let mut child = ChildGuard::new(name, child);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let ready = wait_for_port(addr, READY_TIMEOUT, || match child.try_wait() {
+            Some(status) => Err(format!("{name} exited early: {status}")),
+            None => Ok(()),
+        });
+        match ready {
+            Ok(()) => return (child, port),
+            Err(e) => {
+                child.kill();
+                let tail = file_tail(log_path, 40);
+                if attempt < BIND_ATTEMPTS && says_address_in_use(&tail) {
+                    continue;
+                }
+                panic!("{name} did not become ready: {e}\n--- {name} log tail ---\n{tail}");
+            }
+        }
+    }
+}

@@ -1,14 +1,9 @@
 //! A real moto server (`moto_server`) on a free port of 127.0.0.1, stopped by pid on drop.
 
-use std::fs::File;
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use super::{
-    file_tail, free_port, says_address_in_use, wait_for_port, ChildGuard, BIND_ATTEMPTS,
-    READY_TIMEOUT,
-};
+use super::{file_tail, spawn_on_free_port, ChildGuard};
 
 /// A running moto server. Env `MOTO_SERVER` overrides the command (default `moto_server`).
 #[derive(Debug)]
@@ -36,41 +31,18 @@ impl Moto {
             .expect("tempdir");
         let log_path = dir.path().join("moto.log");
         let program = std::env::var("MOTO_SERVER").unwrap_or_else(|_| "moto_server".to_string());
-        let mut attempt = 0;
-        let (child, port) = loop {
-            attempt += 1;
-            let log = File::create(&log_path).expect("create moto log");
-            let log_err = log.try_clone().expect("clone log handle");
-            let port = free_port();
-            let child = Command::new(&program)
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .current_dir(dir.path())
-                .envs(env.iter().copied())
-                .stdin(Stdio::null())
-                .stdout(Stdio::from(log))
-                .stderr(Stdio::from(log_err))
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!("cannot start {program:?} (run hack/install-test-deps.sh): {e}")
-                });
-            let mut child = ChildGuard::new("moto_server", child);
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let ready = wait_for_port(addr, READY_TIMEOUT, || match child.try_wait() {
-                Some(status) => Err(format!("moto_server exited early: {status}")),
-                None => Ok(()),
-            });
-            match ready {
-                Ok(()) => break (child, port),
-                Err(e) => {
-                    child.kill();
-                    let tail = file_tail(&log_path, 40);
-                    if attempt < BIND_ATTEMPTS && says_address_in_use(&tail) {
-                        continue;
-                    }
-                    panic!("moto did not become ready: {e}\n--- moto log tail ---\n{tail}");
-                }
-            }
-        };
+        let (child, port) = spawn_on_free_port(
+            "moto_server",
+            &log_path,
+            "run hack/install-test-deps.sh",
+            |port| {
+                let mut cmd = Command::new(&program);
+                cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                    .current_dir(dir.path())
+                    .envs(env.iter().copied());
+                cmd
+            },
+        );
         Moto {
             child,
             port,

@@ -63,6 +63,14 @@ pub enum Fault {
     /// Send the body this many bytes at a time with this pause between pieces (each pause at
     /// most [`MAX_STALL`]): a slow but live origin.
     Drip(usize, Duration),
+    /// Read the request, never contact the upstream, send nothing for this long (at most
+    /// [`MAX_STALL`]), then drop the connection: a peer or store cut off by the network (or
+    /// frozen) behind a hop that still accepts connections.
+    BlackHole(Duration),
+    /// Set this response header (name, value), replacing every value it had or adding it: a
+    /// hop or server that answers with a wrong header (e.g. a `Content-Range` for other bytes
+    /// than the body carries).
+    SetResponseHeader(String, String),
 }
 
 /// A fault with the predicate selecting the requests it applies to, and how many times.
@@ -893,6 +901,11 @@ async fn serve_one(down: &mut Conn, upstream: &str, shared: &Shared) -> io::Resu
             copy_body(down, &mut Sink::new(None), request_framing).await?;
             return Ok(Next::Close);
         }
+        Some(Fault::BlackHole(pause)) => {
+            copy_body(down, &mut Sink::new(None), request_framing).await?;
+            tokio::time::sleep((*pause).min(MAX_STALL)).await;
+            return Ok(Next::Drop);
+        }
         _ => {}
     }
 
@@ -953,6 +966,12 @@ async fn serve_one(down: &mut Conn, upstream: &str, shared: &Shared) -> io::Resu
             Some((_, value)) => *value = etag.clone(),
             None => response.headers.push(("ETag".to_string(), etag.clone())),
         }
+    }
+    if let Some(Fault::SetResponseHeader(name, value)) = &fault {
+        response
+            .headers
+            .retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        response.headers.push((name.clone(), value.clone()));
     }
     if let Some(Fault::StripResponseHeader(name)) = &fault {
         response
