@@ -653,7 +653,7 @@ EOF
         ( for _ in $(seq 1 "$((limit_secs * 4))"); do du -sk "$cdir" 2>/dev/null | cut -f1; sleep 0.25; done ) >"$dir/tmp/zdu-$setup.txt" &
         sampler=$!
         zipf_run "$base" "$prefix" 2 "$dir/tmp/zipf-$setup-2.txt"
-        kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null || true
+        kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true
         rec Z "$setup" peak_size_per_bound 1 "$(sort -n "$dir/tmp/zdu-$setup.txt" | tail -n 1 | awk -v b="$zbound" '{printf "%.3f\n", $1 * 1024 / b}')"
         sleep 0.5
         client=$(awk '{b += $2; n++} END {printf "%.0f %d\n", b, n}' "$dir/tmp/zipf-$setup-2.txt")
@@ -692,7 +692,7 @@ EOF
     curl -s --max-time "$limit_secs" -K "$dir/tmp/zscan.curl" >/dev/null &
     scan=$!
     zhot_reads "$dir/tmp/zhot-evicting.txt"
-    kill "$scan" 2>/dev/null; wait "$scan" 2>/dev/null || true
+    kill "$scan" 2>/dev/null || true; wait "$scan" 2>/dev/null || true
     e1=$(metric "$z_ops" orca_cachestore_evictions_total)
     [ $((e1 - e0)) -gt 0 ] || err zipf "no eviction during the scan ($e0 -> $e1)"
     rec Z orca warm_p99_ms_quiet 1 "$(p99_of "$dir/tmp/zhot-quiet.txt")"
