@@ -39,10 +39,11 @@ fn rss(pid: u32) -> u64 {
 /// Hot reads are served by the RAM tier: `orca_chunk_reads_total{source="memory"}` counts
 /// them, and neither the shared store nor the origin sees a request (counted by their
 /// proxies). The tier was filled by the cold read's fill itself. A purge drops the chunks from
-/// the tier: the next read asks the store again.
+/// the tier (and the store): the next read fills again.
 ///
 /// Seen failing against deliberately broken builds: with the tier never consulted on reads,
-/// the store proxy counts 16 GETs.
+/// the store proxy counts 16 GETs; with fills not admitted (only store hits), the tier never
+/// reaches 4 chunks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_reads_come_from_memory_and_never_touch_the_store_or_the_origin() {
     let dir = tempfile::tempdir().unwrap();

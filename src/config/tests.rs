@@ -1128,7 +1128,10 @@ fn local_tier_in_front_of_the_shared_store() {
 
 #[test]
 fn the_ram_tier_is_off_by_default_and_bounded_in_bytes() {
-    assert_eq!(ok(MINIMAL).memory_tier, crate::config::MemoryTier { max_size: 0 });
+    assert_eq!(
+        ok(MINIMAL).memory_tier,
+        crate::config::MemoryTier { max_size: 0 }
+    );
     let config = ok("origin:\n  id: x\ncachestore:\n  memory:\n    max_size: 2GiB\n");
     assert_eq!(config.memory_tier.max_size, 2 * GIB);
     // With either driver, and an empty section is off.
@@ -1138,7 +1141,9 @@ fn the_ram_tier_is_off_by_default_and_bounded_in_bytes() {
     let got = problems("origin:\n  id: x\ncachestore:\n  memory:\n    max_size: 64MiB\n");
     assert_eq!(got.len(), 1, "{got:?}");
     assert!(
-        got[0].starts_with("cachestore.memory.max_size: 67108864 bytes is less than the largest chunk size"),
+        got[0].starts_with(
+            "cachestore.memory.max_size: 67108864 bytes is less than the largest chunk size"
+        ),
         "{got:?}"
     );
     let e = err("origin:\n  id: x\ncachestore:\n  memory:\n    size: 1GiB\n");
