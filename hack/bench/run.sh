@@ -579,7 +579,7 @@ done
 zipf_figure() {
     local zsize zcount zbound zreqs zstreams=4 zhot=8
     if $quick; then
-        zsize=$((256 * 1024)); zcount=128; zbound=$((8 * MiB)); zreqs=2000
+        zsize=$((256 * 1024)); zcount=128; zbound=$((8 * MiB)); zreqs=1200
     else
         zsize=$MiB; zcount=1024; zbound=$((256 * MiB)); zreqs=20000
     fi
