@@ -119,8 +119,10 @@ metric!(
     )
 );
 /// `tier` of the `orca_cachestore_*` size families: the cache store itself; the bounded `fs`
-/// store reports as this tier. (`memory` comes with the RAM tier.)
+/// store reports as this tier.
 pub const TIER_STORE: &str = "store";
+/// `tier` of the `orca_cachestore_*` size families: the RAM tier (`cachestore.memory`).
+pub const TIER_MEMORY: &str = "memory";
 /// `tier` of the `orca_cachestore_*` size families: the local disk tier in front of a shared
 /// `s3` store (`cachestore.local`).
 pub const TIER_LOCAL: &str = "local";
@@ -265,8 +267,10 @@ metric!(
 /// Where a chunk's bytes came from, as `orca_chunk_reads_total{source}` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChunkSource {
-    /// A fill in flight in this process (or the RAM tier).
+    /// A fill in flight in this process.
     Memory,
+    /// The RAM tier (`cachestore.memory`); counted as `memory` too.
+    RamTier,
     /// The cache store.
     CacheStore,
     /// This request's own fill from the origin.
@@ -279,7 +283,7 @@ impl ChunkSource {
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
-            ChunkSource::Memory => "memory",
+            ChunkSource::Memory | ChunkSource::RamTier => "memory",
             ChunkSource::CacheStore => "cachestore",
             ChunkSource::Origin => "origin",
             ChunkSource::Peer => "peer",

@@ -153,12 +153,18 @@ impl Orca {
                 }
             }
         };
-        let storage: &'static ChunkStorage = Box::leak(Box::new(ChunkStorage::new(
+        let mut storage = ChunkStorage::new(
             store,
             config.catalog.max_entries,
             config.limits.origin_concurrency,
             Self::stall_timeout_for(&config),
-        )));
+        );
+        if config.memory_tier.max_size > 0 {
+            storage = storage.with_ram(Arc::new(crate::cachestore::ram::RamTier::new(
+                config.memory_tier.max_size,
+            )));
+        }
+        let storage: &'static ChunkStorage = Box::leak(Box::new(storage));
         let lock_age = Self::lock_timeout_for(&config);
         let cache_lock: &'static CacheKeyLockImpl = Box::leak(CacheLock::new_boxed(lock_age));
         let health = Arc::new(OriginHealth::default());

@@ -568,6 +568,140 @@ for n in 1 2 3; do
         >"$dir/logs/fleet$n.metrics" || true
 done
 
+# ---------------------------------------------------------------------------------------------
+# Figure Z (issue 13): a working set larger than the cache's bound, read with Zipf-like
+# popularity. Orca's fs store and nginx proxy_cache get the same bound (cachestore.fs.max_size
+# and proxy_cache_path max_size) and the same request sequence (a fixed seed), working set
+# about 4x the bound, objects of one chunk (one slice). Recorded: the hit ratio of the second
+# half of the sequence (1 - origin GETs / requests, from the origin's access log), origin bytes
+# per client byte over that half, and Orca's p99 of warm reads of the hottest objects with and
+# without a concurrent cold scan that keeps the store evicting.
+zipf_figure() {
+    local zsize zcount zbound zreqs zstreams=4 zhot=8
+    if $quick; then
+        zsize=$((256 * 1024)); zcount=128; zbound=$((8 * MiB)); zreqs=1200
+    else
+        zsize=$MiB; zcount=1024; zbound=$((256 * MiB)); zreqs=20000
+    fi
+    say "Z. Zipf reads of $zcount objects of $((zsize / 1024)) KiB through a bound of $((zbound / MiB)) MiB, $zreqs requests in $zstreams streams"
+    local zp; read -r -a zp < <(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(4)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+')
+    local z_edge=${zp[0]} z_fill=${zp[1]} z_ops=${zp[2]} z_nginx=${zp[3]}
+    head -c "$zsize" /dev/urandom >"$dir/objects/zipf-src"
+    local zsha i
+    zsha=$(sha256sum "$dir/objects/zipf-src" | cut -d' ' -f1)
+    for i in $(seq 0 $((zcount - 1))); do link zipf-src "zo-$i"; link zipf-src "zn-$i"; done
+    # The same bound for both (Orca evicts down to 98 % of it, as nginx's cache manager evicts
+    # to just below its max_size).
+    start_orca zipf "$p_origin" "$z_edge" "$z_fill" "$z_ops" "cachestore:
+  driver: fs
+  fs: {root: $dir/cache-zipf, max_size: $zbound, min_free: 0, low_watermark: 98%}"
+    mkdir -p "$dir/zslice"
+    cat >"$dir/zslice/nginx.conf" <<EOF
+$(nginx_common "$dir/zslice")
+http {
+$(http_common "$dir/zslice")
+    proxy_cache_path $dir/slice-cache-zipf levels=1:2 keys_zone=zipf:16m max_size=$zbound inactive=1d use_temp_path=off;
+    upstream origin_zipf { server 127.0.0.1:$p_origin; keepalive 16; }
+$(slice_server "$z_nginx" origin_zipf zipf)
+}
+EOF
+    start_nginx zslice "$dir/zslice/nginx.conf"
+    wait_http "http://127.0.0.1:$z_ops/readyz" orca-zipf "$dir/logs/zipf.log"
+    wait_http "http://127.0.0.1:$z_nginx/bucket/probe" nginx-zipf "$dir/zslice/error.log"
+    # The request sequence: object indices drawn with probability ~ 1 / (rank + 1), seed 13.
+    python3 - "$zcount" "$zreqs" >"$dir/tmp/zipf.seq" <<'EOF'
+import random, sys
+n, reqs = int(sys.argv[1]), int(sys.argv[2])
+rng = random.Random(13)
+weights = [1.0 / (i + 1) for i in range(n)]
+for i in rng.choices(range(n), weights=weights, k=reqs):
+    print(i)
+EOF
+    # Streams: request j goes to stream j mod zstreams; each stream is one curl (keep-alive),
+    # printing "code bytes seconds" per request. Half 1 warms the caches, half 2 is measured.
+    zipf_run() { # base prefix half outfile
+        local base=$1 prefix=$2 half=$3 out=$4 s ps=()
+        for s in $(seq 0 $((zstreams - 1))); do
+            awk -v s="$s" -v k="$zstreams" -v h="$half" -v n="$zreqs" -v b="$base" -v p="$prefix" \
+                'NR % k == s && ((h == 1 && NR <= n / 2) || (h == 2 && NR > n / 2)) {
+                    printf "url = \"%s/bucket/%s%d\"\noutput = \"/dev/null\"\n", b, p, $1 }' \
+                "$dir/tmp/zipf.seq" >"$dir/tmp/zipf.$s.curl"
+            curl -s --max-time "$limit_secs" -K "$dir/tmp/zipf.$s.curl" \
+                -w '%{http_code} %{size_download} %{time_total}\n' >"$out.$s" & ps+=($!)
+        done
+        wait "${ps[@]}" || true
+        cat "$out".* >"$out"; rm -f "$out".*
+        awk -v z="$zsize" -v w="$out" '$1 != 200 || $2 != z {bad++} END {if (bad) {print "zipf: " bad " bad answers in " w > "/dev/stderr"; exit 1}}' "$out" ||
+            err zipf "bad answers through $prefix (see $out)"
+    }
+    # nginx's cache manager enforces max_size in rounds (about every 10 s when nothing expires
+    # sooner), so its cache can hold more than the bound in between: both caches' sizes (du) are
+    # sampled during the measured half, and the peak / bound recorded.
+    local setup base prefix cdir log0 client origin_gets origin_b sampler
+    for setup in orca slice; do
+        if [ $setup = orca ]; then base="http://127.0.0.1:$z_edge"; prefix=zo-; cdir="$dir/cache-zipf"
+        else base="http://127.0.0.1:$z_nginx"; prefix=zn-; cdir="$dir/slice-cache-zipf"; fi
+        zipf_run "$base" "$prefix" 1 "$dir/tmp/zipf-$setup-1.txt"
+        sleep 0.5
+        log0=$(wc -l <"$dir/logs/origin.log")
+        ( for _ in $(seq 1 "$((limit_secs * 4))"); do du -sk "$cdir" 2>/dev/null | cut -f1; sleep 0.25; done ) >"$dir/tmp/zdu-$setup.txt" &
+        sampler=$!
+        zipf_run "$base" "$prefix" 2 "$dir/tmp/zipf-$setup-2.txt"
+        kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true
+        rec Z "$setup" peak_size_per_bound 1 "$(sort -n "$dir/tmp/zdu-$setup.txt" | tail -n 1 | awk -v b="$zbound" '{printf "%.3f\n", $1 * 1024 / b}')"
+        sleep 0.5
+        client=$(awk '{b += $2; n++} END {printf "%.0f %d\n", b, n}' "$dir/tmp/zipf-$setup-2.txt")
+        read -r origin_gets origin_b < <(tail -n +$((log0 + 1)) "$dir/logs/origin.log" |
+            awk -v p="/bucket/$prefix" '$1 == "GET" && index($2, p) == 1 {n++; b += $4} END {printf "%d %.0f\n", n, b}')
+        rec Z "$setup" hit_ratio 1 "$(awk -v g="$origin_gets" -v n="${client#* }" 'BEGIN{printf "%.4f\n", 1 - g / n}')"
+        rec Z "$setup" origin_bytes_per_client_byte 1 "$(awk -v o="$origin_b" -v c="${client% *}" 'BEGIN{printf "%.4f\n", o / c}')"
+        got=$(curl -s --max-time "$curl_max" "$base/bucket/${prefix}0" | sha256sum | cut -d' ' -f1)
+        [ "$got" = "$zsha" ] || err hash "figure Z, $setup: ${prefix}0 returned other bytes"
+    done
+    # Orca's warm reads of the hottest objects (cached after the run above: ranks 0-$zhot),
+    # alone, then while one client scans cold objects (every one a fill and, the store being
+    # at its bound, an eviction).
+    local zrounds=$((zreqs / zstreams / zhot / 2))
+    zhot_reads() { # outfile: each stream reads the hot objects zrounds times
+        local s ps=()
+        for s in $(seq 0 $((zstreams - 1))); do
+            awk -v r="$zrounds" -v h="$zhot" -v e="$z_edge" 'BEGIN {
+                for (j = 0; j < r; j++) for (i = 0; i < h; i++)
+                    printf "url = \"http://127.0.0.1:%s/bucket/zo-%d\"\noutput = \"/dev/null\"\n", e, i }' \
+                >"$dir/tmp/zhot.$s.curl"
+            curl -s --max-time "$limit_secs" -K "$dir/tmp/zhot.$s.curl" -w '%{time_total}\n' >"$1.$s" & ps+=($!)
+        done
+        wait "${ps[@]}" || true
+        cat "$1".* >"$1"; rm -f "$1".*
+    }
+    p99_of() { sort -n "$1" | awk '{v[NR] = $1} END {i = int(NR * 0.99); if (i < 1) i = 1; printf "%.3f\n", v[i] * 1000}'; }
+    zhot_reads "$dir/tmp/zhot-quiet.txt"
+    local e0 e1 scan
+    e0=$(metric "$z_ops" orca_cachestore_evictions_total)
+    # The scan (the coldest half, five passes at most) runs until the hot reads are done.
+    awk -v c="$zcount" -v e="$z_edge" 'BEGIN {
+        for (p = 0; p < 5; p++) for (i = c - 1; i >= c / 2; i--)
+            printf "url = \"http://127.0.0.1:%s/bucket/zo-%d\"\noutput = \"/dev/null\"\n", e, i }' \
+        >"$dir/tmp/zscan.curl"
+    curl -s --max-time "$limit_secs" -K "$dir/tmp/zscan.curl" >/dev/null &
+    scan=$!
+    zhot_reads "$dir/tmp/zhot-evicting.txt"
+    kill "$scan" 2>/dev/null || true; wait "$scan" 2>/dev/null || true
+    e1=$(metric "$z_ops" orca_cachestore_evictions_total)
+    [ $((e1 - e0)) -gt 0 ] || err zipf "no eviction during the scan ($e0 -> $e1)"
+    rec Z orca warm_p99_ms_quiet 1 "$(p99_of "$dir/tmp/zhot-quiet.txt")"
+    rec Z orca warm_p99_ms_evicting 1 "$(p99_of "$dir/tmp/zhot-evicting.txt")"
+    rec Z orca evictions_during_scan 1 $((e1 - e0))
+    kill -TERM "$pid_zipf" "$pid_zslice" 2>/dev/null || true
+}
+zipf_figure
+
 # Orca's own view of the origin traffic, for the record.
 for name in orca orcac; do
     eval "ops=\$p_${name}_ops"

@@ -73,6 +73,23 @@ rows = [
     ("8d", "fleet of 3: wall time, s", values("8", "fleet", "wall_s"), None, None),
 ]
 
+# Figure Z (issue 13): Zipf reads of a working set 4x the cache's bound, Orca's fs store and nginx
+# proxy_cache with the same max_size and the same request sequence.
+_zo, _zn = values("Z", "orca", "hit_ratio"), values("Z", "slice", "hit_ratio")
+_zq, _ze = values("Z", "orca", "warm_p99_ms_quiet"), values("Z", "orca", "warm_p99_ms_evicting")
+rows += [
+    ("Za", "Zipf, 4x the bound: hit ratio Orca - nginx-slice", [a - b for a, b in zip(_zo, _zn)], ">=", 0.10),
+    ("Zb", "Zipf, 4x the bound: hit ratio, Orca", _zo, None, None),
+    ("Zc", "Zipf, 4x the bound: hit ratio, nginx-slice", _zn, None, None),
+    ("Zd", "Zipf, 4x the bound: origin bytes / client byte, Orca", values("Z", "orca", "origin_bytes_per_client_byte"), None, None),
+    ("Ze", "Zipf, 4x the bound: origin bytes / client byte, nginx-slice", values("Z", "slice", "origin_bytes_per_client_byte"), None, None),
+    ("Zf", "Zipf: Orca warm p99 while evicting / quiet", [e / q for q, e in zip(_zq, _ze) if q > 0], "<=", 1.5),
+    ("Zg", "Zipf: Orca warm p99 ms, quiet", _zq, None, None),
+    ("Zh", "Zipf: Orca warm p99 ms, while evicting", _ze, None, None),
+    ("Zi", "Zipf: peak cache size (du) / bound, Orca", values("Z", "orca", "peak_size_per_bound"), None, None),
+    ("Zj", "Zipf: peak cache size (du) / bound, nginx-slice", values("Z", "slice", "peak_size_per_bound"), None, None),
+]
+
 
 def fmt(x):
     if x is None:

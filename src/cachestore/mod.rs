@@ -15,6 +15,7 @@ pub(crate) mod fs;
 #[cfg(test)]
 pub(crate) mod mem;
 mod policy;
+pub mod ram;
 pub mod s3;
 pub(crate) mod spool;
 pub(crate) mod storage;

@@ -19,6 +19,7 @@
 
 use super::buf::PIECE;
 use super::catalog::Catalog;
+use super::ram::{Admitting, RamTier};
 use super::spool::{read_piece, Spool};
 use super::{CacheStore, ChunkRead, CommitOutcome, StoreError, TierState};
 use crate::chunk::{Chunk, ChunkId};
@@ -478,6 +479,9 @@ pub struct ChunkStorage {
     /// How long a flight's reader waits for its next byte before it gives up: a writer that
     /// stopped (its own downstream stalled, or a frozen peer) must not hold its readers.
     stall_timeout: Duration,
+    /// The RAM tier (`cachestore.memory`), if any: looked at before the store, and filled
+    /// from whole-chunk reads of the store and of fills.
+    ram: Option<Arc<RamTier>>,
 }
 
 /// A reader of a chunk, and where its bytes come from.
@@ -515,6 +519,27 @@ impl ChunkStorage {
             flights: Mutex::new(HashMap::new()),
             flight_permits: Arc::new(Semaphore::new(max_flights.max(1))),
             next_tag: AtomicU64::new(1),
+            ram: None,
+        }
+    }
+
+    /// Puts the RAM tier `ram` in front of the store.
+    #[must_use]
+    pub fn with_ram(mut self, ram: Arc<RamTier>) -> Self {
+        self.ram = Some(ram);
+        self
+    }
+
+    /// Wraps a reader of the whole chunk `chunk` so that the RAM tier admits it once every
+    /// byte has passed through, when the tier grants it room.
+    fn admitting(&self, chunk: &Chunk, reader: Box<dyn ChunkRead>) -> Box<dyn ChunkRead> {
+        match self
+            .ram
+            .as_ref()
+            .and_then(|r| r.reserve(&chunk.id, chunk.len))
+        {
+            Some(admission) => Box::new(Admitting::new(reader, admission)),
+            None => reader,
         }
     }
 
@@ -553,6 +578,20 @@ impl ChunkStorage {
                 });
             }
         }
+        if let Some(reader) = self
+            .ram
+            .as_ref()
+            .and_then(|r| r.get(&chunk.id, chunk.len, from, to))
+        {
+            return Some(ChunkHit {
+                source: ChunkSource::RamTier,
+                reader: Box::new(reader),
+                on_demand: true,
+                // A reader keeps its chunk alive even once the tier evicts it: the edge keeps
+                // these bytes counted in its read-ahead budget until they are sent.
+                buffered: to.min(chunk.len).saturating_sub(from),
+            });
+        }
         if trust_recent_miss && self.misses.recently_missing(&chunk.id) {
             return None;
         }
@@ -581,7 +620,11 @@ impl ChunkStorage {
                 on_demand: !reader
                     .prefetch_hint()
                     .unwrap_or_else(|| self.store.prefetch_hits()),
-                reader,
+                reader: if vouched && from == 0 && to >= chunk.len {
+                    self.admitting(chunk, reader)
+                } else {
+                    reader
+                },
                 buffered: 0,
             }),
             Ok(None) => {
@@ -635,14 +678,38 @@ impl ChunkStorage {
     /// flight in this process.
     pub async fn locate(&self, id: &ChunkId) -> (Vec<TierState>, bool) {
         let in_flight = self.flights.lock().get(id).is_some_and(|f| !f.failed());
-        (self.store.locate(id).await, in_flight)
+        let mut tiers = self.store.locate(id).await;
+        if let Some(ram) = &self.ram {
+            tiers.insert(
+                0,
+                TierState {
+                    tier: crate::metrics::TIER_MEMORY,
+                    shared: false,
+                    bytes: Ok(ram.stat(id)),
+                },
+            );
+        }
+        (tiers, in_flight)
     }
 
     /// Removes a chunk from every tier of the store (the shared one only with `shared`), per
     /// tier what was removed (`orca purge`). A fill of it in flight is not stopped: it was
     /// asked for by a read that pinned that version, and it lands as that read's chunk.
     pub async fn purge(&self, id: &ChunkId, shared: bool) -> Vec<TierState> {
-        self.store.purge(id, shared).await
+        // The RAM tier last: a read between the two could otherwise admit the chunk again
+        // from the store.
+        let mut tiers = self.store.purge(id, shared).await;
+        if let Some(ram) = &self.ram {
+            tiers.insert(
+                0,
+                TierState {
+                    tier: crate::metrics::TIER_MEMORY,
+                    shared: false,
+                    bytes: Ok(ram.remove(id)),
+                },
+            );
+        }
+        tiers
     }
 
     fn key_chunk(key: &CacheKey) -> Result<Chunk> {
@@ -872,10 +939,17 @@ impl Storage for ChunkStorage {
         let flight = self.flights.lock().get(&chunk.id).cloned();
         match (flight, tag) {
             (Some(f), Some(tag)) if f.tag == tag => {
+                let reader = Box::new(FlightReader::new(f, 0, chunk.len, self.stall_timeout));
+                let vouched = key.extensions.get::<Unvouched>().is_none();
                 let handler = ChunkHitHandler {
                     // The writer's own downstream: the bytes are this request's origin fill.
                     source: ChunkSource::Origin,
-                    reader: Box::new(FlightReader::new(f, 0, chunk.len, self.stall_timeout)),
+                    // It reads the whole chunk: the RAM tier admits it from there.
+                    reader: if vouched {
+                        self.admitting(&chunk, reader)
+                    } else {
+                        reader
+                    },
                 };
                 Ok(Some((chunk_meta(chunk.len)?, Box::new(handler))))
             }

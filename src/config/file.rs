@@ -226,6 +226,25 @@ pub struct CacheStoreFile {
     /// With `driver: s3`: a bounded local tier in front of the shared store (same keys as
     /// `fs`). Default unset (off).
     pub local: Option<FsStoreFile>,
+    /// The RAM tier in front of the store. Default off.
+    #[serde(deserialize_with = "null_default")]
+    pub memory: MemoryTierFile,
+}
+
+/// `cachestore.memory`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a mapping of keys")]
+pub struct MemoryTierFile {
+    /// The most the RAM tier holds, in bytes. Default 0: no RAM tier.
+    pub max_size: ByteSize,
+}
+
+impl Default for MemoryTierFile {
+    fn default() -> Self {
+        MemoryTierFile {
+            max_size: ByteSize(0),
+        }
+    }
 }
 
 /// `cachestore.fs`.
@@ -383,7 +402,7 @@ pub struct LimitsFile {
     /// Chunk fills in flight to the origin per replica. Default 64.
     pub origin_concurrency: usize,
     /// Removed: it never had an effect. Kept only to answer a configuration that still sets it
-    /// with a message saying so (the RAM tier, when it comes, is bounded in bytes).
+    /// with a message saying so (the RAM tier is bounded in bytes: `cachestore.memory.max_size`).
     pub memory_chunks: Option<serde_norway::Value>,
     /// Bytes the edge may buffer for read-ahead across all clients. Default 1GiB.
     pub readahead_memory: ByteSize,

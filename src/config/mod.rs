@@ -21,6 +21,7 @@ use serde_path_to_error::Segment;
 
 pub use ops::OpsConfig;
 pub use units::{ByteSize, HumanDuration, SizeOrPercent, UnitError};
+pub use validated::MemoryTier;
 pub use validated::{
     AzureBlobConfig, AzureCredentials, CacheStoreConfig, CatalogConfig, Chunking, ClusterConfig,
     Config, DnsConfig, EdgeAuthConfig, EdgeConfig, EnvLookup, FsLimits, Limits, Listen, LocalTier,

@@ -1125,3 +1125,29 @@ fn local_tier_in_front_of_the_shared_store() {
         "{got:?}"
     );
 }
+
+#[test]
+fn the_ram_tier_is_off_by_default_and_bounded_in_bytes() {
+    assert_eq!(
+        ok(MINIMAL).memory_tier,
+        crate::config::MemoryTier { max_size: 0 }
+    );
+    let config = ok("origin:\n  id: x\ncachestore:\n  memory:\n    max_size: 2GiB\n");
+    assert_eq!(config.memory_tier.max_size, 2 * GIB);
+    // With either driver, and an empty section is off.
+    let config = ok("origin:\n  id: x\ncachestore:\n  memory: {}\n");
+    assert_eq!(config.memory_tier.max_size, 0);
+    // Smaller than the largest chunk (128 MiB in the default ladder): refused by name.
+    let got = problems("origin:\n  id: x\ncachestore:\n  memory:\n    max_size: 64MiB\n");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with(
+            "cachestore.memory.max_size: 67108864 bytes is less than the largest chunk size"
+        ),
+        "{got:?}"
+    );
+    let e = err("origin:\n  id: x\ncachestore:\n  memory:\n    size: 1GiB\n");
+    assert!(e.to_string().contains("cachestore.memory"), "{e}");
+    let e = err("origin:\n  id: x\ncachestore:\n  memory:\n    max_size: lots\n");
+    assert!(e.to_string().contains("cachestore.memory.max_size"), "{e}");
+}

@@ -7,12 +7,14 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use super::file::MemoryTierFile;
 use super::file::{
     AzureBlobFile, CacheStoreDriverName, CacheStoreFile, ChunkingFile, ClusterFile, EdgeAuthFile,
     EdgeFile, FsStoreFile, LimitsFile, ListenFile, LogFormatName, LoggingFile, MetadataFile,
     OrcaFile, OriginDriverName, OriginFile, S3OriginFile, S3StoreFile, TlsFile,
 };
 use super::units::SizeOrPercent;
+use super::validated::MemoryTier;
 use super::validated::{
     AzureBlobConfig, AzureCredentials, CacheStoreConfig, CatalogConfig, Chunking, ClusterConfig,
     Config, DnsConfig, EdgeAuthConfig, EdgeConfig, EnvLookup, FsLimits, Limits, Listen, LocalTier,
@@ -65,9 +67,11 @@ pub fn validate(file: OrcaFile, env: EnvLookup<'_>) -> Result<Config, Vec<Proble
     let listen = listen(&mut p, file.listen);
     let origin = origin(&mut p, file.origin, &env);
     let edge = edge(&mut p, file.edge, &env);
+    let memory_tier = memory_tier(&mut p, &file.cachestore.memory);
     let cachestore = cachestore(&mut p, file.cachestore, &env);
     let chunking = chunking(&mut p, file.chunking);
     fs_bound_holds_a_chunk(&mut p, cachestore.as_ref(), chunking.as_ref());
+    memory_tier_holds_a_chunk(&mut p, &memory_tier, chunking.as_ref());
     let metadata = metadata(&mut p, &file.metadata);
     let catalog = CatalogConfig {
         max_entries: file.catalog.max_entries,
@@ -107,6 +111,7 @@ pub fn validate(file: OrcaFile, env: EnvLookup<'_>) -> Result<Config, Vec<Proble
             cluster,
             logging,
             ops: ops.unwrap_or_default(),
+            memory_tier,
         }),
         _ => Err(p.0),
     }
@@ -644,6 +649,30 @@ fn fs_limits(p: &mut Problems, section: &str, file: &FsStoreFile) -> Option<FsLi
     )
 }
 
+/// `cachestore.memory`: 0 is off.
+fn memory_tier(_p: &mut Problems, file: &MemoryTierFile) -> MemoryTier {
+    MemoryTier {
+        max_size: file.max_size.0,
+    }
+}
+
+/// A RAM tier smaller than the largest chunk would never admit one.
+fn memory_tier_holds_a_chunk(p: &mut Problems, tier: &MemoryTier, chunking: Option<&Chunking>) {
+    let Some(largest) = chunking.map(Chunking::max_chunk_size) else {
+        return;
+    };
+    if tier.max_size > 0 && tier.max_size < largest {
+        p.push(
+            "cachestore.memory.max_size",
+            format!(
+                "{} bytes is less than the largest chunk size ({largest} bytes); \
+                 it must hold at least one chunk (or be 0: no RAM tier)",
+                tier.max_size
+            ),
+        );
+    }
+}
+
 /// A bound smaller than the largest chunk would evict every chunk it commits.
 fn fs_bound_holds_a_chunk(
     p: &mut Problems,
@@ -792,7 +821,8 @@ fn limits(p: &mut Problems, file: &LimitsFile, chunking: Option<&Chunking>) -> O
     if file.memory_chunks.is_some() {
         p.push(
             "limits.memory_chunks",
-            "removed: it never had an effect (no RAM tier is built yet); delete the key",
+            "removed: it never had an effect; the RAM tier is bounded in bytes \
+             (cachestore.memory.max_size); delete the key",
         );
     }
     if file.client_write_timeout.0.is_zero() {

@@ -63,6 +63,8 @@ pub struct Config {
     pub logging: Logging,
     /// Cache control on the ops port.
     pub ops: super::ops::OpsConfig,
+    /// The RAM tier in front of the store (`cachestore.memory`).
+    pub memory_tier: MemoryTier,
 }
 
 /// The three listening addresses, each a `host:port` that parses as a [`SocketAddr`](std::net::SocketAddr).
@@ -393,4 +395,11 @@ pub enum LogFormat {
     Json,
     /// Human-readable lines.
     Text,
+}
+
+/// The RAM tier (`cachestore.memory`): the hottest chunks kept in memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryTier {
+    /// The most it holds, in bytes; 0: no RAM tier. Otherwise at least the largest chunk.
+    pub max_size: u64,
 }

@@ -139,7 +139,7 @@ pub struct ReplicaReport {
     pub versions: Vec<PurgedVersion>,
     /// Whether its metadata cache held the object (now forgotten).
     pub metadata_forgotten: bool,
-    /// Per tier (`fs`, `local`, `s3`): what was removed.
+    /// Per tier (`memory`, `fs`, `local`, `s3`): what was removed.
     pub tiers: BTreeMap<String, TierTotals>,
 }
 
