@@ -46,6 +46,11 @@ pub struct Azurite {
 
 impl Azurite {
     pub fn start() -> Azurite {
+        Azurite::start_with(&[])
+    }
+
+    /// Azurite with `extra` arguments (HTTPS and OAuth: `tests/common/entra.rs`).
+    pub fn start_with(extra: &[String]) -> Azurite {
         let dir = tempfile::Builder::new()
             .prefix("orca-azurite-")
             .tempdir()
@@ -62,6 +67,7 @@ impl Azurite {
                 .arg("--location")
                 .arg(dir.path().join("data"))
                 .args(["--skipApiVersionCheck", "--disableTelemetry", "--silent"])
+                .args(extra)
                 .stdin(Stdio::null())
                 .stdout(Stdio::from(log.try_clone().unwrap()))
                 .stderr(Stdio::from(log))

@@ -11,6 +11,7 @@
 
 pub mod azurite;
 pub mod cases;
+pub mod entra;
 pub mod httpc;
 pub mod moto;
 pub mod orca;
