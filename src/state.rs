@@ -295,17 +295,29 @@ fn load_at_start(chain: &Arc<AwsChain>) -> anyhow::Result<()> {
 
 /// Fetches the first Entra ID token before Pingora starts, as [`load_at_start`] does for AWS
 /// credentials: the log says at start which source is in use; a failure is logged, `/readyz`
-/// reports it, and the first request tries again.
+/// reports it, and the first request tries again. Waits at most [`ENTRA_START_DEADLINE`]
+/// (IMDS out of reach takes its retries a minute to give up), so `orca -t` and a start
+/// without the identity endpoint stay quick.
 fn entra_at_start(chain: &Arc<EntraChain>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("runtime for the first Entra ID token")?;
-    if let Err(e) = runtime.block_on(chain.ensure()) {
-        tracing::error!(error = %e, "no Entra ID token at start; retrying on the first request");
+    match runtime.block_on(tokio::time::timeout(ENTRA_START_DEADLINE, chain.ensure())) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "no Entra ID token at start; retrying on the first request");
+        }
+        Err(_) => tracing::error!(
+            source = chain.source(),
+            "no Entra ID token within {ENTRA_START_DEADLINE:?} of start; retrying on the first request"
+        ),
     }
     Ok(())
 }
+
+/// How long the start waits for the first Entra ID token.
+const ENTRA_START_DEADLINE: Duration = Duration::from_secs(10);
 
 impl Orca {
     /// What `/readyz` says besides the verdict: which source each default chain uses

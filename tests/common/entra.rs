@@ -133,8 +133,7 @@ impl OauthAzurite {
     pub fn send(
         &self,
         method: &str,
-        container: &str,
-        blob: Option<&str>,
+        (container, blob): (&str, Option<&str>),
         query: &[(&str, &str)],
         headers: &[(&str, &str)],
         body: &[u8],
@@ -208,8 +207,7 @@ impl OauthAzurite {
     pub fn create_container(&self, name: &str) {
         let (status, body) = self.send(
             "PUT",
-            name,
-            None,
+            (name, None),
             &[("restype", "container")],
             &[],
             b"",
@@ -221,8 +219,7 @@ impl OauthAzurite {
     pub fn put_blob(&self, container: &str, name: &str, data: &[u8]) {
         let (status, body) = self.send(
             "PUT",
-            container,
-            Some(name),
+            (container, Some(name)),
             &[],
             &[("x-ms-blob-type", "BlockBlob")],
             data,
@@ -233,7 +230,7 @@ impl OauthAzurite {
 
     /// Get Blob with a bearer token, as Azurite answers it.
     pub fn get_with_token(&self, container: &str, name: &str, token: &str) -> (u16, String) {
-        self.send("GET", container, Some(name), &[], &[], b"", Some(token))
+        self.send("GET", (container, Some(name)), &[], &[], b"", Some(token))
     }
 }
 
