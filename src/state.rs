@@ -303,7 +303,8 @@ fn entra_at_start(chain: &Arc<EntraChain>) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("runtime for the first Entra ID token")?;
-    match runtime.block_on(tokio::time::timeout(ENTRA_START_DEADLINE, chain.ensure())) {
+    // The timer is made inside the runtime (a tokio timer needs one).
+    match runtime.block_on(async { tokio::time::timeout(ENTRA_START_DEADLINE, chain.ensure()).await }) {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             tracing::error!(error = %e, "no Entra ID token at start; retrying on the first request");
