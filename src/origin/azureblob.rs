@@ -220,6 +220,21 @@ impl AzureBlobOrigin {
         Ok(req)
     }
 
+    /// [`AzureBlobOrigin::request`] after making sure it can be authorized (an Entra ID token
+    /// fetched when there is no usable one): for callers outside the `Origin` methods
+    /// (`orcaseed`'s writes).
+    pub async fn authorized_request(
+        &self,
+        method: &str,
+        container: &str,
+        blob: Option<&str>,
+        query: &[(&str, &str)],
+        extra: &[(&str, &str)],
+    ) -> Result<RequestHeader, OriginError> {
+        self.prepare().await?;
+        self.request(method, container, blob, query, extra)
+    }
+
     /// The Entra ID chain, when requests carry its tokens.
     pub fn entra(&self) -> Option<&Arc<EntraChain>> {
         match &self.auth {
