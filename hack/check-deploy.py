@@ -98,6 +98,29 @@ def free_port():
         return s.getsockname()[1]
 
 
+def make_tls(work):
+    """A CA and a certificate it signs for 127.0.0.1, localhost and orca-peers.orca.svc
+    (openssl), for configs that name TLS files: {"ca", "cert", "key"} paths."""
+    d = os.path.join(work, "tls")
+    os.makedirs(d, exist_ok=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    steps = [
+        ["req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=check-deploy-ca"],
+        ["req", "-new", *ec, "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=orca"],
+        ["x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-set_serial", "0x1",
+         "-days", "1", "-out", "leaf.pem", "-extfile", "leaf.ext"],
+    ]
+    with open(os.path.join(d, "leaf.ext"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:orca-peers.orca.svc\n"
+                "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth,clientAuth\n")
+    for step in steps:
+        out = subprocess.run(["openssl", *step], cwd=d, capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            sys.exit(f"check-deploy: openssl {step[0]} failed: {out.stderr}")
+    return {"ca": os.path.join(d, "ca.pem"), "cert": os.path.join(d, "leaf.pem"),
+            "key": os.path.join(d, "leaf.key")}
+
+
 def probe_live(where, orca_cfg, pingora_text, probes, env_extra, work):
     """Starts orca on the rendered config (fs store in a temp dir, listeners on free loopback
     ports, pid file and upgrade socket in the temp dir) and asks every probe's path on the ops
@@ -273,8 +296,36 @@ def check_rendering(where, docs, example_secret, work):
     if dns and store.get("driver") != "s3":
         problem(where, "a fleet (cluster.dns) needs the shared s3 cache store")
 
-    # Secrets: every variable the config needs is set, from a key the Secret has.
-    needed = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+    # Secrets: every variable the config needs is set, from a key the Secret has. A cloud
+    # identity on the ServiceAccount replaces the origin's keys: EKS IRSA's role annotation
+    # (the AWS default chain's web-identity source), or AKS workload identity with
+    # origin.azureblob.credentials: entra.
+    sa_doc = (by.get("ServiceAccount") or {}).get(pod.get("serviceAccountName")) or {}
+    sa_ann = (sa_doc.get("metadata") or {}).get("annotations") or {}
+    origin = orca.get("origin") or {}
+    needed = []
+    if origin.get("driver", "s3") == "s3":
+        s3 = origin.get("s3") or {}
+        if "eks.amazonaws.com/role-arn" in sa_ann:
+            if "AWS_ACCESS_KEY_ID" in env:
+                problem(where, "the ServiceAccount has an IRSA role (eks.amazonaws.com/role-arn) "
+                        "but env AWS_ACCESS_KEY_ID is set: static keys come first in the chain, "
+                        "so the role would never be used; drop the keys")
+        elif not s3.get("anonymous") and not s3.get("access_key_id"):
+            needed += ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+    else:
+        az = origin.get("azureblob") or {}
+        uses_wi = labels.get("azure.workload.identity/use") == "true"
+        if az.get("credentials") == "entra":
+            if "azure.workload.identity/client-id" in sa_ann and not uses_wi:
+                problem(where, "the ServiceAccount has azure.workload.identity/client-id but the "
+                        "pods lack the label azure.workload.identity/use: \"true\": the webhook "
+                        "gives them no token")
+        elif uses_wi:
+            problem(where, "the pods use AKS workload identity but origin.azureblob.credentials "
+                    "is not entra: Orca would not use it")
+        elif not az.get("account_key") and not az.get("sas_token"):
+            needed.append("AZURE_STORAGE_KEY")
     if store.get("driver") == "s3":
         needed += ["ORCA_CACHESTORE_ACCESS_KEY_ID", "ORCA_CACHESTORE_SECRET_ACCESS_KEY"]
     if cluster.get("shared_secret_env"):
@@ -380,17 +431,56 @@ def check_rendering(where, docs, example_secret, work):
     if sa not in (by.get("ServiceAccount") or {}):
         problem(where, f"serviceAccountName {sa!r} is not in the rendering")
 
+    # TLS files (listen.edge_tls, listen.internal_tls, cluster.peer_ca) come from a mounted
+    # Secret; for the runs below they are replaced by certificates made here.
+    tls_paths = []
+    for section in ("edge_tls", "internal_tls"):
+        files = listen.get(section) or {}
+        tls_paths += [(f"listen.{section}.{k}", files[k]) for k in ("cert", "key") if k in files]
+    if cluster.get("peer_ca"):
+        tls_paths.append(("cluster.peer_ca", cluster["peer_ca"]))
+    secret_mounts = [m["mountPath"] for m in c.get("volumeMounts", [])
+                     if "secret" in volumes.get(m["name"], {})]
+    for what, path in tls_paths:
+        if not any(under(path, m) for m in secret_mounts):
+            problem(where, f"{what} {path} is not on a mounted Secret volume")
+    if (listen.get("internal_tls") and (dns or cluster.get("peers"))
+            and not cluster.get("peer_ca")):
+        problem(where, "listen.internal_tls with peers needs cluster.peer_ca")
+    made = make_tls(work) if tls_paths else None
+
+    def runnable(doc):
+        """`doc` with the TLS files made here in place of the Secret's."""
+        doc = copy.deepcopy(doc)
+        for section in ("edge_tls", "internal_tls"):
+            if (doc.get("listen") or {}).get(section):
+                doc["listen"][section] = dict(doc["listen"][section], cert=made["cert"], key=made["key"])
+        if (doc.get("cluster") or {}).get("peer_ca"):
+            doc["cluster"]["peer_ca"] = made["ca"]
+        return doc
+
     # orca -t: as written (only an unreachable s3 store may fail), then with an fs store in a
     # temp dir (must pass), then live: the probes' paths answer 200.
     env_extra = {}
     if cluster.get("shared_secret_env"):
         env_extra[cluster["shared_secret_env"]] = "placeholder"
-    as_written = copy.deepcopy(orca)
+    entra = (origin.get("azureblob") or {}).get("credentials") == "entra"
+    if entra and "azure.workload.identity/client-id" in sa_ann:
+        # What AKS's webhook injects; the authority host is a closed port, so the first token
+        # fetch fails at once (logged, not fatal) instead of reaching Entra from here.
+        token = os.path.join(work, "azure-identity-token")
+        with open(token, "w") as f:
+            f.write("placeholder")
+        env_extra.update(AZURE_CLIENT_ID=sa_ann["azure.workload.identity/client-id"],
+                         AZURE_TENANT_ID="00000000-0000-0000-0000-000000000000",
+                         AZURE_FEDERATED_TOKEN_FILE=token,
+                         AZURE_AUTHORITY_HOST="https://127.0.0.1:1")
+    as_written = runnable(orca)
     if store.get("driver") == "s3":
         as_written["cachestore"].setdefault("s3", {})["endpoint"] = "http://127.0.0.1:1"
     else:
         as_written["cachestore"] = dict(store, fs=dict(store.get("fs") or {}, root=os.path.join(work, "as-written-cache")))
-    fs_store = copy.deepcopy(orca)
+    fs_store = runnable(orca)
     fs_store["cachestore"] = {"driver": "fs", "fs": {"root": os.path.join(work, "cache")}}
     with open(os.path.join(work, "pingora.yaml"), "w") as f:
         f.write(data["pingora.yaml"])
@@ -407,7 +497,13 @@ def check_rendering(where, docs, example_secret, work):
         numbered = "\n".join(f"{i + 1:4} {line}" for i, line in enumerate(open(path).read().splitlines()))
         problem(where, f"orca -t on its orca.yaml ({name}) failed (exit {out.returncode}):\n"
                 f"{out.stderr.strip()}\n(line numbers refer to this extracted copy:)\n{numbered}")
-    probe_live(where, orca, data["pingora.yaml"], probes, env_extra, work)
+    live = runnable(orca)
+    if entra:
+        # The live run checks listeners and probes; without a token /readyz says 503, so it
+        # runs on a shared key instead (Entra ID itself: tests/credentials.rs).
+        live["origin"]["azureblob"] = dict(live["origin"]["azureblob"], credentials="shared_key")
+        env_extra = dict(env_extra, AZURE_STORAGE_KEY="cGxhY2Vob2xkZXI=")
+    probe_live(where, live, data["pingora.yaml"], probes, env_extra, work)
     if "moto" in (by.get("Deployment") or {}):
         check_with_moto(where, data["orca.yaml"], pod, by["Service"].get("moto"), env_extra, work)
     return {"user": psc.get("runAsUser"), "group": psc.get("runAsGroup"), "args": args,

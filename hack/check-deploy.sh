@@ -6,12 +6,15 @@
 #      fallback for machines without either: the two renderings must be identical;
 #   2. in every rendering: container ports vs listen.*, Services' target ports, probes (startup
 #      and liveness on /healthz, readiness on /readyz, on the ops port), cluster.dns.port and
-#      ORCA_SELF, every env var the config needs set from a key the Secret has, the grace period
+#      ORCA_SELF, every env var the config needs set from a key the Secret has (the origin's
+#      keys unless the ServiceAccount carries an EKS IRSA role, or AKS workload identity with
+#      credentials: entra, pod label included), TLS files on mounted Secrets, the grace period
 #      covering one chunk fill (4 x limits.origin_timeout + 5 s) and terminationGracePeriodSeconds
 #      covering preStop + grace + final shutdown, the memory limit vs origin_concurrency x
 #      largest chunk + readahead_memory, non-root / read-only root / no capabilities, every path
 #      Orca writes on an emptyDir (the fs cache below its sizeLimit), the PDB and ServiceAccount;
-#   3. `orca -t` on each orca.yaml as written: only an s3 cache store's "unreachable" (its
+#   3. `orca -t` on each orca.yaml as written (TLS files replaced by certificates made with
+#      openssl; AKS workload identity's env simulated, its authority host a closed port): only an s3 cache store's "unreachable" (its
 #      endpoint is pointed at a closed port) may fail, with exactly that message; then with an
 #      fs store in a temp dir, which must pass; then orca itself runs that config on loopback
 #      ports and every probe path must answer 200; a rendering with an in-cluster moto

@@ -14,6 +14,7 @@ use crate::cachestore::CacheStore;
 use crate::cluster::{Cluster, PeerSource};
 use crate::config::{CacheStoreConfig, Config, LocalTier, OriginDriver, S3Credentials};
 use crate::credentials::aws::AwsChain;
+use crate::credentials::azure::EntraChain;
 use crate::metadata::{MetadataCache, OriginHealth};
 use crate::metrics::TIER_LOCAL;
 use crate::origin::s3::S3Origin;
@@ -55,6 +56,9 @@ pub struct Orca {
     /// The AWS default credential chains in use (`origin.s3`, `cachestore.s3`): `/readyz`
     /// says which source each one found, or why it found none.
     pub credential_chains: Vec<Arc<AwsChain>>,
+    /// The Entra ID source of `origin.azureblob` (`credentials: entra`): `/readyz` says which
+    /// one it is, or why it has no token.
+    pub entra: Option<Arc<EntraChain>>,
 }
 
 impl Orca {
@@ -63,6 +67,7 @@ impl Orca {
     pub fn build(config: Config) -> anyhow::Result<Arc<Self>> {
         let timeout = config.limits.origin_timeout;
         let mut credential_chains = Vec::new();
+        let mut entra = None;
         let origin: Arc<dyn Origin> = match &config.origin.driver {
             OriginDriver::S3(s3) => {
                 let chain = AwsChain::for_section("origin.s3", &s3.credentials, &s3.region);
@@ -81,10 +86,15 @@ impl Orca {
                     .context("origin.s3.endpoint")?,
                 )
             }
-            OriginDriver::AzureBlob(az) => Arc::new(
-                crate::origin::azureblob::AzureBlobOrigin::from_config(az, timeout)
-                    .context("origin.azureblob")?,
-            ),
+            OriginDriver::AzureBlob(az) => {
+                let azure = crate::origin::azureblob::AzureBlobOrigin::from_config(az, timeout)
+                    .context("origin.azureblob")?;
+                if let Some(chain) = azure.entra() {
+                    entra_at_start(chain)?;
+                    entra = Some(chain.clone());
+                }
+                Arc::new(azure)
+            }
         };
         let mut store_problem = None;
         let mut evictor = None;
@@ -189,6 +199,7 @@ impl Orca {
             store_problem,
             evictor: Mutex::new(evictor),
             credential_chains,
+            entra,
         }))
     }
 
@@ -234,6 +245,9 @@ impl Orca {
             if let Some(e) = chain.problem() {
                 problems.push(e.to_string());
             }
+        }
+        if let Some(e) = self.entra.as_ref().and_then(|c| c.problem()) {
+            problems.push(e.to_string());
         }
         if !self.health.credentials_ok() {
             problems.push(format!(
@@ -283,17 +297,53 @@ fn load_at_start(chain: &Arc<AwsChain>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Fetches the first Entra ID token before Pingora starts, as [`load_at_start`] does for AWS
+/// credentials: the log says at start which source is in use; a failure is logged, `/readyz`
+/// reports it, and the first request tries again. Waits at most [`ENTRA_START_DEADLINE`]
+/// (IMDS out of reach takes its retries a minute to give up), so `orca -t` and a start
+/// without the identity endpoint stay quick.
+fn entra_at_start(chain: &Arc<EntraChain>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("runtime for the first Entra ID token")?;
+    // The timer is made inside the runtime (a tokio timer needs one).
+    match runtime.block_on(async { tokio::time::timeout(ENTRA_START_DEADLINE, chain.ensure()).await }) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "no Entra ID token at start; retrying on the first request");
+        }
+        Err(_) => tracing::error!(
+            source = chain.source(),
+            "no Entra ID token within {ENTRA_START_DEADLINE:?} of start; retrying on the first request"
+        ),
+    }
+    Ok(())
+}
+
+/// How long the start waits for the first Entra ID token.
+const ENTRA_START_DEADLINE: Duration = Duration::from_secs(10);
+
 impl Orca {
     /// What `/readyz` says besides the verdict: which source each default chain uses
-    /// (`credentials: origin.s3 web-identity`).
+    /// (`credentials: origin.s3 web-identity`), and the Entra ID source
+    /// (`credentials: origin.azureblob entra workload-identity`).
     pub fn credential_sources(&self) -> Vec<String> {
-        self.credential_chains
+        let mut sources: Vec<String> = self
+            .credential_chains
             .iter()
             .filter_map(|c| {
                 c.source()
                     .map(|s| format!("credentials: {} {s}", c.section()))
             })
-            .collect()
+            .collect();
+        if let Some(chain) = &self.entra {
+            sources.push(format!(
+                "credentials: origin.azureblob entra {}",
+                chain.source()
+            ));
+        }
+        sources
     }
 }
 

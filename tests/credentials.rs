@@ -7,6 +7,10 @@
 //! those protocols exists to run). Also: credentials about to expire are refreshed in the
 //! background while requests keep signing with the current ones.
 //!
+//! Entra ID for the Azure origin (`credentials: entra`), each source once (a client secret,
+//! workload identity, managed identity through IMDS), against Azurite's OAuth mode over HTTPS
+//! with tokens from [`common::entra::TokenEndpoint`]; the refresh and the secrets check too.
+//!
 //! moto checks signatures once `INITIAL_NO_AUTH_ACTION_COUNT` actions were served; the set-up
 //! below makes exactly [`setup_actions`] of them.
 
@@ -772,6 +776,22 @@ boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
         "nothing committed to the store"
     );
 
+    assert_secrets_absent(
+        &orca,
+        &[
+            ("the store's secret", acct.user.sk.as_str()),
+            ("the session's secret", session.sk.as_str()),
+            ("the session token", session.token.as_deref().unwrap()),
+            ("the container authorization token", pod_token),
+            ("the client's secret", client.1),
+            ("the client's header signature", header_signature.as_str()),
+            ("the presigned URL's signature", url_signature.as_str()),
+        ],
+    );
+}
+
+/// Orca logged at debug level, and no secret is in any line of its log or metrics.
+fn assert_secrets_absent(orca: &OrcaProcess, secrets: &[(&str, &str)]) {
     let log = orca.log();
     assert!(
         log.contains("DEBUG"),
@@ -779,15 +799,6 @@ boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
         orca.log_tail()
     );
     let metrics = orca.metrics();
-    let secrets = [
-        ("the store's secret", acct.user.sk.as_str()),
-        ("the session's secret", session.sk.as_str()),
-        ("the session token", session.token.as_deref().unwrap()),
-        ("the container authorization token", pod_token),
-        ("the client's secret", client.1),
-        ("the client's header signature", header_signature.as_str()),
-        ("the presigned URL's signature", url_signature.as_str()),
-    ];
     for (what, secret) in secrets {
         assert!(secret.len() >= 16, "{what} too short to search for");
         for (place, text) in [("log", &log), ("metrics", &metrics)] {
@@ -828,5 +839,328 @@ async fn a_chain_that_finds_nothing_makes_readyz_say_why_and_requests_fail_clean
         orca.log().contains("no AWS credentials at start"),
         "{}",
         orca.log_tail()
+    );
+}
+
+// ---- Entra ID: origin.azureblob.credentials: entra ----
+
+use common::entra::{jwt, OauthAzurite, TokenConf, TokenEndpoint, AUDIENCE};
+
+const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+const CLIENT_ID: &str = "5e1c1f2a-8a0b-4c47-9a43-0rcaclient01";
+const CLIENT_SECRET: &str = "entra-client-secret-Zq81Xv~pL";
+const ENTRA_CONTAINER: &str = "entra";
+/// Blobs seeded in [`ENTRA_CONTAINER`]: each is read once per test (a cache hit would ask the
+/// origin nothing).
+const BLOBS: usize = 12;
+
+fn blob_bytes(i: usize) -> Vec<u8> {
+    deterministic_bytes(i as u64 + 7, 200_000 + i * 1000)
+}
+
+/// Azurite in OAuth mode with [`BLOBS`] blobs, and a token endpoint trusting it to the same CA.
+struct EntraRig {
+    az: OauthAzurite,
+    tokens: TokenEndpoint,
+}
+
+impl EntraRig {
+    fn start(secret: Option<&str>, assertion_file: Option<&str>, expires_in: i64) -> EntraRig {
+        let az = OauthAzurite::start();
+        az.create_container(ENTRA_CONTAINER);
+        for i in 0..BLOBS {
+            az.put_blob(ENTRA_CONTAINER, &format!("blob-{i}"), &blob_bytes(i));
+        }
+        let tokens = TokenEndpoint::start(
+            &az.ca,
+            TokenConf {
+                tenant: TENANT.into(),
+                client_id: CLIENT_ID.into(),
+                secret: secret.map(str::to_string),
+                assertion_file: assertion_file.map(|f| az.dir().join(f)),
+                expires_in,
+                audience: AUDIENCE.into(),
+            },
+        );
+        EntraRig { az, tokens }
+    }
+
+    /// Orca on the HTTPS Azurite with `credentials: entra` and `env` (the source's variables).
+    fn config(&self, env: &[(&str, &str)]) -> OrcaConfig {
+        let mut config = OrcaConfig::new(&self.az.endpoint())
+            .origin_id("az")
+            .extra_yaml(&format!(
+                "origin:\n  id: az\n  driver: azureblob\n  azureblob:\n    account: devstoreaccount1\n    endpoint: {}\n    credentials: entra\n",
+                yaml_str(&self.az.endpoint())
+            ))
+            // The test CA, for Azurite and the token endpoint (docs/azure.md).
+            .env("SSL_CERT_FILE", &self.az.ca.cert().to_string_lossy())
+            .env("AZURE_STORAGE_KEY", "");
+        for (name, value) in env {
+            config = config.env(name, value);
+        }
+        config
+    }
+
+    fn client_secret_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AZURE_AUTHORITY_HOST", self.tokens.authority_host()),
+            ("AZURE_TENANT_ID", TENANT.into()),
+            ("AZURE_CLIENT_ID", CLIENT_ID.into()),
+            ("AZURE_CLIENT_SECRET", CLIENT_SECRET.into()),
+        ]
+    }
+
+    fn orca(&self, env: &[(&'static str, String)]) -> OrcaProcess {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        OrcaProcess::start(self.config(&env))
+    }
+}
+
+/// Reads `blob-{i}` through Orca: 200 and its bytes.
+async fn read_blob(orca: &OrcaProcess, i: usize) {
+    let r = http_get(
+        &orca.object_url(ENTRA_CONTAINER, &format!("blob-{i}")),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "blob-{i}: {}\n{}", r.text(), orca.log_tail());
+    assert!(r.body == blob_bytes(i), "blob-{i}: bytes differ");
+}
+
+/// `/readyz` is 200 and names the Entra source; so does the log.
+fn assert_entra_source(orca: &OrcaProcess, source: &str) {
+    let (status, body) = orca.ops_get("/readyz");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(&format!("credentials: origin.azureblob entra {source}\n")),
+        "{body}"
+    );
+    assert!(
+        orca.log().contains(&format!("credentials: entra {source}")),
+        "{}",
+        orca.log_tail()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entra_client_secret_tokens_are_accepted_by_azurites_oauth_mode() {
+    let rig = EntraRig::start(Some(CLIENT_SECRET), None, 3600);
+    // Azurite checks tokens: a good one is accepted, an expired one or one for another audience
+    // refused (so Orca's reads below show that its tokens pass those checks).
+    let exp = |s: i64| {
+        i64::try_from(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+        )
+        .unwrap()
+            + s
+    };
+    let good = jwt(AUDIENCE, TENANT, exp(600), "probe-good");
+    assert_eq!(
+        rig.az.get_with_token(ENTRA_CONTAINER, "blob-0", &good).0,
+        200
+    );
+    let expired = jwt(AUDIENCE, TENANT, exp(-120), "probe-expired");
+    let (status, body) = rig.az.get_with_token(ENTRA_CONTAINER, "blob-0", &expired);
+    assert!(status == 401 || status == 403, "{status} {body}");
+    assert!(body.contains("expired"), "{body}");
+    let vault = jwt("https://vault.azure.net", TENANT, exp(600), "probe-aud");
+    let (status, body) = rig.az.get_with_token(ENTRA_CONTAINER, "blob-0", &vault);
+    assert!(status == 401 || status == 403, "{status} {body}");
+
+    let orca = rig.orca(&rig.client_secret_env());
+    assert_entra_source(&orca, "client-secret");
+    // Get Blob Properties, Get Blob and List Blobs, each with the bearer token.
+    for i in 0..3 {
+        read_blob(&orca, i).await;
+    }
+    let r = http_head(&orca.object_url(ENTRA_CONTAINER, "blob-3"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-length"),
+        Some(blob_bytes(3).len().to_string().as_str())
+    );
+    let r = http_get(
+        &format!(
+            "{}/{ENTRA_CONTAINER}?list-type=2&prefix=blob-1",
+            orca.edge_url()
+        ),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("<Key>blob-10</Key>"), "{}", r.text());
+    // One token for all of it, sent as a bearer token Azurite saw.
+    let issued = rig.tokens.issued();
+    assert_eq!(issued.len(), 1, "one token fetched");
+    assert_eq!(rig.tokens.refused(), 0);
+    assert!(
+        rig.az
+            .debug_log()
+            .contains(&format!("Bearer {}", issued[0])),
+        "Azurite never saw the token"
+    );
+    drop(orca);
+
+    // A wrong secret: no token; /readyz says why, and reads fail cleanly.
+    let mut env = rig.client_secret_env();
+    env[3].1 = "not-the-secret-at-all".into();
+    let env2: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let orca = OrcaProcess::start(rig.config(&env2).unready_at_start());
+    let (status, body) = orca.ops_get("/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("origin.azureblob: no Entra ID token from client-secret"),
+        "{body}"
+    );
+    let r = http_get(&orca.object_url(ENTRA_CONTAINER, "blob-4"), None)
+        .await
+        .unwrap();
+    assert!(r.status >= 500, "{} {}", r.status, r.text());
+    drop(orca);
+
+    // Tokens Azurite refuses (another audience) reach it from Orca and come back as the
+    // origin refusing Orca's credentials.
+    let rig_tokens = &rig.tokens;
+    rig_tokens.set_audience("https://vault.azure.net");
+    let orca = rig.orca(&rig.client_secret_env());
+    let r = http_get(&orca.object_url(ENTRA_CONTAINER, "blob-5"), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.text().contains("OriginAuthFailed"), "{}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entra_workload_identity_exchanges_the_federated_token_file() {
+    let rig = EntraRig::start(None, Some("federated-token"), 3600);
+    // What the kubelet projects into the pod (no newline; the exchange sends it as
+    // client_assertion).
+    let file = rig.az.dir().join("federated-token");
+    let federated = jwt(
+        "api://AzureADTokenExchange",
+        TENANT,
+        4_000_000_000,
+        "kubelet",
+    );
+    std::fs::write(&file, federated).unwrap();
+    let orca = rig.orca(&[
+        ("AZURE_AUTHORITY_HOST", rig.tokens.authority_host()),
+        ("AZURE_TENANT_ID", TENANT.into()),
+        ("AZURE_CLIENT_ID", CLIENT_ID.into()),
+        (
+            "AZURE_FEDERATED_TOKEN_FILE",
+            file.to_string_lossy().into_owned(),
+        ),
+    ]);
+    assert_entra_source(&orca, "workload-identity");
+    for i in 0..2 {
+        read_blob(&orca, i).await;
+    }
+    assert_eq!(rig.tokens.issued().len(), 1);
+    assert_eq!(rig.tokens.refused(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entra_managed_identity_asks_imds_with_the_metadata_header() {
+    let rig = EntraRig::start(None, None, 3600);
+    // IMDS refuses a request without `Metadata: true`.
+    let r = http_get(
+        &format!(
+            "{}/metadata/identity/oauth2/token?api-version=2019-08-01&resource=https%3A%2F%2Fstorage.azure.com",
+            rig.tokens.imds_host()
+        ),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(rig.tokens.refused(), 1);
+    // A user-assigned identity, picked by its client id.
+    let orca = rig.orca(&[
+        ("AZURE_POD_IDENTITY_AUTHORITY_HOST", rig.tokens.imds_host()),
+        ("AZURE_CLIENT_ID", CLIENT_ID.into()),
+    ]);
+    assert_entra_source(&orca, "managed-identity");
+    for i in 0..2 {
+        read_blob(&orca, i).await;
+    }
+    assert_eq!(rig.tokens.issued().len(), 1);
+    assert_eq!(rig.tokens.refused(), 1, "Orca's request was refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entra_tokens_about_to_expire_are_replaced_in_the_background_without_a_failed_request() {
+    // Every token lives 2 minutes: inside the refresh window (5 minutes), so each is due for a
+    // refresh as soon as it is fetched, yet usable.
+    let rig = EntraRig::start(Some(CLIENT_SECRET), None, 120);
+    let orca = rig.orca(&rig.client_secret_env());
+    assert_eq!(rig.tokens.issued().len(), 1, "fetched once at start");
+    let first = rig.tokens.issued()[0].clone();
+    // The refresh the first read starts is held at the endpoint: reads meanwhile carry the
+    // current token and none waits for it.
+    rig.tokens.hold(true);
+    for i in 0..3 {
+        read_blob(&orca, i).await;
+    }
+    assert_eq!(
+        rig.tokens.requests(),
+        2,
+        "one refresh in flight, not one per request"
+    );
+    assert_eq!(rig.tokens.issued().len(), 1);
+    assert!(rig.az.debug_log().contains(&format!("Bearer {first}")));
+    rig.tokens.hold(false);
+    // Once the refresh is in, reads carry the second token.
+    let mut i = 3;
+    loop {
+        let issued = rig.tokens.issued();
+        if issued.len() >= 2
+            && rig
+                .az
+                .debug_log()
+                .contains(&format!("Bearer {}", issued[1]))
+        {
+            break;
+        }
+        assert!(i < BLOBS, "never sent the refreshed token");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        read_blob(&orca, i).await;
+        i += 1;
+    }
+    assert_eq!(rig.tokens.refused(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_client_secret_or_bearer_token_reaches_the_debug_log_or_the_metrics() {
+    let rig = EntraRig::start(Some(CLIENT_SECRET), None, 3600);
+    let env: Vec<(&str, String)> = rig.client_secret_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let orca = OrcaProcess::start(rig.config(&env).log_level("debug"));
+    for i in 0..3 {
+        read_blob(&orca, i).await;
+    }
+    let token = rig.tokens.issued()[0].clone();
+    assert!(rig.az.debug_log().contains(&format!("Bearer {token}")));
+    // The token's signature part alone, too (a log could cut the token elsewhere).
+    let signature = token.rsplit('.').next().unwrap().to_string();
+    assert_secrets_absent(
+        &orca,
+        &[
+            ("the client secret", CLIENT_SECRET),
+            ("the bearer token", token.as_str()),
+            (
+                "the bearer token's claims",
+                token.split('.').nth(1).unwrap(),
+            ),
+            ("the bearer token's signature", signature.as_str()),
+        ],
     );
 }

@@ -173,6 +173,22 @@ pub struct AzureBlobFile {
     pub sas_token: Option<String>,
     /// The shared key; prefer env `AZURE_STORAGE_KEY`.
     pub account_key: Option<String>,
+    /// How requests are authorized: `shared_key`, `sas` or `entra` (Entra ID bearer tokens
+    /// from workload identity, a client secret or managed identity). Default: `sas` when
+    /// `sas_token` is set, else `shared_key`.
+    pub credentials: Option<AzureCredentialsName>,
+}
+
+/// `origin.azureblob.credentials`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AzureCredentialsName {
+    /// The account's shared key (`account_key` or env `AZURE_STORAGE_KEY`).
+    SharedKey,
+    /// A SAS token (`sas_token`).
+    Sas,
+    /// Entra ID tokens, from the environment the platform sets (see `docs/azure.md`).
+    Entra,
 }
 
 /// `edge`.

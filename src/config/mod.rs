@@ -24,9 +24,9 @@ pub use units::{ByteSize, HumanDuration, SizeOrPercent, UnitError};
 pub use validated::MemoryTier;
 pub use validated::{
     AzureBlobConfig, AzureCredentials, CacheStoreConfig, CatalogConfig, Chunking, ClusterConfig,
-    Config, DnsConfig, EdgeAuthConfig, EdgeConfig, EnvLookup, FsLimits, Limits, Listen, LocalTier,
-    LogFormat, Logging, MetadataConfig, OriginConfig, OriginDriver, Problem, S3Credentials,
-    S3OriginConfig, Tier,
+    Config, DnsConfig, EdgeAuthConfig, EdgeConfig, EntraSource, EnvLookup, FsLimits, Limits,
+    Listen, LocalTier, LogFormat, Logging, MetadataConfig, OriginConfig, OriginDriver, Problem,
+    S3Credentials, S3OriginConfig, Tier,
 };
 
 /// Why a configuration could not be loaded.

@@ -1151,3 +1151,94 @@ fn the_ram_tier_is_off_by_default_and_bounded_in_bytes() {
     let e = err("origin:\n  id: x\ncachestore:\n  memory:\n    max_size: lots\n");
     assert!(e.to_string().contains("cachestore.memory.max_size"), "{e}");
 }
+
+#[test]
+fn azure_entra_credentials() {
+    let azure = |extra: &str, env: &[(&str, &str)]| {
+        let text = format!(
+            "origin:\n  id: x\n  driver: azureblob\n  azureblob:\n    account: acct\n    credentials: entra\n{extra}"
+        );
+        from_yaml_str_with_env(&text, &env_of(env)).map(|c| match c.origin.driver {
+            OriginDriver::AzureBlob(a) => a.credentials,
+            OriginDriver::S3(_) => unreachable!(),
+        })
+    };
+    let ids = [("AZURE_TENANT_ID", "t"), ("AZURE_CLIENT_ID", "c")];
+    // Nothing set: the managed identity (system-assigned); a client id picks a user-assigned one.
+    assert_eq!(
+        azure("", &[]).unwrap(),
+        AzureCredentials::Entra(EntraSource::ManagedIdentity { client_id: None })
+    );
+    assert_eq!(
+        azure("", &ids[1..]).unwrap(),
+        AzureCredentials::Entra(EntraSource::ManagedIdentity {
+            client_id: Some("c".into())
+        })
+    );
+    // AKS workload identity's three variables.
+    let mut env = ids.to_vec();
+    env.push(("AZURE_FEDERATED_TOKEN_FILE", "/var/run/token"));
+    assert_eq!(
+        azure("", &env).unwrap(),
+        AzureCredentials::Entra(EntraSource::WorkloadIdentity {
+            tenant_id: "t".into(),
+            client_id: "c".into(),
+            token_file: "/var/run/token".into(),
+        })
+    );
+    // A client secret wins, as in Azure's SDKs; it never shows in Debug.
+    env.push(("AZURE_CLIENT_SECRET", "s3cr3t"));
+    let creds = azure("", &env).unwrap();
+    assert_eq!(
+        creds,
+        AzureCredentials::Entra(EntraSource::ClientSecret {
+            tenant_id: "t".into(),
+            client_id: "c".into(),
+            secret: "s3cr3t".into(),
+        })
+    );
+    assert!(!format!("{creds:?}").contains("s3cr3t"), "{creds:?}");
+    // Half a source is a problem naming the missing variable.
+    let e = azure(
+        "",
+        &[
+            ("AZURE_FEDERATED_TOKEN_FILE", "/t"),
+            ("AZURE_CLIENT_ID", "c"),
+        ],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("origin.azureblob.credentials: entra: env AZURE_FEDERATED_TOKEN_FILE is set but AZURE_TENANT_ID is not"),
+        "{e}"
+    );
+    // A key or SAS beside it, and a plain-http authority host, are refused by name.
+    let e = azure("    account_key: a2V5\n    sas_token: sv=1\n", &[]).unwrap_err();
+    let keys: Vec<&str> = e.problems().iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        vec!["origin.azureblob.account_key", "origin.azureblob.sas_token"]
+    );
+    let e = azure("", &[("AZURE_AUTHORITY_HOST", "http://login.example")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("AZURE_AUTHORITY_HOST must be an https:// URL"),
+        "{e}"
+    );
+    // credentials: sas without the token; shared_key with one.
+    let base = "origin:\n  id: x\n  driver: azureblob\n  azureblob:\n    account: acct\n";
+    let e =
+        from_yaml_str_with_env(&format!("{base}    credentials: sas\n"), &env_of(&[])).unwrap_err();
+    assert_eq!(e.problems()[0].key, "origin.azureblob.sas_token");
+    let e = from_yaml_str_with_env(
+        &format!("{base}    credentials: shared_key\n    sas_token: sv=1\n"),
+        &env_of(&[("AZURE_STORAGE_KEY", "a2V5")]),
+    )
+    .unwrap_err();
+    assert_eq!(e.problems()[0].key, "origin.azureblob.sas_token");
+    let e = from_yaml_str_with_env(&format!("{base}    credentials: oauth\n"), &env_of(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("origin.azureblob.credentials"), "{e}");
+}

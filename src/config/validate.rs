@@ -9,17 +9,18 @@ use std::path::PathBuf;
 
 use super::file::MemoryTierFile;
 use super::file::{
-    AzureBlobFile, CacheStoreDriverName, CacheStoreFile, ChunkingFile, ClusterFile, EdgeAuthFile,
-    EdgeFile, FsStoreFile, LimitsFile, ListenFile, LogFormatName, LoggingFile, MetadataFile,
-    OrcaFile, OriginDriverName, OriginFile, S3OriginFile, S3StoreFile, TlsFile,
+    AzureBlobFile, AzureCredentialsName, CacheStoreDriverName, CacheStoreFile, ChunkingFile,
+    ClusterFile, EdgeAuthFile, EdgeFile, FsStoreFile, LimitsFile, ListenFile, LogFormatName,
+    LoggingFile, MetadataFile, OrcaFile, OriginDriverName, OriginFile, S3OriginFile, S3StoreFile,
+    TlsFile,
 };
 use super::units::SizeOrPercent;
 use super::validated::MemoryTier;
 use super::validated::{
     AzureBlobConfig, AzureCredentials, CacheStoreConfig, CatalogConfig, Chunking, ClusterConfig,
-    Config, DnsConfig, EdgeAuthConfig, EdgeConfig, EnvLookup, FsLimits, Limits, Listen, LocalTier,
-    LogFormat, Logging, MetadataConfig, OriginConfig, OriginDriver, Problem, S3Credentials,
-    S3OriginConfig, Tier, LOG_LEVELS, MAX_CHUNK_SIZE, MAX_READAHEAD,
+    Config, DnsConfig, EdgeAuthConfig, EdgeConfig, EntraSource, EnvLookup, FsLimits, Limits,
+    Listen, LocalTier, LogFormat, Logging, MetadataConfig, OriginConfig, OriginDriver, Problem,
+    S3Credentials, S3OriginConfig, Tier, LOG_LEVELS, MAX_CHUNK_SIZE, MAX_READAHEAD,
 };
 use crate::net::tls::TlsFiles;
 
@@ -449,7 +450,111 @@ fn azure_origin(p: &mut Problems, file: AzureBlobFile, env: &Env<'_>) -> Option<
     }
     let endpoint = p.check("origin.azureblob.endpoint", endpoint_url(&endpoint, true));
 
-    let credentials = match (file.account_key, file.sas_token) {
+    let credentials = match file.credentials {
+        Some(AzureCredentialsName::Entra) => {
+            entra_credentials(p, file.account_key.is_some(), file.sas_token.is_some(), env)
+        }
+        Some(AzureCredentialsName::SharedKey) if file.sas_token.is_some() => {
+            p.push(
+                "origin.azureblob.sas_token",
+                "set with credentials: shared_key; remove one of them",
+            );
+            None
+        }
+        Some(AzureCredentialsName::Sas) if file.sas_token.is_none() => {
+            p.push(
+                "origin.azureblob.sas_token",
+                "required with credentials: sas (the token, with or without its leading ?)",
+            );
+            None
+        }
+        _ => key_or_sas(p, file.account_key, file.sas_token, env),
+    };
+    match &credentials {
+        Some(AzureCredentials::SharedKey(key)) if key.trim().is_empty() => {
+            p.push("origin.azureblob.account_key", "must not be empty when set");
+        }
+        Some(AzureCredentials::Sas(sas)) if sas.trim().is_empty() => {
+            p.push("origin.azureblob.sas_token", "must not be empty when set");
+        }
+        _ => {}
+    }
+    let config = AzureBlobConfig {
+        account,
+        endpoint: endpoint?,
+        credentials: credentials?,
+    };
+    unless_new_problems(p, before, config)
+}
+
+/// `credentials: entra`: no key or SAS beside it, and a source the environment describes
+/// completely (a half-set one is a problem naming the missing variable, not a silent fall
+/// to managed identity).
+fn entra_credentials(
+    p: &mut Problems,
+    has_key: bool,
+    has_sas: bool,
+    env: &Env<'_>,
+) -> Option<AzureCredentials> {
+    let before = p.len();
+    if has_key {
+        p.push(
+            "origin.azureblob.account_key",
+            "set with credentials: entra; remove one of them",
+        );
+    }
+    if has_sas {
+        p.push(
+            "origin.azureblob.sas_token",
+            "set with credentials: entra; remove one of them",
+        );
+    }
+    if let Some(host) = env.get("AZURE_AUTHORITY_HOST") {
+        if !host.starts_with("https://") {
+            p.push(
+                "origin.azureblob.credentials",
+                format!("entra: env AZURE_AUTHORITY_HOST must be an https:// URL, not \"{host}\""),
+            );
+        }
+    }
+    let mut need = |var: &str, because: &str| {
+        let value = env.get(var);
+        if value.is_none() {
+            p.push(
+                "origin.azureblob.credentials",
+                format!("entra: env {because} is set but {var} is not"),
+            );
+        }
+        value.unwrap_or_default()
+    };
+    let source = if let Some(secret) = env.get("AZURE_CLIENT_SECRET") {
+        EntraSource::ClientSecret {
+            tenant_id: need("AZURE_TENANT_ID", "AZURE_CLIENT_SECRET"),
+            client_id: need("AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET"),
+            secret,
+        }
+    } else if let Some(token_file) = env.get("AZURE_FEDERATED_TOKEN_FILE") {
+        EntraSource::WorkloadIdentity {
+            tenant_id: need("AZURE_TENANT_ID", "AZURE_FEDERATED_TOKEN_FILE"),
+            client_id: need("AZURE_CLIENT_ID", "AZURE_FEDERATED_TOKEN_FILE"),
+            token_file,
+        }
+    } else {
+        EntraSource::ManagedIdentity {
+            client_id: env.get("AZURE_CLIENT_ID"),
+        }
+    };
+    (p.len() == before).then_some(AzureCredentials::Entra(source))
+}
+
+/// Without `credentials: entra`: a shared key or a SAS token, whichever is set.
+fn key_or_sas(
+    p: &mut Problems,
+    account_key: Option<String>,
+    sas_token: Option<String>,
+    env: &Env<'_>,
+) -> Option<AzureCredentials> {
+    match (account_key, sas_token) {
         (Some(_), Some(_)) => {
             p.push(
                 "origin.azureblob",
@@ -467,27 +572,12 @@ fn azure_origin(p: &mut Problems, file: AzureBlobFile, env: &Env<'_>) -> Option<
                 p.push(
                     "origin.azureblob",
                     "no credentials found: set env AZURE_STORAGE_KEY, or account_key or \
-                     sas_token under origin.azureblob",
+                     sas_token under origin.azureblob, or credentials: entra (Entra ID)",
                 );
             }
             key.map(AzureCredentials::SharedKey)
         }
-    };
-    match &credentials {
-        Some(AzureCredentials::SharedKey(key)) if key.trim().is_empty() => {
-            p.push("origin.azureblob.account_key", "must not be empty when set");
-        }
-        Some(AzureCredentials::Sas(sas)) if sas.trim().is_empty() => {
-            p.push("origin.azureblob.sas_token", "must not be empty when set");
-        }
-        _ => {}
     }
-    let config = AzureBlobConfig {
-        account,
-        endpoint: endpoint?,
-        credentials: credentials?,
-    };
-    unless_new_problems(p, before, config)
 }
 
 fn edge(p: &mut Problems, file: EdgeFile, env: &Env<'_>) -> Option<EdgeConfig> {

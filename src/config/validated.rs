@@ -174,6 +174,59 @@ pub enum AzureCredentials {
     SharedKey(String),
     /// A SAS token, without the leading `?`.
     Sas(String),
+    /// Entra ID bearer tokens (`credentials: entra`), from the source the environment names.
+    Entra(EntraSource),
+}
+
+/// Where Entra ID tokens come from (`origin.azureblob.credentials: entra`), chosen from the
+/// environment in the order of Azure's SDKs: a client secret, workload identity, managed
+/// identity.
+#[derive(Clone, PartialEq, Eq)]
+pub enum EntraSource {
+    /// `AZURE_CLIENT_SECRET` with `AZURE_TENANT_ID` and `AZURE_CLIENT_ID`: a service
+    /// principal's secret.
+    ClientSecret {
+        /// `AZURE_TENANT_ID`.
+        tenant_id: String,
+        /// `AZURE_CLIENT_ID`.
+        client_id: String,
+        /// `AZURE_CLIENT_SECRET`.
+        secret: String,
+    },
+    /// `AZURE_FEDERATED_TOKEN_FILE` with `AZURE_TENANT_ID` and `AZURE_CLIENT_ID` (AKS
+    /// workload identity's webhook sets all three): the file's token is exchanged for one.
+    WorkloadIdentity {
+        /// `AZURE_TENANT_ID`.
+        tenant_id: String,
+        /// `AZURE_CLIENT_ID`.
+        client_id: String,
+        /// `AZURE_FEDERATED_TOKEN_FILE`, read again at each exchange (the kubelet rotates it).
+        token_file: String,
+    },
+    /// Neither of the above: the VM's or node's managed identity through IMDS; with
+    /// `AZURE_CLIENT_ID`, that user-assigned identity.
+    ManagedIdentity {
+        /// `AZURE_CLIENT_ID`, when set.
+        client_id: Option<String>,
+    },
+}
+
+impl EntraSource {
+    /// The name `/readyz` and the log use.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EntraSource::ClientSecret { .. } => "client-secret",
+            EntraSource::WorkloadIdentity { .. } => "workload-identity",
+            EntraSource::ManagedIdentity { .. } => "managed-identity",
+        }
+    }
+}
+
+impl fmt::Debug for EntraSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the secret.
+        f.write_str(self.name())
+    }
 }
 
 impl fmt::Debug for AzureCredentials {
@@ -181,6 +234,7 @@ impl fmt::Debug for AzureCredentials {
         match self {
             AzureCredentials::SharedKey(_) => f.write_str("SharedKey(<redacted>)"),
             AzureCredentials::Sas(_) => f.write_str("Sas(<redacted>)"),
+            AzureCredentials::Entra(source) => write!(f, "Entra({source:?})"),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The HTTP client the AWS credential providers (STS, IMDS, container endpoints) send their
-//! requests with: Orca's own Pingora connector (rustls), behind smithy's [`HttpClient`] trait.
+//! requests with: Orca's own Pingora connector (rustls), behind smithy's [`HttpClient`] trait;
+//! [`send_once`] is also what the Azure identity client ([`super::azure_http`]) sends with.
 //!
 //! aws-config's own client (hyper-rustls over aws-lc-sys) would be a second TLS stack with a C
 //! build. Credential requests are rare (one per credential lifetime) and small, so each one
@@ -88,75 +89,129 @@ fn io_error(e: impl std::fmt::Display) -> ConnectorError {
 
 impl OrcaConnector {
     async fn exchange(&self, request: HttpRequest) -> Result<HttpResponse, ConnectorError> {
-        let uri: http::Uri = request.uri().parse().map_err(user_error)?;
-        let scheme = uri.scheme_str().unwrap_or("http");
-        let authority = uri
-            .authority()
-            .ok_or_else(|| user_error("a URL without a host"))?;
-        let endpoint = Endpoint::parse(&format!("{scheme}://{authority}")).map_err(user_error)?;
-        let target = uri.path_and_query().map_or("/", |p| p.as_str());
         let body: Bytes = match request.body().bytes() {
             Some(b) => Bytes::copy_from_slice(b),
             None => return Err(user_error("a streaming request body")),
         };
-        let mut req =
-            RequestHeader::build(request.method(), target.as_bytes(), None).map_err(user_error)?;
-        req.insert_header("host", endpoint.authority())
-            .map_err(user_error)?;
-        for (name, value) in request.headers().iter() {
-            if name.eq_ignore_ascii_case("host") || name.eq_ignore_ascii_case("content-length") {
-                continue;
-            }
-            req.append_header(name.to_string(), value)
-                .map_err(user_error)?;
-        }
-        if !body.is_empty() || matches!(request.method(), "POST" | "PUT") {
-            req.insert_header("content-length", body.len().to_string())
-                .map_err(user_error)?;
-        }
-        let addr = self
-            .resolver
-            .resolve(&endpoint.host, endpoint.port)
-            .await
-            .map_err(io_error)?;
-        let mut peer = make_peer(addr, endpoint.tls, &endpoint.host, self.read);
-        peer.options.connection_timeout = Some(self.connect);
-        peer.options.total_connection_timeout = Some(self.connect);
-        // A connection of its own, closed after the answer (see the module's comment).
-        let pool = ConnPool::new();
-        let (mut session, _) = pool.get_http_session(&peer).await.map_err(io_error)?;
-        session
-            .write_request_header(Box::new(req))
-            .await
-            .map_err(io_error)?;
-        if !body.is_empty() {
-            session
-                .write_request_body(body, false)
-                .await
-                .map_err(io_error)?;
-        }
-        session.finish_request_body().await.map_err(io_error)?;
-        session.read_response_header().await.map_err(io_error)?;
-        let header = session
-            .response_header()
-            .cloned()
-            .ok_or_else(|| io_error("no response header"))?;
-        let mut answer = Vec::new();
-        while let Some(piece) = session.read_response_body().await.map_err(io_error)? {
-            if answer.len() + piece.len() > MAX_BODY {
-                return Err(io_error(format!("an answer over {MAX_BODY} bytes")));
-            }
-            answer.extend_from_slice(&piece);
-        }
-        let status = StatusCode::try_from(header.status.as_u16()).map_err(io_error)?;
-        let mut response = HttpResponse::new(status, SdkBody::from(answer));
-        for (name, value) in header.headers.iter() {
-            if let Ok(v) = value.to_str() {
-                response
-                    .headers_mut()
-                    .append(name.as_str().to_string(), v.to_string());
-            }
+        let headers = request.headers().iter().map(|(n, v)| (n, v.as_bytes()));
+        let answer = send_once(
+            request.method(),
+            request.uri(),
+            headers,
+            body,
+            self.connect,
+            self.read,
+            &self.resolver,
+        )
+        .await
+        .map_err(|e| match e {
+            OnceError::Request(m) => user_error(m),
+            OnceError::Io(m) => io_error(m),
+        })?;
+        let status = StatusCode::try_from(answer.status).map_err(io_error)?;
+        let mut response = HttpResponse::new(status, SdkBody::from(answer.body));
+        for (name, value) in answer.headers {
+            response.headers_mut().append(name, value);
         }
         Ok(response)
     }
+}
+
+/// Why [`send_once`] failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OnceError {
+    /// The request cannot be sent as given (a bad URL or header).
+    #[error("{0}")]
+    Request(String),
+    /// Connecting, writing or reading failed.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// A whole answer of [`send_once`]: status, headers (those with text values), body.
+pub(crate) struct OnceAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// Sends one request on a connection of its own (closed after the answer; see the module's
+/// comment) and reads the whole answer, up to [`MAX_BODY`]. Shared by the AWS providers'
+/// client and the Azure identity one ([`super::azure_http`]). No overall deadline: callers
+/// put one around it.
+pub(crate) async fn send_once<'a>(
+    method: &str,
+    url: &str,
+    headers: impl Iterator<Item = (&'a str, &'a [u8])>,
+    body: Bytes,
+    connect: Duration,
+    read: Duration,
+    resolver: &Resolver,
+) -> Result<OnceAnswer, OnceError> {
+    let bad = |e: &dyn std::fmt::Display| OnceError::Request(e.to_string());
+    let io = |e: &dyn std::fmt::Display| OnceError::Io(e.to_string());
+    let uri: http::Uri = url.parse().map_err(|e| bad(&e))?;
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let authority = uri
+        .authority()
+        .ok_or_else(|| OnceError::Request("a URL without a host".into()))?;
+    let endpoint = Endpoint::parse(&format!("{scheme}://{authority}")).map_err(|e| bad(&e))?;
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut req = RequestHeader::build(method, target.as_bytes(), None).map_err(|e| bad(&e))?;
+    req.insert_header("host", endpoint.authority())
+        .map_err(|e| bad(&e))?;
+    for (name, value) in headers {
+        if name.eq_ignore_ascii_case("host") || name.eq_ignore_ascii_case("content-length") {
+            continue;
+        }
+        req.append_header(name.to_string(), value)
+            .map_err(|e| bad(&e))?;
+    }
+    if !body.is_empty() || matches!(method, "POST" | "PUT") {
+        req.insert_header("content-length", body.len().to_string())
+            .map_err(|e| bad(&e))?;
+    }
+    let addr = resolver
+        .resolve(&endpoint.host, endpoint.port)
+        .await
+        .map_err(|e| io(&e))?;
+    let mut peer = make_peer(addr, endpoint.tls, &endpoint.host, read);
+    peer.options.connection_timeout = Some(connect);
+    peer.options.total_connection_timeout = Some(connect);
+    // A connection of its own, closed after the answer (see the module's comment).
+    let pool = ConnPool::new();
+    let (mut session, _) = pool.get_http_session(&peer).await.map_err(|e| io(&e))?;
+    session
+        .write_request_header(Box::new(req))
+        .await
+        .map_err(|e| io(&e))?;
+    if !body.is_empty() {
+        session
+            .write_request_body(body, false)
+            .await
+            .map_err(|e| io(&e))?;
+    }
+    session.finish_request_body().await.map_err(|e| io(&e))?;
+    session.read_response_header().await.map_err(|e| io(&e))?;
+    let header = session
+        .response_header()
+        .cloned()
+        .ok_or_else(|| OnceError::Io("no response header".into()))?;
+    let mut answer = Vec::new();
+    while let Some(piece) = session.read_response_body().await.map_err(|e| io(&e))? {
+        if answer.len() + piece.len() > MAX_BODY {
+            return Err(OnceError::Io(format!("an answer over {MAX_BODY} bytes")));
+        }
+        answer.extend_from_slice(&piece);
+    }
+    let headers = header
+        .headers
+        .iter()
+        .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    Ok(OnceAnswer {
+        status: header.status.as_u16(),
+        headers,
+        body: answer,
+    })
 }

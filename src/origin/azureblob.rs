@@ -1,7 +1,8 @@
 //! The Azure Blob Storage origin driver: Get Blob Properties for HEAD, ranged Get Blob pinned
 //! with `If-Match` for chunks, List Blobs translated to S3 listing XML, Get Container Properties
-//! for HeadBucket. Requests are authorized with the account's Shared Key ([`sign`]) or a SAS
-//! token appended to the query.
+//! for HeadBucket. Requests are authorized with the account's Shared Key ([`sign`]), a SAS
+//! token appended to the query, or an Entra ID bearer token (`Authorization: Bearer`, which
+//! `x-ms-version` 2017-11-09 and later accept; Orca sends [`API_VERSION`]).
 //!
 //! What S3 clients see: the bucket is the container, the key is the blob name (encoded with
 //! [`encode_key`], so spaces, `+`, `%`, unicode and runs of `/` read back byte-exact), ETags are
@@ -16,6 +17,7 @@ use super::{
 };
 use crate::chunk::Chunk;
 use crate::config::{AzureBlobConfig, AzureCredentials};
+use crate::credentials::azure::{EntraChain, EntraError};
 use crate::metrics::ORIGIN_REQUESTS;
 use crate::net::encode::{encode_key, encode_query_value};
 use crate::net::http::{
@@ -29,6 +31,7 @@ use list::{AzurePage, Cursor};
 use pingora::upstreams::peer::HttpPeer;
 use pingora_http::{RequestHeader, ResponseHeader};
 use sign::{SharedKey, API_VERSION};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Largest List Blobs page read (5000 names of 1 KiB with their properties fit many times).
@@ -52,6 +55,8 @@ pub enum AzureAuth {
     SharedKey(SharedKey),
     /// A SAS token (without the leading `?`), appended to every request's query.
     Sas(String),
+    /// Entra ID bearer tokens, fetched and refreshed by the chain.
+    Entra(Arc<EntraChain>),
 }
 
 impl std::fmt::Debug for AzureAuth {
@@ -60,6 +65,7 @@ impl std::fmt::Debug for AzureAuth {
         match self {
             AzureAuth::SharedKey(k) => write!(f, "SharedKey({})", k.account()),
             AzureAuth::Sas(_) => write!(f, "Sas(<redacted>)"),
+            AzureAuth::Entra(chain) => write!(f, "Entra({})", chain.source()),
         }
     }
 }
@@ -97,6 +103,9 @@ pub enum AzureSetupError {
     /// The account key is not base64.
     #[error("origin.azureblob account key: {0}")]
     Key(String),
+    /// azure_identity refused the Entra ID settings.
+    #[error(transparent)]
+    Entra(#[from] EntraError),
 }
 
 impl AzureBlobOrigin {
@@ -136,6 +145,7 @@ impl AzureBlobOrigin {
                     .map_err(|e| AzureSetupError::Key(e.to_string()))?,
             ),
             AzureCredentials::Sas(sas) => AzureAuth::Sas(sas.clone()),
+            AzureCredentials::Entra(source) => AzureAuth::Entra(EntraChain::new(source)?),
         };
         Self::new(&config.endpoint, auth, timeout)
     }
@@ -191,13 +201,58 @@ impl AzureBlobOrigin {
         for (name, value) in &headers {
             req.insert_header(name.to_string(), *value).map_err(bad)?;
         }
-        if let AzureAuth::SharedKey(key) = &self.auth {
-            let auth = key
-                .authorization(method, &path, query, &headers)
-                .map_err(|e| OriginError::Protocol(format!("cannot sign: {e}")))?;
-            req.insert_header("authorization", auth).map_err(bad)?;
+        match &self.auth {
+            AzureAuth::SharedKey(key) => {
+                let auth = key
+                    .authorization(method, &path, query, &headers)
+                    .map_err(|e| OriginError::Protocol(format!("cannot sign: {e}")))?;
+                req.insert_header("authorization", auth).map_err(bad)?;
+            }
+            AzureAuth::Entra(chain) => {
+                // `prepare` ran just before; a token that expired since is a transient miss.
+                let token = chain.authorization().ok_or_else(|| {
+                    OriginError::Transient("no usable Entra ID token".to_string())
+                })?;
+                req.insert_header("authorization", &*token).map_err(bad)?;
+            }
+            AzureAuth::Sas(_) => {}
         }
         Ok(req)
+    }
+
+    /// [`AzureBlobOrigin::request`] after making sure it can be authorized (an Entra ID token
+    /// fetched when there is no usable one): for callers outside the `Origin` methods
+    /// (`orcaseed`'s writes).
+    pub async fn authorized_request(
+        &self,
+        method: &str,
+        container: &str,
+        blob: Option<&str>,
+        query: &[(&str, &str)],
+        extra: &[(&str, &str)],
+    ) -> Result<RequestHeader, OriginError> {
+        self.prepare().await?;
+        self.request(method, container, blob, query, extra)
+    }
+
+    /// The Entra ID chain, when requests carry its tokens.
+    pub fn entra(&self) -> Option<&Arc<EntraChain>> {
+        match &self.auth {
+            AzureAuth::Entra(chain) => Some(chain),
+            _ => None,
+        }
+    }
+
+    /// Makes sure a request can be authorized: with Entra ID, fetches a token when there is
+    /// no usable one (a refresh before expiry runs in the background).
+    async fn prepare(&self) -> Result<(), OriginError> {
+        match &self.auth {
+            AzureAuth::Entra(chain) => chain
+                .ensure()
+                .await
+                .map_err(|e| OriginError::Transient(e.to_string())),
+            _ => Ok(()),
+        }
     }
 
     /// Sends a request without a body and returns the whole (bounded) answer.
@@ -257,6 +312,7 @@ impl AzureBlobOrigin {
         }
         query.push(("maxresults", &max_results));
         with_retries(OriginError::is_retryable, |_| async {
+            self.prepare().await?;
             let req = self.request("GET", container, None, &query, &[])?;
             let resp = self.send("list", req, MAX_LIST_BODY).await?;
             match resp.header.status.as_u16() {
@@ -311,6 +367,7 @@ impl Origin for AzureBlobOrigin {
         if !is_container_name(bucket) {
             return Err(OriginError::BucketNotFound);
         }
+        self.prepare().await?;
         let req = self.request("HEAD", bucket, Some(key), &[], &[])?;
         let resp = self.send("head", req, 64 * 1024).await?;
         let h = &resp.header;
@@ -394,6 +451,7 @@ impl Origin for AzureBlobOrigin {
         if !is_container_name(bucket) {
             return Err(OriginError::BucketNotFound);
         }
+        self.prepare().await?;
         let req = self.request("HEAD", bucket, None, &[("restype", "container")], &[])?;
         let resp = self.send("head", req, 64 * 1024).await?;
         match resp.header.status.as_u16() {
@@ -404,6 +462,8 @@ impl Origin for AzureBlobOrigin {
     }
 
     async fn chunk_peer(&self, _bucket: &str) -> Result<HttpPeer, OriginError> {
+        // The chunk request is authorized right after, synchronously.
+        self.prepare().await?;
         self.peer().await
     }
 

@@ -332,13 +332,14 @@ impl Store {
                 .await
                 .map_err(|e| self.failed(OP, key, e.to_string()))?,
             Backend::Azure { origin, .. } => origin
-                .request(
+                .authorized_request(
                     "PUT",
                     &self.bucket,
                     Some(key),
                     &[],
                     &[("content-length", &len), ("x-ms-blob-type", "BlockBlob")],
                 )
+                .await
                 .map_err(|e| self.failed(OP, key, e.to_string()))?,
         };
         let mut reader = BodyReader::open(body).await?;
@@ -466,7 +467,8 @@ impl Store {
             }
             query.push(("maxresults", &max));
             let req = origin
-                .request("GET", &self.bucket, None, &query, &[])
+                .authorized_request("GET", &self.bucket, None, &query, &[])
+                .await
                 .map_err(|e| self.failed(OP, prefix, e.to_string()))?;
             let resp = self.send(OP, prefix, req, MAX_LIST_BODY).await?;
             if resp.header.status.as_u16() != 200 {
@@ -505,13 +507,14 @@ impl Store {
             }
             Backend::Azure { origin, .. } => {
                 let req = origin
-                    .request(
+                    .authorized_request(
                         "PUT",
                         &self.bucket,
                         None,
                         &[("restype", "container")],
                         &[("content-length", "0")],
                     )
+                    .await
                     .map_err(|e| self.failed(OP, "", e.to_string()))?;
                 self.send(OP, "", req, MAX_SMALL_BODY).await?
             }
@@ -539,7 +542,8 @@ impl Store {
                 .await
                 .map_err(|e| self.failed(OP, key, e.to_string()))?,
             Backend::Azure { origin, .. } => origin
-                .request("DELETE", &self.bucket, Some(key), &[], &[])
+                .authorized_request("DELETE", &self.bucket, Some(key), &[], &[])
+                .await
                 .map_err(|e| self.failed(OP, key, e.to_string()))?,
         };
         let resp = self.send(OP, key, req, MAX_SMALL_BODY).await?;

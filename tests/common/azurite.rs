@@ -41,6 +41,11 @@ pub struct Azurite {
 
 impl Azurite {
     pub fn start() -> Azurite {
+        Azurite::start_with(&[])
+    }
+
+    /// Azurite with `extra` arguments (HTTPS and OAuth: `tests/common/entra.rs`).
+    pub fn start_with(extra: &[String]) -> Azurite {
         let dir = tempfile::Builder::new()
             .prefix("orca-azurite-")
             .tempdir()
@@ -56,7 +61,8 @@ impl Azurite {
                 cmd.args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
                     .arg("--location")
                     .arg(dir.path().join("data"))
-                    .args(["--skipApiVersionCheck", "--disableTelemetry", "--silent"]);
+                    .args(["--skipApiVersionCheck", "--disableTelemetry", "--silent"])
+                    .args(extra);
                 cmd
             },
         );

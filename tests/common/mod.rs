@@ -12,6 +12,7 @@
 pub mod azurite;
 pub mod cases;
 pub mod fleet;
+pub mod entra;
 pub mod httpc;
 pub mod moto;
 pub mod orca;
