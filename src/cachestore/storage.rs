@@ -98,6 +98,11 @@ struct FlightState {
     /// Why the spool failed: the flight then keeps the rest of its chunk in memory.
     spool_error: Option<String>,
     status: FlightStatus,
+    /// A sub-range fill ([`SparseFill`]): the byte ranges of the chunk written to the spool so
+    /// far, sorted and merged. Such a flight holds no piece: its writers write each sub-range
+    /// straight to the spool at its offset, in any order, and readers read the spool where
+    /// their next byte is present. `len`, `base` and `spooled` all count the bytes written.
+    sparse: Option<Vec<(u64, u64)>>,
 }
 
 impl FlightState {
@@ -177,6 +182,7 @@ impl Flight {
                 spooled: 0,
                 spool_error: None,
                 status: FlightStatus::Filling,
+                sparse: None,
             }),
             changed,
             permit: Mutex::new(Some(permit)),
@@ -255,6 +261,21 @@ impl Flight {
         let s = self.state.lock();
         if let FlightStatus::Failed(e) = &s.status {
             return Next::Failed(e.clone());
+        }
+        if let Some(present) = &s.sparse {
+            let Some(&(_, end)) = present.iter().find(|(a, b)| *a <= pos && pos < *b) else {
+                return match &s.status {
+                    FlightStatus::Filling => Next::Wait,
+                    _ => Next::End,
+                };
+            };
+            return match &self.spool {
+                Some(spool) => {
+                    let want = (end.min(to) - pos).min(PIECE as u64);
+                    Next::Spool(spool.clone(), want as usize)
+                }
+                None => Next::Failed("a sub-range fill without a spool".into()),
+            };
         }
         if pos < s.base {
             return match &self.spool {
@@ -534,6 +555,17 @@ impl ChunkStorage {
         self.lookup_chunk(chunk, 0, chunk.len, true, vouched).await
     }
 
+    /// [`ChunkStorage::open_for_fill`] of bytes `[from, to)` only (a sub-range fill's
+    /// requester).
+    pub async fn open_range_for_fill(
+        &self,
+        chunk: &Chunk,
+        (from, to): (u64, u64),
+        vouched: bool,
+    ) -> Option<ChunkHit> {
+        self.lookup_chunk(chunk, from, to, true, vouched).await
+    }
+
     async fn lookup_chunk(
         &self,
         chunk: &Chunk,
@@ -741,6 +773,197 @@ impl ChunkStorage {
         }
         let (pieces, len) = flight.pieces();
         self.store.commit(id, pieces, len).await
+    }
+}
+
+/// What [`ChunkStorage::begin_sparse`] found.
+pub enum SparseBegin {
+    /// A fill of the chunk is in flight already: read it.
+    Joined(ChunkHit),
+    /// This caller fills the chunk: write its sub-ranges to the [`SparseFill`]; the hit
+    /// reads the caller's own range of it as the bytes arrive.
+    Started(SparseFill, ChunkHit),
+    /// The store gives no spool for the chunk (none, or it failed): fill it in order.
+    NoSpool,
+}
+
+impl ChunkStorage {
+    /// Registers a sub-range fill of `chunk` (see [`SparseFill`]) unless a fill of it is in
+    /// flight already, and opens bytes `[from, to)` of whichever flight it is. Waits for a
+    /// flight permit (as [`Storage::get_miss_handler`] does), at most the stall timeout.
+    pub async fn begin_sparse(
+        &'static self,
+        chunk: &Chunk,
+        (from, to): (u64, u64),
+    ) -> std::result::Result<SparseBegin, String> {
+        let hit = |flight: Arc<Flight>| ChunkHit {
+            source: ChunkSource::Memory,
+            reader: Box::new(FlightReader::new(flight, from, to, self.stall_timeout)),
+            on_demand: true,
+            buffered: 0,
+        };
+        let live = |flights: &HashMap<ChunkId, Arc<Flight>>| {
+            flights.get(&chunk.id).filter(|f| !f.failed()).cloned()
+        };
+        if let Some(flight) = live(&self.flights.lock()) {
+            return Ok(SparseBegin::Joined(hit(flight)));
+        }
+        let permit = tokio::time::timeout(
+            self.stall_timeout,
+            self.flight_permits.clone().acquire_owned(),
+        )
+        .await
+        .map_err(|_| format!("no fill slot free within {:?}", self.stall_timeout))?
+        .map_err(|_| "flight permits closed".to_string())?;
+        let spool = match self.store.spool(&chunk.id, chunk.len).await {
+            Ok(Some(spool)) => spool,
+            Ok(None) => return Ok(SparseBegin::NoSpool),
+            Err(e) => {
+                tracing::warn!(chunk = %chunk.id, error = %e, "cannot create the fill's spool; filling it in order");
+                return Ok(SparseBegin::NoSpool);
+            }
+        };
+        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        let mut flight = Flight::new(chunk.clone(), tag, permit, Some(spool));
+        flight.state.get_mut().sparse = Some(Vec::new());
+        let flight = Arc::new(flight);
+        {
+            let mut flights = self.flights.lock();
+            // Registered by another caller meanwhile: join it (ours, unused, goes).
+            if let Some(other) = live(&flights) {
+                drop(flights);
+                return Ok(SparseBegin::Joined(hit(other)));
+            }
+            flights.insert(chunk.id.clone(), flight.clone());
+        }
+        tracing::debug!(chunk = %flight.name, tag, "sub-range fill registered");
+        let reader = hit(flight.clone());
+        Ok(SparseBegin::Started(
+            SparseFill {
+                storage: self,
+                flight,
+                finished: false,
+            },
+            reader,
+        ))
+    }
+}
+
+/// The writer of a sub-range fill: a flight whose chunk arrives as byte ranges in any order,
+/// each written straight to the spool at its offset (`pwrite`); readers are told which ranges
+/// are present (see [`FlightState::sparse`]). No byte of the chunk is held by the flight: the
+/// only memory is what each writer holds while its write is on the blocking pool. Complete
+/// when every byte is written once; then committed from the spool, as any spooled fill. A
+/// writer dropped before [`SparseFill::finish`] fails the flight: readers get an error, the
+/// spool goes, nothing is stored.
+pub struct SparseFill {
+    storage: &'static ChunkStorage,
+    flight: Arc<Flight>,
+    finished: bool,
+}
+
+impl SparseFill {
+    /// The chunk being filled.
+    pub fn chunk(&self) -> &Chunk {
+        &self.flight.chunk
+    }
+
+    /// Writes `pieces` at `offset` of the chunk (a part no write covered before).
+    pub async fn write_at(
+        &self,
+        offset: u64,
+        pieces: Vec<Bytes>,
+    ) -> std::result::Result<(), String> {
+        let n: u64 = pieces.iter().map(|p| p.len() as u64).sum();
+        if n == 0 {
+            return Ok(());
+        }
+        let end = offset + n;
+        if end > self.flight.chunk.len {
+            return Err(format!(
+                "bytes {offset}..{end} run past chunk {}'s {} bytes",
+                self.flight.name, self.flight.chunk.len
+            ));
+        }
+        let Some(spool) = self.flight.spool.clone() else {
+            return Err("a sub-range fill without a spool".into());
+        };
+        if self.flight.failed() {
+            return Err("the fill failed".into());
+        }
+        tokio::task::spawn_blocking(move || spool.write_at(&pieces, offset))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("writing the spool of {}: {e}", self.flight.name))?;
+        {
+            let mut s = self.flight.state.lock();
+            let present = s.sparse.get_or_insert_with(Vec::new);
+            if present.iter().any(|(a, b)| *a < end && offset < *b) {
+                return Err(format!(
+                    "bytes {offset}..{end} of {} written twice",
+                    self.flight.name
+                ));
+            }
+            present.push((offset, end));
+            present.sort_unstable();
+            let mut merged: Vec<(u64, u64)> = Vec::with_capacity(present.len());
+            for &(a, b) in present.iter() {
+                match merged.last_mut() {
+                    Some(last) if last.1 == a => last.1 = b,
+                    _ => merged.push((a, b)),
+                }
+            }
+            *present = merged;
+            s.len += n;
+            s.base += n;
+            s.spooled += n;
+        }
+        self.flight.changed.send_replace(());
+        Ok(())
+    }
+
+    /// Ends the fill: complete (committed in the background) when every byte of the chunk
+    /// was written, else failed.
+    pub fn finish(mut self) -> std::result::Result<(), String> {
+        self.finished = true;
+        let whole = {
+            let s = self.flight.state.lock();
+            s.sparse.as_deref() == Some(&[(0, self.flight.chunk.len)][..])
+        };
+        if !whole {
+            let msg = format!(
+                "chunk {} ended at {} of {} bytes",
+                self.flight.name,
+                self.flight.len(),
+                self.flight.chunk.len
+            );
+            self.fail_now(msg.clone());
+            return Err(msg);
+        }
+        self.flight.finish(FlightStatus::Complete);
+        tracing::debug!(chunk = %self.flight.name, "sub-range fill complete; committing in the background");
+        self.storage.commit_in_background(self.flight.clone());
+        Ok(())
+    }
+
+    /// Fails the fill: its readers get `msg`, nothing is stored, the next caller refills.
+    pub fn fail(mut self, msg: String) {
+        self.finished = true;
+        self.fail_now(msg);
+    }
+
+    fn fail_now(&self, msg: String) {
+        self.flight.finish(FlightStatus::Failed(msg));
+        self.storage.remove_flight(&self.flight);
+    }
+}
+
+impl Drop for SparseFill {
+    fn drop(&mut self) {
+        if !self.finished {
+            tracing::debug!(chunk = %self.flight.name, "sub-range fill abandoned before its end");
+            self.fail_now("the fill was abandoned".into());
+        }
     }
 }
 

@@ -111,6 +111,8 @@ fn defaults_from_a_file_with_only_origin_id() {
                 },
             ],
             readahead: 8,
+            subrange_size: 8 * MIB,
+            subrange_streams: 4,
         }
     );
     assert_eq!(
@@ -1123,5 +1125,36 @@ fn local_tier_in_front_of_the_shared_store() {
             "cachestore.local: is a tier in front of a shared store: only with driver: s3"
         ),
         "{got:?}"
+    );
+}
+
+#[test]
+fn subrange_keys_are_checked_and_named() {
+    let config = ok("origin:\n  id: x\nchunking:\n  subrange_size: 0\n  subrange_streams: 1\n");
+    assert_eq!(config.chunking.subrange_size, 0);
+    assert_eq!(config.chunking.subrange_streams, 1);
+    let config = ok("origin:\n  id: x\nchunking:\n  subrange_size: 2MiB\n  subrange_streams: 16\n");
+    assert_eq!(config.chunking.subrange_size, 2 * MIB);
+    assert_eq!(config.chunking.subrange_streams, 16);
+    let problems =
+        problems("origin:\n  id: x\nchunking:\n  subrange_size: 64KiB\n  subrange_streams: 0\n");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("chunking.subrange_size: 65536 bytes")),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("chunking.subrange_streams: 0 is outside")),
+        "{problems:?}"
+    );
+    let problems = problems("origin:\n  id: x\nchunking:\n  subrange_streams: 17\n");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("chunking.subrange_streams: 17")),
+        "{problems:?}"
     );
 }
