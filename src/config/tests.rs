@@ -1136,25 +1136,25 @@ fn subrange_keys_are_checked_and_named() {
     let config = ok("origin:\n  id: x\nchunking:\n  subrange_size: 2MiB\n  subrange_streams: 16\n");
     assert_eq!(config.chunking.subrange_size, 2 * MIB);
     assert_eq!(config.chunking.subrange_streams, 16);
-    let problems =
+    let found =
         problems("origin:\n  id: x\nchunking:\n  subrange_size: 64KiB\n  subrange_streams: 0\n");
     assert!(
-        problems
+        found
             .iter()
             .any(|p| p.starts_with("chunking.subrange_size: 65536 bytes")),
-        "{problems:?}"
+        "{found:?}"
     );
     assert!(
-        problems
+        found
             .iter()
             .any(|p| p.starts_with("chunking.subrange_streams: 0 is outside")),
-        "{problems:?}"
+        "{found:?}"
     );
-    let problems = problems("origin:\n  id: x\nchunking:\n  subrange_streams: 17\n");
+    let found = problems("origin:\n  id: x\nchunking:\n  subrange_streams: 17\n");
     assert!(
-        problems
+        found
             .iter()
             .any(|p| p.starts_with("chunking.subrange_streams: 17")),
-        "{problems:?}"
+        "{found:?}"
     );
 }
