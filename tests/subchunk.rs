@@ -169,6 +169,12 @@ async fn a_range_at_the_end_of_a_chunk_is_served_while_the_rest_still_arrives() 
         s.orca.metric_value_async("orca_origin_bytes_total").await,
         len as f64
     );
+    assert_eq!(
+        s.orca
+            .metric_value_async("orca_origin_requests_total{op=\"get\",status=\"206\"}")
+            .await,
+        ranges.len() as f64
+    );
     assert_eq!(chunk_files(root.path()), 1);
     let gets = ranges.len();
     let r = http_get(&s.url("big"), None).await.unwrap();

@@ -123,9 +123,18 @@ pub(super) async fn serve(
             FILL_JOINS.inc();
         }
         *source = Some(hit.source);
-        return answer(orca, session, chunk, range, hit, started, request_id)
-            .await
-            .map(Some);
+        let from_where = hit.source;
+        return answer(
+            orca,
+            session,
+            chunk,
+            range,
+            (hit, from_where),
+            started,
+            request_id,
+        )
+        .await
+        .map(Some);
     }
     let wait = orca.lock_timeout();
     let permit = match tokio::time::timeout(wait, orca.origin_permits.clone().acquire_owned()).await
@@ -147,6 +156,7 @@ pub(super) async fn serve(
             drop(permit);
             FILL_JOINS.inc();
             *source = Some(ChunkSource::Memory);
+            let hit = (hit, ChunkSource::Memory);
             answer(orca, session, chunk, range, hit, started, request_id)
                 .await
                 .map(Some)
@@ -155,6 +165,8 @@ pub(super) async fn serve(
             FILLS_INFLIGHT.inc();
             tokio::spawn(run_fill(orca.clone(), fill, permit, from));
             *source = Some(ChunkSource::Origin);
+            // The requester's own fill: its bytes come from the origin (the edge counts it so).
+            let hit = (hit, ChunkSource::Origin);
             answer(orca, session, chunk, range, hit, started, request_id)
                 .await
                 .map(Some)
@@ -174,14 +186,14 @@ async fn write_s3(session: &mut Session, e: &S3Error, request_id: &str) -> Resul
 }
 
 /// Answers bytes `[from, to)` of `hit` (`206`), or the whole chunk (`200`) when the request
-/// named no range. The header goes with the first byte: a fill that fails before it is
-/// answered with its error.
+/// named no range, naming `source` in `x-orca-source`. The header goes with the first byte: a
+/// fill that fails before it is answered with its error.
 async fn answer(
     orca: &Orca,
     session: &mut Session,
     chunk: &Chunk,
     range: Option<(u64, u64)>,
-    mut hit: ChunkHit,
+    (mut hit, source): (ChunkHit, ChunkSource),
     started: tokio::time::Instant,
     request_id: &str,
 ) -> Result<()> {
@@ -213,7 +225,7 @@ async fn answer(
             format!("bytes {from}-{}/{}", to - 1, chunk.len),
         )?;
     }
-    resp.insert_header(SOURCE_HEADER, hit.source.as_str())?;
+    resp.insert_header(SOURCE_HEADER, source.as_str())?;
     session.write_response_header(Box::new(resp), false).await?;
     let mut sent = first.len() as u64;
     session
