@@ -190,7 +190,7 @@ async fn a_range_at_the_end_of_a_chunk_is_served_while_the_rest_still_arrives() 
 /// The object changes between two sub-range GETs of one fill (the second is answered with
 /// another ETag, or `412`): the whole chunk fails, nothing is stored, no spool is left, and
 /// the next read fills it anew. Seen failing against a build that checks the ETag of the
-/// first sub-range only (the chunk was stored).
+/// first sub-range only (the client got the whole object, `200`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_etag_change_between_sub_ranges_fails_the_whole_chunk() {
     let root = tempfile::tempdir().unwrap();
