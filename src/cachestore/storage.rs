@@ -1616,6 +1616,93 @@ mod tests {
         );
     }
 
+    /// The bytes `a..b` of a `big_chunk`.
+    fn bytes_of(a: u64, b: u64) -> Vec<Bytes> {
+        vec![Bytes::from((a..b).map(byte).collect::<Vec<u8>>())]
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sub_range_fill_serves_each_part_as_it_lands_and_commits_once_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, store) = fs_storage(dir.path());
+        let len = 3 * FLIGHT_WINDOW;
+        let c = big_chunk(len);
+        let (fill, mut own) = match storage.begin_sparse(&c, (len - 100, len)).await.unwrap() {
+            SparseBegin::Started(fill, hit) => (fill, hit.reader),
+            _ => panic!("a new fill"),
+        };
+        // A second caller joins; so does the edge's lookup.
+        let mut joined = match storage.begin_sparse(&c, (0, len)).await.unwrap() {
+            SparseBegin::Joined(hit) => hit.reader,
+            _ => panic!("joins the fill in flight"),
+        };
+        // The tail first: the requester reads it while the front is still missing.
+        fill.write_at(len - FLIGHT_WINDOW, bytes_of(len - FLIGHT_WINDOW, len))
+            .await
+            .unwrap();
+        assert_eq!(
+            read_all(&mut own).await.unwrap(),
+            (len - 100..len).map(byte).collect::<Vec<_>>()
+        );
+        let front = tokio::time::timeout(Duration::from_millis(50), joined.next_piece()).await;
+        assert!(front.is_err(), "byte 0 is not there yet: the reader waits");
+        // Each range once.
+        assert!(fill
+            .write_at(len - 10, bytes_of(len - 10, len))
+            .await
+            .is_err());
+        fill.write_at(0, bytes_of(0, len - FLIGHT_WINDOW))
+            .await
+            .unwrap();
+        assert!(
+            !store.chunk_path(&c.id).exists(),
+            "nothing stored before the end"
+        );
+        fill.finish().unwrap();
+        assert_eq!(
+            read_all(&mut joined).await.unwrap(),
+            (0..len).map(byte).collect::<Vec<_>>()
+        );
+        settle(storage, &c).await;
+        let stored = std::fs::read(store.chunk_path(&c.id)).unwrap();
+        assert!(stored == (0..len).map(byte).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sub_range_fill_that_ends_short_or_dies_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, store) = fs_storage(dir.path());
+        let len = 2 * FLIGHT_WINDOW;
+        let c = big_chunk(len);
+        for finish in [true, false] {
+            let (fill, _) = match storage.begin_sparse(&c, (0, len)).await.unwrap() {
+                SparseBegin::Started(fill, hit) => (fill, hit),
+                _ => panic!("a new fill"),
+            };
+            let mut reader = storage.open(&c, 0, len).await.expect("the flight").reader;
+            fill.write_at(0, bytes_of(0, len - 1)).await.unwrap();
+            if finish {
+                assert!(fill.finish().is_err(), "one byte short");
+            } else {
+                drop(fill);
+            }
+            assert!(
+                read_all(&mut reader).await.is_err(),
+                "an error, never a clean end"
+            );
+            assert!(
+                storage.open(&c, 0, len).await.is_none(),
+                "the next reader refills"
+            );
+            assert!(!store.chunk_path(&c.id).exists());
+        }
+        assert_eq!(
+            temp_files(dir.path()),
+            Vec::<String>::new(),
+            "no spool left"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_spooled_fill_of_the_wrong_length_is_never_committed() {
         let dir = tempfile::tempdir().unwrap();
