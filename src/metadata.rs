@@ -337,7 +337,12 @@ mod tests {
         async fn chunk_peer(&self, _b: &str) -> Result<HttpPeer, OriginError> {
             Err(OriginError::Timeout)
         }
-        fn chunk_request(&self, _c: &crate::chunk::Chunk) -> Result<RequestHeader, OriginError> {
+        fn range_request(
+            &self,
+            _c: &crate::chunk::Chunk,
+            _first: u64,
+            _last: u64,
+        ) -> Result<RequestHeader, OriginError> {
             Err(OriginError::Timeout)
         }
     }

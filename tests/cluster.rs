@@ -531,3 +531,75 @@ async fn a_coordinators_timeout_falls_back_to_a_local_fill() {
         "then the entry replica filled the chunk itself"
     );
 }
+
+/// A sub-range fill through a peer (issue 15): the client's 4 KiB at the end of a chunk that
+/// the other replica coordinates. The asking replica sends its part (`from`/`to`), the
+/// coordinator fetches that part first and answers it alone (`206`); the asking replica makes
+/// no origin request, and the coordinator fetches each byte of the chunk once. Seen failing
+/// against a build whose fill client does not send its part (the coordinator's first GET was
+/// the chunk's first sub-range).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_fills_the_part_asked_for_first_and_answers_it_alone() {
+    let extra =
+        "chunking:\n  size: 4MiB\n  tiers: []\n  subrange_size: 1MiB\n  subrange_streams: 2\n";
+    let fleet = Fleet::start(2, everyone, extra, false).await;
+    let chunk = 4 * MIB;
+    let data = deterministic_bytes(25, 8 * chunk);
+    let etag = fleet.put("parts", &data).await;
+    let peers = {
+        let mut p = fleet.addrs.clone();
+        p.sort();
+        p
+    };
+    let index = (0..8u64)
+        .find(|i| {
+            let id = ChunkId::from_fields("test-origin", BUCKET, "parts", &etag, chunk as u64, *i);
+            rendezvous::choose(&peers, &id) == Some(fleet.addrs[1].as_str())
+        })
+        .expect("replica 1 coordinates one of 8 chunks");
+    let end = (index as usize + 1) * chunk;
+    let range = format!("bytes={}-{}", end - 4096, end - 1);
+    let url = fleet.replicas[0].object_url(BUCKET, "parts");
+    let r = http_get(&url, Some(&range)).await.unwrap();
+    assert_eq!(r.status, 206);
+    assert!(r.body == data[end - 4096..end], "the tail's bytes differ");
+    assert_eq!(
+        fleet.replicas[0].metric_value("orca_peer_fills_total{result=\"ok\"}"),
+        1.0
+    );
+    assert_eq!(
+        fleet.proxies[0].counts().gets_with_range,
+        0,
+        "no local fill"
+    );
+    // The fill ended whole (its commit may fail on a nearly full shared disk, the fs store's
+    // default `min_free`: either way it was tried, once).
+    let ended = poll_until(std::time::Duration::from_secs(30), || {
+        let m = fleet.replicas[1].metrics();
+        let n = common::orca::metric_value_opt(&m, "orca_cachestore_commits_total").unwrap_or(0.0);
+        (n >= 1.0).then_some(n)
+    });
+    assert_eq!(ended, Some(1.0));
+    let log = fleet.proxies[1].counts().log;
+    let ranges: Vec<(usize, usize)> = log
+        .iter()
+        .filter_map(|r| r.range.as_deref())
+        .map(|r| {
+            let (a, b) = r.strip_prefix("bytes=").unwrap().split_once('-').unwrap();
+            (a.parse().unwrap(), b.parse::<usize>().unwrap() + 1)
+        })
+        .collect();
+    assert_eq!(
+        ranges[0],
+        (end - 4096, end),
+        "the client's part first: {ranges:?}"
+    );
+    let mut sorted = ranges.clone();
+    sorted.sort_unstable();
+    let mut at = end - chunk;
+    for (a, b) in &sorted {
+        assert_eq!(*a, at, "a gap or a byte fetched twice: {ranges:?}");
+        at = *b;
+    }
+    assert_eq!(at, end);
+}

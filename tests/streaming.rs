@@ -118,8 +118,11 @@ impl SlowClient {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_client_costs_only_the_fills_window_and_joiners_get_every_byte() {
     let root = tempfile::tempdir().unwrap();
+    // One GET per chunk (`subrange_size: 0`): the in-order fill, whose window this measures
+    // (sub-range fills are tests/subchunk.rs).
     let s = Stack::start(Origin::S3, "stream", |c| {
-        own_fs_store(c.chunk_size("64MiB"), root.path())
+        own_fs_store(c, root.path())
+            .extra_yaml("chunking:\n  size: 64MiB\n  tiers: []\n  subrange_size: 0\n")
     })
     .await;
     let data = deterministic_bytes(15, 64 * MIB);

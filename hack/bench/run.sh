@@ -11,7 +11,8 @@
 #   - Orca (fs cache store, 8 MiB chunks, no tiers, readahead 8) in front of each origin;
 #   - nginx proxy_cache + slice 8m (settings from nginx's slice docs) in front of each origin;
 #   - for figure 8, moto's S3 server as a shared cache store and 3 Orca replicas using it.
-# Then measures figures 1-8 of the issue, prints a table with targets and PASS/FAIL (targets are not
+# Then measures figures 1-12 of the issue (9-12: sub-range fills and peak memory, on Orca
+# instances of their own), prints a table with targets and PASS/FAIL (targets are not
 # assertions: the script exits 0 whatever they say, and non-zero only if something broke), and
 # writes $dir/results.tsv (every sample), $dir/summary.tsv, $dir/summary.json and a chart
 # $dir/benchmarks.png (a full run also copies the chart to docs/benchmarks.png).
@@ -251,8 +252,10 @@ $(slice_server "$p_slice_capped" origin_capped capped)
 EOF
 start_nginx slice "$dir/slice/nginx.conf"
 
-start_orca() { # name origin_port edge fill ops [store and cluster yaml]
+start_orca() { # name origin_port edge fill ops [store and cluster yaml] [chunking line]
     local name=$1
+    local chunking_line=${7:-}
+    [ -n "$chunking_line" ] || chunking_line="chunking: {size: $chunk, tiers: [], readahead: $readahead}"
     local store=${6:-"cachestore:
   driver: fs
   fs: {root: $dir/cache-$name}"}
@@ -265,7 +268,7 @@ listen:
   ops: 127.0.0.1:$5
 origin: {id: bench, driver: s3, s3: {endpoint: "http://127.0.0.1:$2", region: us-east-1, path_style: true, anonymous: true}}
 $store
-chunking: {size: $chunk, tiers: [], readahead: $readahead}
+${chunking_line}
 limits: {origin_concurrency: $origin_conc, readahead_memory: $ra_mem}
 logging: {level: warn, format: text}
 EOF
@@ -708,6 +711,101 @@ for name in orca orcac; do
     curl -s "http://127.0.0.1:$ops/metrics" | grep -E '^orca_(origin_requests|origin_bytes|chunk_reads)_total' \
         >"$dir/logs/$name.metrics" || true
 done
+
+# ---------------------------------------------------------------------------------------------
+# 9-12. Sub-range fills of large chunks (issue 15), on Orca instances and ports of their own.
+read -r p_t p_t_fill p_t_ops p_r p_r_fill p_r_ops p_r8 p_r8_fill p_r8_ops < <(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(9)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+')
+if $quick; then rss_big_clients=4; else rss_big_clients=64; fi
+chunk64="chunking: {size: $((64 * MiB)), tiers: [], readahead: $readahead}"
+start_orca orcat "$p_capped" "$p_t" "$p_t_fill" "$p_t_ops" "" "$chunk64"
+wait_http "http://127.0.0.1:$p_t_ops/readyz" orca-64MiB "$dir/logs/orcat.log"
+
+say "9. first byte of a 4 KiB range at the end of a 64 MiB chunk, capped origin, cold (x$reps)"
+# The last 4 KiB of the object's first 64 MiB chunk (the whole object in a quick run).
+tail_a=$((64 * MiB - 4096)); tail_b=$((64 * MiB - 1))
+tail_sha=$(dd if="$dir/objects/big-src" bs=4096 skip=$((tail_a / 4096)) count=1 2>/dev/null | sha256sum | cut -d' ' -f1)
+ttfb() { # url what: the seconds to the first byte of the tail range; checks status, size, bytes
+    local out
+    out=$(curl -s -o "$dir/tmp/tail.out" --max-time "$curl_max" -r "$tail_a-$tail_b" \
+        -w '%{http_code} %{size_download} %{time_starttransfer}' "$1") || true
+    set -- $out "$2"
+    [ "${1:-}" = 206 ] && [ "${2:-}" = 4096 ] || err read "$4: status ${1:-none}, ${2:-0} of 4096 bytes"
+    [ "$(sha256sum <"$dir/tmp/tail.out" | cut -d' ' -f1)" = "$tail_sha" ] || err hash "figure 9, $4: other bytes"
+    echo "${3:-1}"
+}
+for r in $(seq 1 "$reps"); do
+    link big-src "t9-capped-$r"; link big-src "t9-orcat-$r"
+    rec 9 capped ttfb_s "$r" "$(ttfb "http://127.0.0.1:$p_capped/bucket/t9-capped-$r" direct)"
+    rec 9 orcat ttfb_s "$r" "$(ttfb "http://127.0.0.1:$p_t/bucket/t9-orcat-$r" orca)"
+done
+
+say "10. cold read of one $((big / MiB)) MiB object in the 64 MiB-chunk tier, capped origin (x$reps)"
+for r in $(seq 1 "$reps"); do
+    k="t10-$r-"; link big-src "$k"
+    rec 10 orcat MiB/s "$r" "$(get "http://127.0.0.1:$p_t/bucket/$k" "$big" | mibps)"
+    rec 10 orcat origin_bytes_ratio "$r" "$(awk -v b="$(origin_bytes origin-capped.log "$k")" -v m="$big" 'BEGIN{printf "%.4f\n", b / m}')"
+    check_once orcat 10 "http://127.0.0.1:$p_t/bucket/$k" "$big"
+done
+kill -TERM "$pid_orcat" 2>/dev/null || true
+
+# Peak memory under many cold fills at once: a fresh process per setup (VmHWM is this phase's
+# peak), objects that are sparse files at the origin, every one read whole. rss_total sums a
+# process and its children (nginx's workers), sampled.
+rss_total() { # pid: KiB
+    local t=0 p v
+    for p in "$1" $(pgrep -P "$1" || true); do
+        v=$(awk '/^VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+        t=$((t + ${v:-0}))
+    done
+    echo "$t"
+}
+rss_phase() { # figure setup pid expected url...: reads them all at once, records the peak RSS
+    local fig=$1 s=$2 pid=$3 exp=$4; shift 4
+    local peak=0 v ps=() u
+    for u in "$@"; do get "$u" "$exp" >/dev/null & ps+=($!); done
+    while :; do
+        v=$(rss_total "$pid"); [ "$v" -gt "$peak" ] && peak=$v
+        for u in "${ps[@]}"; do kill -0 "$u" 2>/dev/null && break; u=""; done
+        [ -n "$u" ] || break
+        sleep 0.2
+    done
+    wait "${ps[@]}" || true
+    rec "$fig" "$s" rss_MiB 1 $((peak / 1024))
+    v=$(awk '/^VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+    [ "$s" = slice ] || rec "$fig" "$s" vmhwm_MiB 1 $((v / 1024))
+}
+say "11. peak RSS: $rss_big_clients cold readers of $rss_big_clients objects in the 128 MiB-chunk tier"
+truncate -s $((128 * MiB)) "$dir/objects/sparse128-src"
+start_orca orcar "$p_origin" "$p_r" "$p_r_fill" "$p_r_ops" "" \
+    "chunking: {size: $((128 * MiB)), tiers: [], readahead: $readahead}"
+wait_http "http://127.0.0.1:$p_r_ops/readyz" orca-128MiB "$dir/logs/orcar.log"
+us=(); for i in $(seq 1 "$rss_big_clients"); do link sparse128-src "r11-$i"; us+=("http://127.0.0.1:$p_r/bucket/r11-$i"); done
+rss_phase 11 orcar "$pid_orcar" $((128 * MiB)) "${us[@]}"
+kill -0 "$pid_orcar" 2>/dev/null || err orca "orca died during figure 11"
+kill -TERM "$pid_orcar" 2>/dev/null || true
+for _ in $(seq 1 100); do kill -0 "$pid_orcar" 2>/dev/null || break; sleep 0.1; done
+rm -rf "$dir/cache-orcar"
+
+say "12. peak RSS: $rss_big_clients cold readers of $rss_big_clients 32 MiB objects, 8 MiB chunks: Orca and nginx-slice"
+truncate -s $((32 * MiB)) "$dir/objects/sparse32-src"
+start_orca orcar8 "$p_origin" "$p_r8" "$p_r8_fill" "$p_r8_ops"
+wait_http "http://127.0.0.1:$p_r8_ops/readyz" orca-8MiB "$dir/logs/orcar8.log"
+for s in orcar8 slice; do
+    us=()
+    for i in $(seq 1 "$rss_big_clients"); do
+        link sparse32-src "r12-$s-$i"
+        if [ $s = slice ]; then us+=("$(url slice "r12-$s-$i")"); else us+=("http://127.0.0.1:$p_r8/bucket/r12-$s-$i"); fi
+    done
+    if [ $s = slice ]; then pid=$pid_slice; else pid=$pid_orcar8; fi
+    rss_phase 12 "$s" "$pid" $((32 * MiB)) "${us[@]}"
+done
+kill -TERM "$pid_orcar8" 2>/dev/null || true
 
 # ---------------------------------------------------------------------------------------------
 elapsed=$(( $(date +%s) - t_start ))

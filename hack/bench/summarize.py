@@ -71,6 +71,17 @@ rows = [
     ("8b", "fleet of 3: origin bytes / size, the replicas' metric", values("8", "fleet", "metric_bytes_ratio"), "==", 1.0),
     ("8c", "fleet of 3: chunks read through a peer", values("8", "fleet", "peer_fills"), None, None),
     ("8d", "fleet of 3: wall time, s", values("8", "fleet", "wall_s"), None, None),
+    ("9a", "first byte of a 4 KiB range at the end of a 64 MiB chunk, capped origin, cold: Orca / direct",
+     ratio("9", "orcat", "capped", "ttfb_s"), "<=", 2.0),
+    ("9b", "the same: Orca's first byte, s", values("9", "orcat", "ttfb_s"), None, None),
+    ("10a", "cold big object in the 64 MiB-chunk tier, capped origin: Orca / direct",
+     [a / b for a, b in zip(values("10", "orcat", "MiB/s"), values("3-capped", "capped", "MiB/s")) if b > 0],
+     ">=", 6),
+    ("10b", "the same: origin bytes / size", values("10", "orcat", "origin_bytes_ratio"), "==", 1.0),
+    ("11a", "peak RSS (VmHWM), cold readers of distinct objects, 128 MiB chunks, MiB",
+     values("11", "orcar", "vmhwm_MiB"), "<=", 300),
+    ("12a", "peak RSS, cold readers of distinct objects, 8 MiB chunks: Orca / nginx-slice (total)",
+     ratio("12", "orcar8", "slice", "rss_MiB"), "<=", 3.0),
 ]
 
 # Figure Z (issue 13): Zipf reads of a working set 4x the cache's bound, Orca's fs store and nginx

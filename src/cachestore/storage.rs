@@ -99,6 +99,11 @@ struct FlightState {
     /// Why the spool failed: the flight then keeps the rest of its chunk in memory.
     spool_error: Option<String>,
     status: FlightStatus,
+    /// A sub-range fill ([`SparseFill`]): the byte ranges of the chunk written to the spool so
+    /// far, sorted and merged. Such a flight holds no piece: its writers write each sub-range
+    /// straight to the spool at its offset, in any order, and readers read the spool where
+    /// their next byte is present. `len`, `base` and `spooled` all count the bytes written.
+    sparse: Option<Vec<(u64, u64)>>,
 }
 
 impl FlightState {
@@ -178,6 +183,7 @@ impl Flight {
                 spooled: 0,
                 spool_error: None,
                 status: FlightStatus::Filling,
+                sparse: None,
             }),
             changed,
             permit: Mutex::new(Some(permit)),
@@ -256,6 +262,21 @@ impl Flight {
         let s = self.state.lock();
         if let FlightStatus::Failed(e) = &s.status {
             return Next::Failed(e.clone());
+        }
+        if let Some(present) = &s.sparse {
+            let Some(&(_, end)) = present.iter().find(|(a, b)| *a <= pos && pos < *b) else {
+                return match &s.status {
+                    FlightStatus::Filling => Next::Wait,
+                    _ => Next::End,
+                };
+            };
+            return match &self.spool {
+                Some(spool) => {
+                    let want = (end.min(to) - pos).min(PIECE as u64);
+                    Next::Spool(spool.clone(), want as usize)
+                }
+                None => Next::Failed("a sub-range fill without a spool".into()),
+            };
         }
         if pos < s.base {
             return match &self.spool {
@@ -559,6 +580,17 @@ impl ChunkStorage {
         self.lookup_chunk(chunk, 0, chunk.len, true, vouched).await
     }
 
+    /// [`ChunkStorage::open_for_fill`] of bytes `[from, to)` only (a sub-range fill's
+    /// requester).
+    pub async fn open_range_for_fill(
+        &self,
+        chunk: &Chunk,
+        (from, to): (u64, u64),
+        vouched: bool,
+    ) -> Option<ChunkHit> {
+        self.lookup_chunk(chunk, from, to, true, vouched).await
+    }
+
     async fn lookup_chunk(
         &self,
         chunk: &Chunk,
@@ -808,6 +840,197 @@ impl ChunkStorage {
         }
         let (pieces, len) = flight.pieces();
         self.store.commit(id, pieces, len).await
+    }
+}
+
+/// What [`ChunkStorage::begin_sparse`] found.
+pub enum SparseBegin {
+    /// A fill of the chunk is in flight already: read it.
+    Joined(ChunkHit),
+    /// This caller fills the chunk: write its sub-ranges to the [`SparseFill`]; the hit
+    /// reads the caller's own range of it as the bytes arrive.
+    Started(SparseFill, ChunkHit),
+    /// The store gives no spool for the chunk (none, or it failed): fill it in order.
+    NoSpool,
+}
+
+impl ChunkStorage {
+    /// Registers a sub-range fill of `chunk` (see [`SparseFill`]) unless a fill of it is in
+    /// flight already, and opens bytes `[from, to)` of whichever flight it is. Waits for a
+    /// flight permit (as [`Storage::get_miss_handler`] does), at most the stall timeout.
+    pub async fn begin_sparse(
+        &'static self,
+        chunk: &Chunk,
+        (from, to): (u64, u64),
+    ) -> std::result::Result<SparseBegin, String> {
+        let hit = |flight: Arc<Flight>| ChunkHit {
+            source: ChunkSource::Memory,
+            reader: Box::new(FlightReader::new(flight, from, to, self.stall_timeout)),
+            on_demand: true,
+            buffered: 0,
+        };
+        let live = |flights: &HashMap<ChunkId, Arc<Flight>>| {
+            flights.get(&chunk.id).filter(|f| !f.failed()).cloned()
+        };
+        if let Some(flight) = live(&self.flights.lock()) {
+            return Ok(SparseBegin::Joined(hit(flight)));
+        }
+        let permit = tokio::time::timeout(
+            self.stall_timeout,
+            self.flight_permits.clone().acquire_owned(),
+        )
+        .await
+        .map_err(|_| format!("no fill slot free within {:?}", self.stall_timeout))?
+        .map_err(|_| "flight permits closed".to_string())?;
+        let spool = match self.store.spool(&chunk.id, chunk.len).await {
+            Ok(Some(spool)) => spool,
+            Ok(None) => return Ok(SparseBegin::NoSpool),
+            Err(e) => {
+                tracing::warn!(chunk = %chunk.id, error = %e, "cannot create the fill's spool; filling it in order");
+                return Ok(SparseBegin::NoSpool);
+            }
+        };
+        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        let mut flight = Flight::new(chunk.clone(), tag, permit, Some(spool));
+        flight.state.get_mut().sparse = Some(Vec::new());
+        let flight = Arc::new(flight);
+        {
+            let mut flights = self.flights.lock();
+            // Registered by another caller meanwhile: join it (ours, unused, goes).
+            if let Some(other) = live(&flights) {
+                drop(flights);
+                return Ok(SparseBegin::Joined(hit(other)));
+            }
+            flights.insert(chunk.id.clone(), flight.clone());
+        }
+        tracing::debug!(chunk = %flight.name, tag, "sub-range fill registered");
+        let reader = hit(flight.clone());
+        Ok(SparseBegin::Started(
+            SparseFill {
+                storage: self,
+                flight,
+                finished: false,
+            },
+            reader,
+        ))
+    }
+}
+
+/// The writer of a sub-range fill: a flight whose chunk arrives as byte ranges in any order,
+/// each written straight to the spool at its offset (`pwrite`); readers are told which ranges
+/// are present (see [`FlightState::sparse`]). No byte of the chunk is held by the flight: the
+/// only memory is what each writer holds while its write is on the blocking pool. Complete
+/// when every byte is written once; then committed from the spool, as any spooled fill. A
+/// writer dropped before [`SparseFill::finish`] fails the flight: readers get an error, the
+/// spool goes, nothing is stored.
+pub struct SparseFill {
+    storage: &'static ChunkStorage,
+    flight: Arc<Flight>,
+    finished: bool,
+}
+
+impl SparseFill {
+    /// The chunk being filled.
+    pub fn chunk(&self) -> &Chunk {
+        &self.flight.chunk
+    }
+
+    /// Writes `pieces` at `offset` of the chunk (a part no write covered before).
+    pub async fn write_at(
+        &self,
+        offset: u64,
+        pieces: Vec<Bytes>,
+    ) -> std::result::Result<(), String> {
+        let n: u64 = pieces.iter().map(|p| p.len() as u64).sum();
+        if n == 0 {
+            return Ok(());
+        }
+        let end = offset + n;
+        if end > self.flight.chunk.len {
+            return Err(format!(
+                "bytes {offset}..{end} run past chunk {}'s {} bytes",
+                self.flight.name, self.flight.chunk.len
+            ));
+        }
+        let Some(spool) = self.flight.spool.clone() else {
+            return Err("a sub-range fill without a spool".into());
+        };
+        if self.flight.failed() {
+            return Err("the fill failed".into());
+        }
+        tokio::task::spawn_blocking(move || spool.write_at(&pieces, offset))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("writing the spool of {}: {e}", self.flight.name))?;
+        {
+            let mut s = self.flight.state.lock();
+            let present = s.sparse.get_or_insert_with(Vec::new);
+            if present.iter().any(|(a, b)| *a < end && offset < *b) {
+                return Err(format!(
+                    "bytes {offset}..{end} of {} written twice",
+                    self.flight.name
+                ));
+            }
+            present.push((offset, end));
+            present.sort_unstable();
+            let mut merged: Vec<(u64, u64)> = Vec::with_capacity(present.len());
+            for &(a, b) in present.iter() {
+                match merged.last_mut() {
+                    Some(last) if last.1 == a => last.1 = b,
+                    _ => merged.push((a, b)),
+                }
+            }
+            *present = merged;
+            s.len += n;
+            s.base += n;
+            s.spooled += n;
+        }
+        self.flight.changed.send_replace(());
+        Ok(())
+    }
+
+    /// Ends the fill: complete (committed in the background) when every byte of the chunk
+    /// was written, else failed.
+    pub fn finish(mut self) -> std::result::Result<(), String> {
+        self.finished = true;
+        let whole = {
+            let s = self.flight.state.lock();
+            s.sparse.as_deref() == Some(&[(0, self.flight.chunk.len)][..])
+        };
+        if !whole {
+            let msg = format!(
+                "chunk {} ended at {} of {} bytes",
+                self.flight.name,
+                self.flight.len(),
+                self.flight.chunk.len
+            );
+            self.fail_now(msg.clone());
+            return Err(msg);
+        }
+        self.flight.finish(FlightStatus::Complete);
+        tracing::debug!(chunk = %self.flight.name, "sub-range fill complete; committing in the background");
+        self.storage.commit_in_background(self.flight.clone());
+        Ok(())
+    }
+
+    /// Fails the fill: its readers get `msg`, nothing is stored, the next caller refills.
+    pub fn fail(mut self, msg: String) {
+        self.finished = true;
+        self.fail_now(msg);
+    }
+
+    fn fail_now(&self, msg: String) {
+        self.flight.finish(FlightStatus::Failed(msg));
+        self.storage.remove_flight(&self.flight);
+    }
+}
+
+impl Drop for SparseFill {
+    fn drop(&mut self) {
+        if !self.finished {
+            tracing::debug!(chunk = %self.flight.name, "sub-range fill abandoned before its end");
+            self.fail_now("the fill was abandoned".into());
+        }
     }
 }
 
@@ -1464,6 +1687,93 @@ mod tests {
             temp_files(dir.path()),
             Vec::<String>::new(),
             "the spool is removed"
+        );
+    }
+
+    /// The bytes `a..b` of a `big_chunk`.
+    fn bytes_of(a: u64, b: u64) -> Vec<Bytes> {
+        vec![Bytes::from((a..b).map(byte).collect::<Vec<u8>>())]
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sub_range_fill_serves_each_part_as_it_lands_and_commits_once_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, store) = fs_storage(dir.path());
+        let len = 3 * FLIGHT_WINDOW;
+        let c = big_chunk(len);
+        let (fill, mut own) = match storage.begin_sparse(&c, (len - 100, len)).await.unwrap() {
+            SparseBegin::Started(fill, hit) => (fill, hit.reader),
+            _ => panic!("a new fill"),
+        };
+        // A second caller joins; so does the edge's lookup.
+        let mut joined = match storage.begin_sparse(&c, (0, len)).await.unwrap() {
+            SparseBegin::Joined(hit) => hit.reader,
+            _ => panic!("joins the fill in flight"),
+        };
+        // The tail first: the requester reads it while the front is still missing.
+        fill.write_at(len - FLIGHT_WINDOW, bytes_of(len - FLIGHT_WINDOW, len))
+            .await
+            .unwrap();
+        assert_eq!(
+            read_all(&mut own).await.unwrap(),
+            (len - 100..len).map(byte).collect::<Vec<_>>()
+        );
+        let front = tokio::time::timeout(Duration::from_millis(50), joined.next_piece()).await;
+        assert!(front.is_err(), "byte 0 is not there yet: the reader waits");
+        // Each range once.
+        assert!(fill
+            .write_at(len - 10, bytes_of(len - 10, len))
+            .await
+            .is_err());
+        fill.write_at(0, bytes_of(0, len - FLIGHT_WINDOW))
+            .await
+            .unwrap();
+        assert!(
+            !store.chunk_path(&c.id).exists(),
+            "nothing stored before the end"
+        );
+        fill.finish().unwrap();
+        assert_eq!(
+            read_all(&mut joined).await.unwrap(),
+            (0..len).map(byte).collect::<Vec<_>>()
+        );
+        settle(storage, &c).await;
+        let stored = std::fs::read(store.chunk_path(&c.id)).unwrap();
+        assert!(stored == (0..len).map(byte).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sub_range_fill_that_ends_short_or_dies_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, store) = fs_storage(dir.path());
+        let len = 2 * FLIGHT_WINDOW;
+        let c = big_chunk(len);
+        for finish in [true, false] {
+            let (fill, _) = match storage.begin_sparse(&c, (0, len)).await.unwrap() {
+                SparseBegin::Started(fill, hit) => (fill, hit),
+                _ => panic!("a new fill"),
+            };
+            let mut reader = storage.open(&c, 0, len).await.expect("the flight").reader;
+            fill.write_at(0, bytes_of(0, len - 1)).await.unwrap();
+            if finish {
+                assert!(fill.finish().is_err(), "one byte short");
+            } else {
+                drop(fill);
+            }
+            assert!(
+                read_all(&mut reader).await.is_err(),
+                "an error, never a clean end"
+            );
+            assert!(
+                storage.open(&c, 0, len).await.is_none(),
+                "the next reader refills"
+            );
+            assert!(!store.chunk_path(&c.id).exists());
+        }
+        assert_eq!(
+            temp_files(dir.path()),
+            Vec::<String>::new(),
+            "no spool left"
         );
     }
 

@@ -343,6 +343,12 @@ pub struct ChunkingFile {
     pub tiers: Option<Vec<TierFile>>,
     /// Chunks fetched ahead of the one being sent. Default 8.
     pub readahead: usize,
+    /// Chunks longer than this are fetched from the origin as parallel ranged GETs of this
+    /// size, the requester's part first. Default 8MiB; 0 = one GET per chunk.
+    pub subrange_size: ByteSize,
+    /// Origin GETs one such fill runs at once, spare `limits.origin_concurrency` permits
+    /// allowing. Default 4.
+    pub subrange_streams: usize,
 }
 
 impl Default for ChunkingFile {
@@ -351,6 +357,8 @@ impl Default for ChunkingFile {
             size: ByteSize::mib(8),
             tiers: None,
             readahead: 8,
+            subrange_size: ByteSize::mib(8),
+            subrange_streams: 4,
         }
     }
 }

@@ -111,6 +111,8 @@ fn defaults_from_a_file_with_only_origin_id() {
                 },
             ],
             readahead: 8,
+            subrange_size: 8 * MIB,
+            subrange_streams: 4,
         }
     );
     assert_eq!(
@@ -1241,4 +1243,35 @@ fn azure_entra_credentials() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("origin.azureblob.credentials"), "{e}");
+}
+
+#[test]
+fn subrange_keys_are_checked_and_named() {
+    let config = ok("origin:\n  id: x\nchunking:\n  subrange_size: 0\n  subrange_streams: 1\n");
+    assert_eq!(config.chunking.subrange_size, 0);
+    assert_eq!(config.chunking.subrange_streams, 1);
+    let config = ok("origin:\n  id: x\nchunking:\n  subrange_size: 2MiB\n  subrange_streams: 16\n");
+    assert_eq!(config.chunking.subrange_size, 2 * MIB);
+    assert_eq!(config.chunking.subrange_streams, 16);
+    let found =
+        problems("origin:\n  id: x\nchunking:\n  subrange_size: 64KiB\n  subrange_streams: 0\n");
+    assert!(
+        found
+            .iter()
+            .any(|p| p.starts_with("chunking.subrange_size: 65536 bytes")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|p| p.starts_with("chunking.subrange_streams: 0 is outside")),
+        "{found:?}"
+    );
+    let found = problems("origin:\n  id: x\nchunking:\n  subrange_streams: 17\n");
+    assert!(
+        found
+            .iter()
+            .any(|p| p.starts_with("chunking.subrange_streams: 17")),
+        "{found:?}"
+    );
 }

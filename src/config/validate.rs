@@ -21,6 +21,7 @@ use super::validated::{
     Config, DnsConfig, EdgeAuthConfig, EdgeConfig, EntraSource, EnvLookup, FsLimits, Limits,
     Listen, LocalTier, LogFormat, Logging, MetadataConfig, OriginConfig, OriginDriver, Problem,
     S3Credentials, S3OriginConfig, Tier, LOG_LEVELS, MAX_CHUNK_SIZE, MAX_READAHEAD,
+    MAX_SUBRANGE_STREAMS, MIN_SUBRANGE_SIZE,
 };
 use crate::net::tls::TlsFiles;
 
@@ -877,6 +878,22 @@ fn chunking(p: &mut Problems, file: ChunkingFile) -> Option<Chunking> {
             ),
         );
     }
+    let subrange_size = file.subrange_size.0;
+    if subrange_size != 0 && !(MIN_SUBRANGE_SIZE..=MAX_CHUNK_SIZE).contains(&subrange_size) {
+        p.push(
+            "chunking.subrange_size",
+            format!("{subrange_size} bytes is outside 1MiB..=4GiB (0 turns sub-range fills off)"),
+        );
+    }
+    if !(1..=MAX_SUBRANGE_STREAMS).contains(&file.subrange_streams) {
+        p.push(
+            "chunking.subrange_streams",
+            format!(
+                "{} is outside 1..={MAX_SUBRANGE_STREAMS}",
+                file.subrange_streams
+            ),
+        );
+    }
     unless_new_problems(
         p,
         before,
@@ -884,6 +901,8 @@ fn chunking(p: &mut Problems, file: ChunkingFile) -> Option<Chunking> {
             base: base?,
             tiers,
             readahead: file.readahead,
+            subrange_size,
+            subrange_streams: file.subrange_streams,
         },
     )
 }

@@ -333,7 +333,19 @@ pub struct Chunking {
     pub tiers: Vec<Tier>,
     /// Chunks fetched ahead of the one being sent; 0 = sequential. At most [`MAX_READAHEAD`].
     pub readahead: usize,
+    /// Chunks longer than this are fetched as parallel ranged GETs of this size; 0 = off.
+    /// Otherwise in `MIN_SUBRANGE_SIZE..=MAX_CHUNK_SIZE`.
+    pub subrange_size: u64,
+    /// Origin GETs of one sub-range fill at once, in `1..=MAX_SUBRANGE_STREAMS`.
+    pub subrange_streams: usize,
 }
+
+/// The smallest `chunking.subrange_size` (besides 0): smaller ranges cost more in requests
+/// (each is a billed GET and a round trip) than they gain in parallelism.
+pub const MIN_SUBRANGE_SIZE: u64 = 1 << 20;
+
+/// The most origin GETs one chunk fill may run at once (`chunking.subrange_streams`).
+pub const MAX_SUBRANGE_STREAMS: usize = 16;
 
 /// One rung of the chunk-size ladder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

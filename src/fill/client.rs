@@ -212,15 +212,17 @@ impl FillClient {
         sent: &mut u64,
     ) -> Result<ChunkSource, FillError> {
         let expected_len = chunk.len;
-        let (mut session, reused, source) = self.answer(chunk, request_id).await?;
-        let mut offset = 0u64;
+        let (mut session, reused, source, ranged) =
+            self.answer(chunk, (from, to), request_id).await?;
+        // A `206` is the asked part alone; a `200` the whole chunk.
+        let (mut offset, body_end) = ranged.unwrap_or((0, expected_len));
         loop {
             match session.read_response_body().await {
                 Ok(Some(piece)) => {
                     let start = offset;
                     let end = offset + piece.len() as u64;
                     offset = end;
-                    if end > expected_len {
+                    if end > body_end {
                         return Err(FillError::Broken("fill body longer than the chunk".into()));
                     }
                     if end <= from || start >= to {
@@ -242,9 +244,9 @@ impl FillClient {
                 }
             }
         }
-        if offset != expected_len {
+        if offset != body_end {
             return Err(FillError::Broken(format!(
-                "body ended at {offset} of {expected_len} bytes"
+                "body ended at {offset} of {body_end} bytes"
             )));
         }
         tracing::trace!(reused, "fill answered; connection back to the pool");
@@ -263,12 +265,12 @@ impl FillClient {
         (from, to): (u64, u64),
         request_id: &str,
     ) -> Result<(ChunkSource, FillBody), FillError> {
-        let (session, _, source) = self.answer(chunk, request_id).await?;
+        let (session, _, source, ranged) = self.answer(chunk, (from, to), request_id).await?;
         Ok((
             source,
             FillBody {
                 session: tokio::sync::Mutex::new(session),
-                offset: 0,
+                offset: ranged.map_or(0, |(from, _)| from),
                 from,
                 to: to.min(chunk.len),
                 expected_len: chunk.len,
@@ -276,16 +278,20 @@ impl FillClient {
         ))
     }
 
-    /// Sends the fill request for `chunk` and reads the answer's header: the session, whether
-    /// it was a reused connection, and where the fill service gets the bytes; a refusal or an
-    /// error answer is returned as its [`FillError`]. `request_id`: as for [`FillClient::fetch`].
+    /// Sends the fill request for bytes `range` of `chunk` and reads the answer's header: the
+    /// session, whether it was a reused connection, where the fill service gets the bytes,
+    /// and the part of the chunk the body holds when it is not the whole chunk (a `206`, whose
+    /// `Content-Range` must be the part asked for); a refusal or an error answer is returned
+    /// as its [`FillError`]. `request_id`: as for [`FillClient::fetch`].
     async fn answer(
         &self,
         chunk: &Chunk,
+        range: (u64, u64),
         request_id: &str,
-    ) -> Result<(ClientSession, bool, ChunkSource), FillError> {
+    ) -> Result<(ClientSession, bool, ChunkSource, Option<(u64, u64)>), FillError> {
         let unreachable = |m: String| FillError::Unreachable(format!("fill service: {m}"));
-        let path = FillRequest::new(chunk.clone()).path_and_query();
+        let request = FillRequest::for_range(chunk.clone(), range);
+        let path = request.path_and_query();
         let mut req = RequestHeader::build("GET", path.as_bytes(), None)
             .map_err(|e| unreachable(e.to_string()))?;
         req.insert_header("host", &self.authority)
@@ -320,7 +326,24 @@ impl FillClient {
                 return Err(unreachable("no response header".into()));
             };
             let status = resp.status.as_u16();
-            if status != 200 {
+            let ranged = match (status, request.range) {
+                (206, Some((from, to))) => {
+                    let want = format!("bytes {from}-{}/{}", to - 1, chunk.len);
+                    let got = resp
+                        .headers
+                        .get("content-range")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    if got != want {
+                        return Err(FillError::PeerFailed(format!(
+                            "fill service answered Content-Range {got:?}, expected {want:?}"
+                        )));
+                    }
+                    Some((from, to))
+                }
+                _ => None,
+            };
+            if status != 200 && ranged.is_none() {
                 let mut body = Vec::new();
                 while let Ok(Some(piece)) = session.read_response_body().await {
                     if body.len() + piece.len() > MAX_ERROR_BODY {
@@ -346,7 +369,7 @@ impl FillClient {
                 .and_then(|v| v.to_str().ok())
                 .and_then(ChunkSource::parse)
                 .unwrap_or(ChunkSource::Origin);
-            return Ok((session, reused, source));
+            return Ok((session, reused, source, ranged));
         }
         Err(last_err.unwrap_or_else(|| unreachable("connection failed".into())))
     }

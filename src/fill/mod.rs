@@ -11,6 +11,7 @@ pub mod client;
 pub mod protocol;
 pub mod purge;
 pub mod service;
+pub mod subrange;
 
 pub use client::{FillBody, FillClients, FillError, PeerTls};
 pub use service::FillService;

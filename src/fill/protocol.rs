@@ -45,11 +45,17 @@ pub fn request_id_of(value: &[u8]) -> Option<&str> {
 /// Header naming where the fill service's bytes came from (`origin`, `memory`, `cachestore`).
 pub const SOURCE_HEADER: &str = "x-orca-source";
 
-/// One fill request: a whole chunk of one object version.
+/// One fill request: a chunk of one object version, and the part of it the requester needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FillRequest {
     /// The chunk asked for.
     pub chunk: Chunk,
+    /// The bytes `[from, to)` of the chunk the requester needs, when not the whole chunk
+    /// (query fields `from` and `to`). A fill service that fetches the chunk as sub-ranges
+    /// ([`super::subrange`]) fetches this part first and answers it alone (`206`); one that
+    /// fetches the chunk in one GET answers the whole chunk (`200`), as a replica that does
+    /// not know the fields does.
+    pub range: Option<(u64, u64)>,
 }
 
 /// The query's fields, in the order they are written.
@@ -66,13 +72,20 @@ const FIELDS: [&str; 7] = [
 impl FillRequest {
     /// A request for `chunk`.
     pub fn new(chunk: Chunk) -> Self {
-        Self { chunk }
+        Self { chunk, range: None }
+    }
+
+    /// A request for bytes `[from, to)` of `chunk` (the whole chunk when that is all of it).
+    pub fn for_range(chunk: Chunk, (from, to): (u64, u64)) -> Self {
+        let to = to.min(chunk.len);
+        let range = (from < to && (from, to) != (0, chunk.len)).then_some((from, to));
+        Self { chunk, range }
     }
 
     /// The request's path and query (`/internal/fill?...`).
     pub fn path_and_query(&self) -> String {
         let v = &self.chunk.version;
-        format!(
+        let mut pq = format!(
             "{FILL_PATH}?origin={}&bucket={}&key={}&etag={}&chunk_size={}&index={}&object_size={}",
             encode_query_value(&v.origin_id),
             encode_query_value(&v.bucket),
@@ -81,7 +94,11 @@ impl FillRequest {
             self.chunk.id.chunk_size,
             self.chunk.id.index,
             v.size,
-        )
+        );
+        if let Some((from, to)) = self.range {
+            pq.push_str(&format!("&from={from}&to={to}"));
+        }
+        pq
     }
 
     /// Parses and validates a fill query for this replica's origin (`origin_id`): every field
@@ -91,8 +108,18 @@ impl FillRequest {
     pub fn decode(query: &str, origin_id: &str, max_chunk_size: u64) -> Result<Self, S3Error> {
         let bad = |m: String| S3Error::new(400, "InvalidArgument", m);
         let mut fields: [Option<String>; 7] = Default::default();
+        let (mut from, mut to) = (None, None);
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if name == "from" || name == "to" {
+                let n = value.parse::<u64>().map_err(|_| {
+                    bad(format!(
+                        "{name} must be a non-negative integer, got {value:?}"
+                    ))
+                })?;
+                *(if name == "from" { &mut from } else { &mut to }) = Some(n);
+                continue;
+            }
             let Some(slot) = FIELDS.iter().position(|n| *n == name) else {
                 continue;
             };
@@ -139,7 +166,17 @@ impl FillRequest {
                 "index {index} is past the last chunk of a {object_size}-byte object"
             ))
         })?;
-        Ok(Self { chunk })
+        match (from, to) {
+            (None, None) => Ok(Self::new(chunk)),
+            (Some(from), Some(to)) if from < to && to <= chunk.len => {
+                Ok(Self::for_range(chunk, (from, to)))
+            }
+            (Some(from), Some(to)) => Err(bad(format!(
+                "from {from} and to {to} are not a range inside the chunk's {} bytes",
+                chunk.len
+            ))),
+            _ => Err(bad("from and to go together".into())),
+        }
     }
 }
 
@@ -206,5 +243,17 @@ mod tests {
         assert!(ok("origin=o&bucket=b&key=k&etag=e&chunk_size=-1&index=0&object_size=1").is_err());
         assert!(ok("origin=o&key=k&etag=e&chunk_size=1&index=0&object_size=1").is_err());
         assert_eq!(ok("").unwrap_err().status, 400);
+        // The requester's part of the chunk.
+        let base = request("o", "k", "e", 10, 2, 25); // 5 bytes
+        let got = ok(&format!("{base}&from=1&to=4")).unwrap();
+        assert_eq!(got.range, Some((1, 4)));
+        assert_eq!(ok(&format!("{base}&from=0&to=5")).unwrap().range, None);
+        assert!(ok(&format!("{base}&from=3&to=3")).is_err());
+        assert!(ok(&format!("{base}&from=0&to=6")).is_err());
+        assert!(ok(&format!("{base}&from=1")).is_err());
+        assert!(ok(&format!("{base}&from=x&to=2")).is_err());
+        let pq = got.path_and_query();
+        let back = FillRequest::decode(pq.split_once('?').unwrap().1, "o", 1 << 20).unwrap();
+        assert_eq!(back, got);
     }
 }

@@ -27,6 +27,12 @@
 //! | `fail_to_proxy` | An S3 XML error before the first byte; after it, an abort. |
 //! | `logging` | On the listening instance, a fill that went to the origin counts as `orca_chunk_reads_total{source="origin"}` here. One debug `fill request` line. |
 //!
+//! A chunk longer than `chunking.subrange_size` is answered in `request_filter` by a sub-range
+//! fill ([`super::subrange`]): parallel ranged GETs over Orca's own connection pool, the
+//! requester's part first, with the storage's flight registry as the single flight. The hooks
+//! below then serve only chunks fetched in one GET (and such a chunk when the store gives no
+//! spool).
+//!
 //! `POST /internal/purge` (a peer's part of a fleet-wide purge, [`super::purge`]) is answered in
 //! `request_filter` too, after the shared secret; it never reaches the cache.
 
@@ -275,17 +281,33 @@ impl ProxyHttp for FillService {
                 &config.origin.id,
                 config.chunking.max_chunk_size(),
             )
-            .map(|r| r.chunk)
         };
-        let result = result.and_then(|chunk| {
+        let result = result.and_then(|request| {
             if !self.local {
-                self.admit_peer(session, &chunk)?;
+                self.admit_peer(session, &request.chunk)?;
             }
-            Ok(chunk)
+            Ok(request)
         });
         match result {
-            Ok(chunk) => {
-                ctx.chunk = Some(chunk);
+            Ok(request) => {
+                ctx.chunk = Some(request.chunk.clone());
+                // A large chunk: parallel sub-range GETs, the requester's part first, outside
+                // pingora-cache (see `super::subrange`). Without a spool, in order as below.
+                if super::subrange::eligible(&self.orca.config.chunking, &request.chunk) {
+                    let served = super::subrange::serve(
+                        &self.orca,
+                        session,
+                        &request.chunk,
+                        request.range,
+                        self.local,
+                        &ctx.request_id,
+                        &mut ctx.source,
+                    )
+                    .await?;
+                    if served.is_some() {
+                        return Ok(true);
+                    }
+                }
                 Ok(false)
             }
             Err(e) => {
@@ -632,8 +654,20 @@ fn check_chunk_response(
     chunk: &Chunk,
     resp: &ResponseHeader,
 ) -> std::result::Result<(), OriginError> {
+    check_range_response(origin, chunk, chunk.offset(), chunk.last_byte(), resp)
+}
+
+/// Checks an origin answer to a GET of bytes `start..=end` of `chunk`'s object: a 206 with
+/// the exact Content-Range and the pinned ETag (or a 200 when the range is the whole object).
+pub(super) fn check_range_response(
+    origin: &dyn crate::origin::Origin,
+    chunk: &Chunk,
+    start: u64,
+    end: u64,
+    resp: &ResponseHeader,
+) -> std::result::Result<(), OriginError> {
     let status = resp.status.as_u16();
-    let (start, end, size) = (chunk.offset(), chunk.last_byte(), chunk.version.size);
+    let size = chunk.version.size;
     match status {
         206 => {
             let want = format!("bytes {start}-{end}/{size}");
@@ -652,7 +686,7 @@ fn check_chunk_response(
                 )));
             }
         }
-        200 if start == 0 && chunk.len == size => {}
+        200 if start == 0 && end + 1 == size => {}
         _ => return Err(origin.classify(resp)),
     }
     match origin.etag_of(resp) {
@@ -660,12 +694,12 @@ fn check_chunk_response(
         Some(_) => return Err(OriginError::ETagChanged),
         None => return Err(OriginError::MissingETag),
     }
+    let want_len = end + 1 - start;
     if let Some(len) = header_str(resp, "content-length").and_then(|v| v.trim().parse::<u64>().ok())
     {
-        if len != chunk.len {
+        if len != want_len {
             return Err(OriginError::Protocol(format!(
-                "Content-Length {len}, expected {}",
-                chunk.len
+                "Content-Length {len}, expected {want_len}"
             )));
         }
     }

@@ -279,7 +279,19 @@ pub trait Origin: Send + Sync + 'static {
     async fn chunk_peer(&self, bucket: &str) -> Result<HttpPeer, OriginError>;
 
     /// The signed GET of `chunk`'s bytes of its object, pinned to its version with `If-Match`.
-    fn chunk_request(&self, chunk: &Chunk) -> Result<RequestHeader, OriginError>;
+    fn chunk_request(&self, chunk: &Chunk) -> Result<RequestHeader, OriginError> {
+        self.range_request(chunk, chunk.offset(), chunk.last_byte())
+    }
+
+    /// The signed GET of bytes `first..=last` of `chunk`'s object (object offsets, inclusive,
+    /// as HTTP ranges count), pinned to the chunk's version with `If-Match`: a sub-range of a
+    /// chunk fill ([`crate::fill::subrange`]).
+    fn range_request(
+        &self,
+        chunk: &Chunk,
+        first: u64,
+        last: u64,
+    ) -> Result<RequestHeader, OriginError>;
 
     /// Classifies a chunk GET answer that is not a 206/200 (called before any byte is used).
     fn classify(&self, resp: &ResponseHeader) -> OriginError {

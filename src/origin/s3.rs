@@ -246,8 +246,13 @@ impl Origin for S3Origin {
         }
     }
 
-    fn chunk_request(&self, chunk: &Chunk) -> Result<RequestHeader, OriginError> {
-        let range = format!("bytes={}-{}", chunk.offset(), chunk.last_byte());
+    fn range_request(
+        &self,
+        chunk: &Chunk,
+        first: u64,
+        last: u64,
+    ) -> Result<RequestHeader, OriginError> {
+        let range = format!("bytes={first}-{last}");
         let if_match = format!("\"{}\"", chunk.version.etag);
         let (bucket, key) = (&chunk.version.bucket, chunk.version.key.as_str());
         self.signed_request(
