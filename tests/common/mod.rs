@@ -11,8 +11,8 @@
 
 pub mod azurite;
 pub mod cases;
-pub mod fleet;
 pub mod entra;
+pub mod fleet;
 pub mod httpc;
 pub mod moto;
 pub mod orca;
