@@ -12,11 +12,12 @@
 //! bytes are already in memory) is opened ahead and its first piece read, then handed to the
 //! pipeline, which reads the rest as the client takes it.
 //!
-//! The chunk to send next, when the store holds it and it is read on demand (the usual warm
-//! GET of a small object: one chunk in the `fs` store), is opened and its first piece read
-//! in the request's own task: no task is spawned and no channel made for it (issue 15).
-//! Everything else (misses, fills in flight, hits read ahead, chunks after the first) gets
-//! a task of its own, so chunks arrive in parallel.
+//! The last chunk of a range, when it is the one to send next, the store holds it and it is
+//! read on demand (the usual warm GET of a small object: one chunk in the `fs` store), is
+//! opened and its first piece read in the request's own task: no task is spawned and no
+//! channel made for it (issue 15). Everything else (misses, fills in flight, hits read ahead,
+//! the chunks of a range before its last) gets a task of its own, so chunks arrive in
+//! parallel.
 
 use super::EdgeShared;
 use crate::cachestore::storage::ChunkHit;
@@ -267,8 +268,11 @@ impl Pipeline {
             };
             let mut looked = Looked::No;
             let mut reservation = reservation;
-            if self.queue.is_empty() {
-                // The chunk to send next: a hit read on demand is served from this task.
+            if self.queue.is_empty() && index == self.last_index {
+                // The chunk to send next and the range's last (a one-chunk range: a small
+                // object): a hit read on demand is served from this task. (Not an earlier
+                // chunk: the chunks after it start only once it is looked up, and a shared
+                // store's lookup is a round trip.)
                 looked = match self.edge.orca.storage.open(&chunk, from, to).await {
                     Some(hit) if hit.on_demand && hit.source == ChunkSource::CacheStore => {
                         match open_here(&chunk, hit, reservation).await {
