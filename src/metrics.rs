@@ -4,12 +4,12 @@
 //! One registry, served by the ops service. Counters are plain statics so the hot path pays
 //! an atomic add, not a lookup by name.
 
-use once_cell::sync::Lazy;
+use once_cell::sync::{Lazy, OnceCell};
 use prometheus::{
     register_histogram_vec_with_registry, register_int_counter_vec_with_registry,
     register_int_counter_with_registry, register_int_gauge_vec_with_registry,
-    register_int_gauge_with_registry, Encoder, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Registry, TextEncoder,
+    register_int_gauge_with_registry, Encoder, Histogram, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Registry, TextEncoder,
 };
 
 /// The registry the ops service renders.
@@ -301,10 +301,56 @@ impl ChunkSource {
         })
     }
 
-    /// Counts one chunk read from this source.
+    /// Counts one chunk read from this source (through a handle resolved once: no label
+    /// hashing or lock per chunk).
     pub fn count(self) {
-        CHUNK_READS.with_label_values(&[self.as_str()]).inc();
+        static HANDLES: Lazy<[IntCounter; 4]> = Lazy::new(|| {
+            [
+                ChunkSource::Memory,
+                ChunkSource::CacheStore,
+                ChunkSource::Origin,
+                ChunkSource::Peer,
+            ]
+            .map(|s| CHUNK_READS.with_label_values(&[s.as_str()]))
+        });
+        HANDLES[self as usize].inc();
     }
+}
+
+/// Counts an answered edge request (`orca_edge_requests_total`) and observes its duration
+/// (`orca_edge_request_duration_seconds`). GET and HEAD with the usual statuses go through
+/// handles resolved on first use, so the hot path formats no status and hashes no label;
+/// other answers are looked up by their labels.
+pub fn edge_request_done(method: &http::Method, status: u16, seconds: f64) {
+    const STATUSES: [u16; 6] = [200, 206, 304, 404, 403, 412];
+    const METHODS: [&str; 2] = ["GET", "HEAD"];
+    static COUNTERS: [OnceCell<IntCounter>; 12] = [const { OnceCell::new() }; 12];
+    static DURATIONS: [OnceCell<Histogram>; 2] = [const { OnceCell::new() }; 2];
+    let m = match *method {
+        http::Method::GET => Some(0),
+        http::Method::HEAD => Some(1),
+        _ => None,
+    };
+    let Some(m) = m else {
+        EDGE_REQUESTS
+            .with_label_values(&[method.as_str(), &status.to_string()])
+            .inc();
+        EDGE_DURATION
+            .with_label_values(&[method.as_str()])
+            .observe(seconds);
+        return;
+    };
+    match STATUSES.iter().position(|s| *s == status) {
+        Some(i) => COUNTERS[m * STATUSES.len() + i]
+            .get_or_init(|| EDGE_REQUESTS.with_label_values(&[METHODS[m], &status.to_string()]))
+            .inc(),
+        None => EDGE_REQUESTS
+            .with_label_values(&[METHODS[m], &status.to_string()])
+            .inc(),
+    }
+    DURATIONS[m]
+        .get_or_init(|| EDGE_DURATION.with_label_values(&[METHODS[m]]))
+        .observe(seconds);
 }
 
 /// Forces every family into the registry so `/metrics` lists them from the first scrape.

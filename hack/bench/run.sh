@@ -9,6 +9,8 @@
 #     plain, and a second server capped at 50 MB/s per connection (limit_rate 50m);
 #   - the same nginx serving the same files on a third port: nginx-static, the ceiling;
 #   - Orca (fs cache store, 8 MiB chunks, no tiers, readahead 8) in front of each origin;
+#   - the floor for small objects: a bare Pingora server answering the same 4 KiB files from
+#     memory (hack/bench/floor.rs, the bench-floor binary, built with --features bench-floor);
 #   - nginx proxy_cache + slice 8m (settings from nginx's slice docs) in front of each origin;
 #   - for figure 8, moto's S3 server as a shared cache store and 3 Orca replicas using it.
 # Then measures figures 1-12 of the issue (9-12: sub-range fills and peak memory, on Orca
@@ -27,7 +29,9 @@
 # Environment: ORCA_BENCH_DIR (default: a new /tmp/orca-bench.XXXXXX per run, so two runs never
 # share files; a directory given is wiped at start; caches are removed at exit), CARGO_TARGET_DIR
 # (default ~/.cache/orca-target), ORCA_BIN (an orca binary to use instead of building one),
-# ORCA_BENCH_NO_BUILD=1 to use the built release binary.
+# ORCA_BENCH_NO_BUILD=1 to use the built release binary, ORCA_FLOOR_BIN (a bench-floor binary;
+# without one, and with ORCA_BIN or ORCA_BENCH_NO_BUILD=1 and none built, the floor's figures
+# are left out).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
@@ -93,10 +97,12 @@ nginx -V 2>&1 | grep -q http_slice_module || die "this nginx lacks the slice mod
 
 if [ -z "${ORCA_BIN:-}" ] && [ "${ORCA_BENCH_NO_BUILD:-0}" != 1 ]; then
     say "building orca (release)"
-    timeout 1800 cargo build --release --locked --bin orca >&2
+    timeout 1800 cargo build --release --locked --features bench-floor --bin orca --bin bench-floor >&2
 fi
 orca_bin="${ORCA_BIN:-$CARGO_TARGET_DIR/release/orca}"
 [ -x "$orca_bin" ] || die "no orca binary at $orca_bin"
+floor_bin="${ORCA_FLOOR_BIN:-$CARGO_TARGET_DIR/release/bench-floor}"
+[ -x "$floor_bin" ] || { echo "bench: no bench-floor binary at $floor_bin: the floor's figures are left out" >&2; floor_bin=""; }
 
 # The measured run is bounded: a watchdog ends it (through the EXIT trap) if it overruns. It
 # starts after the installs and the build, which have deadlines of their own (a first release
@@ -123,6 +129,7 @@ err() { echo "bench: ERROR: $*" >&2; rec error "$1" "${2:-}" 0 1; }
 port_vars=(p_origin p_capped p_static p_slice p_slice_capped p_orca p_orca_fill p_orca_ops
     p_orcac p_orcac_fill p_orcac_ops p_moto p_f1 p_f1_fill p_f1_ops p_f2 p_f2_fill p_f2_ops
     p_f3 p_f3_fill p_f3_ops)
+port_vars+=(p_floor)  # the bare Pingora floor (figure 5)
 read -r -a free_ports < <(python3 -c '
 import socket, sys
 socks = [socket.socket() for _ in range(int(sys.argv[1]))]
@@ -285,15 +292,25 @@ EOF
     pids+=($!)
     eval "pid_$name=$!"
 }
+# The floor for small objects (figure 5): Pingora alone, answering the small files from memory.
+start_floor() {
+    [ -n "$floor_bin" ] || return 0
+    "$floor_bin" --listen "127.0.0.1:$p_floor" --dir "$dir/objects/small" --prefix /bucket/small/ \
+        --threads 2 >"$dir/logs/floor.log" 2>&1 &
+    pids+=($!)
+    pid_floor=$!
+}
 say "starting orca (:$p_orca) and orca on the capped origin (:$p_orcac)"
 start_orca orca "$p_origin" "$p_orca" "$p_orca_fill" "$p_orca_ops"
 start_orca orcac "$p_capped" "$p_orcac" "$p_orcac_fill" "$p_orcac_ops"
+start_floor
 
 : >"$dir/objects/probe"
 wait_http "http://127.0.0.1:$p_origin/bucket/probe" origin "$dir/origin/error.log"
 wait_http "http://127.0.0.1:$p_slice/bucket/probe" nginx-slice "$dir/slice/error.log"
 wait_http "http://127.0.0.1:$p_orca_ops/readyz" orca "$dir/logs/orca.log"
 wait_http "http://127.0.0.1:$p_orcac_ops/readyz" orca-capped "$dir/logs/orcac.log"
+[ -z "$floor_bin" ] || wait_http "http://127.0.0.1:$p_floor/bucket/small/s000" floor "$dir/logs/floor.log"
 for v in pid_origin pid_slice pid_orca pid_orcac; do
     kill -0 "${!v}" 2>/dev/null || die "${v#pid_} exited at start (see $dir/logs)"
 done
@@ -315,6 +332,7 @@ url() { # setup key
         slice) echo "http://127.0.0.1:$p_slice/bucket/$2" ;;
         slicec) echo "http://127.0.0.1:$p_slice_capped/bucket/$2" ;;
         static) echo "http://127.0.0.1:$p_static/bucket/$2" ;;
+        floor) echo "http://127.0.0.1:$p_floor/bucket/$2" ;;
         origin) echo "http://127.0.0.1:$p_origin/bucket/$2" ;;
         capped) echo "http://127.0.0.1:$p_capped/bucket/$2" ;;
     esac
@@ -475,23 +493,38 @@ done
 wrk_ms() { # wrk latency value -> ms
     awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f\n", n }'
 }
-for s in orca slice static; do
+small_setups="orca slice static"; [ -z "$floor_bin" ] || small_setups="$small_setups floor"
+for s in $small_setups; do
     got=$(curl -s --max-time "$curl_max" "$(url "$s" small/s007)" | sha256sum | cut -d' ' -f1)
     [ "$got" = "$(sha256sum <"$dir/objects/small/s007" | cut -d' ' -f1)" ] ||
         err hash "figure 5, $s: small/s007 returned other bytes"
 done
+# The server processes whose CPU a setup's small requests cost (nginx-static is the origin's
+# nginx, which serves nothing else during figure 5).
+small_pid() {
+    case $1 in orca) echo "$pid_orca" ;; slice) echo "$pid_slice" ;; static) echo "$pid_origin" ;; floor) echo "$pid_floor" ;; esac
+}
+# One wrk run of figure 5 against a setup: req/s, p99, and the server's CPU microseconds per
+# request (user + sys over the run / requests served: less noisy than req/s on shared cores).
+wrk_small() { # setup rep
+    local s=$1 r=$2 base out rps p99 non2xx n c0 c1
+    base=$(url "$s" "")
+    c0=$(cpu_of "$(small_pid "$s")")
+    out=$(timeout $((wrk_secs + 30)) wrk -t 2 -c "$wrk_conns" -d "${wrk_secs}s" --latency -s "$dir/small.lua" "${base%/bucket/}") || err wrk "$s"
+    c1=$(cpu_of "$(small_pid "$s")")
+    echo "$out" >"$dir/logs/wrk-$s-$r.txt"
+    rps=$(echo "$out" | awk '/^Requests\/sec/ {print $2}')
+    p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
+    n=$(echo "$out" | awk '/ requests in / {print $1}')
+    non2xx=$(echo "$out" | awk '/Non-2xx/ {print $NF}')
+    [ -z "$non2xx" ] || err wrk "$s: $non2xx non-2xx answers"
+    rec 5 "$s" req/s "$r" "${rps:-0}"
+    rec 5 "$s" p99_ms "$r" "$(wrk_ms "${p99:-0}")"
+    [ "${n:-0}" -gt 0 ] && rec 5 "$s" cpu_us_per_req "$r" "$(awk -v a="$c0" -v b="$c1" -v n="$n" 'BEGIN{printf "%.2f\n", (b - a) * 1e6 / n}')"
+    return 0
+}
 for r in $(seq 1 "$reps"); do
-    for s in orca slice static; do
-        base=$(url "$s" "")
-        out=$(timeout $((wrk_secs + 30)) wrk -t 2 -c "$wrk_conns" -d "${wrk_secs}s" --latency -s "$dir/small.lua" "${base%/bucket/}") || err wrk "$s"
-        echo "$out" >"$dir/logs/wrk-$s-$r.txt"
-        rps=$(echo "$out" | awk '/^Requests\/sec/ {print $2}')
-        p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
-        non2xx=$(echo "$out" | awk '/Non-2xx/ {print $NF}')
-        [ -z "$non2xx" ] || err wrk "$s: $non2xx non-2xx answers"
-        rec 5 "$s" req/s "$r" "${rps:-0}"
-        rec 5 "$s" p99_ms "$r" "$(wrk_ms "${p99:-0}")"
-    done
+    for s in $small_setups; do wrk_small "$s" "$r"; done
 done
 
 say "6. peak RSS of orca: $rss_clients concurrent cold reads of different $((big / MiB)) MiB objects for ${rss_secs}s"

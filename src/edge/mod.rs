@@ -20,10 +20,11 @@ pub mod request;
 use crate::error::S3Error;
 use crate::error::{request_id, write_error};
 use crate::fill::FillClients;
-use crate::metrics::{EDGE_DURATION, EDGE_REQUESTS};
+use crate::metrics;
 use crate::state::Orca;
 use async_trait::async_trait;
 use bytes::Bytes;
+use pingora::modules::http::HttpModules;
 use pingora::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
@@ -142,6 +143,11 @@ impl ProxyHttp for EdgeService {
         }
     }
 
+    /// No downstream modules: the default adds a disabled compression module, which the edge
+    /// never enables (S3 objects go out as stored), and which cost every request its context
+    /// and header filters.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
+
     async fn upstream_peer(
         &self,
         _session: &mut Session,
@@ -175,19 +181,14 @@ impl ProxyHttp for EdgeService {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
-        let method = session.req_header().method.as_str().to_string();
+        let method = &session.req_header().method;
         let status = match (e, session.response_written()) {
             // Aborted after the headers: the client got a broken response.
             (Some(_), Some(_)) => 0,
             (None, Some(resp)) => resp.status.as_u16(),
             (_, None) => ctx.status,
         };
-        EDGE_REQUESTS
-            .with_label_values(&[&method, &status.to_string()])
-            .inc();
-        EDGE_DURATION
-            .with_label_values(&[&method])
-            .observe(ctx.start.elapsed().as_secs_f64());
+        metrics::edge_request_done(method, status, ctx.start.elapsed().as_secs_f64());
         tracing::debug!(
             request_id = %ctx.request_id,
             method = %method,

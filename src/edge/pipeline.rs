@@ -11,6 +11,13 @@
 //! A hit that gains nothing from reading ahead (a local-disk store, or a fill in flight whose
 //! bytes are already in memory) is opened ahead and its first piece read, then handed to the
 //! pipeline, which reads the rest as the client takes it.
+//!
+//! The last chunk of a range, when it is the one to send next, the store holds it and it is
+//! read on demand (the usual warm GET of a small object: one chunk in the `fs` store), is
+//! opened and its first piece read in the request's own task: no task is spawned and no
+//! channel made for it (issue 15). Everything else (misses, fills in flight, hits read ahead,
+//! the chunks of a range before its last) gets a task of its own, so chunks arrive in
+//! parallel.
 
 use super::EdgeShared;
 use crate::cachestore::storage::ChunkHit;
@@ -75,23 +82,58 @@ pub fn budget_units(bytes: u64) -> u32 {
 struct Running {
     /// The chunk, named in errors.
     id: ChunkId,
-    rx: UnboundedReceiver<PieceResult>,
-    /// An on-demand hit, handed over before `rx` closes.
-    hit_rx: oneshot::Receiver<ChunkHit>,
+    /// A piece read already, sent before anything else (the first piece of a hit opened in
+    /// the request's task).
+    first: Option<Bytes>,
+    /// The chunk's own reader task; `None` for a hit opened in the request's task.
+    spawned: Option<Spawned>,
     /// The on-demand hit once handed over: the rest of the chunk is read from it.
     hit: Option<ChunkHit>,
-    task: JoinHandle<()>,
     /// This chunk's share of the read-ahead budget, held while its bytes may be buffered:
     /// returned as soon as the chunk is an on-demand hit (read as the client takes it).
     reservation: Option<OwnedSemaphorePermit>,
 }
 
-impl Drop for Running {
+/// A chunk's reader task and what it hands back.
+struct Spawned {
+    rx: UnboundedReceiver<PieceResult>,
+    /// An on-demand hit, handed over before `rx` closes.
+    hit_rx: oneshot::Receiver<ChunkHit>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Spawned {
     fn drop(&mut self) {
         // A client that went away stops its reads; fills already asked of the fill service
         // finish there and are stored.
         self.task.abort();
     }
+}
+
+/// What the pipeline learnt of a chunk in the store before it started the chunk's task.
+enum Looked {
+    /// Nothing: the task looks.
+    No,
+    /// The store (or a fill in flight) has it, opened: the task reads it.
+    Hit(ChunkHit),
+    /// A miss, or a store read that failed before its first byte: the task fills.
+    Miss,
+}
+
+/// Keeps of a chunk's reservation only what its hit's reader may hold ahead of the client (an
+/// in-process stream's buffer; nothing for memory or disk).
+fn shrink(
+    reservation: Option<OwnedSemaphorePermit>,
+    hit: &ChunkHit,
+) -> Option<OwnedSemaphorePermit> {
+    let keep = budget_units(hit.buffered) as usize;
+    reservation.and_then(|mut r| {
+        if keep == 0 {
+            None
+        } else {
+            r.split(keep.min(r.num_permits()))
+        }
+    })
 }
 
 /// The ordered stream of a range's bytes.
@@ -151,6 +193,9 @@ impl Pipeline {
             let Some(head) = self.queue.front_mut() else {
                 return Ok(None);
             };
+            if let Some(piece) = head.first.take() {
+                return Ok(Some(piece));
+            }
             if let Some(hit) = head.hit.as_mut() {
                 match hit.reader.next_piece().await {
                     Ok(Some(piece)) => return Ok(Some(piece)),
@@ -167,21 +212,17 @@ impl Pipeline {
                     }
                 }
             }
-            match head.rx.recv().await {
+            let Some(spawned) = head.spawned.as_mut() else {
+                // A hit opened here, read to its end.
+                self.queue.pop_front();
+                continue;
+            };
+            match spawned.rx.recv().await {
                 Some(Ok(piece)) => return Ok(Some(piece)),
                 Some(Err(e)) => return Err(e),
-                None => match head.hit_rx.try_recv() {
+                None => match spawned.hit_rx.try_recv() {
                     Ok(hit) => {
-                        // Only what the hit's reader may hold ahead of the client stays
-                        // counted (an in-process stream's buffer; nothing for memory or disk).
-                        let keep = budget_units(hit.buffered) as usize;
-                        head.reservation = head.reservation.take().and_then(|mut r| {
-                            if keep == 0 {
-                                None
-                            } else {
-                                r.split(keep.min(r.num_permits()))
-                            }
-                        });
+                        head.reservation = shrink(head.reservation.take(), &hit);
                         head.hit = Some(hit);
                     }
                     Err(_) => {
@@ -225,6 +266,31 @@ impl Pipeline {
                     Err(_) => break,
                 }
             };
+            let mut looked = Looked::No;
+            let mut reservation = reservation;
+            if self.queue.is_empty() && index == self.last_index {
+                // The chunk to send next and the range's last (a one-chunk range: a small
+                // object): a hit read on demand is served from this task. (Not an earlier
+                // chunk: the chunks after it start only once it is looked up, and a shared
+                // store's lookup is a round trip.)
+                looked = match self.edge.orca.storage.open(&chunk, from, to).await {
+                    Some(hit) if hit.on_demand && hit.source == ChunkSource::CacheStore => {
+                        match open_here(&chunk, hit, reservation).await {
+                            Ok(running) => {
+                                self.queue.push_back(running);
+                                self.next_index += 1;
+                                continue;
+                            }
+                            Err(back) => {
+                                reservation = back;
+                                Looked::Miss
+                            }
+                        }
+                    }
+                    Some(hit) => Looked::Hit(hit),
+                    None => Looked::Miss,
+                };
+            }
             let (tx, rx) = unbounded_channel();
             let (hit_tx, hit_rx) = oneshot::channel();
             let id = chunk.id.clone();
@@ -233,15 +299,15 @@ impl Pipeline {
                 chunk,
                 (from, to),
                 self.request_id.clone(),
+                looked,
                 tx,
                 hit_tx,
             ));
             self.queue.push_back(Running {
                 id,
-                rx,
-                hit_rx,
+                first: None,
+                spawned: Some(Spawned { rx, hit_rx, task }),
                 hit: None,
-                task,
                 reservation: Some(reservation),
             });
             self.next_index += 1;
@@ -250,8 +316,34 @@ impl Pipeline {
     }
 }
 
+/// A hit of the chunk to send next, opened in the request's task: its first piece read (so a
+/// store that fails before its first byte still leaves the chunk to a fill) and counted.
+/// `Err` (with the reservation) when that first read failed.
+async fn open_here(
+    chunk: &Chunk,
+    mut hit: ChunkHit,
+    reservation: OwnedSemaphorePermit,
+) -> Result<Running, OwnedSemaphorePermit> {
+    match hit.reader.next_piece().await {
+        Ok(first) => {
+            count_hit(&hit);
+            Ok(Running {
+                id: chunk.id.clone(),
+                first,
+                spawned: None,
+                reservation: shrink(Some(reservation), &hit),
+                hit: Some(hit),
+            })
+        }
+        Err(e) => {
+            tracing::warn!(chunk = %chunk.id, error = %e, "chunk read failed before its first byte");
+            Err(reservation)
+        }
+    }
+}
+
 /// Reads bytes `[from, to)` of one chunk into `tx`: in-process from a fill in flight or the
-/// store when it is there; else from the chunk's coordinator when that is another replica;
+/// store when it is there (as `looked` says, or after a look of its own); else from the chunk's coordinator when that is another replica;
 /// else (or when the coordinator cannot help) through this replica's own fill service, which
 /// fetches it from the origin once, whoever else asks. An on-demand hit goes to `hit_tx`
 /// after its first piece.
@@ -260,6 +352,7 @@ async fn read_chunk(
     chunk: Chunk,
     (from, to): (u64, u64),
     request_id: Arc<str>,
+    looked: Looked,
     tx: UnboundedSender<PieceResult>,
     hit_tx: oneshot::Sender<ChunkHit>,
 ) {
@@ -267,7 +360,12 @@ async fn read_chunk(
     let mut hit_tx = hit_tx;
     // Bytes of the chunk sent so far: a store read that broke off is continued from there.
     let mut sent = 0u64;
-    if let Some(hit) = orca.storage.open(&chunk, from, to).await {
+    let hit = match looked {
+        Looked::No => orca.storage.open(&chunk, from, to).await,
+        Looked::Hit(hit) => Some(hit),
+        Looked::Miss => None,
+    };
+    if let Some(hit) = hit {
         match pass_hit(&chunk, hit, true, &tx, hit_tx).await {
             Passed::Done => return,
             Passed::Broke {
@@ -281,7 +379,10 @@ async fn read_chunk(
     }
     if let Some(peer) = orca.cluster.coordinator(&chunk.id) {
         if !edge.fills.is_down(&peer) {
-            match fetch_from_peer(
+            // Boxed, as the local fill below: an HTTP exchange's future is tens of KiB, and
+            // held inline it made this task's future as large, copied whole into every spawn
+            // (a profile of warm 4 KiB GETs found most of their instructions in that copy).
+            match Box::pin(fetch_from_peer(
                 &edge,
                 &peer,
                 &chunk,
@@ -289,7 +390,7 @@ async fn read_chunk(
                 &request_id,
                 &tx,
                 &mut sent,
-            )
+            ))
             .await
             {
                 Ok(()) => {
@@ -324,11 +425,12 @@ async fn read_chunk(
     // own fill service, in-process. Its answer is read as the client takes it: a slow client
     // holds no more than the in-memory stream's buffer, and the fill goes on into its spool
     // without it.
-    match edge
-        .fills
-        .local()
-        .open(&chunk, (from + sent, to), &request_id)
-        .await
+    match Box::pin(
+        edge.fills
+            .local()
+            .open(&chunk, (from + sent, to), &request_id),
+    )
+    .await
     {
         Ok((source, body)) => {
             let hit = ChunkHit {
