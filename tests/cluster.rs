@@ -542,7 +542,7 @@ async fn a_coordinators_timeout_falls_back_to_a_local_fill() {
 async fn a_peer_fills_the_part_asked_for_first_and_answers_it_alone() {
     let extra =
         "chunking:\n  size: 4MiB\n  tiers: []\n  subrange_size: 1MiB\n  subrange_streams: 2\n";
-    let fleet = Fleet::start(2, everyone, extra, false).await;
+    let fleet = start(2, everyone, extra, false).await;
     let chunk = 4 * MIB;
     let data = deterministic_bytes(25, 8 * chunk);
     let etag = fleet.put("parts", &data).await;
