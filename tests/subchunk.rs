@@ -327,3 +327,70 @@ async fn azure_sub_ranges_are_pinned_and_a_changed_blob_stores_nothing() {
     assert!(r.body == data, "the stored chunk's bytes differ");
     assert_eq!(chunk_files(root.path()), 1);
 }
+
+/// Two readers of a cold chunk wait for the replica's only origin permit, which another
+/// chunk's (dripping) fill holds. The first to get it starts the sub-range fill; the second
+/// joins that fill as soon as it is registered instead of waiting for a permit it does not
+/// need, and every byte is fetched once. Seen failing before the fix: the second reader kept
+/// waiting for the permit while the fill it could read went on, and was answered
+/// `503 SlowDown` at the lock timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_waiting_for_an_origin_permit_joins_the_fill_that_starts_meanwhile() {
+    let root = tempfile::tempdir().unwrap();
+    // One origin permit; the lock timeout is 500 ms x 4 + 5 s = 7 s.
+    let s = Stack::start(Origin::S3, "subchunk-join", |c| {
+        config(c, root.path(), 1)
+            .extra_yaml("limits:\n  origin_concurrency: 1\n  origin_timeout: 500ms\n")
+    })
+    .await;
+    let small = deterministic_bytes(22, MIB);
+    let big = deterministic_bytes(23, 8 * MIB);
+    s.put("hold", &small).await;
+    s.put("big", &big).await;
+    // Every GET drips 128 KiB per 150 ms: `hold` (one chunk, one GET) keeps the permit about
+    // 1.2 s; `big` (8 sub-ranges, one stream) fills in about 10 s, past the lock timeout.
+    s.proxy.push_fault(
+        FaultRule::new(Fault::Drip(128 * 1024, Duration::from_millis(150)))
+            .method("GET")
+            .times(100),
+    );
+    let url = s.url("hold");
+    let hold = tokio::spawn(async move { http_get(&url, None).await.unwrap() });
+    for _ in 0..500 {
+        if s.proxy
+            .counts()
+            .log
+            .iter()
+            .any(|r| r.method == "GET" && r.path().ends_with("/hold"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Both readers of `big` miss and wait for the permit `hold`'s fill has.
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let url = s.url("big");
+            tokio::spawn(async move { http_get(&url, None).await.unwrap() })
+        })
+        .collect();
+    let hold = hold.await.unwrap();
+    assert_eq!(hold.status, 200);
+    assert!(hold.body == small, "hold's bytes differ");
+    for (i, r) in readers.into_iter().enumerate() {
+        let r = r.await.unwrap();
+        assert_eq!(
+            r.status,
+            200,
+            "reader {i}: {}",
+            String::from_utf8_lossy(&r.body[..r.body.len().min(300)])
+        );
+        assert!(r.body == big, "reader {i}'s bytes differ");
+    }
+    s.proxy.clear_faults();
+    fetched_once(&s, "big", 8 * MIB);
+    assert_eq!(
+        s.orca.metric_value_async("orca_origin_bytes_total").await,
+        (9 * MIB) as f64
+    );
+}

@@ -180,6 +180,11 @@ impl RamTier {
             if inner.chunks.contains_key(&key) || inner.admitting.contains_key(&key) {
                 return None;
             }
+            // The rest of the tier is reserved by admissions in progress: no eviction can make
+            // room, so evict nothing (a refusal must not empty the tier).
+            if inner.reserved + len > self.capacity {
+                return None;
+            }
             let now = Instant::now();
             while inner.policy.bytes() + inner.reserved + len > self.capacity {
                 let Some((victim, size)) = inner.policy.evict(self.capacity, now, None) else {

@@ -494,6 +494,10 @@ pub struct ChunkStorage {
     /// Chunks the edge found missing just now, which the fill service's lookups trust.
     misses: Catalog,
     flights: Mutex<HashMap<ChunkId, Arc<Flight>>>,
+    /// Told whenever a flight enters or leaves the registry: a sub-range fill's requester
+    /// waiting for an origin permit joins a flight that another caller started meanwhile
+    /// instead of waiting for a permit it would not need ([`ChunkStorage::flight_changes`]).
+    flights_changed: tokio::sync::Notify,
     /// Bounds the flights in the registry, committing ones included.
     flight_permits: Arc<Semaphore>,
     next_tag: AtomicU64,
@@ -538,6 +542,7 @@ impl ChunkStorage {
             store,
             misses: Catalog::new(catalog_entries),
             flights: Mutex::new(HashMap::new()),
+            flights_changed: tokio::sync::Notify::new(),
             flight_permits: Arc::new(Semaphore::new(max_flights.max(1))),
             next_tag: AtomicU64::new(1),
             ram: None,
@@ -672,6 +677,26 @@ impl ChunkStorage {
         }
     }
 
+    /// Bytes `[from, to)` of a live fill of `chunk` in flight, if there is one: the registry
+    /// only (no store request), so cheap enough to ask again on every
+    /// [`ChunkStorage::flight_changes`].
+    pub fn join_flight(&self, chunk: &Chunk, (from, to): (u64, u64)) -> Option<ChunkHit> {
+        let flight = self.flights.lock().get(&chunk.id).cloned()?;
+        (!flight.failed()).then(|| ChunkHit {
+            source: ChunkSource::Memory,
+            reader: Box::new(FlightReader::new(flight, from, to, self.stall_timeout)),
+            on_demand: true,
+            buffered: 0,
+        })
+    }
+
+    /// Completes when a flight next enters or leaves the registry. Enable it (`enable()` on
+    /// the pinned future) before looking at the registry, so a change between the look and
+    /// the wait is not missed.
+    pub fn flight_changes(&self) -> tokio::sync::futures::Notified<'_> {
+        self.flights_changed.notified()
+    }
+
     /// Records that a fill of `id` failed before its first byte with `error` (the origin's
     /// answer after all its attempts).
     pub fn record_failure(&self, id: &ChunkId, error: OriginError) {
@@ -764,6 +789,7 @@ impl ChunkStorage {
                 flights.remove(&flight.chunk.id);
             }
         }
+        self.flights_changed.notify_waiters();
         // Out of the registry: its slot is free for the next fill, and its memory goes
         // (its readers, if any, read the rest from its spool).
         flight.permit.lock().take();
@@ -903,6 +929,7 @@ impl ChunkStorage {
             }
             flights.insert(chunk.id.clone(), flight.clone());
         }
+        self.flights_changed.notify_waiters();
         tracing::debug!(chunk = %flight.name, tag, "sub-range fill registered");
         let reader = hit(flight.clone());
         Ok(SparseBegin::Started(
@@ -930,6 +957,12 @@ pub struct SparseFill {
 }
 
 impl SparseFill {
+    /// Tells the flight's readers the fill is still at work (a new attempt at a sub-range):
+    /// each wait for a byte restarts its no-progress deadline.
+    pub fn alive(&self) {
+        self.flight.changed.send_replace(());
+    }
+
     /// The chunk being filled.
     pub fn chunk(&self) -> &Chunk {
         &self.flight.chunk
@@ -1218,6 +1251,7 @@ impl Storage for ChunkStorage {
         self.flights
             .lock()
             .insert(flight.chunk.id.clone(), flight.clone());
+        self.flights_changed.notify_waiters();
         Ok(Box::new(ChunkMissHandler {
             storage: self,
             flight,

@@ -136,21 +136,72 @@ pub(super) async fn serve(
         .await
         .map(Some);
     }
+    // Wait for an origin permit, but join a fill of this chunk that another caller starts
+    // meanwhile (it needs no permit of ours), and look again once the permit is ours: a fill
+    // that ended while this request waited left the chunk stored (or its failure recorded),
+    // and filling it again would fetch its bytes twice.
     let wait = orca.lock_timeout();
-    let permit = match tokio::time::timeout(wait, orca.origin_permits.clone().acquire_owned()).await
-    {
-        Ok(Ok(permit)) => permit,
-        Ok(Err(_)) => return Error::e_explain(ErrorType::InternalError, "origin permits closed"),
-        Err(_) => {
-            let e = S3Error::new(
-                503,
-                "SlowDown",
-                format!("No origin fill slot came free within {wait:?}."),
-            );
-            write_s3(session, &e, request_id).await?;
-            return Ok(Some(()));
+    let deadline = started + wait;
+    let acquire = orca.origin_permits.clone().acquire_owned();
+    tokio::pin!(acquire);
+    let permit = loop {
+        let changes = storage.flight_changes();
+        tokio::pin!(changes);
+        changes.as_mut().enable();
+        if let Some(hit) = storage.join_flight(chunk, (from, to)) {
+            FILL_JOINS.inc();
+            *source = Some(ChunkSource::Memory);
+            let hit = (hit, ChunkSource::Memory);
+            return answer(orca, session, chunk, range, hit, started, request_id)
+                .await
+                .map(Some);
+        }
+        tokio::select! {
+            permit = &mut acquire => match permit {
+                Ok(permit) => break permit,
+                Err(_) => return Error::e_explain(ErrorType::InternalError, "origin permits closed"),
+            },
+            () = &mut changes => {}
+            () = tokio::time::sleep_until(deadline) => {
+                let e = S3Error::new(
+                    503,
+                    "SlowDown",
+                    format!("No origin fill slot came free within {wait:?}."),
+                );
+                write_s3(session, &e, request_id).await?;
+                return Ok(Some(()));
+            }
         }
     };
+    if let Some(e) = storage.failure_since(&chunk.id, started) {
+        // A fill of this chunk failed while this request waited: its answer, not a new try
+        // (N waiters must not become N more rounds of origin attempts).
+        drop(permit);
+        *source = Some(ChunkSource::Origin);
+        return write_s3(session, &e.to_s3(), request_id).await.map(Some);
+    }
+    if let Some(hit) = storage
+        .open_range_for_fill(chunk, (from, to), vouched)
+        .await
+    {
+        drop(permit);
+        if hit.source == ChunkSource::Memory {
+            FILL_JOINS.inc();
+        }
+        *source = Some(hit.source);
+        let from_where = hit.source;
+        return answer(
+            orca,
+            session,
+            chunk,
+            range,
+            (hit, from_where),
+            started,
+            request_id,
+        )
+        .await
+        .map(Some);
+    }
     match storage.begin_sparse(chunk, (from, to)).await {
         Ok(SparseBegin::Joined(hit)) => {
             drop(permit);
@@ -380,6 +431,10 @@ async fn fetch_subrange(
     let mut attempt = 0;
     loop {
         attempt += 1;
+        // The fill is alive: its readers' no-progress deadline starts again with each
+        // attempt (a GET that waits out the origin timeout, then a retry, must not make the
+        // requester give up on a fill that then succeeds).
+        fill.alive();
         match get_once(orca, fill, a, b, sent).await {
             Ok(()) => return Ok(()),
             Err((e, false)) if e.is_retryable() && attempt < ORIGIN_ATTEMPTS => {
