@@ -304,18 +304,25 @@ impl ChunkSource {
     /// Counts one chunk read from this source (through a handle resolved once: no label
     /// hashing or lock per chunk).
     pub fn count(self) {
-        static HANDLES: Lazy<[IntCounter; 4]> = Lazy::new(|| {
-            [
-                ChunkSource::Memory,
-                ChunkSource::CacheStore,
-                ChunkSource::Origin,
-                ChunkSource::Peer,
-            ]
-            .map(|s| CHUNK_READS.with_label_values(&[s.as_str()]))
-        });
-        HANDLES[self as usize].inc();
+        static HANDLES: Lazy<[IntCounter; 4]> =
+            Lazy::new(|| SOURCE_LABELS.map(|label| CHUNK_READS.with_label_values(&[label])));
+        HANDLES[self.slot()].inc();
+    }
+
+    /// This source's counter in [`SOURCE_LABELS`]: by label, not by discriminant (`RamTier`
+    /// shares `memory`'s counter).
+    fn slot(self) -> usize {
+        match self {
+            ChunkSource::Memory | ChunkSource::RamTier => 0,
+            ChunkSource::CacheStore => 1,
+            ChunkSource::Origin => 2,
+            ChunkSource::Peer => 3,
+        }
     }
 }
+
+/// The values of `orca_chunk_reads_total`'s `source` label.
+const SOURCE_LABELS: [&str; 4] = ["memory", "cachestore", "origin", "peer"];
 
 /// Counts an answered edge request (`orca_edge_requests_total`) and observes its duration
 /// (`orca_edge_request_duration_seconds`). GET and HEAD with the usual statuses go through
@@ -359,7 +366,7 @@ pub fn init() {
     Lazy::force(&EDGE_DURATION);
     Lazy::force(&EDGE_BYTES_SENT);
     Lazy::force(&CHUNK_READS);
-    for s in ["memory", "cachestore", "origin", "peer"] {
+    for s in SOURCE_LABELS {
         CHUNK_READS.with_label_values(&[s]);
     }
     Lazy::force(&ORIGIN_REQUESTS);
@@ -409,4 +416,21 @@ pub fn render() -> Vec<u8> {
     // Encoding into a Vec cannot fail for well-formed families.
     let _ = TextEncoder::new().encode(&REGISTRY.gather(), &mut buf);
     buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each source is counted under its own label. The counters were once indexed by the enum's
+    /// discriminant, and the RAM tier's variant shifted every later source one label on
+    /// (a cache-store hit counted as `origin`, an origin read as `peer`, a peer's out of
+    /// bounds); `cluster.rs`'s per-replica origin counts caught it (48 for 24).
+    #[test]
+    fn each_source_counts_under_its_own_label() {
+        use ChunkSource::*;
+        for s in [Memory, RamTier, CacheStore, Origin, Peer] {
+            assert_eq!(SOURCE_LABELS[s.slot()], s.as_str(), "{s:?}");
+        }
+    }
 }

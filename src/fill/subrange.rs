@@ -353,8 +353,9 @@ async fn run_fill(orca: Arc<Orca>, fill: SparseFill, permit: OwnedSemaphorePermi
     let queue = Arc::new(Mutex::new(VecDeque::from(plan)));
     let fill = Arc::new(fill);
     let mut workers = tokio::task::JoinSet::new();
-    // The requester's GET goes out first: the other workers start once it is sent (or its
-    // worker ended), so the origin sees it before any other.
+    // The requester's GET goes out first: the other workers start once its answer has begun
+    // (or its worker ended), so the origin sees it before any other and it has the origin's
+    // first-byte time to itself.
     let (sent_tx, sent_rx) = tokio::sync::watch::channel(false);
     let mut sent_tx = Some(sent_tx);
     for permit in permits {
@@ -446,7 +447,7 @@ async fn fetch_subrange(
     }
 }
 
-/// One GET of bytes `[a, b)` of the fill's chunk; `sent` is told once the request is out.
+/// One GET of bytes `[a, b)` of the fill's chunk; `sent` is told once the answer's header is in.
 /// The error says whether any byte came.
 async fn get_once(
     orca: &Orca,
@@ -483,10 +484,13 @@ async fn get_once(
         .await
         .map_err(no_answer)?;
     session.finish_request_body().await.map_err(no_answer)?;
+    session.read_response_header().await.map_err(no_answer)?;
+    // The requester's GET has its answer under way: the other workers may start. (Told once
+    // it was merely written, the origin could still see another worker's GET first: two
+    // connections race through every hop.)
     if let Some(sent) = sent {
         sent.send_replace(true);
     }
-    session.read_response_header().await.map_err(no_answer)?;
     let resp = session
         .response_header()
         .cloned()
