@@ -825,3 +825,111 @@ async fn every_fs_store_fault_on_a_read() {
     let (ready, body) = orca.ops_get("/readyz");
     assert_eq!(ready, 200, "{cell}: readiness after the fault: {body}");
 }
+
+/// A write fault of the shared store: the fault, on which requests, how many times.
+struct WriteCase {
+    name: &'static str,
+    fault: fn() -> Fault,
+    /// `Some("PUT")`: the store's writes only; `None`: every request (an unreachable store).
+    method: Option<&'static str>,
+}
+
+const WRITE_CASES: &[WriteCase] = &[
+    WriteCase {
+        name: "put-500",
+        fault: || Fault::Status(500),
+        method: Some("PUT"),
+    },
+    WriteCase {
+        name: "put-503",
+        fault: || Fault::Status(503),
+        method: Some("PUT"),
+    },
+    WriteCase {
+        name: "put-closed",
+        fault: || Fault::CloseWithoutResponse,
+        method: Some("PUT"),
+    },
+    WriteCase {
+        name: "put-black-holed",
+        // Past the store's timeout (t): a slow or frozen store.
+        fault: || Fault::BlackHole(Duration::from_secs(3 * T_SECS)),
+        method: Some("PUT"),
+    },
+    WriteCase {
+        name: "unreachable",
+        fault: || Fault::BlackHole(Duration::from_secs(3 * T_SECS)),
+        method: None,
+    },
+];
+
+/// The shared store fails its writes (or every request) while a cold object is read through
+/// it: the client gets exact bytes from the origin whatever the store does, the failed commits
+/// are counted as errors, nothing partial is ever in the bucket, readiness stays up, and once
+/// the store is back the next read stores the object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_shared_store_write_fault_on_a_cold_read() {
+    let moto = Moto::start();
+    let store_proxy = FaultProxy::start(&moto.endpoint());
+    let store = store_proxy.endpoint();
+    let fleet = Fleet::start_on(moto, 1, &[BUCKET, STORE_BUCKET], |m| {
+        m.config()
+            .log_level("info")
+            .env("ORCA_CACHESTORE_ACCESS_KEY_ID", "test")
+            .env("ORCA_CACHESTORE_SECRET_ACCESS_KEY", "test")
+            .extra_yaml(&format!(
+                "limits:\n  origin_concurrency: 16\n  origin_timeout: {T_SECS}s\n  client_write_timeout: {T_SECS}s\nmetadata:\n  ttl: 60s\ncachestore:\n  driver: s3\n  s3:\n    endpoint: {store}\n    bucket: {STORE_BUCKET}\n    path_style: true\n"
+            ))
+    })
+    .await;
+    let orca = &fleet.replicas[0];
+    let moto = fleet.moto.endpoint();
+    let logs = || orca.log_tail();
+    let errors = "orca_cachestore_commits_total{result=\"error\"}";
+    let mut stored: Vec<(String, String, Vec<u8>)> = Vec::new();
+    let mut report = Vec::new();
+    for (i, case) in WRITE_CASES.iter().enumerate() {
+        let cell = format!("s3 store x {}", case.name);
+        let key = format!("write/{}", case.name);
+        let data = deterministic_bytes(600 + i as u64, 2 * MIB + 5);
+        let etag = fleet.put(&key, &data).await;
+        let url = orca.object_url(BUCKET, &key);
+        let errors_before = orca.metric_value_async(errors).await;
+        let mut rule = FaultRule::new((case.fault)())
+            .path_contains(&format!("/{STORE_BUCKET}/v"))
+            .times(1000);
+        if let Some(method) = case.method {
+            rule = rule.method(method);
+        }
+        store_proxy.reset_counts();
+        store_proxy.push_fault(rule);
+        let outcome = read_at(&url, None, &data, &cell, logs).await;
+        check(&cell, Expect::Exact, &outcome);
+        // Every chunk's commit failed: counted, and nothing of this object is in the bucket.
+        orca.wait_metric_at_least(errors, errors_before + 3.0, CELL_DEADLINE)
+            .await;
+        assert!(
+            store_proxy.counts().log.iter().any(|r| r.fault.is_some()),
+            "{cell}: the fault never fired"
+        );
+        store_proxy.clear_faults();
+        let objects = views(&stored);
+        assert_bucket_holds_only_good_chunks(orca, &moto, &objects, true).await;
+        let (ready, body) = orca.ops_get("/readyz");
+        assert_eq!(ready, 200, "{cell}: readiness after the fault: {body}");
+        // The store is back: the next read fills the object again and stores every chunk.
+        fleet.proxies[0].reset_counts();
+        let clean = format!("{cell} (clean read)");
+        let got = read_at(&url, None, &data, &clean, logs).await;
+        check(&clean, Expect::Exact, &got);
+        let refills = origin_gets_of(&fleet.proxies[0], &key);
+        stored.push((key.clone(), etag, data));
+        let objects = views(&stored);
+        assert_bucket_holds_only_good_chunks(orca, &moto, &objects, true).await;
+        report.push(format!(
+            "{cell}: {outcome:?}, commit errors {}, origin GETs after {refills}",
+            orca.metric_value_async(errors).await - errors_before
+        ));
+    }
+    eprintln!("{report:#?}");
+}
