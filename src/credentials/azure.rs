@@ -5,17 +5,15 @@
 //! (`ManagedIdentityCredential`: IMDS), all from `azure_identity` over Orca's own HTTP client
 //! ([`super::azure_http`]). Tokens are for the scope `https://storage.azure.com/.default`.
 //!
-//! Tokens are cached here as the AWS chain caches credentials ([`super::aws`]), with its
-//! thresholds: azure_identity's own cache refreshes inline, on the caller's request, once a
-//! token is within 5 minutes of its expiry. Here requests go on with the cached token until
-//! it is within [`EXPIRED_WITHIN`] of expiry; from [`REFRESH_BEFORE`] before it, the first
-//! request to notice starts one refresh in the background (azure_identity's cache then finds
-//! the token due and asks the endpoint). Only a request that finds no usable token waits, for
-//! one fetch shared by all waiters.
+//! Tokens are cached by [`super::cache::Cached`], as the AWS chain's credentials are:
+//! azure_identity's own cache refreshes inline, on the caller's request, once a token is within
+//! 5 minutes of its expiry. Here requests go on with the cached token while a refresh runs in
+//! the background (azure_identity's cache then finds the token due and asks the endpoint).
 
-use super::aws::{EXPIRED_WITHIN, REFRESH_BEFORE};
 use super::azure_http::OrcaAzureHttp;
+use super::cache::{Cached, Fetch};
 use crate::config::EntraSource;
+use async_trait::async_trait;
 use azure_core::credentials::{Secret, TokenCredential};
 use azure_core::http::{ClientOptions, ExponentialRetryOptions, RetryOptions, Transport};
 use azure_identity::{
@@ -23,21 +21,12 @@ use azure_identity::{
     ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId,
     WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
 };
-use parking_lot::Mutex;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 /// The scope of Azure Storage's data plane.
 pub const STORAGE_SCOPE: &str = "https://storage.azure.com/.default";
-
-/// After a failed background refresh, the next one starts no sooner than this.
-const RETRY_REFRESH_AFTER: Duration = Duration::from_secs(5);
-
-/// After a refresh that brought a token already due for one (a source handing out
-/// short-lived tokens), the next one starts no sooner than this.
-const REFRESH_AGAIN_AFTER: Duration = Duration::from_secs(30);
 
 /// A fetch that takes longer is abandoned (IMDS retries take up to about a minute).
 const FETCH_DEADLINE: Duration = Duration::from_secs(90);
@@ -54,40 +43,26 @@ pub struct EntraError {
 
 /// A token and when it expires.
 #[derive(Clone)]
-struct Token {
+pub struct Token {
     /// The `Authorization` header's value, `Bearer <token>`, built once per token.
     header: Arc<str>,
     expires: SystemTime,
 }
 
-/// The cached token and the refresh bookkeeping.
-#[derive(Default)]
-struct State {
-    current: Option<Token>,
-    /// A background refresh is under way.
-    refreshing: bool,
-    /// The last failed fetch: when, and why.
-    failure: Option<(Instant, EntraError)>,
-    /// No background refresh starts before this.
-    quiet_until: Option<Instant>,
-}
-
-/// One Entra ID source with its cache.
-pub struct EntraChain {
+/// One Entra ID source: the credential and its name.
+pub struct EntraSourceCredential {
     source: &'static str,
     credential: Arc<dyn TokenCredential>,
-    state: Mutex<State>,
-    /// One fetch at a time.
-    flight: tokio::sync::Mutex<()>,
-    /// Fetches made.
-    fetches: AtomicU64,
 }
+
+/// One Entra ID source with its token cache.
+pub type EntraChain = Cached<EntraSourceCredential>;
 
 impl std::fmt::Debug for EntraChain {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the token.
         f.debug_struct("EntraChain")
-            .field("source", &self.source)
+            .field("source", &self.source())
             .finish_non_exhaustive()
     }
 }
@@ -150,192 +125,90 @@ impl EntraChain {
                 .map_err(refused)?
             }
         };
-        Ok(Arc::new(Self {
+        Ok(Arc::new(Self::wrap(EntraSourceCredential {
             source: name,
             credential,
-            state: Mutex::new(State::default()),
-            flight: tokio::sync::Mutex::new(()),
-            fetches: AtomicU64::new(0),
-        }))
+        })))
     }
 
     /// The source's name (`/readyz`, the log).
     pub fn source(&self) -> &'static str {
-        self.source
+        self.source_of().source
     }
 
     /// The `Authorization` value to send now (`Bearer ...`), if there is a usable token.
     pub fn authorization(&self) -> Option<Arc<str>> {
-        let state = self.state.lock();
-        let token = state.current.as_ref()?;
-        usable(token.expires, SystemTime::now()).then(|| token.header.clone())
+        self.usable_value().map(|token| token.header)
     }
 
-    /// Whether a token was fetched (and when it expires), for `/readyz`.
+    /// Whether there is a usable token, for `/readyz`.
     pub fn has_token(&self) -> bool {
-        self.authorization().is_some()
+        self.usable_value().is_some()
     }
+}
 
-    /// Why there is no usable token, when the last fetch failed and none is cached.
-    pub fn problem(&self) -> Option<EntraError> {
-        if self.has_token() {
-            return None;
-        }
-        self.state.lock().failure.as_ref().map(|(_, e)| e.clone())
-    }
-
-    /// How many fetches were made.
-    pub fn fetches(&self) -> u64 {
-        self.fetches.load(Ordering::Relaxed)
-    }
-
-    /// Makes sure [`EntraChain::authorization`] has a token: returns at once when it does
-    /// (starting a background refresh when it is due for one); otherwise waits for one fetch
-    /// shared by every caller waiting, and returns its failure to all of them.
-    pub async fn ensure(self: &Arc<Self>) -> Result<(), EntraError> {
-        let now = SystemTime::now();
-        let start_refresh = {
-            let mut state = self.state.lock();
-            match &state.current {
-                Some(token) if usable(token.expires, now) => {
-                    let quiet = state.quiet_until.is_some_and(|t| Instant::now() < t);
-                    let start = due(token.expires, now) && !state.refreshing && !quiet;
-                    if start {
-                        state.refreshing = true;
-                    }
-                    Some(start)
-                }
-                _ => None,
-            }
-        };
-        match start_refresh {
-            Some(true) => {
-                let chain = self.clone();
-                tokio::spawn(async move {
-                    // Cleared however the task ends (its runtime may be dropped first).
-                    let _refreshing = RefreshingFlag(&chain);
-                    let _one = chain.flight.lock().await;
-                    let result = chain.fetch().await;
-                    let mut state = chain.state.lock();
-                    state.quiet_until = match &result {
-                        Err(_) => Some(Instant::now() + RETRY_REFRESH_AFTER),
-                        Ok(()) => state
-                            .current
-                            .as_ref()
-                            .filter(|t| due(t.expires, SystemTime::now()))
-                            .map(|_| Instant::now() + REFRESH_AGAIN_AFTER),
-                    };
-                    drop(state);
-                    if let Err(e) = result {
-                        tracing::warn!(error = %e, "Entra ID token refresh failed; using the current token until it expires");
-                    }
-                });
-                return Ok(());
-            }
-            Some(false) => return Ok(()),
-            None => {}
-        }
-        let asked = Instant::now();
-        let _one = self.flight.lock().await;
-        if self.has_token() {
-            return Ok(());
-        }
-        if let Some((at, e)) = &self.state.lock().failure {
-            if *at >= asked {
-                return Err(e.clone());
-            }
-        }
-        self.fetch().await
-    }
+#[async_trait]
+impl Fetch for EntraSourceCredential {
+    type Value = Token;
+    type Error = EntraError;
+    const WHAT: &'static str = "Entra ID token";
 
     /// Asks the credential for a token (its own cache answers while the token is more than 5
-    /// minutes from expiry, so a refresh from [`REFRESH_BEFORE`] gets a new one).
-    async fn fetch(&self) -> Result<(), EntraError> {
-        self.fetches.fetch_add(1, Ordering::Relaxed);
+    /// minutes from expiry, so a refresh from [`super::cache::REFRESH_BEFORE`] gets a new one).
+    async fn fetch(&self, previous: Option<&Token>) -> Result<Token, EntraError> {
         let asked = self.credential.get_token(&[STORAGE_SCOPE], None);
-        let result = match tokio::time::timeout(FETCH_DEADLINE, asked).await {
+        let token = match tokio::time::timeout(FETCH_DEADLINE, asked).await {
             Ok(Ok(token)) => {
                 let expires = SystemTime::UNIX_EPOCH
                     + Duration::from_secs(
                         u64::try_from(token.expires_on.unix_timestamp()).unwrap_or(0),
                     );
-                Ok(Token {
+                Token {
                     header: format!("Bearer {}", token.token.secret()).into(),
                     expires,
+                }
+            }
+            Ok(Err(e)) => {
+                return Err(EntraError {
+                    source_name: self.source,
+                    detail: e.to_string(),
                 })
             }
-            Ok(Err(e)) => Err(EntraError {
-                source_name: self.source,
-                detail: e.to_string(),
-            }),
-            Err(_) => Err(EntraError {
-                source_name: self.source,
-                detail: format!("no token within {FETCH_DEADLINE:?}"),
-            }),
+            Err(_) => {
+                return Err(EntraError {
+                    source_name: self.source,
+                    detail: format!("no token within {FETCH_DEADLINE:?}"),
+                })
+            }
         };
-        let mut state = self.state.lock();
-        match result {
-            Ok(token) => {
-                let expires_in = token.expires.duration_since(SystemTime::now()).ok();
-                if state.current.is_none() {
-                    tracing::info!(
-                        section = "origin.azureblob",
-                        source = self.source,
-                        ?expires_in,
-                        "credentials: entra {}",
-                        self.source
-                    );
-                } else {
-                    tracing::debug!(
-                        section = "origin.azureblob",
-                        source = self.source,
-                        ?expires_in,
-                        "Entra ID token refreshed"
-                    );
-                }
-                state.current = Some(token);
-                state.failure = None;
-                Ok(())
-            }
-            Err(e) => {
-                state.failure = Some((Instant::now(), e.clone()));
-                Err(e)
-            }
+        let expires_in = token.expires.duration_since(SystemTime::now()).ok();
+        if previous.is_none() {
+            tracing::info!(
+                section = "origin.azureblob",
+                source = self.source,
+                ?expires_in,
+                "credentials: entra {}",
+                self.source
+            );
+        } else {
+            tracing::debug!(
+                section = "origin.azureblob",
+                source = self.source,
+                ?expires_in,
+                "Entra ID token refreshed"
+            );
         }
+        Ok(token)
     }
-}
 
-/// Clears [`State::refreshing`] when a background refresh ends.
-struct RefreshingFlag<'a>(&'a EntraChain);
-
-impl Drop for RefreshingFlag<'_> {
-    fn drop(&mut self) {
-        self.0.state.lock().refreshing = false;
+    fn expiry(token: &Token) -> Option<SystemTime> {
+        Some(token.expires)
     }
-}
-
-/// Whether a token expiring at `expires` may still be sent at `now`.
-fn usable(expires: SystemTime, now: SystemTime) -> bool {
-    expires > now + EXPIRED_WITHIN
-}
-
-/// Whether a token expiring at `expires` is due for a refresh at `now`.
-fn due(expires: SystemTime, now: SystemTime) -> bool {
-    expires <= now + REFRESH_BEFORE
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tokens_are_used_until_just_before_expiry_and_refreshed_well_before() {
-        let now = SystemTime::now();
-        let at = |s| now + Duration::from_secs(s);
-        assert!(usable(at(3600), now) && !due(at(3600), now));
-        assert!(usable(at(240), now) && due(at(240), now));
-        assert!(!usable(at(5), now));
-    }
 
     #[test]
     fn a_bad_tenant_is_refused_when_built() {
