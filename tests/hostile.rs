@@ -94,13 +94,7 @@ fn fds_of(pid: u32) -> usize {
 
 /// Resident memory of a process, in KiB.
 fn rss_kib_of(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
+    rss_bytes(pid) / 1024
 }
 
 /// Opens `idle` connections that never send a byte and `drips` whose header drips a byte

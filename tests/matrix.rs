@@ -650,8 +650,9 @@ async fn assert_bucket_holds_only_good_chunks(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_shared_store_fault_on_a_read() {
+/// One replica whose shared `s3` store (a bucket of the origin's moto) is behind a fault
+/// proxy, returned with the fleet.
+async fn store_fleet() -> (Fleet, FaultProxy) {
     let moto = Moto::start();
     let store_proxy = FaultProxy::start(&moto.endpoint());
     let store = store_proxy.endpoint();
@@ -665,6 +666,12 @@ async fn every_shared_store_fault_on_a_read() {
             ))
     })
     .await;
+    (fleet, store_proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_shared_store_fault_on_a_read() {
+    let (fleet, store_proxy) = store_fleet().await;
     let orca = &fleet.replicas[0];
     let moto = fleet.moto.endpoint();
     let logs = || orca.log_tail();
@@ -869,19 +876,7 @@ const WRITE_CASES: &[WriteCase] = &[
 /// the store is back the next read stores the object.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_shared_store_write_fault_on_a_cold_read() {
-    let moto = Moto::start();
-    let store_proxy = FaultProxy::start(&moto.endpoint());
-    let store = store_proxy.endpoint();
-    let fleet = Fleet::start_on(moto, 1, &[BUCKET, STORE_BUCKET], |m| {
-        m.config()
-            .log_level("info")
-            .env("ORCA_CACHESTORE_ACCESS_KEY_ID", "test")
-            .env("ORCA_CACHESTORE_SECRET_ACCESS_KEY", "test")
-            .extra_yaml(&format!(
-                "limits:\n  origin_concurrency: 16\n  origin_timeout: {T_SECS}s\n  client_write_timeout: {T_SECS}s\nmetadata:\n  ttl: 60s\ncachestore:\n  driver: s3\n  s3:\n    endpoint: {store}\n    bucket: {STORE_BUCKET}\n    path_style: true\n"
-            ))
-    })
-    .await;
+    let (fleet, store_proxy) = store_fleet().await;
     let orca = &fleet.replicas[0];
     let moto = fleet.moto.endpoint();
     let logs = || orca.log_tail();

@@ -24,18 +24,6 @@ fn memory_bytes(metrics: &str) -> f64 {
     metric_value(metrics, "orca_cachestore_bytes{tier=\"memory\"}")
 }
 
-/// The process's resident set, in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb * 1024
-}
-
 /// Hot reads are served by the RAM tier: `orca_chunk_reads_total{source="memory"}` counts
 /// them, and neither the shared store nor the origin sees a request (counted by their
 /// proxies). The tier was filled by the cold read's fill itself. A purge drops the chunks from
@@ -182,7 +170,7 @@ async fn many_clients_keep_the_tier_and_the_process_within_the_bound() {
     let r = http_get(&s.url("small"), None).await.unwrap();
     assert_eq!(r.body, b"warm up");
     let pid = s.orca.pid();
-    let baseline = rss(pid);
+    let baseline = rss_bytes(pid);
 
     let stop = Arc::new(AtomicBool::new(false));
     let max_rss = Arc::new(AtomicU64::new(0));
@@ -200,7 +188,7 @@ async fn many_clients_keep_the_tier_and_the_process_within_the_bound() {
                     max_gauge = max_gauge.max(memory_bytes(&r.text()));
                     samples += 1;
                 }
-                max_rss.fetch_max(rss(pid), Ordering::Relaxed);
+                max_rss.fetch_max(rss_bytes(pid), Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             (max_gauge, samples)

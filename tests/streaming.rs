@@ -32,18 +32,6 @@ fn own_fs_store(c: OrcaConfig, root: &std::path::Path) -> OrcaConfig {
     c.cache_root(root).extra_yaml(&yaml)
 }
 
-/// The process's resident set, in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb * 1024
-}
-
 /// A client that sends a GET and reads only what it is told to.
 struct SlowClient {
     conn: TcpStream,
@@ -132,7 +120,7 @@ async fn a_stalled_client_costs_only_the_fills_window_and_joiners_get_every_byte
     let r = http_get(&s.url("small"), None).await.unwrap();
     assert_eq!(r.body, b"warm up");
     let pid = s.orca.pid();
-    let baseline = rss(pid);
+    let baseline = rss_bytes(pid);
     // The origin pauses at 40 MiB, so a joiner arrives when most of the chunk is spooled.
     s.proxy.push_fault(
         FaultRule::new(Fault::StallBodyAfter(40 * MIB, Duration::from_secs(4)))
@@ -148,7 +136,7 @@ async fn a_stalled_client_costs_only_the_fills_window_and_joiners_get_every_byte
     let sample = async |max_gauge: &mut f64, max_rss: &mut u64| {
         let m = s.orca.metrics_async().await;
         *max_gauge = max_gauge.max(metric_value(&m, "orca_fill_buffered_bytes"));
-        *max_rss = (*max_rss).max(rss(pid));
+        *max_rss = (*max_rss).max(rss_bytes(pid));
         m
     };
     // Until the origin's pause: 40 MiB in, the client still reading nothing.
@@ -209,58 +197,6 @@ async fn a_stalled_client_costs_only_the_fills_window_and_joiners_get_every_byte
     );
 }
 
-/// The files under the fs store's temp directories, locks aside.
-fn temp_files(root: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let Ok(dirs) = std::fs::read_dir(root) else {
-        return out;
-    };
-    for d in dirs.flatten() {
-        if !d.path().is_dir() {
-            out.push(d.file_name().to_string_lossy().to_string());
-            continue;
-        }
-        for f in std::fs::read_dir(d.path()).unwrap().flatten() {
-            let name = f.file_name().to_string_lossy().to_string();
-            if name != ".lock" {
-                out.push(name);
-            }
-        }
-    }
-    out
-}
-
-/// The chunk files the fs store holds.
-fn chunk_files(root: &std::path::Path) -> usize {
-    fn walk(dir: &std::path::Path) -> usize {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return 0;
-        };
-        entries
-            .flatten()
-            .map(|e| {
-                if e.path().is_dir() {
-                    walk(&e.path())
-                } else {
-                    1
-                }
-            })
-            .sum()
-    }
-    walk(&root.join("v1"))
-}
-
-/// Waits until `dir` holds no spool (a failed fill's spool goes when its last reader does).
-async fn no_spool_left(dir: &std::path::Path) {
-    for _ in 0..500 {
-        if temp_files(dir).is_empty() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("spools left in {}: {:?}", dir.display(), temp_files(dir));
-}
-
 /// Reads `key` whole while the origin resets the connection 2 MiB into the fill of its
 /// second chunk (the first is stored first, so the client has its status and first bytes when
 /// the fill fails): the client sees an aborted body (a prefix of the object), never a
@@ -313,10 +249,10 @@ async fn an_origin_failing_mid_fill_stores_nothing_in_the_fs_store() {
     s.put("cut", &data).await;
     read_through_a_reset(&s, "cut", &data).await;
     let root = s.orca.cache_root().to_path_buf();
-    no_spool_left(&root.join("tmp")).await;
+    fsstore::no_spool_left(&root.join("tmp")).await;
     // The first chunk is stored; the one whose fill was reset is not.
     let before = s.requests_for("GET", "cut");
-    assert_eq!(chunk_files(&root), 1);
+    assert_eq!(fsstore::chunk_file_count(&root), 1);
     let r = http_get(&s.url("cut"), None).await.unwrap();
     assert!(r.body == data, "the refill's bytes differ");
     assert!(
@@ -330,7 +266,7 @@ async fn an_origin_failing_mid_fill_stores_nothing_in_the_fs_store() {
             WAIT,
         )
         .await;
-    assert_eq!(chunk_files(&root), 2);
+    assert_eq!(fsstore::chunk_file_count(&root), 2);
 }
 
 /// The same with the shared `s3` store (moto): the fill spools under `$TMPDIR/orca-spool` and is
@@ -377,7 +313,7 @@ async fn an_origin_failing_mid_fill_stores_nothing_in_the_s3_store() {
     read_through_a_reset(&s, "cut", &data).await;
     let spools = tmp.path().join("orca-spool");
     assert!(spools.is_dir(), "the s3 store spools under $TMPDIR");
-    no_spool_left(&spools).await;
+    fsstore::no_spool_left(&spools).await;
     assert_eq!(keys().await.len(), 1, "{:?}", keys().await);
     let r = http_get(&s.url("cut"), None).await.unwrap();
     assert!(r.body == data, "the refill's bytes differ");
@@ -398,5 +334,5 @@ async fn an_origin_failing_mid_fill_stores_nothing_in_the_s3_store() {
     }
     sizes.sort();
     assert_eq!(sizes, vec![4 * MIB, 8 * MIB]);
-    no_spool_left(&spools).await;
+    fsstore::no_spool_left(&spools).await;
 }

@@ -74,50 +74,6 @@ fn fetched_once(s: &Stack, key: &str, len: usize) {
     assert_eq!(at, len, "{ranges:?}");
 }
 
-/// The chunk files the fs store holds.
-fn chunk_files(root: &std::path::Path) -> usize {
-    fn walk(dir: &std::path::Path) -> usize {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return 0;
-        };
-        entries
-            .flatten()
-            .map(|e| {
-                if e.path().is_dir() {
-                    walk(&e.path())
-                } else {
-                    1
-                }
-            })
-            .sum()
-    }
-    walk(&root.join("v1"))
-}
-
-/// The spools under the fs store's temp directories (locks aside).
-fn spools(root: &std::path::Path) -> usize {
-    let Ok(dirs) = std::fs::read_dir(root.join("tmp")) else {
-        return 0;
-    };
-    dirs.flatten()
-        .map(|d| {
-            std::fs::read_dir(d.path())
-                .map(|fs| fs.flatten().filter(|f| f.file_name() != ".lock").count())
-                .unwrap_or(0)
-        })
-        .sum()
-}
-
-async fn no_spool_left(root: &std::path::Path) {
-    for _ in 0..500 {
-        if spools(root) == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("spools left under {}", root.display());
-}
-
 const COMMITTED: &str = "orca_cachestore_commits_total{result=\"committed\"}";
 
 /// A 4 KiB range at the end of a cold chunk is fetched first, by a GET of its own, and served
@@ -155,7 +111,7 @@ async fn a_range_at_the_end_of_a_chunk_is_served_while_the_rest_still_arrives() 
     );
     assert_eq!(s.orca.metric_value_async(COMMITTED).await, 0.0);
     assert_eq!(
-        chunk_files(root.path()),
+        fsstore::chunk_file_count(root.path()),
         0,
         "stored before the rest arrived"
     );
@@ -180,7 +136,7 @@ async fn a_range_at_the_end_of_a_chunk_is_served_while_the_rest_still_arrives() 
             .await,
         ranges.len() as f64
     );
-    assert_eq!(chunk_files(root.path()), 1);
+    assert_eq!(fsstore::chunk_file_count(root.path()), 1);
     let gets = ranges.len();
     let r = http_get(&s.url("big"), None).await.unwrap();
     assert!(r.body == data, "the stored chunk's bytes differ");
@@ -189,7 +145,7 @@ async fn a_range_at_the_end_of_a_chunk_is_served_while_the_rest_still_arrives() 
         gets,
         "served from the store"
     );
-    no_spool_left(root.path()).await;
+    fsstore::no_spool_left(&root.path().join("tmp")).await;
 }
 
 /// The object changes between two sub-range GETs of one fill (the second is answered with
@@ -229,8 +185,12 @@ async fn an_etag_change_between_sub_ranges_fails_the_whole_chunk() {
             origin_ranges(&s, key).len() >= 2,
             "{key}: two sub-range GETs"
         );
-        no_spool_left(root.path()).await;
-        assert_eq!(chunk_files(root.path()), 0, "{key}: a chunk was stored");
+        fsstore::no_spool_left(&root.path().join("tmp")).await;
+        assert_eq!(
+            fsstore::chunk_file_count(root.path()),
+            0,
+            "{key}: a chunk was stored"
+        );
         assert_eq!(s.orca.metric_value_async(COMMITTED).await, 0.0, "{key}");
     }
     // The next read fills anew and stores the chunk whole.
@@ -239,7 +199,7 @@ async fn an_etag_change_between_sub_ranges_fails_the_whole_chunk() {
     assert_eq!(r.status, 200);
     assert!(r.body == data, "the refill's bytes differ");
     s.orca.wait_metric_at_least(COMMITTED, 1.0, WAIT).await;
-    assert_eq!(chunk_files(root.path()), 1);
+    assert_eq!(fsstore::chunk_file_count(root.path()), 1);
 }
 
 /// 32 readers at once, whole and ranged, of a cold object of three chunks (8, 8 and 4 MiB,
@@ -288,7 +248,7 @@ async fn origin_bytes_per_object_stay_one_under_32_readers() {
         len as f64,
         "origin bytes / object bytes = 1.00"
     );
-    assert_eq!(chunk_files(root.path()), 3);
+    assert_eq!(fsstore::chunk_file_count(root.path()), 3);
 }
 
 /// The same with Azure Blob (Azurite): sub-range GETs use `x-ms-range` with `If-Match`, the
@@ -314,8 +274,12 @@ async fn azure_sub_ranges_are_pinned_and_a_changed_blob_stores_nothing() {
         Err(HttpError::Body { received, .. }) => assert!(received.len() < len),
         Err(e) => panic!("no answer: {e:?}"),
     }
-    no_spool_left(root.path()).await;
-    assert_eq!(chunk_files(root.path()), 0, "a chunk was stored");
+    fsstore::no_spool_left(&root.path().join("tmp")).await;
+    assert_eq!(
+        fsstore::chunk_file_count(root.path()),
+        0,
+        "a chunk was stored"
+    );
     let tail = format!("bytes={}-{}", len - 4096, len - 1);
     let r = http_get(&s.url("big"), Some(&tail)).await.unwrap();
     assert_eq!(r.status, 206);
@@ -325,7 +289,7 @@ async fn azure_sub_ranges_are_pinned_and_a_changed_blob_stores_nothing() {
     fetched_once(&s, "big", len);
     let r = http_get(&s.url("big"), None).await.unwrap();
     assert!(r.body == data, "the stored chunk's bytes differ");
-    assert_eq!(chunk_files(root.path()), 1);
+    assert_eq!(fsstore::chunk_file_count(root.path()), 1);
 }
 
 /// Two readers of a cold chunk wait for the replica's only origin permit, which another

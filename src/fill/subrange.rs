@@ -119,22 +119,10 @@ pub(super) async fn serve(
         .open_range_for_fill(chunk, (from, to), vouched)
         .await
     {
-        if hit.source == ChunkSource::Memory {
-            FILL_JOINS.inc();
-        }
-        *source = Some(hit.source);
-        let from_where = hit.source;
-        return answer(
-            orca,
-            session,
-            chunk,
-            range,
-            (hit, from_where),
-            started,
-            request_id,
+        return answer_found(
+            orca, session, chunk, range, hit, started, request_id, source,
         )
-        .await
-        .map(Some);
+        .await;
     }
     // Wait for an origin permit, but join a fill of this chunk that another caller starts
     // meanwhile (it needs no permit of ours), and look again once the permit is ours: a fill
@@ -149,12 +137,10 @@ pub(super) async fn serve(
         tokio::pin!(changes);
         changes.as_mut().enable();
         if let Some(hit) = storage.join_flight(chunk, (from, to)) {
-            FILL_JOINS.inc();
-            *source = Some(ChunkSource::Memory);
-            let hit = (hit, ChunkSource::Memory);
-            return answer(orca, session, chunk, range, hit, started, request_id)
-                .await
-                .map(Some);
+            return answer_found(
+                orca, session, chunk, range, hit, started, request_id, source,
+            )
+            .await;
         }
         tokio::select! {
             permit = &mut acquire => match permit {
@@ -185,22 +171,10 @@ pub(super) async fn serve(
         .await
     {
         drop(permit);
-        if hit.source == ChunkSource::Memory {
-            FILL_JOINS.inc();
-        }
-        *source = Some(hit.source);
-        let from_where = hit.source;
-        return answer(
-            orca,
-            session,
-            chunk,
-            range,
-            (hit, from_where),
-            started,
-            request_id,
+        return answer_found(
+            orca, session, chunk, range, hit, started, request_id, source,
         )
-        .await
-        .map(Some);
+        .await;
     }
     match storage.begin_sparse(chunk, (from, to)).await {
         Ok(SparseBegin::Joined(hit)) => {
@@ -229,6 +203,37 @@ pub(super) async fn serve(
             Ok(Some(()))
         }
     }
+}
+
+/// Answers from `hit` (a fill in flight, counted as a join, or a stored chunk) and records
+/// where its bytes came from in `source`.
+#[allow(clippy::too_many_arguments)]
+async fn answer_found(
+    orca: &Orca,
+    session: &mut Session,
+    chunk: &Chunk,
+    range: Option<(u64, u64)>,
+    hit: ChunkHit,
+    started: tokio::time::Instant,
+    request_id: &str,
+    source: &mut Option<ChunkSource>,
+) -> Result<Option<()>> {
+    if hit.source == ChunkSource::Memory {
+        FILL_JOINS.inc();
+    }
+    *source = Some(hit.source);
+    let from_where = hit.source;
+    answer(
+        orca,
+        session,
+        chunk,
+        range,
+        (hit, from_where),
+        started,
+        request_id,
+    )
+    .await
+    .map(Some)
 }
 
 async fn write_s3(session: &mut Session, e: &S3Error, request_id: &str) -> Result<()> {

@@ -13,6 +13,7 @@ pub mod azurite;
 pub mod cases;
 pub mod entra;
 pub mod fleet;
+pub mod fsstore;
 pub mod httpc;
 pub mod moto;
 pub mod orca;
@@ -53,6 +54,18 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// A free TCP port on 127.0.0.1 (bind port 0, read it, release it).
 ///
 /// There is a small window in which another process could take the port; tests accept it.
+/// Resident memory (`VmRSS`) of process `pid`, in bytes.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local_addr").port()
