@@ -29,8 +29,10 @@
 //! is evicted meanwhile; the edge counts such bytes in its read-ahead budget (the hit's
 //! `buffered`), so they are bounded by `limits.readahead_memory`, not by the tier.
 //!
-//! Purge removes a chunk from the tier and cancels its admission in progress. A chunk whose
-//! ETag changed is another key: the old one is never read again and leaves with eviction.
+//! Purge removes a chunk from the tier and cancels its admission in progress; a reader that
+//! opened the chunk in the store before the purge and asks for its admission after it is
+//! refused too (the tier's purge epoch, taken before the store read). A chunk whose ETag
+//! changed is another key: the old one is never read again and leaves with eviction.
 
 use super::buf::PIECE;
 use super::policy::{Key, S3Fifo};
@@ -69,6 +71,8 @@ pub struct RamTier {
     capacity: u64,
     inner: Mutex<Inner>,
     next_token: AtomicU64,
+    /// Purges so far (see [`RamTier::epoch`]); changed under `inner`'s lock.
+    purges: AtomicU64,
     /// One copy into a stored buffer at a time (its transient memory is one chunk).
     copies: Semaphore,
 }
@@ -85,6 +89,7 @@ impl RamTier {
                 admitting: HashMap::new(),
             }),
             next_token: AtomicU64::new(1),
+            purges: AtomicU64::new(0),
             copies: Semaphore::new(1),
         };
         tier.publish(&tier.inner.lock());
@@ -150,12 +155,21 @@ impl RamTier {
             .map(|s| s.bytes.len() as u64)
     }
 
+    /// The tier's purge count. A reader takes it before it opens a chunk in the store and
+    /// hands it to [`RamTier::reserve`]: a purge in between (which removed the chunk from the
+    /// store after the reader opened it, and from the tier before the admission began) makes
+    /// the admission refused, so purged bytes never enter the tier.
+    pub fn epoch(&self) -> u64 {
+        self.purges.load(Ordering::Acquire)
+    }
+
     /// Removes a chunk and cancels its admission in progress (`orca purge`); its length when
-    /// it was stored.
+    /// it was stored. Admissions asked for with an earlier [`RamTier::epoch`] are refused.
     pub fn remove(&self, id: &ChunkId) -> Option<u64> {
         let key = id.placement_digest();
         let removed = {
             let mut inner = self.inner.lock();
+            self.purges.fetch_add(1, Ordering::AcqRel);
             inner.admitting.remove(&key);
             let removed = inner.chunks.remove(&key);
             inner.policy.remove(&key);
@@ -167,9 +181,10 @@ impl RamTier {
     }
 
     /// Room for a chunk of `len` bytes about to be read whole: `None` when it is stored
-    /// already, being admitted, larger than the tier, or when no room can be made (the rest
+    /// already, being admitted, larger than the tier, when a purge came after `epoch` (the
+    /// tier's [`RamTier::epoch`] when the reader began), or when no room can be made (the rest
     /// is reserved by admissions in progress). Evicts synchronously to make the room.
-    pub fn reserve(self: &Arc<Self>, id: &ChunkId, len: u64) -> Option<Admission> {
+    pub fn reserve(self: &Arc<Self>, id: &ChunkId, len: u64, epoch: u64) -> Option<Admission> {
         if len == 0 || len > self.capacity {
             return None;
         }
@@ -177,7 +192,11 @@ impl RamTier {
         let mut victims = Vec::new();
         let token = {
             let mut inner = self.inner.lock();
-            if inner.chunks.contains_key(&key) || inner.admitting.contains_key(&key) {
+            // Purges change the epoch under this lock: none can slip in after this look.
+            if self.purges.load(Ordering::Acquire) != epoch
+                || inner.chunks.contains_key(&key)
+                || inner.admitting.contains_key(&key)
+            {
                 return None;
             }
             // The rest of the tier is reserved by admissions in progress: no eviction can make
@@ -406,7 +425,7 @@ mod tests {
 
     /// Reads chunk `i` whole through an admission, if the tier grants one.
     async fn admit(tier: &Arc<RamTier>, i: u64, len: u64) -> bool {
-        let Some(a) = tier.reserve(&id(i), len) else {
+        let Some(a) = tier.reserve(&id(i), len, tier.epoch()) else {
             return false;
         };
         let mut r = Admitting::new(Box::new(Pieces(pieces(i, len, 10_000).into())), a);
@@ -452,7 +471,7 @@ mod tests {
         assert!(read(&tier, 2, LEN, 0, LEN).await.is_none());
         assert_eq!((tier.bytes(), tier.chunks()), (LEN, 1));
         // Stored already: no second admission.
-        assert!(tier.reserve(&id(1), LEN).is_none());
+        assert!(tier.reserve(&id(1), LEN, tier.epoch()).is_none());
         // Purged: gone.
         assert_eq!(tier.remove(&id(1)), Some(LEN));
         assert!(read(&tier, 1, LEN, 0, LEN).await.is_none());
@@ -462,10 +481,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_reader_that_stops_early_admits_nothing_and_frees_its_room() {
         let tier = Arc::new(RamTier::new(2 * LEN));
-        let a = tier.reserve(&id(1), LEN).unwrap();
+        let a = tier.reserve(&id(1), LEN, tier.epoch()).unwrap();
         assert_eq!(tier.bytes(), LEN, "reserved before any byte is read");
         assert!(
-            tier.reserve(&id(1), LEN).is_none(),
+            tier.reserve(&id(1), LEN, tier.epoch()).is_none(),
             "one admission per chunk"
         );
         let mut short = pieces(1, LEN, 10_000);
@@ -474,17 +493,17 @@ mod tests {
         while r.next_piece().await.unwrap().is_some() {}
         drop(r);
         assert_eq!(tier.bytes(), 0);
-        let a = tier.reserve(&id(1), LEN).unwrap();
+        let a = tier.reserve(&id(1), LEN, tier.epoch()).unwrap();
         drop(a);
         assert_eq!((tier.bytes(), tier.chunks()), (0, 0));
         // A chunk larger than the tier is never admitted.
-        assert!(tier.reserve(&id(2), 2 * LEN + 1).is_none());
+        assert!(tier.reserve(&id(2), 2 * LEN + 1, tier.epoch()).is_none());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_purge_cancels_an_admission_in_progress() {
         let tier = Arc::new(RamTier::new(2 * LEN));
-        let a = tier.reserve(&id(1), LEN).unwrap();
+        let a = tier.reserve(&id(1), LEN, tier.epoch()).unwrap();
         assert_eq!(tier.remove(&id(1)), None);
         let mut r = Admitting::new(Box::new(Pieces(pieces(1, LEN, 10_000).into())), a);
         while r.next_piece().await.unwrap().is_some() {}
@@ -496,6 +515,24 @@ mod tests {
         }
         assert_eq!((tier.bytes(), tier.chunks()), (0, 0), "not admitted");
         assert_eq!(tier.stat(&id(1)), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_purge_after_a_reader_opened_the_store_keeps_its_bytes_out() {
+        let tier = Arc::new(RamTier::new(2 * LEN));
+        // A reader takes the epoch, then opens the chunk in the store; a purge removes it from
+        // the store and then from the tier (not there yet); only then does the reader ask for
+        // its admission.
+        let epoch = tier.epoch();
+        assert_eq!(tier.remove(&id(1)), None);
+        assert!(tier.reserve(&id(1), LEN, epoch).is_none(), "purged bytes");
+        assert_eq!(tier.bytes(), 0);
+        // A purge of any chunk refuses admissions that began before it; later ones go on.
+        let epoch = tier.epoch();
+        assert_eq!(tier.remove(&id(7)), None);
+        assert!(tier.reserve(&id(2), LEN, epoch).is_none());
+        assert!(admit(&tier, 1, LEN).await);
+        assert!(wait_stored(&tier, 1).await);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -557,16 +557,28 @@ impl ChunkStorage {
     }
 
     /// Wraps a reader of the whole chunk `chunk` so that the RAM tier admits it once every
-    /// byte has passed through, when the tier grants it room.
-    fn admitting(&self, chunk: &Chunk, reader: Box<dyn ChunkRead>) -> Box<dyn ChunkRead> {
+    /// byte has passed through, when the tier grants it room and no purge came after `epoch`
+    /// (the tier's epoch when the reader began: [`ChunkStorage::ram_epoch`]).
+    fn admitting(
+        &self,
+        chunk: &Chunk,
+        reader: Box<dyn ChunkRead>,
+        epoch: u64,
+    ) -> Box<dyn ChunkRead> {
         match self
             .ram
             .as_ref()
-            .and_then(|r| r.reserve(&chunk.id, chunk.len))
+            .and_then(|r| r.reserve(&chunk.id, chunk.len, epoch))
         {
             Some(admission) => Box::new(Admitting::new(reader, admission)),
             None => reader,
         }
+    }
+
+    /// The RAM tier's purge epoch (0 without a tier), taken before a store read whose chunk
+    /// may be admitted.
+    fn ram_epoch(&self) -> u64 {
+        self.ram.as_ref().map_or(0, |r| r.epoch())
     }
 
     /// Opens bytes `[from, to)` of a chunk: from a fill in flight if there is one, else from the
@@ -651,6 +663,9 @@ impl ChunkStorage {
                 }
             }
         }
+        // Before the read: a purge that removes the chunk once the store has opened it must
+        // keep the tier from admitting it.
+        let epoch = self.ram_epoch();
         match self.store.read(&chunk.id, chunk.len, from, to).await {
             Ok(Some(reader)) => Some(ChunkHit {
                 source: ChunkSource::CacheStore,
@@ -658,7 +673,7 @@ impl ChunkStorage {
                     .prefetch_hint()
                     .unwrap_or_else(|| self.store.prefetch_hits()),
                 reader: if vouched && from == 0 && to >= chunk.len {
-                    self.admitting(chunk, reader)
+                    self.admitting(chunk, reader, epoch)
                 } else {
                     reader
                 },
@@ -1202,7 +1217,8 @@ impl Storage for ChunkStorage {
                     source: ChunkSource::Origin,
                     // It reads the whole chunk: the RAM tier admits it from there.
                     reader: if vouched {
-                        self.admitting(&chunk, reader)
+                        // A fill's own bytes: a purge does not stop the fill (see `purge`).
+                        self.admitting(&chunk, reader, self.ram_epoch())
                     } else {
                         reader
                     },
