@@ -8,6 +8,7 @@
 //! the presence catalog. [`tiered`] puts a bounded `fs` store (the local tier) in front of the
 //! shared store.
 
+pub(crate) mod admit;
 pub(crate) mod buf;
 pub(crate) mod catalog;
 pub(crate) mod evict;

@@ -34,6 +34,7 @@
 //! refused too (the tier's purge epoch, taken before the store read). A chunk whose ETag
 //! changed is another key: the old one is never read again and leaves with eviction.
 
+use super::admit::Admit;
 use super::buf::PIECE;
 use super::policy::{Key, S3Fifo};
 use super::{ChunkRead, StoreError};
@@ -234,8 +235,6 @@ impl RamTier {
             key,
             token: token?,
             len,
-            pieces: Vec::new(),
-            got: 0,
         })
     }
 
@@ -258,42 +257,30 @@ impl RamTier {
     }
 }
 
-/// An admission in progress: the chunk's bytes reserved in the tier, and the pieces read so
-/// far. Dropped before it is complete, it releases its reservation.
+/// An admission in progress: the chunk's bytes reserved in the tier until the reader has
+/// passed every piece on (`admit::Admitting` keeps them). Dropped before that, it releases its
+/// reservation.
 pub struct Admission {
     tier: Arc<RamTier>,
     key: Key,
     token: u64,
     len: u64,
-    pieces: Vec<Bytes>,
-    got: u64,
 }
 
-impl Admission {
-    /// Keeps a piece the reader passed on (a reference, not a copy). `false` when the pieces
-    /// overshoot the chunk's length (nothing will be admitted).
-    fn keep(&mut self, piece: &Bytes) -> bool {
-        self.got += piece.len() as u64;
-        if self.got > self.len {
-            return false;
-        }
-        self.pieces.push(piece.clone());
-        true
-    }
-
-    fn complete(&self) -> bool {
-        self.got == self.len
+impl Admit for Admission {
+    fn chunk_len(&self) -> u64 {
+        self.len
     }
 
     /// Copies the pieces into one buffer and stores it, in the background.
-    fn commit(mut self) {
-        let pieces = std::mem::take(&mut self.pieces);
+    fn admit(self: Box<Self>, pieces: Vec<Bytes>) {
+        let mut this = *self;
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return; // Dropped: the reservation is released.
         };
         runtime.spawn(async move {
-            let permit = self.tier.copies.acquire().await;
-            let len = self.len as usize;
+            let permit = this.tier.copies.acquire().await;
+            let len = this.len as usize;
             let whole = tokio::task::spawn_blocking(move || {
                 let mut whole = BytesMut::with_capacity(len);
                 for p in &pieces {
@@ -304,10 +291,10 @@ impl Admission {
             .await;
             drop(permit);
             if let Ok(whole) = whole {
-                let (key, token, len) = (self.key, self.token, self.len);
+                let (key, token, len) = (this.key, this.token, this.len);
                 // Settled here; `Drop` then finds the token gone and does nothing.
-                self.token = 0;
-                self.tier.settle(key, token, len, Some(whole));
+                this.token = 0;
+                this.tier.settle(key, token, len, Some(whole));
             }
         });
     }
@@ -341,62 +328,11 @@ impl ChunkRead for RamReader {
     }
 }
 
-/// A reader of a whole chunk (from the store or a fill) that admits it to the tier once every
-/// byte has passed through.
-pub struct Admitting {
-    inner: Box<dyn ChunkRead>,
-    admission: Option<Admission>,
-}
-
-impl Admitting {
-    /// Wraps `inner`, a reader of the whole chunk `admission` is for.
-    pub fn new(inner: Box<dyn ChunkRead>, admission: Admission) -> Self {
-        Self {
-            inner,
-            admission: Some(admission),
-        }
-    }
-}
-
-#[async_trait]
-impl ChunkRead for Admitting {
-    async fn next_piece(&mut self) -> Result<Option<Bytes>, StoreError> {
-        let piece = match self.inner.next_piece().await {
-            Ok(p) => p,
-            Err(e) => {
-                self.admission = None;
-                return Err(e);
-            }
-        };
-        match &piece {
-            Some(p) => {
-                if let Some(a) = &mut self.admission {
-                    if !a.keep(p) {
-                        self.admission = None;
-                    } else if a.complete() {
-                        // Every byte is here: admit now (the client may never ask past the
-                        // last byte).
-                        if let Some(a) = self.admission.take() {
-                            a.commit();
-                        }
-                    }
-                }
-            }
-            // Ended short of the chunk's length: nothing is admitted.
-            None => self.admission = None,
-        }
-        Ok(piece)
-    }
-
-    fn prefetch_hint(&self) -> Option<bool> {
-        self.inner.prefetch_hint()
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::cachestore::admit::Admitting;
     use std::time::Duration;
 
     const LEN: u64 = 64 * 1024;
@@ -428,7 +364,10 @@ mod tests {
         let Some(a) = tier.reserve(&id(i), len, tier.epoch()) else {
             return false;
         };
-        let mut r = Admitting::new(Box::new(Pieces(pieces(i, len, 10_000).into())), a);
+        let mut r = Admitting::new(
+            Box::new(Pieces(pieces(i, len, 10_000).into())),
+            Some(Box::new(a)),
+        );
         while r.next_piece().await.unwrap().is_some() {}
         true
     }
@@ -489,7 +428,7 @@ mod tests {
         );
         let mut short = pieces(1, LEN, 10_000);
         short.pop();
-        let mut r = Admitting::new(Box::new(Pieces(short.into())), a);
+        let mut r = Admitting::new(Box::new(Pieces(short.into())), Some(Box::new(a)));
         while r.next_piece().await.unwrap().is_some() {}
         drop(r);
         assert_eq!(tier.bytes(), 0);
@@ -505,7 +444,10 @@ mod tests {
         let tier = Arc::new(RamTier::new(2 * LEN));
         let a = tier.reserve(&id(1), LEN, tier.epoch()).unwrap();
         assert_eq!(tier.remove(&id(1)), None);
-        let mut r = Admitting::new(Box::new(Pieces(pieces(1, LEN, 10_000).into())), a);
+        let mut r = Admitting::new(
+            Box::new(Pieces(pieces(1, LEN, 10_000).into())),
+            Some(Box::new(a)),
+        );
         while r.next_piece().await.unwrap().is_some() {}
         for _ in 0..100 {
             if tier.bytes() == 0 {

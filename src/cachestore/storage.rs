@@ -17,9 +17,10 @@
 //! spool, the writer waits while the window is full, and the commit hands the store the spool,
 //! not the bytes. A flight without a spool keeps its whole chunk, as all did before.
 
+use super::admit::Admitting;
 use super::buf::PIECE;
 use super::catalog::Catalog;
-use super::ram::{Admitting, RamTier};
+use super::ram::RamTier;
 use super::spool::{read_piece, Spool};
 use super::{CacheStore, ChunkRead, CommitOutcome, StoreError, TierState};
 use crate::chunk::{Chunk, ChunkId};
@@ -570,7 +571,7 @@ impl ChunkStorage {
             .as_ref()
             .and_then(|r| r.reserve(&chunk.id, chunk.len, epoch))
         {
-            Some(admission) => Box::new(Admitting::new(reader, admission)),
+            Some(admission) => Box::new(Admitting::new(reader, Some(Box::new(admission)))),
             None => reader,
         }
     }

@@ -27,6 +27,7 @@
 //! A chunk gone from either tier (evicted, deleted by a lifecycle rule or by hand) is a miss of
 //! that tier: gone from both, it is filled again.
 
+use super::admit::{Admit, Admitting};
 use super::fs::FsStore;
 use super::spool::Spool;
 use super::storage::COMMIT_TIMEOUT;
@@ -153,11 +154,9 @@ impl CacheStore for TieredStore {
     ) -> Result<Option<Box<dyn ChunkRead>>, StoreError> {
         match self.local.read(id, expected_len, from, to).await {
             Ok(Some(inner)) => {
-                return Ok(Some(Box::new(TierReader {
-                    inner,
-                    prefetch: self.local.prefetch_hits(),
-                    admission: None,
-                })))
+                return Ok(Some(Box::new(
+                    Admitting::new(inner, None).with_prefetch(self.local.prefetch_hits()),
+                )))
             }
             Ok(None) => {}
             // A damaged local copy is removed by the local store; the shared one is read.
@@ -174,24 +173,20 @@ impl CacheStore for TieredStore {
         }
         let whole = from == 0 && to >= expected_len;
         let admission = match slot {
-            Some(slot) if whole => Some(Admission {
+            Some(slot) if whole => Some(Box::new(Admission {
                 local: self.local.clone(),
                 len: expected_len,
-                pieces: Vec::new(),
-                got: 0,
                 slot,
-            }),
+            }) as Box<dyn Admit>),
             Some(slot) => {
                 self.promote(slot, expected_len);
                 None
             }
             None => None,
         };
-        Ok(Some(Box::new(TierReader {
-            inner,
-            prefetch: self.shared.prefetch_hits(),
-            admission,
-        })))
+        Ok(Some(Box::new(
+            Admitting::new(inner, admission).with_prefetch(self.shared.prefetch_hits()),
+        )))
     }
 
     async fn commit(
@@ -258,26 +253,22 @@ impl CacheStore for TieredStore {
     }
 }
 
-/// A whole shared hit being admitted to the local tier: the pieces passed on so far.
+/// A whole shared hit being admitted to the local tier (`admit::Admitting` keeps its pieces).
 struct Admission {
     local: Arc<dyn CacheStore>,
     len: u64,
-    pieces: Vec<Bytes>,
-    got: u64,
     /// Held until the local commit is done (dropped with the admission when it is skipped).
     slot: Slot,
 }
 
-impl Admission {
+impl Admit for Admission {
+    fn chunk_len(&self) -> u64 {
+        self.len
+    }
+
     /// Commits the collected chunk to the local tier in the background.
-    fn commit(self) {
-        let Admission {
-            local,
-            len,
-            pieces,
-            slot,
-            ..
-        } = self;
+    fn admit(self: Box<Self>, pieces: Vec<Bytes>) {
+        let Admission { local, len, slot } = *self;
         tokio::spawn(async move {
             let id = &slot.id;
             match local.commit(id, pieces, len).await {
@@ -286,52 +277,6 @@ impl Admission {
             }
             drop(slot);
         });
-    }
-}
-
-/// A reader from one of the tiers: says which tier's prefetch rule applies, and admits a
-/// whole shared hit to the local tier.
-struct TierReader {
-    inner: Box<dyn ChunkRead>,
-    prefetch: bool,
-    admission: Option<Admission>,
-}
-
-#[async_trait]
-impl ChunkRead for TierReader {
-    async fn next_piece(&mut self) -> Result<Option<Bytes>, StoreError> {
-        let piece = match self.inner.next_piece().await {
-            Ok(p) => p,
-            Err(e) => {
-                self.admission = None;
-                return Err(e);
-            }
-        };
-        match &piece {
-            Some(p) => {
-                if let Some(a) = &mut self.admission {
-                    a.got += p.len() as u64;
-                    if a.got <= a.len {
-                        a.pieces.push(p.clone());
-                    } else {
-                        // More bytes than the chunk has: nothing of it is admitted.
-                        self.admission = None;
-                    }
-                }
-            }
-            None => {
-                if let Some(a) = self.admission.take() {
-                    if a.got == a.len {
-                        a.commit();
-                    }
-                }
-            }
-        }
-        Ok(piece)
-    }
-
-    fn prefetch_hint(&self) -> Option<bool> {
-        Some(self.prefetch)
     }
 }
 
