@@ -607,31 +607,48 @@ done
 # ---------------------------------------------------------------------------------------------
 # Figure Z (issue 13): a working set larger than the cache's bound, read with Zipf-like
 # popularity. Orca's fs store and nginx proxy_cache get the same bound (cachestore.fs.max_size
-# and proxy_cache_path max_size) and the same request sequence (a fixed seed), working set
-# about 4x the bound, objects of one chunk (one slice). Recorded: the hit ratio of the second
-# half of the sequence (1 - origin GETs / requests, from the origin's access log), origin bytes
-# per client byte over that half, and Orca's p99 of warm reads of the hottest objects with and
-# without a concurrent cold scan that keeps the store evicting.
+# and proxy_cache_path max_size) and the same request sequences (fixed seeds), a Zipf working
+# set about 4x the bound, objects of one chunk (one slice). Two sequences:
+#   - "zipf": Zipf reads only;
+#   - "scan": the same Zipf reads with a batch job's one-pass scan of other objects interleaved
+#     (one scan read after every second Zipf read), the case the policy exists for.
+# Each runs in two halves: the first warms the caches, the second is measured: the hit ratio of
+# its Zipf reads (1 - origin GETs / reads, from the origin's access log; the scan's reads are
+# misses for any cache and are left out), and origin bytes per client byte over all its reads.
+#
+# Fairness. nginx's cache manager enforces max_size in rounds, at least every 10 s, sooner when
+# an entry of any zone expires sooner; between rounds the cache holds more than its bound, and a
+# larger cache hits more. So (1) a second zone holds one entry with `inactive=2s` that a loop
+# keeps alive (refreshed every 0.25 s, so never found expired), which makes the manager run
+# every one or two seconds, the tightest nginx enforces it;
+# (2) the measured half is paced (curl --rate) so that a second of misses is a small part of the
+# bound; (3) it starts once nginx is back at its bound. Both caches' sizes (du) are sampled during
+# the measured half, and the peak and the mean / bound are recorded: they say how fair it was.
+# The hit ratio the best possible cache of that size could reach on the sequence (the bound's
+# worth of the most popular objects, each missed once) is computed and recorded beside them.
 zipf_figure() {
-    local zsize zcount zbound zreqs zstreams=4 zhot=8
+    local zsize zcount zbound zreqs zrate zstreams=4 zhot=8
     if $quick; then
-        zsize=$((256 * 1024)); zcount=128; zbound=$((8 * MiB)); zreqs=1200
+        zsize=$((256 * 1024)); zcount=128; zbound=$((8 * MiB)); zreqs=1200; zrate=100
     else
-        zsize=$MiB; zcount=1024; zbound=$((256 * MiB)); zreqs=20000
+        zsize=$MiB; zcount=1024; zbound=$((256 * MiB)); zreqs=8000; zrate=25
     fi
-    say "Z. Zipf reads of $zcount objects of $((zsize / 1024)) KiB through a bound of $((zbound / MiB)) MiB, $zreqs requests in $zstreams streams"
+    local zscans=$((zreqs / 2))
+    say "Z. Zipf reads of $zcount objects of $((zsize / 1024)) KiB through a bound of $((zbound / MiB)) MiB, $zreqs requests in $zstreams streams, alone and with a scan"
     local zp; read -r -a zp < <(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(4)]
+socks = [socket.socket() for _ in range(5)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 ')
-    local z_edge=${zp[0]} z_fill=${zp[1]} z_ops=${zp[2]} z_nginx=${zp[3]}
+    local z_edge=${zp[0]} z_fill=${zp[1]} z_ops=${zp[2]} z_nginx=${zp[3]} z_tick=${zp[4]}
     head -c "$zsize" /dev/urandom >"$dir/objects/zipf-src"
+    echo tick >"$dir/objects/zipf-tick"
     local zsha i
     zsha=$(sha256sum "$dir/objects/zipf-src" | cut -d' ' -f1)
     for i in $(seq 0 $((zcount - 1))); do link zipf-src "zo-$i"; link zipf-src "zn-$i"; done
+    for i in $(seq 0 $((zscans - 1))); do link zipf-src "zso-$i"; link zipf-src "zsn-$i"; done
     # The same bound for both (Orca evicts down to 98 % of it, as nginx's cache manager evicts
     # to just below its max_size).
     start_orca zipf "$p_origin" "$z_edge" "$z_fill" "$z_ops" "cachestore:
@@ -643,64 +660,106 @@ $(nginx_common "$dir/zslice")
 http {
 $(http_common "$dir/zslice")
     proxy_cache_path $dir/slice-cache-zipf levels=1:2 keys_zone=zipf:16m max_size=$zbound inactive=1d use_temp_path=off;
+    proxy_cache_path $dir/slice-cache-ztick levels=1:2 keys_zone=ztick:1m inactive=2s use_temp_path=off;
     upstream origin_zipf { server 127.0.0.1:$p_origin; keepalive 16; }
 $(slice_server "$z_nginx" origin_zipf zipf)
+    server {
+        listen 127.0.0.1:$z_tick;
+        access_log off;
+        location / { proxy_cache ztick; proxy_cache_valid 200 1d; proxy_pass http://origin_zipf; }
+    }
 }
 EOF
     start_nginx zslice "$dir/zslice/nginx.conf"
     wait_http "http://127.0.0.1:$z_ops/readyz" orca-zipf "$dir/logs/zipf.log"
     wait_http "http://127.0.0.1:$z_nginx/bucket/probe" nginx-zipf "$dir/zslice/error.log"
-    # The request sequence: object indices drawn with probability ~ 1 / (rank + 1), seed 13.
-    python3 - "$zcount" "$zreqs" >"$dir/tmp/zipf.seq" <<'EOF'
+    # The manager's short-lived entry, kept alive for the whole figure.
+    ( for _ in $(seq 1 $((limit_secs * 4))); do
+        curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$z_tick/bucket/zipf-tick"; sleep 0.25
+    done ) &
+    local ticker=$!
+    pids+=("$ticker")
+    # The sequences: Zipf indices drawn with probability ~ 1 / (rank + 1), seed 13; a line is
+    # "z INDEX" (a Zipf read) or "s INDEX" (a scan read). Also the best possible hit ratio of a
+    # cache of the bound's size over the second half: the most popular objects that fit, each
+    # missed on its first read.
+    python3 - "$zcount" "$zreqs" "$((zbound / zsize))" "$dir/tmp" <<'EOF' | while read -r name best; do rec Z "$name" best_hit_ratio 1 "$best"; done
 import random, sys
-n, reqs = int(sys.argv[1]), int(sys.argv[2])
+n, reqs, fit, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 rng = random.Random(13)
 weights = [1.0 / (i + 1) for i in range(n)]
-for i in rng.choices(range(n), weights=weights, k=reqs):
-    print(i)
+draws = rng.choices(range(n), weights=weights, k=reqs)
+seqs = {"zipf": [("z", i) for i in draws], "scan": []}
+for j, i in enumerate(draws):
+    seqs["scan"].append(("z", i))
+    if j % 2 == 1:
+        seqs["scan"].append(("s", j // 2))
+for name, seq in seqs.items():
+    with open(f"{out}/zipf-{name}.seq", "w") as f:
+        f.writelines(f"{k} {i}\n" for k, i in seq)
+    # The first half is the warm-up; the best cache holds the `fit` most popular objects.
+    half = len(seq) // 2
+    seen, hits, reads = set(), 0, 0
+    for pos, (k, i) in enumerate(seq):
+        if k == "z" and pos >= half:
+            reads += 1
+            hits += i < fit and i in seen
+        if k == "z":
+            seen.add(i)
+    print(name, f"{hits / reads:.4f}")
 EOF
     # Streams: request j goes to stream j mod zstreams; each stream is one curl (keep-alive),
-    # printing "code bytes seconds" per request. Half 1 warms the caches, half 2 is measured.
-    zipf_run() { # base prefix half outfile
-        local base=$1 prefix=$2 half=$3 out=$4 s ps=()
+    # printing "code bytes" per request. Half 1 warms the caches (unpaced), half 2 is measured
+    # (paced: zrate requests per second per stream).
+    zipf_run() { # seq base zprefix sprefix half outfile
+        local seq=$1 base=$2 zprefix=$3 sprefix=$4 half=$5 out=$6 s ps=() n pace=()
+        n=$(wc -l <"$seq")
+        [ "$half" = 2 ] && pace=(--rate "$zrate/s")
         for s in $(seq 0 $((zstreams - 1))); do
-            awk -v s="$s" -v k="$zstreams" -v h="$half" -v n="$zreqs" -v b="$base" -v p="$prefix" \
+            awk -v s="$s" -v k="$zstreams" -v h="$half" -v n="$n" -v b="$base" -v zp="$zprefix" -v sp="$sprefix" \
                 'NR % k == s && ((h == 1 && NR <= n / 2) || (h == 2 && NR > n / 2)) {
-                    printf "url = \"%s/bucket/%s%d\"\noutput = \"/dev/null\"\n", b, p, $1 }' \
-                "$dir/tmp/zipf.seq" >"$dir/tmp/zipf.$s.curl"
-            curl -s --max-time "$limit_secs" -K "$dir/tmp/zipf.$s.curl" \
-                -w '%{http_code} %{size_download} %{time_total}\n' >"$out.$s" & ps+=($!)
+                    printf "url = \"%s/bucket/%s%d\"\noutput = \"/dev/null\"\n", b, ($1 == "z" ? zp : sp), $2 }' \
+                "$seq" >"$dir/tmp/zipf.$s.curl"
+            curl -s "${pace[@]}" --max-time "$limit_secs" -K "$dir/tmp/zipf.$s.curl" \
+                -w '%{http_code} %{size_download}\n' >"$out.$s" & ps+=($!)
         done
         wait "${ps[@]}" || true
         cat "$out".* >"$out"; rm -f "$out".*
         awk -v z="$zsize" -v w="$out" '$1 != 200 || $2 != z {bad++} END {if (bad) {print "zipf: " bad " bad answers in " w > "/dev/stderr"; exit 1}}' "$out" ||
-            err zipf "bad answers through $prefix (see $out)"
+            err zipf "bad answers through $zprefix (see $out)"
     }
-    # nginx's cache manager enforces max_size in rounds (about every 10 s when nothing expires
-    # sooner), so its cache can hold more than the bound in between: both caches' sizes (du) are
-    # sampled during the measured half, and the peak / bound recorded.
-    local setup base prefix cdir log0 client origin_gets origin_b sampler
-    for setup in orca slice; do
-        if [ $setup = orca ]; then base="http://127.0.0.1:$z_edge"; prefix=zo-; cdir="$dir/cache-zipf"
-        else base="http://127.0.0.1:$z_nginx"; prefix=zn-; cdir="$dir/slice-cache-zipf"; fi
-        zipf_run "$base" "$prefix" 1 "$dir/tmp/zipf-$setup-1.txt"
-        sleep 0.5
-        log0=$(wc -l <"$dir/logs/origin.log")
-        ( for _ in $(seq 1 "$((limit_secs * 4))"); do du -sk "$cdir" 2>/dev/null | cut -f1; sleep 0.25; done ) >"$dir/tmp/zdu-$setup.txt" &
-        sampler=$!
-        zipf_run "$base" "$prefix" 2 "$dir/tmp/zipf-$setup-2.txt"
-        kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true
-        rec Z "$setup" peak_size_per_bound 1 "$(sort -n "$dir/tmp/zdu-$setup.txt" | tail -n 1 | awk -v b="$zbound" '{printf "%.3f\n", $1 * 1024 / b}')"
-        sleep 0.5
-        client=$(awk '{b += $2; n++} END {printf "%.0f %d\n", b, n}' "$dir/tmp/zipf-$setup-2.txt")
-        read -r origin_gets origin_b < <(tail -n +$((log0 + 1)) "$dir/logs/origin.log" |
-            awk -v p="/bucket/$prefix" '$1 == "GET" && index($2, p) == 1 {n++; b += $4} END {printf "%d %.0f\n", n, b}')
-        rec Z "$setup" hit_ratio 1 "$(awk -v g="$origin_gets" -v n="${client#* }" 'BEGIN{printf "%.4f\n", 1 - g / n}')"
-        rec Z "$setup" origin_bytes_per_client_byte 1 "$(awk -v o="$origin_b" -v c="${client% *}" 'BEGIN{printf "%.4f\n", o / c}')"
-        got=$(curl -s --max-time "$curl_max" "$base/bucket/${prefix}0" | sha256sum | cut -d' ' -f1)
-        [ "$got" = "$zsha" ] || err hash "figure Z, $setup: ${prefix}0 returned other bytes"
+    local seqname seq setup base zprefix sprefix cdir log0 client origin_gets origin_b sampler zreads
+    for seqname in zipf scan; do
+        seq="$dir/tmp/zipf-$seqname.seq"
+        zreads=$(awk -v n="$(wc -l <"$seq")" 'NR > n / 2 && $1 == "z" {c++} END {print c + 0}' "$seq")
+        for setup in orca slice; do
+            if [ $setup = orca ]; then base="http://127.0.0.1:$z_edge"; zprefix=zo-; sprefix=zso-; cdir="$dir/cache-zipf"
+            else base="http://127.0.0.1:$z_nginx"; zprefix=zn-; sprefix=zsn-; cdir="$dir/slice-cache-zipf"; fi
+            zipf_run "$seq" "$base" "$zprefix" "$sprefix" 1 "$dir/tmp/zipf-$seqname-$setup-1.txt"
+            # Measure from a cache at its bound: nginx trims at its next round.
+            for _ in $(seq 1 60); do
+                [ "$(du -sk "$cdir" | cut -f1)" -le $((zbound * 21 / 20 / 1024)) ] && break
+                sleep 0.5
+            done
+            log0=$(wc -l <"$dir/logs/origin.log")
+            ( for _ in $(seq 1 "$((limit_secs * 4))"); do du -sk "$cdir" 2>/dev/null | cut -f1; sleep 0.25; done ) >"$dir/tmp/zdu-$seqname-$setup.txt" &
+            sampler=$!
+            zipf_run "$seq" "$base" "$zprefix" "$sprefix" 2 "$dir/tmp/zipf-$seqname-$setup-2.txt"
+            kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true
+            rec Z "$setup-$seqname" peak_size_per_bound 1 "$(sort -n "$dir/tmp/zdu-$seqname-$setup.txt" | tail -n 1 | awk -v b="$zbound" '{printf "%.3f\n", $1 * 1024 / b}')"
+            rec Z "$setup-$seqname" mean_size_per_bound 1 "$(awk -v b="$zbound" '{s += $1; n++} END {printf "%.3f\n", s * 1024 / n / b}' "$dir/tmp/zdu-$seqname-$setup.txt")"
+            sleep 0.5
+            client=$(awk '{b += $2} END {printf "%.0f\n", b}' "$dir/tmp/zipf-$seqname-$setup-2.txt")
+            read -r origin_gets origin_b < <(tail -n +$((log0 + 1)) "$dir/logs/origin.log" |
+                awk -v p="/bucket/$zprefix" -v q="/bucket/$sprefix" '$1 == "GET" && index($2, p) == 1 {n++} $1 == "GET" && (index($2, p) == 1 || index($2, q) == 1) {b += $4} END {printf "%d %.0f\n", n, b}')
+            rec Z "$setup-$seqname" hit_ratio 1 "$(awk -v g="$origin_gets" -v n="$zreads" 'BEGIN{printf "%.4f\n", 1 - g / n}')"
+            rec Z "$setup-$seqname" origin_bytes_per_client_byte 1 "$(awk -v o="$origin_b" -v c="$client" 'BEGIN{printf "%.4f\n", o / c}')"
+            got=$(curl -s --max-time "$curl_max" "$base/bucket/${zprefix}0" | sha256sum | cut -d' ' -f1)
+            [ "$got" = "$zsha" ] || err hash "figure Z, $setup: ${zprefix}0 returned other bytes"
+        done
     done
-    # Orca's warm reads of the hottest objects (cached after the run above: ranks 0-$zhot),
+    kill "$ticker" 2>/dev/null || true
+    # Orca's warm reads of the hottest objects (cached after the runs above: ranks 0-$zhot),
     # alone, then while one client scans cold objects (every one a fill and, the store being
     # at its bound, an eviction).
     local zrounds=$((zreqs / zstreams / zhot / 2))
