@@ -31,7 +31,9 @@
 # (default ~/.cache/orca-target), ORCA_BIN (an orca binary to use instead of building one),
 # ORCA_BENCH_NO_BUILD=1 to use the built release binary, ORCA_FLOOR_BIN (a bench-floor binary;
 # without one, and with ORCA_BIN or ORCA_BENCH_NO_BUILD=1 and none built, the floor's figures
-# are left out).
+# are left out), ORCA_BENCH_Z="OBJECTS BOUND_MIB READS RATE" (figure Z's scale instead of the
+# mode's: objects of one chunk, the bound, Zipf reads per sequence, measured reads per second per
+# stream).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
@@ -632,6 +634,11 @@ zipf_figure() {
         zsize=$((256 * 1024)); zcount=128; zbound=$((8 * MiB)); zreqs=1200; zrate=100
     else
         zsize=$MiB; zcount=1024; zbound=$((256 * MiB)); zreqs=8000; zrate=25
+    fi
+    if [ -n "${ORCA_BENCH_Z:-}" ]; then # "OBJECTS BOUND_MIB READS RATE", e.g. "10240 1024 40000 100"
+        local zbound_mib
+        read -r zcount zbound_mib zreqs zrate <<<"$ORCA_BENCH_Z"
+        zbound=$((zbound_mib * MiB))
     fi
     local zscans=$((zreqs / 2))
     say "Z. Zipf reads of $zcount objects of $((zsize / 1024)) KiB through a bound of $((zbound / MiB)) MiB, $zreqs requests in $zstreams streams, alone and with a scan"
