@@ -422,7 +422,7 @@ impl ProxyHttp for FillService {
         // One origin fill per chunk per replica, at most `origin_concurrency` at once. A permit
         // is held only while an origin answer is being read (see `InflightGuard`), so one
         // comes free within an origin request's time; the wait is bounded all the same, by
-        // the cache-lock timeout (as long as this request's own waiters wait for it), and
+        // the cache-lock timeout (the lock this writer holds lasts no longer either), and
         // then answered "slow down" rather than held on.
         if ctx.inflight.is_none() {
             let wait = self.orca.lock_timeout();
