@@ -56,6 +56,8 @@ impl Origin {
 /// answers in order; an origin permit held until the edge had read its chunk's answer made a
 /// cycle (every permit held by answers read later, the chunk read next waiting for a permit)
 /// that nothing broke until the fill's 60 s write timeout. Every read completes, byte-exact.
+/// Seen failing before the fix: the reads were still waiting at the deadline (three runs of
+/// three); with it they take a few seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_reads_ahead_of_few_origin_permits_never_wait_in_a_cycle() {
     let s = Origin::start(|c| c.chunk_size("1MiB").readahead(4).origin_concurrency(1)).await;
@@ -102,7 +104,8 @@ async fn cold_reads_ahead_of_few_origin_permits_never_wait_in_a_cycle() {
 /// A fill that finds every origin permit taken waits for one at most the cache-lock timeout
 /// (`origin_timeout` x 4 + 5 s: 13 s here), then answers `503 SlowDown`, and the client is
 /// told the same: not a hang until the permit comes free, nor the edge giving up on its fill
-/// (its read timeout, 15 s here, answered `502 OriginUnavailable`).
+/// (its read timeout, 15 s here, answered `502 OriginUnavailable`). Seen failing before the
+/// fix: the fill waited on and the client got that `502` from the edge's read timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fill_that_gets_no_origin_permit_in_time_is_told_to_slow_down() {
     let s = Origin::start(|c| {
@@ -200,7 +203,8 @@ async fn slow_read(addr: &str, path: &str, piece: usize, pause: Duration) -> (u1
 /// A client slower than the read-ahead (the chunks it is ahead of wait unread in the fill
 /// service's answers to this replica's own edge for longer than `limits.client_write_timeout`)
 /// but never stopped gets the whole object: that timeout is for a requester that stops
-/// reading, and the edge reads its own fill answers in order as its client takes them.
+/// reading, and the edge reads its own fill answers in order as its client takes them. Seen
+/// failing before the fix: the response was aborted at chunk 6 ("fill answer: body cut").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_client_reading_in_order_is_not_cut_by_its_own_read_ahead() {
     let s = Origin::start(|c| {
