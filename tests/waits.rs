@@ -56,8 +56,8 @@ impl Origin {
 /// answers in order; an origin permit held until the edge had read its chunk's answer made a
 /// cycle (every permit held by answers read later, the chunk read next waiting for a permit)
 /// that nothing broke until the fill's 60 s write timeout. Every read completes, byte-exact.
-/// Seen failing before the fix: the reads were still waiting at the deadline (three runs of
-/// three); with it they take a few seconds.
+/// Seen failing before the fix: the reads were still waiting at the deadline (in each of two
+/// runs); with it they take a few seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_reads_ahead_of_few_origin_permits_never_wait_in_a_cycle() {
     let s = Origin::start(|c| c.chunk_size("1MiB").readahead(4).origin_concurrency(1)).await;
