@@ -1238,13 +1238,22 @@ impl Storage for ChunkStorage {
     ) -> Result<MissHandler> {
         let chunk = Self::key_chunk(key)?;
         // Waits while `max_flights` chunks are filling or committing: memory stays bounded
-        // however fast the origin is and however slow the store.
-        let permit = self
-            .flight_permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::explain(ErrorType::InternalError, "flight permits closed"))?;
+        // however fast the origin is and however slow the store. A flight's permit comes back
+        // when its commit lands, which waits on nothing but the store (never on a reader); the
+        // wait is bounded all the same, by the stall timeout, and then fails this fill (as
+        // `begin_sparse` does) rather than hangs it.
+        let permit = tokio::time::timeout(
+            self.stall_timeout,
+            self.flight_permits.clone().acquire_owned(),
+        )
+        .await
+        .map_err(|_| {
+            Error::explain(
+                ErrorType::InternalError,
+                format!("no fill slot free within {:?}", self.stall_timeout),
+            )
+        })?
+        .map_err(|_| Error::explain(ErrorType::InternalError, "flight permits closed"))?;
         // The spool the fill writes its chunk to as it arrives (a temp file of the store's).
         let spool = match self.store.spool(&chunk.id, chunk.len).await {
             Ok(spool) => spool,
@@ -1428,6 +1437,30 @@ mod tests {
         assert_eq!(store.get(&c.id), None);
         // Its permit came back: with one permit, a new flight can start.
         let _again = miss_handler(storage, &c).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fill_that_gets_no_flight_permit_fails_at_the_stall_timeout() {
+        let store = Arc::new(MemStore::new());
+        let storage = storage(store, 1);
+        let held = chunk(25, 0);
+        let _writer = miss_handler(storage, &held).await;
+        // The only permit is held (a flight filling or committing): the next fill waits for
+        // it no longer than the stall timeout, then fails; it never hangs.
+        let other = chunk(25, 1);
+        let meta = chunk_meta(other.len).expect("meta");
+        let span = Span::inactive().handle();
+        let started = tokio::time::Instant::now();
+        let waited = tokio::time::timeout(
+            STALL * 2,
+            storage.get_miss_handler(&cache_key(&other, true), &meta, &span),
+        )
+        .await
+        .expect("the wait has a deadline");
+        let e = waited.err().expect("no permit, no miss handler");
+        assert!(e.to_string().contains("no fill slot free"), "{e}");
+        assert_eq!(started.elapsed(), STALL, "failed at the stall timeout");
+        assert!(!storage.flights.lock().contains_key(&other.id));
     }
 
     #[tokio::test(start_paused = true)]

@@ -45,6 +45,10 @@ pub(crate) enum PipelineError {
     /// (503 SlowDown before the first byte, as S3 asks clients to back off).
     #[error("no read-ahead memory free within {0:?}")]
     Busy(std::time::Duration),
+    /// This replica's fill service had no origin fill slot free within its deadline (the
+    /// cache-lock timeout): 503 SlowDown before the first byte, as for [`PipelineError::Busy`].
+    #[error("no origin fill slot free in time")]
+    FillBusy,
     /// The cache store failed in the middle of a chunk it had started to serve.
     #[error("reading chunk {chunk} from the cache store: {source}")]
     Store {
@@ -65,6 +69,11 @@ impl PipelineError {
                 503,
                 "SlowDown",
                 "Please reduce your request rate: the cache is short of read-ahead memory.",
+            ),
+            PipelineError::FillBusy => S3Error::new(
+                503,
+                "SlowDown",
+                "Please reduce your request rate: no origin fill slot came free in time.",
             ),
             PipelineError::Store { .. } => S3Error::internal(self.to_string()),
         }
@@ -447,6 +456,9 @@ async fn read_chunk(
                     fail(&edge, &chunk, &tx, e)
                 }
             }
+        }
+        Err(FillError::Busy) => {
+            let _ = tx.send(Err(PipelineError::FillBusy));
         }
         Err(e) => fail(&edge, &chunk, &tx, e.into_origin()),
     }

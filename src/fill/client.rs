@@ -61,6 +61,10 @@ pub enum FillError {
     /// The peer failed on its own (an answer that is not an origin's verdict: its internal
     /// error, a timeout of its own): another replica may well succeed.
     PeerFailed(String),
+    /// 503 SlowDown: the fill service had no origin fill slot free within its deadline (the
+    /// cache-lock timeout). Elsewhere there may be one; when it is this replica's own, the
+    /// client is told to slow down.
+    Busy,
     /// No answer: connecting, sending or reading the header failed.
     Unreachable(String),
     /// The answer broke off after its header (the bytes before went to the caller).
@@ -76,6 +80,9 @@ impl FillError {
                 OriginError::Transient("fill service is not the coordinator".into())
             }
             FillError::Refused => OriginError::Transient("fill service refused the secret".into()),
+            FillError::Busy => {
+                OriginError::Transient("fill service had no origin fill slot free".into())
+            }
             FillError::Unreachable(m) | FillError::Broken(m) | FillError::PeerFailed(m) => {
                 OriginError::Transient(m)
             }
@@ -355,6 +362,7 @@ impl FillClient {
                 let refused = resp.headers.get(REFUSED_HEADER).is_some();
                 return Err(match (status, code.as_str()) {
                     (409, _) => FillError::NotCoordinator,
+                    (503, "SlowDown") => FillError::Busy,
                     (403, _) if refused => FillError::Refused,
                     // The origin's verdict, as the peer relayed it.
                     (_, c) if OriginError::is_origin_code(c) => {

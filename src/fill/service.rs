@@ -17,14 +17,15 @@
 //! | `request_cache_filter` | Enables the cache with `ChunkStorage`, the shared `CacheLock`, and a lock wait timeout. |
 //! | `cache_key_callback` | `CacheKey::new(chunk name, "")`, with the `Chunk` attached as a key extension (the storage needs its identity and length). |
 //! | `cache_hit_filter` | Records where a hit came from (`memory` for a fill in flight, else `cachestore`). |
-//! | `proxy_upstream_filter` | Only the lock's writer gets here. Re-checks the storage, then takes an origin permit. |
+//! | `proxy_upstream_filter` | Only the lock's writer gets here. Re-checks the storage, then takes an origin permit, waiting at most the cache-lock timeout (then `503 SlowDown`). The permit is held until the origin's answer ends, not the requester's. |
 //! | `upstream_peer` | The origin's address, resolved asynchronously and cached for 30 s. Sleeps the backoff on a retry. |
 //! | `upstream_request_filter` | Replaces the request with the driver's signed, ETag-pinned ranged GET. |
 //! | `upstream_response_filter` | Checks the answer: `206` (or `200` when the chunk is the whole object), exact `Content-Range`, same ETag, right `Content-Length`. Rewrites it to the chunk's own `200` and marks it accepted (`response_accepted`): from here on no retry is made. |
 //! | `response_cache_filter` | `Cacheable` with Orca's own `CacheMeta` (fresh for ten years: the ETag is in the key). |
+//! | `upstream_response_body_filter` | Counts the origin's bytes; at the end of its answer, returns the origin permit. |
 //! | `fail_to_connect`, `error_while_proxy` | Decide whether to retry (see "Retries" in `docs/design.md`). A chunk GET that got no answer is counted as `orca_origin_requests_total{op="get",status="0"}`. |
 //! | `response_filter` | Adds `x-orca-source` (`origin`, `memory` or `cachestore`), which the asking fill client counts. |
-//! | `fail_to_proxy` | An S3 XML error before the first byte; after it, an abort. |
+//! | `fail_to_proxy` | Returns the origin permit, then an S3 XML error before the first byte; after it, an abort. |
 //! | `logging` | On the listening instance, a fill that went to the origin counts as `orca_chunk_reads_total{source="origin"}` here. One debug `fill request` line. |
 //!
 //! A chunk longer than `chunking.subrange_size` is answered in `request_filter` by a sub-range
@@ -198,7 +199,12 @@ fn error_of(e: &Error) -> OriginError {
     }
 }
 
-/// Decrements `orca_fills_inflight` and returns the origin permit when the fill ends.
+/// An origin permit, and the fill counted in `orca_fills_inflight`, for as long as the origin's
+/// answer lasts: taken in `proxy_upstream_filter`, dropped when that answer ends (its last byte
+/// in `upstream_response_body_filter`, or the fill's final failure in `fail_to_proxy`), not
+/// when the requester has read the answer. This replica's edge asks for chunks ahead of the one
+/// it sends and reads their answers in order: a permit held until then would let answers read
+/// later hold every permit while the chunk read next waits for one, a cycle.
 struct InflightGuard {
     _permit: OwnedSemaphorePermit,
 }
@@ -220,6 +226,9 @@ pub struct FillCtx {
     source: Option<ChunkSource>,
     error: Option<OriginError>,
     inflight: Option<InflightGuard>,
+    /// The fill's own refusal before any origin request (no origin permit within the
+    /// deadline): answered as it is by `fail_to_proxy`.
+    refusal: Option<S3Error>,
     /// When the request arrived: a fill that failed after it (one it may have waited on) is
     /// answered with that failure.
     started: Option<tokio::time::Instant>,
@@ -254,9 +263,17 @@ impl ProxyHttp for FillService {
             .get(REQUEST_ID_HEADER)
             .and_then(|v| request_id_of(v.as_bytes()))
             .map_or_else(crate::error::request_id, str::to_string);
-        // The requester that stops reading (a frozen peer) fails its own fill after this long
-        // without progress; the flight's other readers then stop waiting on it.
-        session.set_write_timeout(Some(self.orca.config.limits.client_write_timeout));
+        // A peer that stops reading (a frozen process) fails its own request after this long
+        // without progress, and its connection and task are freed; a peer reads a fill at
+        // network speed, so a healthy one never gets near it. This replica's own edge reads
+        // its answers in order as its client takes them: an answer of a chunk read ahead may
+        // rightly wait unread for as long as the client takes over the chunks before it. The
+        // edge's own write timeout bounds that (a client that stops reading fails its request,
+        // which drops the in-process stream and ends this answer at once), so the in-process
+        // instance sets none. Either way the fill itself goes on into its flight.
+        if !self.local {
+            session.set_write_timeout(Some(self.orca.config.limits.client_write_timeout));
+        }
         if session.req_header().uri.path() == PURGE_PATH {
             self.serve_purge(session).await?;
             return Ok(true);
@@ -402,15 +419,33 @@ impl ProxyHttp for FillService {
                 return Err(err);
             }
         }
-        // One origin fill per chunk per replica, at most `origin_concurrency` at once.
+        // One origin fill per chunk per replica, at most `origin_concurrency` at once. A permit
+        // is held only while an origin answer is being read (see `InflightGuard`), so one
+        // comes free within an origin request's time; the wait is bounded all the same, by
+        // the cache-lock timeout (the lock this writer holds lasts no longer either), and
+        // then answered "slow down" rather than held on.
         if ctx.inflight.is_none() {
-            let permit = self
-                .orca
-                .origin_permits
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| Error::explain(ErrorType::InternalError, "origin permits closed"))?;
+            let wait = self.orca.lock_timeout();
+            let acquire = self.orca.origin_permits.clone().acquire_owned();
+            let permit = match tokio::time::timeout(wait, acquire).await {
+                Ok(Ok(permit)) => permit,
+                Ok(Err(_)) => {
+                    return Error::e_explain(ErrorType::InternalError, "origin permits closed")
+                }
+                Err(_) => {
+                    let chunk = ctx_chunk(ctx)?;
+                    tracing::warn!(request_id = %ctx.request_id, chunk = %chunk.id, ?wait, "no origin permit came free in time; answering 503 SlowDown");
+                    ctx.refusal = Some(S3Error::new(
+                        503,
+                        "SlowDown",
+                        format!("No origin fill slot came free within {wait:?}."),
+                    ));
+                    return Error::e_explain(
+                        ErrorType::HTTPStatus(503),
+                        "no origin permit within the cache-lock timeout",
+                    );
+                }
+            };
             FILLS_INFLIGHT.inc();
             ctx.inflight = Some(InflightGuard { _permit: permit });
         }
@@ -528,11 +563,16 @@ impl ProxyHttp for FillService {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
-        _ctx: &mut Self::CTX,
+        end_of_stream: bool,
+        ctx: &mut Self::CTX,
     ) -> Result<Option<Duration>> {
         if let Some(b) = body {
             ORIGIN_BYTES.inc_by(b.len() as u64);
+        }
+        if end_of_stream {
+            // The origin's answer is whole (it goes on into the flight): its permit is free
+            // for another fill, however long the requester takes to read this answer.
+            ctx.inflight = None;
         }
         Ok(None)
     }
@@ -589,6 +629,9 @@ impl ProxyHttp for FillService {
         e: &Error,
         ctx: &mut Self::CTX,
     ) -> FailToProxy {
+        // The fill is over (no retry follows): its origin permit is free before this answer
+        // is written.
+        ctx.inflight = None;
         if session.response_written().is_some() {
             // Headers are out: abort, so the caller sees a short body, never a clean end.
             tracing::warn!(error = %e, "fill failed after its first byte; aborting");
@@ -597,8 +640,10 @@ impl ProxyHttp for FillService {
                 can_reuse_downstream: false,
             };
         }
-        let oe = ctx.error.clone().unwrap_or_else(|| error_of(e));
-        let s3 = oe.to_s3();
+        let s3 = match ctx.refusal.take() {
+            Some(refusal) => refusal,
+            None => ctx.error.clone().unwrap_or_else(|| error_of(e)).to_s3(),
+        };
         let resource = session.req_header().uri.path().to_string();
         let _ = crate::error::write_error(session, &s3, &resource, &ctx.request_id).await;
         FailToProxy {
