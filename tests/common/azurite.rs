@@ -107,6 +107,56 @@ impl AzAnswer {
     }
 }
 
+/// A Blob service request as signed: its path (`/account/container[/blob]`), its URL on `base`
+/// with the query, and the headers that are signed (`x-ms-date`, `x-ms-version`, a PUT's
+/// `content-length`, then the caller's). Shared by [`AzClient`] and the Entra ID tests' curl
+/// client, which add their own `authorization`.
+pub struct BlobRequest<'a> {
+    pub path: String,
+    pub url: String,
+    pub headers: Vec<(&'a str, String)>,
+}
+
+impl<'a> BlobRequest<'a> {
+    pub fn new(
+        method: &str,
+        base: &str,
+        (container, blob): (&str, Option<&str>),
+        query: &[(&str, &str)],
+        headers: &[(&'a str, &str)],
+        body_len: usize,
+    ) -> BlobRequest<'a> {
+        let mut path = format!("/{ACCOUNT}/{}", encode_key(container));
+        if let Some(b) = blob {
+            path.push('/');
+            path.push_str(&encode_key(b));
+        }
+        let mut all = vec![
+            ("x-ms-date", now_rfc1123()),
+            ("x-ms-version", API_VERSION.to_string()),
+        ];
+        if method == "PUT" {
+            all.push(("content-length", body_len.to_string()));
+        }
+        all.extend(headers.iter().map(|(k, v)| (*k, v.to_string())));
+        let mut url = format!("{base}{path}");
+        for (i, (k, v)) in query.iter().enumerate() {
+            url.push(if i == 0 { '?' } else { '&' });
+            url.push_str(&format!("{k}={}", encode_query_value(v)));
+        }
+        BlobRequest {
+            path,
+            url,
+            headers: all,
+        }
+    }
+
+    /// The headers as `SharedKey::authorization` and the HTTP clients take them.
+    pub fn header_refs(&self) -> Vec<(&str, &str)> {
+        self.headers.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    }
+}
+
 impl AzClient {
     pub fn new(azurite: &Azurite) -> AzClient {
         AzClient {
@@ -124,26 +174,23 @@ impl AzClient {
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> AzAnswer {
-        let mut path = format!("/{ACCOUNT}/{}", encode_key(container));
-        if let Some(b) = blob {
-            path.push('/');
-            path.push_str(&encode_key(b));
-        }
-        let date = now_rfc1123();
-        let length = body.len().to_string();
-        let mut all: Vec<(&str, &str)> = vec![("x-ms-date", &date), ("x-ms-version", API_VERSION)];
-        if method == "PUT" {
-            all.push(("content-length", &length));
-        }
-        all.extend_from_slice(headers);
-        let auth = self.key.authorization(method, &path, query, &all).unwrap();
-        let mut url = format!("{}{path}", self.base);
-        for (i, (k, v)) in query.iter().enumerate() {
-            url.push(if i == 0 { '?' } else { '&' });
-            url.push_str(&format!("{k}={}", encode_query_value(v)));
-        }
+        let request = BlobRequest::new(
+            method,
+            &self.base,
+            (container, blob),
+            query,
+            headers,
+            body.len(),
+        );
+        let mut all = request.header_refs();
+        let auth = self
+            .key
+            .authorization(method, &request.path, query, &all)
+            .unwrap();
         all.push(("authorization", &auth));
-        let r = http_request(method, &url, &all, Some(body)).await.unwrap();
+        let r = http_request(method, &request.url, &all, Some(body))
+            .await
+            .unwrap();
         AzAnswer {
             status: r.status,
             headers: r.headers,

@@ -14,11 +14,10 @@
 //!   `Metadata: true`), both minting unsigned JWTs Azurite's basic mode accepts. No real server
 //!   of either protocol can run here.
 
-use super::azurite::{Azurite, ACCOUNT, KEY};
+use super::azurite::{Azurite, BlobRequest, ACCOUNT, KEY};
 use super::pki::Ca;
 use super::run_bounded;
-use ::orca::net::encode::{encode_key, encode_query_value};
-use ::orca::origin::azureblob::sign::{now_rfc1123, SharedKey, API_VERSION};
+use ::orca::origin::azureblob::sign::SharedKey;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::io::{Read, Write};
@@ -139,30 +138,18 @@ impl OauthAzurite {
         body: &[u8],
         bearer: Option<&str>,
     ) -> (u16, String) {
-        let mut path = format!("/{ACCOUNT}/{}", encode_key(container));
-        if let Some(b) = blob {
-            path.push('/');
-            path.push_str(&encode_key(b));
-        }
-        let date = now_rfc1123();
-        let length = body.len().to_string();
-        let mut all: Vec<(&str, &str)> = vec![("x-ms-date", &date), ("x-ms-version", API_VERSION)];
-        if method == "PUT" {
-            all.push(("content-length", &length));
-        }
-        all.extend_from_slice(headers);
+        let base = format!("https://{}", self.azurite.addr());
+        let request =
+            BlobRequest::new(method, &base, (container, blob), query, headers, body.len());
+        let all = request.header_refs();
         let auth = match bearer {
             Some(t) => format!("Bearer {t}"),
             None => SharedKey::new(ACCOUNT, KEY)
                 .unwrap()
-                .authorization(method, &path, query, &all)
+                .authorization(method, &request.path, query, &all)
                 .unwrap(),
         };
-        let mut url = format!("https://{}{path}", self.azurite.addr());
-        for (i, (k, v)) in query.iter().enumerate() {
-            url.push(if i == 0 { '?' } else { '&' });
-            url.push_str(&format!("{k}={}", encode_query_value(v)));
-        }
+        let url = request.url.clone();
         let body_file = self.dir.path().join("curl-body");
         let out_file = self.dir.path().join("curl-out");
         std::fs::write(&body_file, body).unwrap();
