@@ -1642,9 +1642,14 @@ mod tests {
     fn fs_storage(
         dir: &std::path::Path,
     ) -> (&'static ChunkStorage, Arc<super::super::fs::FsStore>) {
-        let store = Arc::new(
-            super::super::fs::FsStore::open(dir, &crate::config::FsLimits::default()).unwrap(),
-        );
+        // Bounded by its own size, not the filesystem's free space: a shared machine's disk
+        // may run near full, and the default `min_free` would refuse every commit.
+        let limits = crate::config::FsLimits {
+            max_size: Some(1 << 30),
+            min_free: crate::config::SizeOrPercent::Size(0),
+            ..Default::default()
+        };
+        let store = Arc::new(super::super::fs::FsStore::open(dir, &limits).unwrap());
         let storage = Box::leak(Box::new(ChunkStorage::new(store.clone(), 64, 4, STALL)));
         (storage, store)
     }
