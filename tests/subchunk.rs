@@ -358,3 +358,212 @@ async fn a_reader_waiting_for_an_origin_permit_joins_the_fill_that_starts_meanwh
         (9 * MIB) as f64
     );
 }
+
+/// The GETs of `key` the origin saw, in order, with the fault each got.
+fn origin_gets(s: &Stack, key: &str) -> Vec<((usize, usize), Option<Fault>)> {
+    let suffix = format!("/{}/{key}", s.bucket);
+    let faults: Vec<_> = s
+        .proxy
+        .counts()
+        .log
+        .iter()
+        .filter(|r| r.method == "GET" && r.path().ends_with(&suffix))
+        .map(|r| r.fault.clone())
+        .collect();
+    origin_ranges(s, key).into_iter().zip(faults).collect()
+}
+
+/// The first sub-range GET of a cold chunk is cut mid-body (a FIN, then on another key a
+/// reset): the fill asks for the rest of that sub-range alone, pinned to the same ETag, and
+/// the read is exact; the origin sent each byte of the object once (Orca read each once) and
+/// the chunk is stored. Seen failing before sub-range GETs were resumed: the cut failed the
+/// whole chunk (the client's body aborted after the cut's bytes, nothing stored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sub_range_cut_mid_body_is_resumed_from_the_byte_reached() {
+    let root = tempfile::tempdir().unwrap();
+    let s = Stack::start(Origin::S3, "subchunk", |c| config(c, root.path(), 2)).await;
+    let len = 8 * MIB;
+    const CUT: usize = 300_000;
+    for (n, (key, fault)) in [
+        ("cut", Fault::CutBodyAfter(CUT)),
+        ("reset", Fault::ResetAfter(CUT)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let data = deterministic_bytes(30 + n as u64, len);
+        s.put(key, &data).await;
+        let bytes_before = s.orca.metric_value_async("orca_origin_bytes_total").await;
+        s.proxy.push_fault(
+            FaultRule::new(fault)
+                .method("GET")
+                .path_contains(&format!("/{key}"))
+                .times(1),
+        );
+        let r = http_get(&s.url(key), None).await.unwrap();
+        assert_eq!(r.status, 200, "{key}");
+        assert!(r.body == data, "{key}: the bytes differ");
+        s.orca
+            .wait_metric_at_least(COMMITTED, (n + 1) as f64, WAIT)
+            .await;
+        let gets = origin_gets(&s, key);
+        // The cut GET (the first, the client's sub-range), then one for its rest.
+        let ((a0, b0), fault) = gets[0].clone();
+        assert!(
+            fault.is_some(),
+            "{key}: the first GET was not cut: {gets:?}"
+        );
+        let resumed: Vec<_> = gets[1..]
+            .iter()
+            .filter(|((a, b), _)| *b == b0 && *a > a0)
+            .collect();
+        assert_eq!(resumed.len(), 1, "{key}: one GET for the rest: {gets:?}");
+        let ((r0, _), _) = resumed[0];
+        assert!(*r0 <= a0 + CUT, "{key}: bytes skipped: {gets:?}");
+        // Every other byte of the chunk once: the sub-ranges, with the cut one counted from
+        // the resume on.
+        let mut ranges: Vec<_> = gets[1..].iter().map(|(r, _)| *r).collect();
+        ranges.push((a0, *r0));
+        ranges.sort_unstable();
+        let mut at = 0;
+        for (a, b) in &ranges {
+            assert_eq!(*a, at, "{key}: a gap or a byte fetched twice: {gets:?}");
+            at = *b;
+        }
+        assert_eq!(at, len, "{key}: {gets:?}");
+        assert_eq!(
+            gets.len(),
+            9,
+            "{key}: 8 sub-ranges and one resume: {gets:?}"
+        );
+        assert_eq!(
+            s.orca.metric_value_async("orca_origin_bytes_total").await - bytes_before,
+            len as f64,
+            "{key}: origin bytes / object bytes = 1.00"
+        );
+        assert_eq!(fsstore::chunk_file_count(root.path()), n + 1, "{key}");
+        // Stored whole: the next read is a hit.
+        let r = http_get(&s.url(key), None).await.unwrap();
+        assert!(r.body == data, "{key}: the stored chunk's bytes differ");
+        assert_eq!(
+            origin_gets(&s, key).len(),
+            9,
+            "{key}: served from the store"
+        );
+    }
+    fsstore::no_spool_left(&root.path().join("tmp")).await;
+}
+
+/// A sub-range cut on every attempt: three GETs for it (each for the rest of the one before),
+/// then the whole chunk fails: the client's body aborts after a prefix, nothing is stored, no
+/// spool is left; once the origin is well the next read fills the chunk, exact. Seen failing
+/// before sub-range GETs were resumed: one GET for that sub-range, not three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sub_range_cut_on_every_attempt_fails_the_chunk_and_the_next_read_refills() {
+    let root = tempfile::tempdir().unwrap();
+    // One stream: the sub-ranges are fetched one after the other, the faults land in order.
+    let s = Stack::start(Origin::S3, "subchunk", |c| config(c, root.path(), 1)).await;
+    let len = 8 * MIB;
+    const CUT: usize = 300_000;
+    let data = deterministic_bytes(32, len);
+    s.put("broken", &data).await;
+    s.proxy.push_fault(
+        FaultRule::new(Fault::CutBodyAfter(CUT))
+            .method("GET")
+            .path_contains("/broken")
+            .times(3),
+    );
+    match http_get(&s.url("broken"), None).await {
+        Ok(r) => assert_ne!(r.status, 200, "a complete answer"),
+        Err(HttpError::Body { received, .. }) => {
+            assert!(received.len() < len);
+            assert!(received == data[..received.len()], "not a prefix");
+        }
+        Err(e) => panic!("no answer: {e:?}"),
+    }
+    let gets = origin_gets(&s, "broken");
+    assert_eq!(
+        gets.len(),
+        3,
+        "three attempts at the first sub-range: {gets:?}"
+    );
+    for (i, ((a, b), fault)) in gets.iter().enumerate() {
+        assert!(fault.is_some(), "{gets:?}");
+        assert_eq!(*b, MIB, "{gets:?}");
+        assert!(
+            *a <= i * CUT,
+            "each GET from where the one before broke: {gets:?}"
+        );
+        if i > 0 {
+            assert!(*a > gets[i - 1].0 .0, "{gets:?}");
+        }
+    }
+    fsstore::no_spool_left(&root.path().join("tmp")).await;
+    assert_eq!(
+        fsstore::chunk_file_count(root.path()),
+        0,
+        "a chunk was stored"
+    );
+    assert_eq!(s.orca.metric_value_async(COMMITTED).await, 0.0);
+    // The origin is well again: the next read fills the chunk anew.
+    s.proxy.clear_faults();
+    let r = http_get(&s.url("broken"), None).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body == data, "the refill's bytes differ");
+    s.orca.wait_metric_at_least(COMMITTED, 1.0, WAIT).await;
+    assert_eq!(fsstore::chunk_file_count(root.path()), 1);
+}
+
+/// A sub-range GET is cut, and the GET for its rest finds the object replaced (another ETag,
+/// or `412` to its `If-Match`): the whole chunk fails, nothing is stored. Seen failing before
+/// sub-range GETs were resumed: the cut failed the chunk, and no GET for the rest went out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_replaced_before_a_resume_fails_the_whole_chunk() {
+    let root = tempfile::tempdir().unwrap();
+    let s = Stack::start(Origin::S3, "subchunk", |c| config(c, root.path(), 1)).await;
+    let len = 8 * MIB;
+    for (key, fault) in [
+        (
+            "replaced",
+            Fault::ReplaceEtag("\"0123456789abcdef0123456789abcdef\"".into()),
+        ),
+        ("precondition", Fault::Status(412)),
+    ] {
+        let data = deterministic_bytes(33, len);
+        s.put(key, &data).await;
+        s.proxy.push_fault(
+            FaultRule::new(Fault::CutBodyAfter(300_000))
+                .method("GET")
+                .path_contains(&format!("/{key}"))
+                .times(1),
+        );
+        s.proxy.push_fault(
+            FaultRule::new(fault)
+                .method("GET")
+                .path_contains(&format!("/{key}"))
+                .times(1),
+        );
+        match http_get(&s.url(key), None).await {
+            Ok(r) => assert_ne!(r.status, 200, "{key}: a complete answer"),
+            Err(HttpError::Body { received, .. }) => {
+                assert!(received.len() < len, "{key}");
+                assert!(received == data[..received.len()], "{key}: not a prefix");
+            }
+            Err(e) => panic!("{key}: no answer: {e:?}"),
+        }
+        let gets = origin_gets(&s, key);
+        assert_eq!(gets.len(), 2, "{key}: the cut GET and its resume: {gets:?}");
+        assert!(
+            gets[1].0 .0 > 0 && gets[1].0 .1 == MIB,
+            "{key}: the second GET is for the rest: {gets:?}"
+        );
+        assert!(gets.iter().all(|(_, f)| f.is_some()), "{key}: {gets:?}");
+        fsstore::no_spool_left(&root.path().join("tmp")).await;
+        assert_eq!(
+            fsstore::chunk_file_count(root.path()),
+            0,
+            "{key}: a chunk was stored"
+        );
+        assert_eq!(s.orca.metric_value_async(COMMITTED).await, 0.0, "{key}");
+    }
+}

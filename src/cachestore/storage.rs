@@ -794,6 +794,25 @@ impl ChunkStorage {
         })
     }
 
+    /// Registers `flight` as the one fill of its chunk, unless a live fill of the chunk is in
+    /// the registry already: then that flight is returned and `flight` is not registered (the
+    /// caller joins the live one and drops its own). A failed flight still in the registry is
+    /// replaced. Both fill paths claim through here, under the registry's lock, so at most one
+    /// live flight per chunk exists: the in-order fill (pingora's miss path) never replaces a
+    /// sub-range fill in flight, nor the other way round, and a second in-order writer (after
+    /// a cache-lock timeout) reads the first one's flight instead of fetching the chunk again.
+    fn claim_fill(&self, flight: &Arc<Flight>) -> Option<Arc<Flight>> {
+        {
+            let mut flights = self.flights.lock();
+            if let Some(live) = flights.get(&flight.chunk.id).filter(|f| !f.failed()) {
+                return Some(live.clone());
+            }
+            flights.insert(flight.chunk.id.clone(), flight.clone());
+        }
+        self.flights_changed.notify_waiters();
+        None
+    }
+
     fn remove_flight(&self, flight: &Arc<Flight>) {
         {
             let mut flights = self.flights.lock();
@@ -936,16 +955,11 @@ impl ChunkStorage {
         let mut flight = Flight::new(chunk.clone(), tag, permit, Some(spool));
         flight.state.get_mut().sparse = Some(Vec::new());
         let flight = Arc::new(flight);
-        {
-            let mut flights = self.flights.lock();
-            // Registered by another caller meanwhile: join it (ours, unused, goes).
-            if let Some(other) = live(&flights) {
-                drop(flights);
-                return Ok(SparseBegin::Joined(hit(other)));
-            }
-            flights.insert(chunk.id.clone(), flight.clone());
+        // Claimed by another caller meanwhile (a sub-range fill, or an in-order fill of
+        // pingora's miss path): join it (ours, unused, goes with its permit and spool).
+        if let Some(other) = self.claim_fill(&flight) {
+            return Ok(SparseBegin::Joined(hit(other)));
         }
-        self.flights_changed.notify_waiters();
         tracing::debug!(chunk = %flight.name, tag, "sub-range fill registered");
         let reader = hit(flight.clone());
         Ok(SparseBegin::Started(
@@ -1134,11 +1148,18 @@ struct ChunkMissHandler {
     flight: Arc<Flight>,
     tag: [u8; 8],
     finished: bool,
+    /// `flight` is another writer's live fill, found by [`ChunkStorage::claim_fill`]: this
+    /// handler never writes, finishes or fails it (its own writer does), and drops the
+    /// origin's bytes it is given.
+    joined: bool,
 }
 
 #[async_trait]
 impl HandleMiss for ChunkMissHandler {
     async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        if self.joined {
+            return Ok(());
+        }
         self.flight
             .append(data, self.storage.stall_timeout)
             .await
@@ -1147,6 +1168,9 @@ impl HandleMiss for ChunkMissHandler {
 
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
         self.finished = true;
+        if self.joined {
+            return Ok(MissFinishType::Appended(0, None));
+        }
         let len = self.flight.len();
         if len != self.flight.chunk.len {
             let msg = format!(
@@ -1170,7 +1194,7 @@ impl HandleMiss for ChunkMissHandler {
 
 impl Drop for ChunkMissHandler {
     fn drop(&mut self) {
-        if !self.finished {
+        if !self.finished && !self.joined {
             tracing::debug!(chunk = %self.flight.name, "fill abandoned before its end");
             self.flight
                 .finish(FlightStatus::Failed("the fill was abandoned".into()));
@@ -1226,7 +1250,19 @@ impl Storage for ChunkStorage {
                 };
                 Ok(Some((chunk_meta(chunk.len)?, Box::new(handler))))
             }
-            _ => self.lookup(key, trace).await,
+            // The writer's flight left the registry: committed (a hit now), or another
+            // writer's fill that this writer joined and that failed meanwhile. pingora-cache
+            // panics on no body reader for a writer: answer an error instead.
+            (_, tag) => match self.lookup(key, trace).await? {
+                None if tag.is_some() => Error::e_explain(
+                    ErrorType::InternalError,
+                    format!(
+                        "the fill of {} ended before its writer could read it",
+                        chunk.id
+                    ),
+                ),
+                found => Ok(found),
+            },
         }
     }
 
@@ -1264,6 +1300,20 @@ impl Storage for ChunkStorage {
         };
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
         let flight = Arc::new(Flight::new(chunk, tag, permit, spool));
+        // A live fill of the chunk is in flight already (a sub-range fill, or an older writer
+        // this one's cache lock timed out on): this writer must not replace it. Its downstream
+        // reads that flight (the handler's write tag is that flight's), and the origin's bytes
+        // it still receives are dropped; its own flight, permit and spool go unused.
+        if let Some(live) = self.claim_fill(&flight) {
+            tracing::debug!(chunk = %live.name, tag = live.tag, "a fill of the chunk is in flight; the in-order fill reads it");
+            return Ok(Box::new(ChunkMissHandler {
+                storage: self,
+                tag: live.tag.to_be_bytes(),
+                flight: live,
+                finished: false,
+                joined: true,
+            }));
+        }
         if let Some(spool) = &flight.spool {
             tokio::spawn(spool_flight(
                 flight.clone(),
@@ -1272,17 +1322,12 @@ impl Storage for ChunkStorage {
             ));
         }
         tracing::debug!(chunk = %flight.name, tag, spooled = flight.spool.is_some(), "fill registered");
-        // A newer writer replaces an older one (e.g. after a lock timeout); the older flight's
-        // readers keep their Arc and finish or fail with it.
-        self.flights
-            .lock()
-            .insert(flight.chunk.id.clone(), flight.clone());
-        self.flights_changed.notify_waiters();
         Ok(Box::new(ChunkMissHandler {
             storage: self,
             flight,
             tag: tag.to_be_bytes(),
             finished: false,
+            joined: false,
         }))
     }
 
@@ -1522,26 +1567,6 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_older_writer_never_removes_a_newer_flight() {
-        let store = Arc::new(MemStore::new());
-        let storage = storage(store.clone(), 4);
-        let c = chunk(25, 0);
-        let old = miss_handler(storage, &c).await;
-        let mut new = miss_handler(storage, &c).await; // e.g. after a lock timeout
-        drop(old); // fails the old flight only
-        new.write_body(Bytes::from_static(b"0123456789"), true)
-            .await
-            .unwrap();
-        let mut reader = storage
-            .open(&c, 0, 10)
-            .await
-            .expect("the newer flight")
-            .reader;
-        new.finish().await.unwrap();
-        assert_eq!(read_all(&mut reader).await.unwrap(), b"0123456789");
-    }
-
-    #[tokio::test(start_paused = true)]
     async fn a_cold_miss_asks_the_store_once() {
         let store = Arc::new(MemStore::new());
         let storage = storage(store.clone(), 4);
@@ -1650,9 +1675,14 @@ mod tests {
     fn fs_storage(
         dir: &std::path::Path,
     ) -> (&'static ChunkStorage, Arc<super::super::fs::FsStore>) {
-        let store = Arc::new(
-            super::super::fs::FsStore::open(dir, &crate::config::FsLimits::default()).unwrap(),
-        );
+        // Bounded by its own size, not the filesystem's free space: a shared machine's disk
+        // may run near full, and the default `min_free` would refuse every commit.
+        let limits = crate::config::FsLimits {
+            max_size: Some(1 << 30),
+            min_free: crate::config::SizeOrPercent::Size(0),
+            ..Default::default()
+        };
+        let store = Arc::new(super::super::fs::FsStore::open(dir, &limits).unwrap());
         let storage = Box::leak(Box::new(ChunkStorage::new(store.clone(), 64, 4, STALL)));
         (storage, store)
     }
@@ -1824,6 +1854,112 @@ mod tests {
         settle(storage, &c).await;
         let stored = std::fs::read(store.chunk_path(&c.id)).unwrap();
         assert!(stored == (0..len).map(byte).collect::<Vec<_>>());
+    }
+
+    async fn read_hit(body: &mut HitHandler) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some(p) = tokio::time::timeout(WAIT, body.read_body())
+            .await
+            .expect("no lost wake-up")
+            .unwrap()
+        {
+            out.extend_from_slice(&p);
+        }
+        out
+    }
+
+    /// The two fill paths race for one chunk: whichever claims it first is its one flight, the
+    /// other reads that flight, and no writer ever replaces or removes another's live flight.
+    /// Seen failing before `claim_fill`: the in-order fill's miss handler replaced the
+    /// sub-range fill in the registry (every later reader read the in-order fill, and the
+    /// sub-range fill's bytes were fetched twice).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_live_flight_per_chunk_whichever_fill_path_claims_it_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, store) = fs_storage(dir.path());
+        let span = Span::inactive().handle();
+        let len = 2 * FLIGHT_WINDOW;
+        let all: Vec<u8> = (0..len).map(byte).collect();
+        let registered = |c: &Chunk| storage.flights.lock().get(&c.id).cloned().unwrap();
+
+        // A sub-range fill first; then the in-order path's miss handler.
+        let c = big_chunk(len);
+        let fill = match storage.begin_sparse(&c, (0, len)).await.unwrap() {
+            SparseBegin::Started(fill, _) => fill,
+            _ => panic!("a new fill"),
+        };
+        let sparse = registered(&c);
+        let mut late = miss_handler(storage, &c).await;
+        assert!(
+            Arc::ptr_eq(&registered(&c), &sparse),
+            "the in-order fill replaced the sub-range fill in flight"
+        );
+        // Its downstream reads the sub-range fill (its write tag is that flight's).
+        assert_eq!(
+            late.streaming_write_tag(),
+            Some(&sparse.tag.to_be_bytes()[..])
+        );
+        let (_, mut body) = storage
+            .lookup_streaming_write(&cache_key(&c, true), late.streaming_write_tag(), &span)
+            .await
+            .unwrap()
+            .expect("the sub-range fill");
+        // The origin bytes it is given go nowhere, and its end (here: its origin GET broke)
+        // neither ends nor fails the flight it reads.
+        late.write_body(Bytes::from(vec![0u8; 10]), false)
+            .await
+            .unwrap();
+        drop(late);
+        assert!(
+            !sparse.failed(),
+            "the in-order fill failed the sub-range fill"
+        );
+        assert!(Arc::ptr_eq(&registered(&c), &sparse));
+        fill.write_at(0, bytes_of(0, len)).await.unwrap();
+        fill.finish().unwrap();
+        assert!(read_hit(&mut body).await == all);
+        settle(storage, &c).await;
+        assert!(std::fs::read(store.chunk_path(&c.id)).unwrap() == all);
+
+        // An in-order fill first: a sub-range fill joins it, and so does a second in-order
+        // writer (one whose cache lock timed out on the first).
+        let d = big_chunk(len + 1);
+        let mut first = miss_handler(storage, &d).await;
+        let in_order = registered(&d);
+        assert!(matches!(
+            storage.begin_sparse(&d, (0, len + 1)).await.unwrap(),
+            SparseBegin::Joined(_)
+        ));
+        let second = miss_handler(storage, &d).await;
+        assert!(Arc::ptr_eq(&registered(&d), &in_order));
+        drop(second);
+        assert!(
+            !in_order.failed(),
+            "a joined writer ended the flight it read"
+        );
+        write_spooled(&mut first, &in_order, len + 1, 64 * 1024).await;
+        first.finish().await.unwrap();
+        settle(storage, &d).await;
+        assert!(store.chunk_path(&d.id).exists());
+
+        // A failed flight still in the registry is replaced, and its writer, ending after
+        // that, never removes the newer flight.
+        let e = big_chunk(len + 2);
+        let old = miss_handler(storage, &e).await;
+        let old_flight = registered(&e);
+        old_flight.finish(FlightStatus::Failed("its origin GET broke".into()));
+        let newer = match storage.begin_sparse(&e, (0, len + 2)).await.unwrap() {
+            SparseBegin::Started(fill, _) => fill,
+            _ => panic!("a failed flight is never joined"),
+        };
+        let newer_flight = registered(&e);
+        assert!(!Arc::ptr_eq(&newer_flight, &old_flight));
+        drop(old);
+        assert!(
+            Arc::ptr_eq(&registered(&e), &newer_flight),
+            "an older writer removed a newer flight"
+        );
+        drop(newer);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

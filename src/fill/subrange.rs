@@ -19,9 +19,17 @@
 //! right `Content-Length`). The first worker holds the fill's `limits.origin_concurrency`
 //! permit (waited for, at most the cache-lock timeout); the others take spare permits only
 //! (never waited for), so a busy replica fetches with fewer streams, down to one, and never
-//! runs more origin GETs than its permits. No sub-range is fetched twice: a GET that fails
-//! before its first byte is retried (as chunk GETs are); one that fails after it, or any
-//! sub-range answered `412` or with another ETag, fails the whole fill.
+//! runs more origin GETs than its permits.
+//!
+//! # A broken GET
+//!
+//! No byte is fetched twice. A sub-range GET that breaks (no answer, a `5xx`, a reset, a body
+//! cut short, a timeout), before its first byte or after it, is resumed: the bytes received
+//! are written, and a GET for the rest of the sub-range goes out, pinned to the same ETag,
+//! after the retry backoff ([`crate::net::retry::backoff`]), at most [`ORIGIN_ATTEMPTS`] GETs
+//! per sub-range in all. Any answer that is not the pinned object's (`412`, another ETag, a
+//! `Content-Range` of another length), a refusal, a sub-range still broken after its last
+//! attempt, or a failed spool write fails the whole fill.
 //!
 //! # Where the bytes go
 //!
@@ -425,8 +433,12 @@ async fn run_fill(orca: Arc<Orca>, fill: SparseFill, permit: OwnedSemaphorePermi
     }
 }
 
-/// Fetches bytes `[a, b)` of the fill's chunk into it: retried while no byte came, at most
-/// [`ORIGIN_ATTEMPTS`] GETs; after a byte, a failure is final (nothing is fetched twice).
+/// Fetches bytes `[a, b)` of the fill's chunk into it, at most [`ORIGIN_ATTEMPTS`] GETs. A GET
+/// that breaks (no answer, a `5xx`, a reset, a body cut short, a timeout) is followed by one
+/// for the rest: from its first byte not yet written, pinned to the same ETag, after the
+/// retry backoff. Every byte received is written before the next GET, so none is fetched
+/// twice. An answer that is not the pinned object's (`412`, another ETag, a wrong
+/// `Content-Range`), a refusal, or a failed spool write fails the sub-range at once.
 async fn fetch_subrange(
     orca: &Orca,
     fill: &SparseFill,
@@ -434,6 +446,7 @@ async fn fetch_subrange(
     b: u64,
     sent: Option<&tokio::sync::watch::Sender<bool>>,
 ) -> std::result::Result<(), OriginError> {
+    let mut at = a;
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -441,36 +454,44 @@ async fn fetch_subrange(
         // attempt (a GET that waits out the origin timeout, then a retry, must not make the
         // requester give up on a fill that then succeeds).
         fill.alive();
-        match get_once(orca, fill, a, b, sent).await {
+        match get_once(orca, fill, at, b, sent).await {
             Ok(()) => return Ok(()),
-            Err((e, false)) if e.is_retryable() && attempt < ORIGIN_ATTEMPTS => {
-                tracing::debug!(chunk = %fill.chunk().id, a, b, attempt, error = %e, "sub-range GET failed before its first byte; retrying");
+            Err(broken) if broken.resumable && attempt < ORIGIN_ATTEMPTS => {
+                tracing::debug!(chunk = %fill.chunk().id, a, b, from = at, reached = broken.reached, attempt, error = %broken.error, "sub-range GET broke; fetching the rest");
+                at = broken.reached;
                 tokio::time::sleep(backoff(attempt)).await;
             }
-            Err((e, _)) => return Err(e),
+            Err(broken) => return Err(broken.error),
         }
     }
 }
 
+/// How a sub-range GET failed.
+struct Broken {
+    error: OriginError,
+    /// The chunk offset up to which its bytes are written to the fill.
+    reached: u64,
+    /// Another GET from `reached` may succeed (a transient failure of this one).
+    resumable: bool,
+}
+
 /// One GET of bytes `[a, b)` of the fill's chunk; `sent` is told once the answer's header is in.
-/// The error says whether any byte came.
 async fn get_once(
     orca: &Orca,
     fill: &SparseFill,
     a: u64,
     b: u64,
     sent: Option<&tokio::sync::watch::Sender<bool>>,
-) -> std::result::Result<(), (OriginError, bool)> {
+) -> std::result::Result<(), Broken> {
     let chunk = fill.chunk();
-    let before = |e: OriginError| (e, false);
+    let before = |error: OriginError| Broken {
+        resumable: error.is_retryable(),
+        error,
+        reached: a,
+    };
     let no_answer = |e: Box<Error>| {
         ORIGIN_REQUESTS.with_label_values(&["get", "0"]).inc();
-        match e.etype() {
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
-                (OriginError::Timeout, false)
-            }
-            _ => (OriginError::Transient(e.to_string()), false),
-        }
+        before(timeout_or_transient(&e))
     };
     let peer = orca
         .origin
@@ -507,20 +528,35 @@ async fn get_once(
     let mut at = a;
     let mut batch: Vec<Bytes> = Vec::new();
     let mut held = Held::default();
-    let broken = |at: u64, m: String| {
-        (
-            OriginError::Transient(format!(
-                "sub-range {a}..{b} of chunk {} broke at {at}: {m}",
-                chunk.id
-            )),
-            at > a,
-        )
+    let broken = |at: u64, error: OriginError| Broken {
+        error,
+        reached: at,
+        resumable: true,
+    };
+    let cut = |at: u64, m: String| {
+        OriginError::Transient(format!(
+            "sub-range {a}..{b} of chunk {} broke at {at}: {m}",
+            chunk.id
+        ))
     };
     loop {
-        let piece = session
-            .read_response_body()
-            .await
-            .map_err(|e| broken(at + held.0, e.to_string()))?;
+        let piece = match session.read_response_body().await {
+            Ok(piece) => piece,
+            Err(e) => {
+                // The bytes received before the break are kept: the next GET asks for the rest.
+                let error = match timeout_or_transient(&e) {
+                    OriginError::Timeout => OriginError::Timeout,
+                    _ => cut(at + held.0, e.to_string()),
+                };
+                let n = held.0;
+                if n > 0 {
+                    write(fill, at, &mut batch).await?;
+                    held.clear();
+                    at += n;
+                }
+                return Err(broken(at, error));
+            }
+        };
         let end = match &piece {
             Some(p) => {
                 ORIGIN_BYTES.inc_by(p.len() as u64);
@@ -529,7 +565,15 @@ async fn get_once(
             None => at + held.0,
         };
         if end > b {
-            return Err(broken(end, "longer than asked".into()));
+            // More than asked: not the answer to this request.
+            return Err(Broken {
+                error: OriginError::Protocol(format!(
+                    "sub-range {a}..{b} of chunk {} ran to {end}",
+                    chunk.id
+                )),
+                reached: at,
+                resumable: false,
+            });
         }
         let last_piece = piece.is_none();
         if let Some(p) = piece {
@@ -538,9 +582,7 @@ async fn get_once(
         }
         if held.0 >= PIECE as u64 || (last_piece && held.0 > 0) {
             let n = held.0;
-            fill.write_at(at, std::mem::take(&mut batch))
-                .await
-                .map_err(|m| (OriginError::Transient(m), true))?;
+            write(fill, at, &mut batch).await?;
             held.clear();
             at += n;
         }
@@ -549,10 +591,35 @@ async fn get_once(
         }
     }
     if at != b {
-        return Err(broken(at, format!("ended short of {b}")));
+        return Err(broken(at, cut(at, format!("ended short of {b}"))));
     }
     POOL.release_http_session(session, &peer).await;
     Ok(())
+}
+
+/// Writes `batch` at `at` of the fill. A failed write is final: the spool is the fill's.
+async fn write(
+    fill: &SparseFill,
+    at: u64,
+    batch: &mut Vec<Bytes>,
+) -> std::result::Result<(), Broken> {
+    fill.write_at(at, std::mem::take(batch))
+        .await
+        .map_err(|m| Broken {
+            error: OriginError::Transient(m),
+            reached: at,
+            resumable: false,
+        })
+}
+
+/// A GET that got no (whole) answer: a timeout, or a transient failure.
+fn timeout_or_transient(e: &Error) -> OriginError {
+    match e.etype() {
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+            OriginError::Timeout
+        }
+        _ => OriginError::Transient(e.to_string()),
+    }
 }
 
 #[cfg(test)]

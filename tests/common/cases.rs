@@ -56,13 +56,22 @@ pub fn good_chunks<'a>(
     bucket: &str,
     objects: &[Stored<'a>],
 ) -> std::collections::HashMap<String, (String, &'a [u8])> {
-    let chunk = MIB as u64;
+    good_chunks_sized(origin_id, bucket, objects, MIB as u64)
+}
+
+/// [`good_chunks`] for chunks of `chunk` bytes.
+pub fn good_chunks_sized<'a>(
+    origin_id: &str,
+    bucket: &str,
+    objects: &[Stored<'a>],
+    chunk: u64,
+) -> std::collections::HashMap<String, (String, &'a [u8])> {
     let mut good = std::collections::HashMap::new();
     for (key, etag, data) in objects {
         for index in 0..(data.len() as u64).div_ceil(chunk) {
             let id = ChunkId::from_fields(origin_id, bucket, key, etag, chunk, index);
             let start = (index * chunk) as usize;
-            let end = (start + MIB).min(data.len());
+            let end = (start + chunk as usize).min(data.len());
             good.insert(id.name(), (key.to_string(), &data[start..end]));
         }
     }
@@ -70,7 +79,7 @@ pub fn good_chunks<'a>(
 }
 
 /// Checks the fs store directly, after [`settle_commits`]: every file under `ROOT/v1` is a chunk
-/// of one of `objects` (1 MiB chunks, Orca's `origin.id`) holding exactly the origin's bytes for
+/// of one of `objects` (chunks of the replica's `chunk_size`, Orca's `origin.id`) holding exactly the origin's bytes for
 /// that chunk; nothing else is stored. With `all`, every chunk of every object is there too (and
 /// a missing `v1/` fails); without it an absent `v1/` means nothing was stored, which passes.
 pub async fn assert_store_holds_only_good_chunks(s: &Stack, objects: &[Stored<'_>], all: bool) {
@@ -85,7 +94,14 @@ pub async fn assert_fs_store_holds_only_good_chunks(
     all: bool,
 ) {
     settle_commits_of(orca).await;
-    let good = good_chunks(&orca.config().origin_id, bucket, objects);
+    // The chunk size the replica was started with (`OrcaConfig::chunk_size`, in MiB).
+    let chunk = orca
+        .config()
+        .chunk_size
+        .strip_suffix("MiB")
+        .and_then(|n| n.parse::<u64>().ok())
+        .map_or(MIB as u64, |n| n * MIB as u64);
+    let good = good_chunks_sized(&orca.config().origin_id, bucket, objects, chunk);
     let root = orca.cache_root().join("v1");
     let found = stored_files(&root);
     assert!(
