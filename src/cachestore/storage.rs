@@ -1783,8 +1783,7 @@ mod tests {
             fills.push((c, writer, flight, behind));
         }
         assert_eq!(storage.windows.window(), MIN_WINDOW);
-        let flights: Arc<Vec<Arc<Flight>>> =
-            Arc::new(fills.iter().map(|f| f.2.clone()).collect());
+        let flights: Arc<Vec<Arc<Flight>>> = Arc::new(fills.iter().map(|f| f.2.clone()).collect());
         // What every flight holds together: the shared total, plus the origin piece each one
         // may have appended beyond its window.
         let bound = SHARED_WINDOWS + FILLS * PIECE_LEN;
@@ -1833,7 +1832,10 @@ mod tests {
         let mut done = Vec::new();
         for task in tasks {
             let (c, peak, live, behind) = task.await.unwrap();
-            assert!(peak <= bound, "{peak} bytes held by {FILLS} fills, over {bound}");
+            assert!(
+                peak <= bound,
+                "{peak} bytes held by {FILLS} fills, over {bound}"
+            );
             let got = match (live, behind) {
                 (Some(live), _) => live.await.unwrap().unwrap(),
                 (None, Some(mut behind)) => read_all(&mut behind).await.unwrap(),
@@ -1934,7 +1936,10 @@ mod tests {
         }
         let deadline = tokio::time::Instant::now() + WAIT;
         while flight.state.lock().spooled < at {
-            assert!(tokio::time::Instant::now() < deadline, "the spool never caught up");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the spool never caught up"
+            );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         assert!(held(&flight) >= FLIGHT_WINDOW / 2);
