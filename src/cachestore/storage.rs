@@ -1722,9 +1722,14 @@ mod tests {
         dir: &std::path::Path,
         max_flights: usize,
     ) -> (&'static ChunkStorage, Arc<super::super::fs::FsStore>) {
-        let store = Arc::new(
-            super::super::fs::FsStore::open(dir, &crate::config::FsLimits::default()).unwrap(),
-        );
+        // Bounded by its own size alone: with the default `min_free` a machine whose disk runs
+        // nearly full would refuse every commit.
+        let limits = crate::config::FsLimits {
+            max_size: Some(1 << 30),
+            min_free: crate::config::SizeOrPercent::Size(0),
+            ..Default::default()
+        };
+        let store = Arc::new(super::super::fs::FsStore::open(dir, &limits).unwrap());
         let storage = Box::leak(Box::new(ChunkStorage::new(
             store.clone(),
             64,
