@@ -368,8 +368,9 @@ impl Flight {
         if pos < s.base {
             return match &self.spool {
                 Some(spool) => {
-                    // A quarter window at a time: many readers behind many fills then hold
-                    // no more than the fills' windows do.
+                    // A quarter window at a time: what a reader behind holds in passing
+                    // shrinks with the window, so readers of many fills at once hold little
+                    // (32 KiB each at the smallest window, a store piece at the largest).
                     let want = (s.base - pos).min(to - pos).min(self.window() / 4);
                     Next::Spool(spool.clone(), want as usize)
                 }
