@@ -369,15 +369,22 @@ def check_rendering(where, docs, example_secret, work):
     largest = max([orca_size(chunking.get("size", "8MiB"))] + [orca_size(x["size"]) for x in tiers])
     limits = orca.get("limits") or {}
     concurrency = int(limits.get("origin_concurrency", 64))
-    # Fills hold a 1 MiB window (+ a piece) each and spool the rest (docs/operations.md
-    # "Memory"); 16 MiB of pooled buffers; a local tier's copies hold whole chunks.
-    local_tier = store.get("driver", "fs") == "s3" and (store.get("s3") or {}).get("local")
-    need = orca_size(limits.get("readahead_memory", "1GiB")) + concurrency * (2**20 + 2**16) \
+    # docs/operations.md "Memory": the fills' windows (1 MiB each, at most 8 MiB shared, at
+    # least 128 KiB each) spool the rest; 320 KiB per origin read in flight; with the s3
+    # store, a 256 KiB piece per PUT; 16 MiB of pooled buffers; a local tier's copies hold
+    # whole chunks.
+    s3_store = store.get("driver", "fs") == "s3"
+    local_tier = s3_store and (store.get("s3") or {}).get("local")
+    windows = min(concurrency * 2**20, max(8 * 2**20, concurrency * 2**17))
+    need = orca_size(limits.get("readahead_memory", "1GiB")) + windows \
+        + concurrency * 320 * 2**10 + (concurrency * 2**18 if s3_store else 0) \
         + 16 * 2**20 + (concurrency * largest if local_tier else 0)
     mem_limit = ((c.get("resources") or {}).get("limits") or {}).get("memory")
     if mem_limit is None or k8s_quantity(mem_limit) < need:
-        problem(where, f"memory limit {mem_limit} is below readahead_memory + origin_concurrency "
-                f"x 1.1 MiB + 16 MiB{' + origin_concurrency x largest chunk' if local_tier else ''}"
+        problem(where, f"memory limit {mem_limit} is below readahead_memory + the fills' windows "
+                f"({windows / 2**20:.0f} MiB) + origin_concurrency x 320 KiB"
+                f"{' + origin_concurrency x 256 KiB' if s3_store else ''} + 16 MiB"
+                f"{' + origin_concurrency x largest chunk' if local_tier else ''}"
                 f" = {need / 2**20:.0f} MiB")
 
     # Security: non-root, read-only root, no capabilities; writes only to emptyDirs.

@@ -10,8 +10,9 @@
 #      keys unless the ServiceAccount carries an EKS IRSA role, or AKS workload identity with
 #      credentials: entra, pod label included), TLS files on mounted Secrets, the grace period
 #      covering one chunk fill (4 x limits.origin_timeout + 5 s) and terminationGracePeriodSeconds
-#      covering preStop + grace + final shutdown, the memory limit vs origin_concurrency x
-#      largest chunk + readahead_memory, non-root / read-only root / no capabilities, every path
+#      covering preStop + grace + final shutdown, the memory limit vs the memory plan
+#      (readahead_memory + the fills' windows + origin_concurrency x 320 KiB + 16 MiB, and
+#      what the s3 store and a local tier add: docs/operations.md "Memory"), non-root / read-only root / no capabilities, every path
 #      Orca writes on an emptyDir (the fs cache below its sizeLimit), the PDB and ServiceAccount;
 #   3. `orca -t` on each orca.yaml as written (TLS files replaced by certificates made with
 #      openssl; AKS workload identity's env simulated, its authority host a closed port): only an s3 cache store's "unreachable" (its

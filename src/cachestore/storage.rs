@@ -11,11 +11,14 @@
 //! clean end of stream, and the flight leaves the registry at once so the next caller starts a
 //! fresh fill.
 //!
-//! Memory: a flight holds at most [`FLIGHT_WINDOW`] of its chunk. Every piece is also written
-//! to the flight's spool (a temp file the store provides, [`super::spool`]) by a task of its
-//! own; spooled pieces are dropped beyond half the window, readers behind what is held read the
-//! spool, the writer waits while the window is full, and the commit hands the store the spool,
-//! not the bytes. A flight without a spool keeps its whole chunk, as all did before.
+//! Memory: a flight holds at most its window of its chunk: [`FLIGHT_WINDOW`] while a few fills
+//! spool at once, a share of [`SHARED_WINDOWS`] (never under [`MIN_WINDOW`]) when more do, so
+//! that many cold fills at once cost a fixed total rather than a window each. Every piece is
+//! also written to the flight's spool (a temp file the store provides, [`super::spool`]) by a
+//! task of its own; spooled pieces are dropped beyond half the window, readers behind what is
+//! held read the spool (a quarter window at a time), the writer waits while the window is
+//! full, and the commit hands the store the spool, not the bytes. A flight without a spool
+//! keeps its whole chunk, as all did before.
 
 use super::admit::Admitting;
 use super::buf::PIECE;
@@ -38,7 +41,7 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -64,15 +67,57 @@ pub fn cache_key(chunk: &Chunk, vouched: bool) -> CacheKey {
 #[derive(Debug, Clone, Copy)]
 struct Unvouched;
 
-/// The most of its chunk a fill that spools keeps in memory (plus one origin piece): its
-/// writer waits while this much is held, until the spool has written it out. Four store
-/// pieces ([`PIECE`]): the spool writes a batch of about half of it per trip to the blocking
-/// pool, while the origin fills the other half.
+/// The most of its chunk a fill that spools keeps in memory (plus one origin piece) while at
+/// most [`SHARED_WINDOWS`] / `FLIGHT_WINDOW` fills spool at once: its writer waits while this
+/// much is held, until the spool has written it out. Four store pieces ([`PIECE`]): the spool
+/// writes a batch of about half of it per trip to the blocking pool, while the origin fills
+/// the other half.
 pub const FLIGHT_WINDOW: u64 = 4 * PIECE as u64;
 
-/// Bytes already spooled that a fill keeps in memory for its readers near the head (half the
-/// window); a reader further behind reads the spool.
-const RETAIN: u64 = FLIGHT_WINDOW / 2;
+/// The memory the windows of all spooling fills share (8 MiB: eight full windows). With more
+/// fills spooling at once, each window is this divided among them, so 64 cold fills cost
+/// 8 MiB, not 64 MiB: a fill's spool, not its window, is what lets readers catch up, and a
+/// small window only means more, smaller trips to the blocking pool.
+pub const SHARED_WINDOWS: u64 = 8 * FLIGHT_WINDOW;
+
+/// The smallest window a fill's share shrinks to (half a store piece): below it each spool
+/// write and each spool read of a reader behind would be a few origin pieces, and the trips
+/// to the blocking pool would cost more than the memory saved. With more than
+/// `SHARED_WINDOWS / MIN_WINDOW` (64) fills spooling, the total is that many times this.
+pub const MIN_WINDOW: u64 = PIECE as u64 / 2;
+
+const _: () = assert!(MIN_WINDOW <= FLIGHT_WINDOW && MIN_WINDOW >= 4 * 1024);
+
+/// The count of fills spooling at once in one [`ChunkStorage`], from which each one's window is
+/// derived.
+#[derive(Default)]
+struct SpoolWindows {
+    spooling: AtomicUsize,
+}
+
+impl SpoolWindows {
+    /// Counts a spooling fill in until the slot is dropped.
+    fn join(self: &Arc<Self>) -> WindowSlot {
+        self.spooling.fetch_add(1, Ordering::Relaxed);
+        WindowSlot(self.clone())
+    }
+
+    /// A spooling fill's window now: [`FLIGHT_WINDOW`] while the windows fit in
+    /// [`SHARED_WINDOWS`], else its share of it, at least [`MIN_WINDOW`].
+    fn window(&self) -> u64 {
+        let n = self.spooling.load(Ordering::Relaxed).max(1) as u64;
+        (SHARED_WINDOWS / n).clamp(MIN_WINDOW, FLIGHT_WINDOW)
+    }
+}
+
+/// A spooling fill's place in [`SpoolWindows`], held while it holds pieces.
+struct WindowSlot(Arc<SpoolWindows>);
+
+impl Drop for WindowSlot {
+    fn drop(&mut self) {
+        self.0.spooling.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Where a flight stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +150,9 @@ struct FlightState {
     /// straight to the spool at its offset, in any order, and readers read the spool where
     /// their next byte is present. `len`, `base` and `spooled` all count the bytes written.
     sparse: Option<Vec<(u64, u64)>>,
+    /// A spooling flight's place among the windows that share [`SHARED_WINDOWS`], until it
+    /// drops its pieces for good.
+    slot: Option<WindowSlot>,
 }
 
 impl FlightState {
@@ -125,12 +173,14 @@ impl FlightState {
         freed
     }
 
-    /// Drops every piece held; returns the bytes dropped.
+    /// Drops every piece held, for good (the flight's window goes back to the others); returns
+    /// the bytes dropped.
     fn clear(&mut self) -> u64 {
         let freed = self.len - self.base;
         self.front_index += self.pieces.len();
         self.pieces.clear();
         self.base = self.len;
+        self.slot = None;
         freed
     }
 }
@@ -151,11 +201,12 @@ enum Next {
 
 /// A chunk being filled, readable while it is written.
 ///
-/// With a spool (every production store has one), the flight holds at most
-/// [`FLIGHT_WINDOW`] of its chunk in memory: every piece is also written to the spool by a
-/// task of its own, spooled pieces beyond [`RETAIN`] are dropped, and the writer waits while
-/// the window is full. Readers behind what is held read the spool. Without a spool (a store
-/// that has none, or one that failed), the flight holds its whole chunk until it is
+/// With a spool (every production store has one), the flight holds at most its window of its
+/// chunk in memory ([`SpoolWindows::window`]: [`FLIGHT_WINDOW`], or a share of
+/// [`SHARED_WINDOWS`] when many fills spool): every piece is also written to the spool by a
+/// task of its own, spooled pieces beyond half the window are dropped, and the writer waits
+/// while the window is full. Readers behind what is held read the spool. Without a spool (a
+/// store that has none, or one that failed), the flight holds its whole chunk until it is
 /// committed, bounded by the flight permits.
 pub struct Flight {
     name: String,
@@ -167,10 +218,20 @@ pub struct Flight {
     /// fills and commits in flight to `limits.origin_concurrency`.
     permit: Mutex<Option<OwnedSemaphorePermit>>,
     spool: Option<Arc<Spool>>,
+    /// The storage's count of spooling fills, which sets this one's window.
+    windows: Arc<SpoolWindows>,
 }
 
 impl Flight {
-    fn new(chunk: Chunk, tag: u64, permit: OwnedSemaphorePermit, spool: Option<Spool>) -> Self {
+    /// A flight; one with a spool counts among the spooling fills that share the windows'
+    /// memory until it drops its pieces.
+    fn new(
+        chunk: Chunk,
+        tag: u64,
+        permit: OwnedSemaphorePermit,
+        spool: Option<Spool>,
+        windows: &Arc<SpoolWindows>,
+    ) -> Self {
         let (changed, _) = watch::channel(());
         Self {
             name: chunk.id.name(),
@@ -185,11 +246,18 @@ impl Flight {
                 spool_error: None,
                 status: FlightStatus::Filling,
                 sparse: None,
+                slot: spool.is_some().then(|| windows.join()),
             }),
             changed,
             permit: Mutex::new(Some(permit)),
             spool: spool.map(Arc::new),
+            windows: windows.clone(),
         }
+    }
+
+    /// The most of its chunk this flight holds now (with a spool; see [`SpoolWindows`]).
+    fn window(&self) -> u64 {
+        self.windows.window()
     }
 
     /// Appends a piece. With a spool, then waits while the window is full, at most `stall`
@@ -214,14 +282,32 @@ impl Flight {
         if self.spool.is_none() {
             return Ok(());
         }
+        self.wait_for_room(stall).await
+    }
+
+    /// Waits while the window is full, at most `stall` without progress of the spool.
+    async fn wait_for_room(&self, stall: Duration) -> std::result::Result<(), String> {
         let mut rx = self.changed.subscribe();
         loop {
             {
-                let s = self.state.lock();
-                if s.spool_error.is_some()
-                    || s.len - s.base < FLIGHT_WINDOW
-                    || s.status != FlightStatus::Filling
-                {
+                let mut s = self.state.lock();
+                if s.spool_error.is_some() || s.status != FlightStatus::Filling {
+                    return Ok(());
+                }
+                let window = self.window();
+                if s.len - s.base < window {
+                    return Ok(());
+                }
+                // Full. What is spooled is on disk: drop it down to half the window before
+                // waiting. The spool task trims after each write, but with the window of that
+                // moment; when more fills began since, the window shrank, and waiting while
+                // holding only spooled bytes would wait for a spool write that never comes
+                // (until the stall deadline failed the fill).
+                let freed = s.trim(window / 2);
+                let room = s.len - s.base < window;
+                drop(s);
+                FILL_BUFFERED_BYTES.sub(freed as i64);
+                if room {
                     return Ok(());
                 }
             }
@@ -282,7 +368,10 @@ impl Flight {
         if pos < s.base {
             return match &self.spool {
                 Some(spool) => {
-                    let want = (s.base - pos).min(to - pos).min(PIECE as u64);
+                    // A quarter window at a time: what a reader behind holds in passing
+                    // shrinks with the window, so readers of many fills at once hold little
+                    // (32 KiB each at the smallest window, a store piece at the largest).
+                    let want = (s.base - pos).min(to - pos).min(self.window() / 4);
                     Next::Spool(spool.clone(), want as usize)
                 }
                 // Pieces are only dropped once spooled.
@@ -344,7 +433,7 @@ impl Drop for Flight {
 }
 
 /// Writes a flight's pieces to its spool as they arrive, and drops the spooled ones beyond
-/// [`RETAIN`]. Ends when every byte is spooled after the flight completed, when it failed, or
+/// half its window. Ends when every byte is spooled after the flight completed, when it failed, or
 /// when the spool fails (the flight then keeps the rest in memory); a flight that gets no new
 /// byte for `stall` is given up (its readers and writer have the same deadline).
 async fn spool_flight(flight: Arc<Flight>, spool: Arc<Spool>, stall: Duration) {
@@ -390,11 +479,13 @@ async fn spool_flight(flight: Arc<Flight>, spool: Arc<Spool>, stall: Duration) {
             match written {
                 Ok(()) => {
                     s.spooled = at + n;
-                    s.trim(RETAIN)
+                    s.trim(flight.window() / 2)
                 }
                 Err(e) => {
                     tracing::warn!(chunk = %flight.name, error = %e, "writing the fill's spool failed; it keeps its chunk in memory and is not committed");
                     s.spool_error = Some(e.to_string());
+                    // It keeps its chunk now: no window to share.
+                    s.slot = None;
                     0
                 }
             }
@@ -501,6 +592,8 @@ pub struct ChunkStorage {
     flights_changed: tokio::sync::Notify,
     /// Bounds the flights in the registry, committing ones included.
     flight_permits: Arc<Semaphore>,
+    /// The spooling flights, whose windows share [`SHARED_WINDOWS`].
+    windows: Arc<SpoolWindows>,
     next_tag: AtomicU64,
     /// How long a flight's reader waits for its next byte before it gives up: a writer that
     /// stopped (its own downstream stalled, or a frozen peer) must not hold its readers.
@@ -545,6 +638,7 @@ impl ChunkStorage {
             flights: Mutex::new(HashMap::new()),
             flights_changed: tokio::sync::Notify::new(),
             flight_permits: Arc::new(Semaphore::new(max_flights.max(1))),
+            windows: Arc::default(),
             next_tag: AtomicU64::new(1),
             ram: None,
         }
@@ -952,8 +1046,11 @@ impl ChunkStorage {
             }
         };
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
-        let mut flight = Flight::new(chunk.clone(), tag, permit, Some(spool));
-        flight.state.get_mut().sparse = Some(Vec::new());
+        let mut flight = Flight::new(chunk.clone(), tag, permit, Some(spool), &self.windows);
+        // It holds no piece: no window of the shared memory.
+        let state = flight.state.get_mut();
+        state.sparse = Some(Vec::new());
+        state.slot = None;
         let flight = Arc::new(flight);
         // Claimed by another caller meanwhile (a sub-range fill, or an in-order fill of
         // pingora's miss path): join it (ours, unused, goes with its permit and spool).
@@ -1299,7 +1396,7 @@ impl Storage for ChunkStorage {
             }
         };
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
-        let flight = Arc::new(Flight::new(chunk, tag, permit, spool));
+        let flight = Arc::new(Flight::new(chunk, tag, permit, spool, &self.windows));
         // A live fill of the chunk is in flight already (a sub-range fill, or an older writer
         // this one's cache lock timed out on): this writer must not replace it. Its downstream
         // reads that flight (the handler's write tag is that flight's), and the origin's bytes
@@ -1417,7 +1514,8 @@ mod tests {
 
     /// Waits (in paused time) until the background commit has landed and the flight left.
     async fn settle(storage: &ChunkStorage, chunk: &Chunk) {
-        for _ in 0..1000 {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tokio::time::Instant::now() < deadline {
             if !storage.flights.lock().contains_key(&chunk.id) {
                 return;
             }
@@ -1675,15 +1773,28 @@ mod tests {
     fn fs_storage(
         dir: &std::path::Path,
     ) -> (&'static ChunkStorage, Arc<super::super::fs::FsStore>) {
-        // Bounded by its own size, not the filesystem's free space: a shared machine's disk
-        // may run near full, and the default `min_free` would refuse every commit.
+        fs_storage_with(dir, 4)
+    }
+
+    /// An `fs` store's storage with `max_flights` flight permits.
+    fn fs_storage_with(
+        dir: &std::path::Path,
+        max_flights: usize,
+    ) -> (&'static ChunkStorage, Arc<super::super::fs::FsStore>) {
+        // Bounded by its own size alone: with the default `min_free` a machine whose disk runs
+        // nearly full would refuse every commit.
         let limits = crate::config::FsLimits {
             max_size: Some(1 << 30),
             min_free: crate::config::SizeOrPercent::Size(0),
             ..Default::default()
         };
         let store = Arc::new(super::super::fs::FsStore::open(dir, &limits).unwrap());
-        let storage = Box::leak(Box::new(ChunkStorage::new(store.clone(), 64, 4, STALL)));
+        let storage = Box::leak(Box::new(ChunkStorage::new(
+            store.clone(),
+            64,
+            max_flights,
+            STALL,
+        )));
         (storage, store)
     }
 
@@ -1704,6 +1815,109 @@ mod tests {
     fn held(flight: &Flight) -> u64 {
         let s = flight.state.lock();
         s.len - s.base
+    }
+
+    /// A chunk of `len` bytes of its own object `key`.
+    fn keyed_chunk(key: &str, len: u64) -> Chunk {
+        let version = ObjectVersion {
+            origin_id: "o".into(),
+            bucket: "b".into(),
+            key: key.into(),
+            etag: "e".into(),
+            size: len,
+        };
+        Chunk::new(Arc::new(version), len, 0).expect("one chunk")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_spooling_fills_share_the_window_memory() {
+        const FILLS: u64 = SHARED_WINDOWS / MIN_WINDOW; // 64: each at the smallest window
+        const PIECE_LEN: u64 = 64 * 1024;
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, store) = fs_storage_with(dir.path(), FILLS as usize);
+        let len = FLIGHT_WINDOW + 3 * PIECE_LEN + 12345;
+        let mut fills = Vec::new();
+        for i in 0..FILLS {
+            let c = keyed_chunk(&format!("many-{i}"), len);
+            let writer = miss_handler(storage, &c).await;
+            let flight = storage.flights.lock().get(&c.id).cloned().unwrap();
+            // A reader that joins at once and reads nothing until the fill is done: by then
+            // most of the chunk is only in the spool.
+            let behind = storage.open(&c, 0, len).await.expect("the flight").reader;
+            fills.push((c, writer, flight, behind));
+        }
+        assert_eq!(storage.windows.window(), MIN_WINDOW);
+        let flights: Arc<Vec<Arc<Flight>>> = Arc::new(fills.iter().map(|f| f.2.clone()).collect());
+        // What every flight holds together: the shared total, plus the origin piece each one
+        // may have appended beyond its window.
+        let bound = SHARED_WINDOWS + FILLS * PIECE_LEN;
+        let total = |flights: &[Arc<Flight>]| flights.iter().map(|f| held(f)).sum::<u64>();
+        // All write at once, and all but their last piece before any finishes (so none has
+        // left the registry and given its window back).
+        let barrier = Arc::new(tokio::sync::Barrier::new(FILLS as usize));
+        let mut tasks = Vec::new();
+        for (i, (c, mut writer, flight, mut reader)) in fills.into_iter().enumerate() {
+            let (flights, barrier) = (flights.clone(), barrier.clone());
+            // Half the readers keep up with their writer; the other half read only once the
+            // fill is done.
+            let (live, behind) = if i % 2 == 0 {
+                let live = tokio::spawn(async move { read_all(&mut reader).await });
+                (Some(live), None)
+            } else {
+                (None, Some(reader))
+            };
+            tasks.push(tokio::spawn(async move {
+                let (mut at, mut peak) = (0, 0);
+                while at < len {
+                    let n = PIECE_LEN.min(len - at);
+                    let last = at + n == len;
+                    if last {
+                        barrier.wait().await;
+                        peak = peak.max(total(&flights));
+                    }
+                    let data: Vec<u8> = (at..at + n).map(byte).collect();
+                    tokio::time::timeout(WAIT, writer.write_body(Bytes::from(data), last))
+                        .await
+                        .expect("the spool keeps up")
+                        .unwrap();
+                    at += n;
+                    let own = held(&flight);
+                    assert!(own <= MIN_WINDOW + PIECE_LEN, "{own} bytes held after {at}");
+                    peak = peak.max(total(&flights));
+                }
+                tokio::time::timeout(WAIT, writer.finish())
+                    .await
+                    .unwrap()
+                    .unwrap();
+                (c, peak, live, behind)
+            }));
+        }
+        let want: Vec<u8> = (0..len).map(byte).collect();
+        let mut done = Vec::new();
+        for task in tasks {
+            let (c, peak, live, behind) = task.await.unwrap();
+            assert!(
+                peak <= bound,
+                "{peak} bytes held by {FILLS} fills, over {bound}"
+            );
+            let got = match (live, behind) {
+                (Some(live), _) => live.await.unwrap().unwrap(),
+                (None, Some(mut behind)) => read_all(&mut behind).await.unwrap(),
+                (None, None) => unreachable!(),
+            };
+            assert!(got == want, "a reader of {} got other bytes", c.id);
+            done.push(c);
+        }
+        for c in &done {
+            settle(storage, c).await;
+            let stored = std::fs::read(store.chunk_path(&c.id)).unwrap();
+            assert!(stored == want, "{} stored other bytes", c.id);
+        }
+        assert_eq!(
+            storage.windows.spooling.load(Ordering::Relaxed),
+            0,
+            "committed fills give their windows back"
+        );
     }
 
     /// Writes `len` bytes in pieces of `piece`, checking after each that the flight holds at
@@ -1765,6 +1979,68 @@ mod tests {
         assert!(stored == (0..len).map(byte).collect::<Vec<_>>());
         drop((stalled, late, flight));
         assert_eq!(temp_files(dir.path()), Vec::<String>::new());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_window_that_shrinks_under_a_full_writer_never_stalls_it() {
+        const PIECE_LEN: u64 = 64 * 1024;
+        let dir = tempfile::tempdir().unwrap();
+        let fills = (SHARED_WINDOWS / MIN_WINDOW) as usize;
+        let (storage, store) = fs_storage_with(dir.path(), fills);
+        let len = 2 * FLIGHT_WINDOW;
+        let c = keyed_chunk("shrinks", len);
+        let mut writer = miss_handler(storage, &c).await;
+        let flight = storage.flights.lock().get(&c.id).cloned().unwrap();
+        // Alone, it has the whole window: three quarters of it, all spooled by now, are held.
+        let mut at = 0;
+        while at < 3 * FLIGHT_WINDOW / 4 {
+            let data: Vec<u8> = (at..at + PIECE_LEN).map(byte).collect();
+            writer.write_body(Bytes::from(data), false).await.unwrap();
+            at += PIECE_LEN;
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while flight.state.lock().spooled < at {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the spool never caught up"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(held(&flight) >= FLIGHT_WINDOW / 2);
+        // Then many more fills begin: its window shrinks under what it holds, and its spool
+        // has nothing left to write.
+        let mut others = Vec::new();
+        for i in 1..fills {
+            others.push(miss_handler(storage, &keyed_chunk(&format!("other-{i}"), len)).await);
+        }
+        assert_eq!(flight.window(), MIN_WINDOW);
+        // The writer finds its window full: it drops what is spooled rather than wait for a
+        // spool write that never comes (the stall deadline is the only other way out).
+        tokio::time::timeout(Duration::from_secs(5), flight.wait_for_room(STALL))
+            .await
+            .expect("no wait for the spool")
+            .unwrap();
+        assert!(held(&flight) < MIN_WINDOW);
+        // And the fill goes on in its small window to the end; a reader gets every byte.
+        let mut reader = storage.open(&c, 0, len).await.expect("the flight").reader;
+        while at < len {
+            let n = PIECE_LEN.min(len - at);
+            let data: Vec<u8> = (at..at + n).map(byte).collect();
+            tokio::time::timeout(WAIT, writer.write_body(Bytes::from(data), at + n == len))
+                .await
+                .expect("the spool keeps up")
+                .unwrap();
+            at += n;
+            assert!(held(&flight) <= MIN_WINDOW + PIECE_LEN);
+        }
+        writer.finish().await.unwrap();
+        assert_eq!(
+            read_all(&mut reader).await.unwrap(),
+            (0..len).map(byte).collect::<Vec<_>>()
+        );
+        settle(storage, &c).await;
+        assert!(store.chunk_path(&c.id).exists());
+        drop(others);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,8 +42,12 @@ use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::watch;
 
-/// Buffer of the in-memory stream to the local fill service.
-const LOCAL_PIPE: usize = 512 * 1024;
+/// Buffer of the in-memory stream to the local fill service. Small: a chunk the edge reads
+/// ahead from a fill here fills this buffer and then waits for its client, so it is held once
+/// per cold chunk read ahead, by every client at once; the fill goes on into its spool
+/// meanwhile, and the stream only has to keep up with the origin's pieces (Pingora reads a
+/// body 64 KiB at a time).
+const LOCAL_PIPE: usize = 64 * 1024;
 
 /// Largest error body read from a fill service.
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -397,8 +401,8 @@ pub struct FillBody {
 
 impl FillBody {
     /// The most a reader of this replica's own fill service holds ahead of its client: the
-    /// in-process stream's buffer and the piece being read.
-    pub const BUFFERED: u64 = (LOCAL_PIPE + 256 * 1024) as u64;
+    /// in-process stream's buffer and the piece being written to it (at most a store piece).
+    pub const BUFFERED: u64 = (LOCAL_PIPE + crate::cachestore::buf::PIECE) as u64;
 }
 
 #[async_trait::async_trait]
