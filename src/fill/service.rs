@@ -425,7 +425,10 @@ impl ProxyHttp for FillService {
         // the cache-lock timeout (the lock this writer holds lasts no longer either), and
         // then answered "slow down" rather than held on.
         if ctx.inflight.is_none() {
-            let wait = self.orca.lock_timeout();
+            // Counted from the request's start: a waiter that took over the lock after waiting
+            // on it must not wait a whole timeout again, past the edge's own deadline.
+            let started = ctx.started.unwrap_or_else(tokio::time::Instant::now);
+            let wait = self.orca.lock_timeout().saturating_sub(started.elapsed());
             let acquire = self.orca.origin_permits.clone().acquire_owned();
             let permit = match tokio::time::timeout(wait, acquire).await {
                 Ok(Ok(permit)) => permit,
@@ -579,10 +582,18 @@ impl ProxyHttp for FillService {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        // A fill that goes on uncached (its cache-lock wait timed out, or the storage refused
+        // it a flight) is not read into a flight ahead of its requester: Pingora reads the
+        // origin only as fast as this answer is written, holding an origin permit meanwhile.
+        // An answer to this replica's own edge then gets the write timeout after all, so an
+        // answer read ahead and left unread cannot hold that permit for longer.
+        if self.local && !session.cache.enabled() {
+            session.set_write_timeout(Some(self.orca.config.limits.client_write_timeout));
+        }
         if let Some(source) = ctx.source {
             resp.insert_header(SOURCE_HEADER, source.as_str())?;
         }

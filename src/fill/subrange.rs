@@ -456,6 +456,9 @@ async fn fetch_subrange(
         fill.alive();
         match get_once(orca, fill, at, b, sent).await {
             Ok(()) => return Ok(()),
+            // Broken after its last byte was written: nothing is left to fetch (a GET of
+            // `[b, b)` would be an invalid range).
+            Err(broken) if broken.resumable && broken.reached >= b => return Ok(()),
             Err(broken) if broken.resumable && attempt < ORIGIN_ATTEMPTS => {
                 tracing::debug!(chunk = %fill.chunk().id, a, b, from = at, reached = broken.reached, attempt, error = %broken.error, "sub-range GET broke; fetching the rest");
                 at = broken.reached;
