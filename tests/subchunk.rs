@@ -137,14 +137,7 @@ async fn a_range_at_the_end_of_a_chunk_is_served_while_the_rest_still_arrives() 
         ranges.len() as f64
     );
     assert_eq!(fsstore::chunk_file_count(root.path()), 1);
-    let gets = ranges.len();
-    let r = http_get(&s.url("big"), None).await.unwrap();
-    assert!(r.body == data, "the stored chunk's bytes differ");
-    assert_eq!(
-        origin_ranges(&s, "big").len(),
-        gets,
-        "served from the store"
-    );
+    served_from_the_store(&s, "big", &data).await;
     fsstore::no_spool_left(&root.path().join("tmp")).await;
 }
 
@@ -359,6 +352,19 @@ async fn a_reader_waiting_for_an_origin_permit_joins_the_fill_that_starts_meanwh
     );
 }
 
+/// Reads `key` whole again: its bytes are `data` and the origin saw no new GET of it (the
+/// chunk was stored whole).
+async fn served_from_the_store(s: &Stack, key: &str, data: &[u8]) {
+    let gets = origin_ranges(s, key).len();
+    let r = http_get(&s.url(key), None).await.unwrap();
+    assert!(r.body == data, "{key}: the stored chunk's bytes differ");
+    assert_eq!(
+        origin_ranges(s, key).len(),
+        gets,
+        "{key}: served from the store"
+    );
+}
+
 /// The GETs of `key` the origin saw, in order, with the fault each got.
 fn origin_gets(s: &Stack, key: &str) -> Vec<((usize, usize), Option<Fault>)> {
     let suffix = format!("/{}/{key}", s.bucket);
@@ -443,13 +449,7 @@ async fn a_sub_range_cut_mid_body_is_resumed_from_the_byte_reached() {
         );
         assert_eq!(fsstore::chunk_file_count(root.path()), n + 1, "{key}");
         // Stored whole: the next read is a hit.
-        let r = http_get(&s.url(key), None).await.unwrap();
-        assert!(r.body == data, "{key}: the stored chunk's bytes differ");
-        assert_eq!(
-            origin_gets(&s, key).len(),
-            9,
-            "{key}: served from the store"
-        );
+        served_from_the_store(&s, key, &data).await;
     }
     fsstore::no_spool_left(&root.path().join("tmp")).await;
 }

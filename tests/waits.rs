@@ -20,35 +20,14 @@ const BUCKET: &str = "bkt";
 /// this deadline is hung, not slow.
 const CYCLE_DEADLINE: Duration = Duration::from_secs(30);
 
-/// moto, a counting/fault proxy in front of it, and Orca reading through the proxy.
-struct Origin {
-    moto: Moto,
-    proxy: FaultProxy,
-    orca: OrcaProcess,
-}
-
-impl Origin {
-    async fn start(configure: impl FnOnce(OrcaConfig) -> OrcaConfig) -> Origin {
-        let moto = Moto::start();
-        create_bucket(&moto.endpoint(), BUCKET).await;
-        let proxy = FaultProxy::start(&moto.endpoint());
-        let orca = OrcaProcess::start(configure(OrcaConfig::new(&proxy.endpoint())));
-        Origin { moto, proxy, orca }
-    }
-
-    async fn put(&self, key: &str, data: &[u8]) {
-        put_object(&self.moto.endpoint(), BUCKET, key, data.to_vec()).await;
-    }
-
-    /// Origin chunk GETs of `key` started so far.
-    fn chunk_gets_of(&self, key: &str) -> usize {
-        self.proxy
-            .counts()
-            .log
-            .iter()
-            .filter(|r| r.method == "GET" && r.path().ends_with(&format!("/{key}")))
-            .count()
-    }
+/// Origin chunk GETs of `key` started so far.
+fn chunk_gets_of(s: &Stack, key: &str) -> usize {
+    s.proxy
+        .counts()
+        .log
+        .iter()
+        .filter(|r| r.method == "GET" && r.path().ends_with(&format!("/{key}")))
+        .count()
 }
 
 /// Several clients read multi-chunk cold objects at once, with fewer origin permits than the
@@ -60,7 +39,10 @@ impl Origin {
 /// runs); with it they take a few seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_reads_ahead_of_few_origin_permits_never_wait_in_a_cycle() {
-    let s = Origin::start(|c| c.chunk_size("1MiB").readahead(4).origin_concurrency(1)).await;
+    let s = Stack::start(Origin::S3, BUCKET, |c| {
+        c.chunk_size("1MiB").readahead(4).origin_concurrency(1)
+    })
+    .await;
     let objects: Vec<(String, Vec<u8>)> = (0..4)
         .map(|i| {
             (
@@ -108,7 +90,7 @@ async fn cold_reads_ahead_of_few_origin_permits_never_wait_in_a_cycle() {
 /// fix: the fill waited on and the client got that `502` from the edge's read timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fill_that_gets_no_origin_permit_in_time_is_told_to_slow_down() {
-    let s = Origin::start(|c| {
+    let s = Stack::start(Origin::S3, BUCKET, |c| {
         c.chunk_size("512KiB")
             .origin_concurrency(1)
             .extra_yaml("limits:\n  origin_concurrency: 1\n  origin_timeout: 2s\n")
@@ -128,12 +110,12 @@ async fn a_fill_that_gets_no_origin_permit_in_time_is_told_to_slow_down() {
     let slow_url = s.orca.object_url(BUCKET, "slow");
     let slow_read = tokio::spawn(async move { http_get(&slow_url, None).await });
     for _ in 0..200 {
-        if s.chunk_gets_of("slow") > 0 {
+        if chunk_gets_of(&s, "slow") > 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(s.chunk_gets_of("slow"), 1, "the slow chunk GET started");
+    assert_eq!(chunk_gets_of(&s, "slow"), 1, "the slow chunk GET started");
     let r = tokio::time::timeout(
         Duration::from_secs(60),
         http_get(&s.orca.object_url(BUCKET, "other"), None),
@@ -144,7 +126,7 @@ async fn a_fill_that_gets_no_origin_permit_in_time_is_told_to_slow_down() {
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(r.text().contains("<Code>SlowDown</Code>"), "{}", r.text());
     assert_eq!(
-        s.chunk_gets_of("other"),
+        chunk_gets_of(&s, "other"),
         0,
         "no origin GET without a permit"
     );
@@ -207,7 +189,7 @@ async fn slow_read(addr: &str, path: &str, piece: usize, pause: Duration) -> (u1
 /// failing before the fix: the response was aborted at chunk 6 ("fill answer: body cut").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_client_reading_in_order_is_not_cut_by_its_own_read_ahead() {
-    let s = Origin::start(|c| {
+    let s = Stack::start(Origin::S3, BUCKET, |c| {
         c.chunk_size("1MiB")
             .readahead(8)
             .extra_yaml("limits:\n  origin_concurrency: 16\n  client_write_timeout: 2s\n")

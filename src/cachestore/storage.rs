@@ -1923,17 +1923,32 @@ mod tests {
     /// Writes `len` bytes in pieces of `piece`, checking after each that the flight holds at
     /// most its window (and the piece just appended).
     async fn write_spooled(writer: &mut MissHandler, flight: &Flight, len: u64, piece: u64) {
-        let mut at = 0;
-        while at < len {
-            let n = piece.min(len - at);
+        write_within(writer, flight, 0..len, piece, FLIGHT_WINDOW).await;
+    }
+
+    /// Writes the chunk's bytes `range` (to its end) in pieces of `piece`, checking after each
+    /// that the flight holds at most `window` and the piece just appended.
+    async fn write_within(
+        writer: &mut MissHandler,
+        flight: &Flight,
+        range: std::ops::Range<u64>,
+        piece: u64,
+        window: u64,
+    ) {
+        let mut at = range.start;
+        while at < range.end {
+            let n = piece.min(range.end - at);
             let data: Vec<u8> = (at..at + n).map(byte).collect();
-            tokio::time::timeout(WAIT, writer.write_body(Bytes::from(data), at + n == len))
-                .await
-                .expect("the spool keeps up")
-                .unwrap();
+            tokio::time::timeout(
+                WAIT,
+                writer.write_body(Bytes::from(data), at + n == range.end),
+            )
+            .await
+            .expect("the spool keeps up")
+            .unwrap();
             at += n;
             assert!(
-                held(flight) <= FLIGHT_WINDOW + piece,
+                held(flight) <= window + piece,
                 "{} bytes held after {at}",
                 held(flight)
             );
@@ -2023,16 +2038,7 @@ mod tests {
         assert!(held(&flight) < MIN_WINDOW);
         // And the fill goes on in its small window to the end; a reader gets every byte.
         let mut reader = storage.open(&c, 0, len).await.expect("the flight").reader;
-        while at < len {
-            let n = PIECE_LEN.min(len - at);
-            let data: Vec<u8> = (at..at + n).map(byte).collect();
-            tokio::time::timeout(WAIT, writer.write_body(Bytes::from(data), at + n == len))
-                .await
-                .expect("the spool keeps up")
-                .unwrap();
-            at += n;
-            assert!(held(&flight) <= MIN_WINDOW + PIECE_LEN);
-        }
+        write_within(&mut writer, &flight, at..len, PIECE_LEN, MIN_WINDOW).await;
         writer.finish().await.unwrap();
         assert_eq!(
             read_all(&mut reader).await.unwrap(),
