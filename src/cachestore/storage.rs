@@ -907,6 +907,20 @@ impl ChunkStorage {
         None
     }
 
+    /// The miss handler of an in-order fill that found `live` filling its chunk: its
+    /// downstream reads that flight (the handler's write tag is that flight's), and the
+    /// origin's bytes it still receives are dropped.
+    fn joined_handler(&'static self, live: Arc<Flight>) -> MissHandler {
+        tracing::debug!(chunk = %live.name, tag = live.tag, "a fill of the chunk is in flight; the in-order fill reads it");
+        Box::new(ChunkMissHandler {
+            storage: self,
+            tag: live.tag.to_be_bytes(),
+            flight: live,
+            finished: false,
+            joined: true,
+        })
+    }
+
     fn remove_flight(&self, flight: &Arc<Flight>) {
         {
             let mut flights = self.flights.lock();
@@ -1370,6 +1384,19 @@ impl Storage for ChunkStorage {
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
         let chunk = Self::key_chunk(key)?;
+        // A live fill of the chunk is in flight already (a sub-range fill, or an older writer
+        // this one's cache lock timed out on): this writer reads it and needs neither a flight
+        // permit nor a spool, so it does not wait for either (`claim_fill` below is the final
+        // check, for a fill registered while this one waited).
+        let live = self
+            .flights
+            .lock()
+            .get(&chunk.id)
+            .filter(|f| !f.failed())
+            .cloned();
+        if let Some(live) = live {
+            return Ok(self.joined_handler(live));
+        }
         // Waits while `max_flights` chunks are filling or committing: memory stays bounded
         // however fast the origin is and however slow the store. A flight's permit comes back
         // when its commit lands, which waits on nothing but the store (never on a reader); the
@@ -1397,19 +1424,10 @@ impl Storage for ChunkStorage {
         };
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
         let flight = Arc::new(Flight::new(chunk, tag, permit, spool, &self.windows));
-        // A live fill of the chunk is in flight already (a sub-range fill, or an older writer
-        // this one's cache lock timed out on): this writer must not replace it. Its downstream
-        // reads that flight (the handler's write tag is that flight's), and the origin's bytes
-        // it still receives are dropped; its own flight, permit and spool go unused.
+        // A fill of the chunk registered while this one waited: this writer must not replace
+        // it, and reads it instead; its own flight, permit and spool go unused.
         if let Some(live) = self.claim_fill(&flight) {
-            tracing::debug!(chunk = %live.name, tag = live.tag, "a fill of the chunk is in flight; the in-order fill reads it");
-            return Ok(Box::new(ChunkMissHandler {
-                storage: self,
-                tag: live.tag.to_be_bytes(),
-                flight: live,
-                finished: false,
-                joined: true,
-            }));
+            return Ok(self.joined_handler(live));
         }
         if let Some(spool) = &flight.spool {
             tokio::spawn(spool_flight(
@@ -2155,6 +2173,48 @@ mod tests {
     /// Seen failing before `claim_fill`: the in-order fill's miss handler replaced the
     /// sub-range fill in the registry (every later reader read the in-order fill, and the
     /// sub-range fill's bytes were fetched twice).
+    /// An in-order fill of a chunk that a sub-range fill is filling reads that fill at once:
+    /// it waits for no flight permit (all of them may be held, here the only one by that very
+    /// fill) and creates no spool. Seen failing before the check came first: the handler
+    /// waited the whole stall timeout for the permit, then failed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_in_order_fill_of_a_chunk_in_flight_joins_it_without_a_permit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, store) = fs_storage_with(dir.path(), 1);
+        let len = 2 * FLIGHT_WINDOW;
+        let c = big_chunk(len);
+        let fill = match storage.begin_sparse(&c, (0, len)).await.unwrap() {
+            SparseBegin::Started(fill, _) => fill,
+            _ => panic!("a new fill"),
+        };
+        assert_eq!(storage.flight_permits.available_permits(), 0);
+        let meta = chunk_meta(len).expect("meta");
+        let span = Span::inactive().handle();
+        let late = tokio::time::timeout(
+            STALL / 4,
+            storage.get_miss_handler(&cache_key(&c, true), &meta, &span),
+        )
+        .await
+        .expect("no wait for a flight permit")
+        .expect("a miss handler");
+        let sparse = storage.flights.lock().get(&c.id).cloned().unwrap();
+        assert_eq!(
+            late.streaming_write_tag(),
+            Some(&sparse.tag.to_be_bytes()[..])
+        );
+        assert_eq!(
+            temp_files(dir.path()).len(),
+            1,
+            "one spool: the sub-range fill's"
+        );
+        drop(late);
+        fill.write_at(0, bytes_of(0, len)).await.unwrap();
+        fill.finish().unwrap();
+        settle(storage, &c).await;
+        let all: Vec<u8> = (0..len).map(byte).collect();
+        assert!(std::fs::read(store.chunk_path(&c.id)).unwrap() == all);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn one_live_flight_per_chunk_whichever_fill_path_claims_it_first() {
         let dir = tempfile::tempdir().unwrap();
