@@ -33,7 +33,7 @@
 # without one, and with ORCA_BIN or ORCA_BENCH_NO_BUILD=1 and none built, the floor's figures
 # are left out), ORCA_BENCH_Z="OBJECTS BOUND_MIB READS RATE" (figure Z's scale instead of the
 # mode's: objects of one chunk, the bound, Zipf reads per sequence, measured reads per second per
-# stream).
+# stream), ORCA_BENCH_LIMIT_SECS (the watchdog: 300 s quick, 1500 s full).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
@@ -55,6 +55,7 @@ else
     big=$((1024 * MiB)); med=$((256 * MiB)); nclients=16; wrk_secs=20; reps=3
     rss_clients=64; rss_secs=20; curl_max=180; limit_secs=1500; fleet_clients=32
 fi
+limit_secs=${ORCA_BENCH_LIMIT_SECS:-$limit_secs}
 chunk=$((8 * MiB)); readahead=8; origin_conc=64; ra_mem=$((1024 * MiB)); cap_rate=50m
 small_count=256; small_size=4096; wrk_conns=64
 
