@@ -178,21 +178,11 @@ async fn an_etag_change_between_sub_ranges_fails_the_whole_chunk() {
             origin_ranges(&s, key).len() >= 2,
             "{key}: two sub-range GETs"
         );
-        fsstore::no_spool_left(&root.path().join("tmp")).await;
-        assert_eq!(
-            fsstore::chunk_file_count(root.path()),
-            0,
-            "{key}: a chunk was stored"
-        );
-        assert_eq!(s.orca.metric_value_async(COMMITTED).await, 0.0, "{key}");
+        nothing_stored(&s, root.path(), key).await;
     }
     // The next read fills anew and stores the chunk whole.
     let data = deterministic_bytes(22, len);
-    let r = http_get(&s.url("changed"), None).await.unwrap();
-    assert_eq!(r.status, 200);
-    assert!(r.body == data, "the refill's bytes differ");
-    s.orca.wait_metric_at_least(COMMITTED, 1.0, WAIT).await;
-    assert_eq!(fsstore::chunk_file_count(root.path()), 1);
+    refilled_whole(&s, root.path(), "changed", &data).await;
 }
 
 /// 32 readers at once, whole and ranged, of a cold object of three chunks (8, 8 and 4 MiB,
@@ -352,6 +342,27 @@ async fn a_reader_waiting_for_an_origin_permit_joins_the_fill_that_starts_meanwh
     );
 }
 
+/// A failed fill of `key` left nothing: no spool, no chunk file, no commit.
+async fn nothing_stored(s: &Stack, root: &std::path::Path, key: &str) {
+    fsstore::no_spool_left(&root.join("tmp")).await;
+    assert_eq!(
+        fsstore::chunk_file_count(root),
+        0,
+        "{key}: a chunk was stored"
+    );
+    assert_eq!(s.orca.metric_value_async(COMMITTED).await, 0.0, "{key}");
+}
+
+/// The next read of `key` (the store's only chunk) fills it anew: its bytes are `data` and the
+/// chunk is stored whole.
+async fn refilled_whole(s: &Stack, root: &std::path::Path, key: &str, data: &[u8]) {
+    let r = http_get(&s.url(key), None).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body == data, "{key}: the refill's bytes differ");
+    s.orca.wait_metric_at_least(COMMITTED, 1.0, WAIT).await;
+    assert_eq!(fsstore::chunk_file_count(root), 1);
+}
+
 /// Reads `key` whole again: its bytes are `data` and the origin saw no new GET of it (the
 /// chunk was stored whole).
 async fn served_from_the_store(s: &Stack, key: &str, data: &[u8]) {
@@ -498,20 +509,10 @@ async fn a_sub_range_cut_on_every_attempt_fails_the_chunk_and_the_next_read_refi
             assert!(*a > gets[i - 1].0 .0, "{gets:?}");
         }
     }
-    fsstore::no_spool_left(&root.path().join("tmp")).await;
-    assert_eq!(
-        fsstore::chunk_file_count(root.path()),
-        0,
-        "a chunk was stored"
-    );
-    assert_eq!(s.orca.metric_value_async(COMMITTED).await, 0.0);
+    nothing_stored(&s, root.path(), "broken").await;
     // The origin is well again: the next read fills the chunk anew.
     s.proxy.clear_faults();
-    let r = http_get(&s.url("broken"), None).await.unwrap();
-    assert_eq!(r.status, 200);
-    assert!(r.body == data, "the refill's bytes differ");
-    s.orca.wait_metric_at_least(COMMITTED, 1.0, WAIT).await;
-    assert_eq!(fsstore::chunk_file_count(root.path()), 1);
+    refilled_whole(&s, root.path(), "broken", &data).await;
 }
 
 /// A sub-range GET is cut, and the GET for its rest finds the object replaced (another ETag,
@@ -558,12 +559,6 @@ async fn an_object_replaced_before_a_resume_fails_the_whole_chunk() {
             "{key}: the second GET is for the rest: {gets:?}"
         );
         assert!(gets.iter().all(|(_, f)| f.is_some()), "{key}: {gets:?}");
-        fsstore::no_spool_left(&root.path().join("tmp")).await;
-        assert_eq!(
-            fsstore::chunk_file_count(root.path()),
-            0,
-            "{key}: a chunk was stored"
-        );
-        assert_eq!(s.orca.metric_value_async(COMMITTED).await, 0.0, "{key}");
+        nothing_stored(&s, root.path(), key).await;
     }
 }
