@@ -60,6 +60,11 @@ impl S3Error {
         )
     }
 
+    /// 503 SlowDown: the client should back off and retry (S3's own answer under load).
+    pub fn slow_down(message: impl Into<String>) -> Self {
+        Self::new(503, "SlowDown", message)
+    }
+
     /// 500 InternalError.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "InternalError", message)

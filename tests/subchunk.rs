@@ -150,13 +150,7 @@ async fn an_etag_change_between_sub_ranges_fails_the_whole_chunk() {
     let root = tempfile::tempdir().unwrap();
     let s = Stack::start(Origin::S3, "subchunk", |c| config(c, root.path(), 2)).await;
     let len = 8 * MIB;
-    for (key, fault) in [
-        (
-            "changed",
-            Fault::ReplaceEtag("\"0123456789abcdef0123456789abcdef\"".into()),
-        ),
-        ("refused", Fault::Status(412)),
-    ] {
+    for (key, fault) in object_changed(["changed", "refused"]) {
         let data = deterministic_bytes(22, len);
         s.put(key, &data).await;
         s.proxy.push_fault(pass_once(key));
@@ -342,6 +336,18 @@ async fn a_reader_waiting_for_an_origin_permit_joins_the_fill_that_starts_meanwh
     );
 }
 
+/// The two ways an origin says the object changed under a pinned GET, one per key: another
+/// ETag in its answer, or `412` to its `If-Match`.
+fn object_changed([other_etag, refused]: [&str; 2]) -> [(&str, Fault); 2] {
+    [
+        (
+            other_etag,
+            Fault::ReplaceEtag("\"0123456789abcdef0123456789abcdef\"".into()),
+        ),
+        (refused, Fault::Status(412)),
+    ]
+}
+
 /// A failed fill of `key` left nothing: no spool, no chunk file, no commit.
 async fn nothing_stored(s: &Stack, root: &std::path::Path, key: &str) {
     fsstore::no_spool_left(&root.join("tmp")).await;
@@ -523,13 +529,7 @@ async fn an_object_replaced_before_a_resume_fails_the_whole_chunk() {
     let root = tempfile::tempdir().unwrap();
     let s = Stack::start(Origin::S3, "subchunk", |c| config(c, root.path(), 1)).await;
     let len = 8 * MIB;
-    for (key, fault) in [
-        (
-            "replaced",
-            Fault::ReplaceEtag("\"0123456789abcdef0123456789abcdef\"".into()),
-        ),
-        ("precondition", Fault::Status(412)),
-    ] {
+    for (key, fault) in object_changed(["replaced", "precondition"]) {
         let data = deterministic_bytes(33, len);
         s.put(key, &data).await;
         s.proxy.push_fault(

@@ -222,6 +222,11 @@ pub struct Flight {
     windows: Arc<SpoolWindows>,
 }
 
+/// The fill of chunk `id` in the registry `flights`, unless there is none or it failed.
+fn live_in(flights: &HashMap<ChunkId, Arc<Flight>>, id: &ChunkId) -> Option<Arc<Flight>> {
+    flights.get(id).filter(|f| !f.failed()).cloned()
+}
+
 impl Flight {
     /// A flight; one with a spool counts among the spooling fills that share the windows'
     /// memory until it drops its pieces.
@@ -834,8 +839,7 @@ impl ChunkStorage {
     /// Whether a whole chunk is here: a fill in flight, or stored with its length (`orca
     /// warm` skips it). A store that cannot answer counts as a miss.
     pub async fn holds(&self, chunk: &Chunk) -> bool {
-        let flight = self.flights.lock().get(&chunk.id).cloned();
-        if flight.is_some_and(|f| !f.failed()) {
+        if self.live_flight(&chunk.id).is_some() {
             return true;
         }
         matches!(self.store.stat(&chunk.id).await, Ok(Some(len)) if len == chunk.len)
@@ -898,13 +902,30 @@ impl ChunkStorage {
     fn claim_fill(&self, flight: &Arc<Flight>) -> Option<Arc<Flight>> {
         {
             let mut flights = self.flights.lock();
-            if let Some(live) = flights.get(&flight.chunk.id).filter(|f| !f.failed()) {
-                return Some(live.clone());
+            if let Some(live) = live_in(&flights, &flight.chunk.id) {
+                return Some(live);
             }
             flights.insert(flight.chunk.id.clone(), flight.clone());
         }
         self.flights_changed.notify_waiters();
         None
+    }
+
+    /// The fill of chunk `id` in flight, unless there is none or it failed.
+    fn live_flight(&self, id: &ChunkId) -> Option<Arc<Flight>> {
+        live_in(&self.flights.lock(), id)
+    }
+
+    /// A flight permit, waited for at most the stall timeout: a permit comes back when a
+    /// commit lands, which waits on the store alone, so a longer wait means a sick store.
+    async fn flight_permit(&self) -> std::result::Result<OwnedSemaphorePermit, String> {
+        tokio::time::timeout(
+            self.stall_timeout,
+            self.flight_permits.clone().acquire_owned(),
+        )
+        .await
+        .map_err(|_| format!("no fill slot free within {:?}", self.stall_timeout))?
+        .map_err(|_| "flight permits closed".to_string())
     }
 
     /// The miss handler of an in-order fill that found `live` filling its chunk: its
@@ -1038,19 +1059,10 @@ impl ChunkStorage {
             on_demand: true,
             buffered: 0,
         };
-        let live = |flights: &HashMap<ChunkId, Arc<Flight>>| {
-            flights.get(&chunk.id).filter(|f| !f.failed()).cloned()
-        };
-        if let Some(flight) = live(&self.flights.lock()) {
+        if let Some(flight) = self.live_flight(&chunk.id) {
             return Ok(SparseBegin::Joined(hit(flight)));
         }
-        let permit = tokio::time::timeout(
-            self.stall_timeout,
-            self.flight_permits.clone().acquire_owned(),
-        )
-        .await
-        .map_err(|_| format!("no fill slot free within {:?}", self.stall_timeout))?
-        .map_err(|_| "flight permits closed".to_string())?;
+        let permit = self.flight_permit().await?;
         let spool = match self.store.spool(&chunk.id, chunk.len).await {
             Ok(Some(spool)) => spool,
             Ok(None) => return Ok(SparseBegin::NoSpool),
@@ -1388,13 +1400,7 @@ impl Storage for ChunkStorage {
         // this one's cache lock timed out on): this writer reads it and needs neither a flight
         // permit nor a spool, so it does not wait for either (`claim_fill` below is the final
         // check, for a fill registered while this one waited).
-        let live = self
-            .flights
-            .lock()
-            .get(&chunk.id)
-            .filter(|f| !f.failed())
-            .cloned();
-        if let Some(live) = live {
+        if let Some(live) = self.live_flight(&chunk.id) {
             return Ok(self.joined_handler(live));
         }
         // Waits while `max_flights` chunks are filling or committing: memory stays bounded
@@ -1402,18 +1408,10 @@ impl Storage for ChunkStorage {
         // when its commit lands, which waits on nothing but the store (never on a reader); the
         // wait is bounded all the same, by the stall timeout, and then fails this fill (as
         // `begin_sparse` does) rather than hangs it.
-        let permit = tokio::time::timeout(
-            self.stall_timeout,
-            self.flight_permits.clone().acquire_owned(),
-        )
-        .await
-        .map_err(|_| {
-            Error::explain(
-                ErrorType::InternalError,
-                format!("no fill slot free within {:?}", self.stall_timeout),
-            )
-        })?
-        .map_err(|_| Error::explain(ErrorType::InternalError, "flight permits closed"))?;
+        let permit = self
+            .flight_permit()
+            .await
+            .map_err(|m| Error::explain(ErrorType::InternalError, m))?;
         // The spool the fill writes its chunk to as it arrives (a temp file of the store's).
         let spool = match self.store.spool(&chunk.id, chunk.len).await {
             Ok(spool) => spool,

@@ -65,14 +65,10 @@ impl PipelineError {
     pub(crate) fn to_s3(&self) -> S3Error {
         match self {
             PipelineError::Origin(e) => e.to_s3(),
-            PipelineError::Busy(_) => S3Error::new(
-                503,
-                "SlowDown",
+            PipelineError::Busy(_) => S3Error::slow_down(
                 "Please reduce your request rate: the cache is short of read-ahead memory.",
             ),
-            PipelineError::FillBusy => S3Error::new(
-                503,
-                "SlowDown",
+            PipelineError::FillBusy => S3Error::slow_down(
                 "Please reduce your request rate: no origin fill slot came free in time.",
             ),
             PipelineError::Store { .. } => S3Error::internal(self.to_string()),

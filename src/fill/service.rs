@@ -438,11 +438,7 @@ impl ProxyHttp for FillService {
                 Err(_) => {
                     let chunk = ctx_chunk(ctx)?;
                     tracing::warn!(request_id = %ctx.request_id, chunk = %chunk.id, ?wait, "no origin permit came free in time; answering 503 SlowDown");
-                    ctx.refusal = Some(S3Error::new(
-                        503,
-                        "SlowDown",
-                        format!("No origin fill slot came free within {wait:?}."),
-                    ));
+                    ctx.refusal = Some(no_origin_slot(wait));
                     return Error::e_explain(
                         ErrorType::HTTPStatus(503),
                         "no origin permit within the cache-lock timeout",
@@ -763,6 +759,12 @@ pub(super) fn check_range_response(
 }
 
 /// The chunk `request_filter` decoded (every later hook runs after it succeeded).
+/// The answer to a fill that got no origin permit within `wait`: `503 SlowDown`, which the
+/// asking edge passes on to its client and a peer takes as "fill it yourself".
+pub(super) fn no_origin_slot(wait: Duration) -> S3Error {
+    S3Error::slow_down(format!("No origin fill slot came free within {wait:?}."))
+}
+
 fn ctx_chunk(ctx: &FillCtx) -> Result<&Chunk> {
     ctx.chunk
         .as_ref()

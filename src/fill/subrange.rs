@@ -157,12 +157,7 @@ pub(super) async fn serve(
             },
             () = &mut changes => {}
             () = tokio::time::sleep_until(deadline) => {
-                let e = S3Error::new(
-                    503,
-                    "SlowDown",
-                    format!("No origin fill slot came free within {wait:?}."),
-                );
-                write_s3(session, &e, request_id).await?;
+                write_s3(session, &super::service::no_origin_slot(wait), request_id).await?;
                 return Ok(Some(()));
             }
         }
@@ -206,8 +201,7 @@ pub(super) async fn serve(
         }
         Ok(SparseBegin::NoSpool) => Ok(None),
         Err(m) => {
-            let e = S3Error::new(503, "SlowDown", m);
-            write_s3(session, &e, request_id).await?;
+            write_s3(session, &S3Error::slow_down(m), request_id).await?;
             Ok(Some(()))
         }
     }
