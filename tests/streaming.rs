@@ -197,6 +197,81 @@ async fn a_stalled_client_costs_only_the_fills_window_and_joiners_get_every_byte
     );
 }
 
+/// Clients that stall on their first bytes of cold objects of several chunks, with the chunks
+/// after the first read ahead: every chunk they asked for is filled and committed while they
+/// stall (this replica's edge reads its own fills from the storage and lets the in-process
+/// answers go: the fills must not depend on them), each chunk is fetched from the origin once,
+/// and each client then gets every byte. `subrange_size`: `0` for in-order fills, else the
+/// size of the sub-ranges fetched in parallel.
+async fn stalled_readers_of_chunks_read_ahead(subrange_size: &str, seed: u64) {
+    const CLIENTS: usize = 6;
+    const CHUNKS: usize = 4;
+    let root = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "chunking:\n  size: 4MiB\n  tiers: []\n  readahead: 4\n  subrange_size: {subrange_size}\n"
+    );
+    let s = Stack::start(Origin::S3, "ahead", |c| {
+        own_fs_store(c, root.path()).extra_yaml(&yaml)
+    })
+    .await;
+    let mut objects = Vec::new();
+    for i in 0..CLIENTS {
+        let data = deterministic_bytes(seed + i as u64, CHUNKS * 4 * MIB);
+        s.put(&format!("o{i}"), &data).await;
+        objects.push(data);
+    }
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        let path = format!("/{}/o{i}", s.bucket);
+        clients.push(SlowClient::start(&s.orca.edge_addr(), &path, 1).await);
+    }
+    // Every chunk of every object is filled and committed while its client reads nothing.
+    s.orca
+        .wait_metric_at_least(
+            "orca_cachestore_commits_total{result=\"committed\"}",
+            (CLIENTS * CHUNKS) as f64,
+            WAIT,
+        )
+        .await;
+    for (i, (client, data)) in clients.iter_mut().zip(&objects).enumerate() {
+        assert!(!client.read_until(data.len()).await || client.body.len() == data.len());
+        assert_eq!(
+            client.body.len(),
+            data.len(),
+            "client {i}: {:?}",
+            client.head
+        );
+        assert!(client.body == *data, "client {i}: the bytes differ");
+    }
+    for i in 0..CLIENTS {
+        let gets = s.requests_for("GET", &format!("o{i}"));
+        // Sub-range fills make a GET per sub-range.
+        let per_chunk = if subrange_size == "0" { 1 } else { 4 };
+        assert_eq!(gets, CHUNKS * per_chunk, "object {i}: origin GETs");
+    }
+    assert_eq!(
+        s.orca.metric_value_async("orca_origin_bytes_total").await,
+        (CLIENTS * CHUNKS * 4 * MIB) as f64,
+        "every origin byte fetched once"
+    );
+    assert_eq!(
+        s.orca.metric_value_async("orca_fill_buffered_bytes").await,
+        0.0,
+        "nothing held once the fills are done"
+    );
+    fsstore::no_spool_left(&s.orca.cache_root().join("tmp")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_readers_get_every_chunk_read_ahead_by_in_order_fills() {
+    stalled_readers_of_chunks_read_ahead("0", 40).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_readers_get_every_chunk_read_ahead_by_sub_range_fills() {
+    stalled_readers_of_chunks_read_ahead("1MiB", 50).await;
+}
+
 /// Reads `key` whole while the origin resets the connection 2 MiB into the fill of its
 /// second chunk (the first is stored first, so the client has its status and first bytes when
 /// the fill fails): the client sees an aborted body (a prefix of the object), never a

@@ -708,20 +708,34 @@ impl ChunkStorage {
         self.lookup_chunk(chunk, from, to, true, vouched).await
     }
 
+    /// `for_fill`: a read for the fill service's answer, which trusts a recent miss and admits
+    /// nothing to the RAM tier. Only the edge's own read ([`ChunkStorage::open`]) admits a
+    /// whole chunk: the fill service's requester is this replica's edge, which reads the chunk
+    /// from here again once the fill has started and drops the answer, or a peer, whose word
+    /// for the chunk's length this replica cannot vouch for.
     async fn lookup_chunk(
         &self,
         chunk: &Chunk,
         from: u64,
         to: u64,
-        trust_recent_miss: bool,
+        for_fill: bool,
         vouched: bool,
     ) -> Option<ChunkHit> {
+        let trust_recent_miss = for_fill;
+        let admit = !for_fill && vouched && from == 0 && to >= chunk.len;
         let flight = self.flights.lock().get(&chunk.id).cloned();
         if let Some(flight) = flight {
             if !flight.failed() {
+                let reader = Box::new(FlightReader::new(flight, from, to, self.stall_timeout));
                 return Some(ChunkHit {
                     source: ChunkSource::Memory,
-                    reader: Box::new(FlightReader::new(flight, from, to, self.stall_timeout)),
+                    // The fill's bytes, admitted once they have all passed through (a fill
+                    // that fails admits nothing).
+                    reader: if admit {
+                        self.admitting(chunk, reader, self.ram_epoch())
+                    } else {
+                        reader
+                    },
                     on_demand: true,
                     buffered: 0,
                 });
@@ -772,7 +786,7 @@ impl ChunkStorage {
                 on_demand: !reader
                     .prefetch_hint()
                     .unwrap_or_else(|| self.store.prefetch_hits()),
-                reader: if vouched && from == 0 && to >= chunk.len {
+                reader: if admit {
                     self.admitting(chunk, reader, epoch)
                 } else {
                     reader
@@ -1358,18 +1372,12 @@ impl Storage for ChunkStorage {
         let flight = self.flights.lock().get(&chunk.id).cloned();
         match (flight, tag) {
             (Some(f), Some(tag)) if f.tag == tag => {
-                let reader = Box::new(FlightReader::new(f, 0, chunk.len, self.stall_timeout));
-                let vouched = key.extensions.get::<Unvouched>().is_none();
                 let handler = ChunkHitHandler {
                     // The writer's own downstream: the bytes are this request's origin fill.
                     source: ChunkSource::Origin,
-                    // It reads the whole chunk: the RAM tier admits it from there.
-                    reader: if vouched {
-                        // A fill's own bytes: a purge does not stop the fill (see `purge`).
-                        self.admitting(&chunk, reader, self.ram_epoch())
-                    } else {
-                        reader
-                    },
+                    // Not admitted to the RAM tier from here: this replica's edge reads its
+                    // fill again from the storage, which admits it (see `lookup_chunk`).
+                    reader: Box::new(FlightReader::new(f, 0, chunk.len, self.stall_timeout)),
                 };
                 Ok(Some((chunk_meta(chunk.len)?, Box::new(handler))))
             }

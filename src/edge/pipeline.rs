@@ -427,9 +427,13 @@ async fn read_chunk(
         }
     }
     // Locally, from where the peer left off (nothing was sent twice), through this replica's
-    // own fill service, in-process. Its answer is read as the client takes it: a slow client
-    // holds no more than the in-memory stream's buffer, and the fill goes on into its spool
-    // without it.
+    // own fill service, in-process. Once it answers, the chunk is a fill in flight in this
+    // process's storage (or stored): it is read from there as the client takes it, and the
+    // answer is dropped (the fill goes on into its spool without it). A chunk read ahead then
+    // holds no in-process stream and no piece written to it while it waits its turn, and
+    // its bytes are not copied through the stream. An answer that is the bytes' only copy (a
+    // fill that went on uncached), or a chunk the storage no longer has (its fill failed
+    // since), is read from the answer itself.
     match Box::pin(
         edge.fills
             .local()
@@ -438,12 +442,17 @@ async fn read_chunk(
     .await
     {
         Ok((source, body)) => {
-            let hit = ChunkHit {
+            let kept = if body.kept() {
+                orca.storage.open(&chunk, from + sent, to).await
+            } else {
+                None
+            };
+            let hit = kept.unwrap_or_else(|| ChunkHit {
                 source,
                 reader: Box::new(body),
                 on_demand: true,
                 buffered: FillBody::BUFFERED,
-            };
+            });
             match pass_hit(&chunk, hit, false, &tx, hit_tx).await {
                 Passed::Done => source.count(),
                 Passed::Broke { .. } => {

@@ -13,7 +13,7 @@
 //! slow client would slow every request joined to that chunk.
 
 use super::protocol::{
-    FillRequest, REFUSED_HEADER, REQUEST_ID_HEADER, SECRET_HEADER, SOURCE_HEADER,
+    FillRequest, REFUSED_HEADER, REQUEST_ID_HEADER, SECRET_HEADER, SOURCE_HEADER, UNCACHED_HEADER,
 };
 use super::service::FillService;
 use crate::cachestore::{ChunkRead, StoreError};
@@ -277,9 +277,13 @@ impl FillClient {
         request_id: &str,
     ) -> Result<(ChunkSource, FillBody), FillError> {
         let (session, _, source, ranged) = self.answer(chunk, (from, to), request_id).await?;
+        let kept = session
+            .response_header()
+            .is_some_and(|r| !r.headers.contains_key(UNCACHED_HEADER));
         Ok((
             source,
             FillBody {
+                kept,
                 session: tokio::sync::Mutex::new(session),
                 offset: ranged.map_or(0, |(from, _)| from),
                 from,
@@ -390,6 +394,8 @@ impl FillClient {
 /// The body of a fill service's answer, read on demand: bytes `[from, to)` of the chunk, the
 /// length checked (a body that ends short of `to`, or runs past the chunk, is an error).
 pub struct FillBody {
+    /// The answer's bytes are kept by the answering replica (see [`FillBody::kept`]).
+    kept: bool,
     /// Behind a lock only to be `Sync` (one reader uses it).
     session: tokio::sync::Mutex<ClientSession>,
     /// Bytes of the body read so far.
@@ -403,6 +409,14 @@ impl FillBody {
     /// The most a reader of this replica's own fill service holds ahead of its client: the
     /// in-process stream's buffer and the piece being written to it (at most a store piece).
     pub const BUFFERED: u64 = (LOCAL_PIPE + crate::cachestore::buf::PIECE) as u64;
+
+    /// Whether the answer's bytes are kept by the replica that answered: a fill in flight in
+    /// its storage, or a stored chunk (not one that went on uncached, whose answer is the
+    /// only copy). For this replica's own fill service, the caller may then read the chunk
+    /// from the storage it shares and drop this answer: the fill goes on without it.
+    pub fn kept(&self) -> bool {
+        self.kept
+    }
 }
 
 #[async_trait::async_trait]

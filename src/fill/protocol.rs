@@ -45,6 +45,12 @@ pub fn request_id_of(value: &[u8]) -> Option<&str> {
 /// Header naming where the fill service's bytes came from (`origin`, `memory`, `cachestore`).
 pub const SOURCE_HEADER: &str = "x-orca-source";
 
+/// Header of an answer whose bytes are not kept (a fill that went on without a flight: its
+/// cache-lock wait timed out, or the storage refused it one): its body is the only copy, and
+/// the requester must read it. Without it, the answer's bytes are a fill in flight in the
+/// answering replica's storage, or stored there.
+pub const UNCACHED_HEADER: &str = "x-orca-uncached";
+
 /// One fill request: a chunk of one object version, and the part of it the requester needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FillRequest {

@@ -39,7 +39,7 @@
 
 use super::protocol::{
     request_id_of, FillRequest, FILL_PATH, REFUSED_HEADER, REQUEST_ID_HEADER, SECRET_HEADER,
-    SOURCE_HEADER,
+    SOURCE_HEADER, UNCACHED_HEADER,
 };
 use super::purge::{purge_local, PurgeRequest, PURGE_PATH};
 use crate::cachestore::storage::{cache_key, chunk_meta, ChunkHitHandler};
@@ -587,8 +587,13 @@ impl ProxyHttp for FillService {
         // origin only as fast as this answer is written, holding an origin permit meanwhile.
         // An answer to this replica's own edge then gets the write timeout after all, so an
         // answer read ahead and left unread cannot hold that permit for longer.
-        if self.local && !session.cache.enabled() {
-            session.set_write_timeout(Some(self.orca.config.limits.client_write_timeout));
+        if !session.cache.enabled() {
+            if self.local {
+                session.set_write_timeout(Some(self.orca.config.limits.client_write_timeout));
+            }
+            // The answer is the bytes' only copy: this replica's edge reads it rather than
+            // the storage (see `FillBody::kept`).
+            resp.insert_header(UNCACHED_HEADER, "1")?;
         }
         if let Some(source) = ctx.source {
             resp.insert_header(SOURCE_HEADER, source.as_str())?;
