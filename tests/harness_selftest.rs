@@ -772,3 +772,23 @@ async fn proxy_serves_concurrent_ranges() {
     }
     assert_eq!(proxy.counts().gets_with_range, 8);
 }
+
+/// A server's readiness is its own listener's: a port another process listens on (here this
+/// test's own) is not the child's, so `spawn_on_free_port` starts the child again elsewhere
+/// rather than talk to the wrong server (seen: moto's port taken by an Orca of another test, and
+/// the test's bucket creation answered by Orca).
+#[test]
+fn a_listener_is_told_apart_from_another_process() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    assert!(listener_belongs_to(port, std::process::id()));
+    let mut other = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    assert!(!listener_belongs_to(port, other.id()));
+    drop(listener);
+    assert!(!listener_belongs_to(port, std::process::id()));
+    other.kill().unwrap();
+    other.wait().unwrap();
+}

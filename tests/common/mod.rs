@@ -351,11 +351,66 @@ pub fn says_address_in_use(log: &str) -> bool {
 /// How many times a server whose free port was taken before it bound it is started again.
 pub const BIND_ATTEMPTS: usize = 3;
 
+/// Whether the socket listening on TCP `port` (loopback, IPv4 or IPv6) is held by process
+/// `pid` or one of its descendants. Reads `/proc/net/tcp*` for the listener's inode and the
+/// processes' descriptors for a socket with that inode.
+pub fn listener_belongs_to(port: u16, pid: u32) -> bool {
+    let wanted = format!(":{port:04X}");
+    let mut inodes = std::collections::HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address, state 0A (LISTEN), inode.
+            if fields.len() > 9 && fields[1].ends_with(&wanted) && fields[3] == "0A" {
+                inodes.insert(format!("socket:[{}]", fields[9]));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return false;
+    }
+    // The process and its descendants (a server may run its listener in a child).
+    let mut family = vec![pid];
+    let mut i = 0;
+    while i < family.len() {
+        let parent = family[i];
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for e in entries.flatten() {
+                let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                    continue;
+                };
+                let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+                // The parent pid is the second field after the parenthesised command name.
+                let ppid = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<u32>().ok());
+                if ppid == Some(parent) && !family.contains(&p) {
+                    family.push(p);
+                }
+            }
+        }
+        i += 1;
+    }
+    family.iter().any(|p| {
+        std::fs::read_dir(format!("/proc/{p}/fd")).is_ok_and(|fds| {
+            fds.flatten().any(|fd| {
+                std::fs::read_link(fd.path())
+                    .is_ok_and(|l| inodes.contains(l.to_string_lossy().as_ref()))
+            })
+        })
+    })
+}
+
 /// Starts a server on a free port of 127.0.0.1 and waits (at most [`READY_TIMEOUT`]) until the
-/// port accepts connections. `command(port)` builds the command line; its stdout and stderr go
-/// to `log_path`. When the server exits saying its port was taken meanwhile, it is started
-/// again on another port (at most [`BIND_ATTEMPTS`] times); on any other failure this panics
-/// with `hint` (how to install it) or the log's tail. `name` is for messages.
+/// port accepts connections, on a listener of its own. `command(port)` builds the command line;
+/// its stdout and stderr go to `log_path`. When the port was taken meanwhile (the server says
+/// so, or another process holds the listener), it is started again on another port (at most
+/// [`BIND_ATTEMPTS`] times); on any other failure this panics with `hint` (how to install it)
+/// or the log's tail. `name` is for messages.
 pub fn spawn_on_free_port(
     name: &str,
     log_path: &Path,
@@ -381,8 +436,22 @@ pub fn spawn_on_free_port(
             Some(status) => Err(format!("{name} exited early: {status}")),
             None => Ok(()),
         });
+        // Another server started meanwhile (another test's) may have taken the port first: the
+        // port then accepts, but not for this child, which fails to bind and exits. Ready only
+        // when the listener is this child's (or its descendants').
+        let ready = ready.and_then(|()| {
+            if listener_belongs_to(port, child.pid()) {
+                Ok(())
+            } else {
+                Err(format!("port {port} is another process's: address in use"))
+            }
+        });
         match ready {
             Ok(()) => return (child, port),
+            Err(e) if attempt < BIND_ATTEMPTS && e.ends_with("address in use") => {
+                child.kill();
+                continue;
+            }
             Err(e) => {
                 child.kill();
                 let tail = file_tail(log_path, 40);
