@@ -75,10 +75,7 @@ pub fn build_server(opt: Opt, config: Config) -> anyhow::Result<Server> {
     let mut edge = Service::new(
         "edge".to_string(),
         ConnectionLimit::new(
-            http_proxy(
-                &conf,
-                EdgeService::new(orca.clone(), fills, edge_auth.clone()),
-            ),
+            EdgeService::new(orca.clone(), fills, edge_auth.clone()),
             orca.config.limits.max_connections,
         ),
     );

@@ -4,11 +4,13 @@
 //! Origin faults are mapped here once (see [`crate::origin::OriginError::to_s3`]).
 
 use bytes::Bytes;
+use pingora::protocols::http::ServerSession;
 use pingora_error::Result;
-use pingora_http::ResponseHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 use rand::Rng;
 use std::fmt::Write as _;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// An error answer to a client, in S3's shape.
@@ -106,9 +108,53 @@ pub fn request_id() -> String {
     )
 }
 
+/// A session an S3 error can be written to: the edge's (a plain HTTP server session) or the
+/// fill service's (a Pingora proxy session).
+pub trait Respond: Send {
+    /// The request being answered.
+    fn request(&self) -> &RequestHeader;
+    /// Writes the response header (`end`: no body follows).
+    fn send_header(
+        &mut self,
+        resp: Box<ResponseHeader>,
+        end: bool,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Writes the whole body.
+    fn send_body(&mut self, body: Bytes) -> impl Future<Output = Result<()>> + Send;
+}
+
+impl Respond for Session {
+    fn request(&self) -> &RequestHeader {
+        self.req_header()
+    }
+
+    async fn send_header(&mut self, resp: Box<ResponseHeader>, end: bool) -> Result<()> {
+        self.write_response_header(resp, end).await
+    }
+
+    async fn send_body(&mut self, body: Bytes) -> Result<()> {
+        self.write_response_body(Some(body), true).await
+    }
+}
+
+impl Respond for ServerSession {
+    fn request(&self) -> &RequestHeader {
+        self.req_header()
+    }
+
+    async fn send_header(&mut self, resp: Box<ResponseHeader>, _end: bool) -> Result<()> {
+        // A body-less answer ends when the session is finished.
+        self.write_response_header(resp).await
+    }
+
+    async fn send_body(&mut self, body: Bytes) -> Result<()> {
+        self.write_response_body(body, true).await
+    }
+}
+
 /// Writes an S3 XML error as the whole response, under the request's id.
 pub async fn write_error(
-    session: &mut Session,
+    session: &mut impl Respond,
     e: &S3Error,
     resource: &str,
     request_id: &str,
@@ -118,7 +164,7 @@ pub async fn write_error(
 
 /// [`write_error`] with extra response headers.
 pub async fn write_error_with(
-    session: &mut Session,
+    session: &mut impl Respond,
     e: &S3Error,
     resource: &str,
     request_id: &str,
@@ -132,10 +178,10 @@ pub async fn write_error_with(
     for (name, value) in extra {
         resp.insert_header(*name, *value)?;
     }
-    let head = session.req_header().method == http::Method::HEAD;
-    session.write_response_header(Box::new(resp), head).await?;
+    let head = session.request().method == http::Method::HEAD;
+    session.send_header(Box::new(resp), head).await?;
     if !head {
-        session.write_response_body(Some(body), true).await?;
+        session.send_body(body).await?;
     }
     Ok(())
 }

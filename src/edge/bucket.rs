@@ -5,7 +5,7 @@ use super::{Answer, EdgeCtx, EdgeService};
 use crate::error::{xml_escape_into, S3Error};
 use crate::origin::ListRequest;
 use bytes::Bytes;
-use pingora_proxy::Session;
+use pingora::protocols::http::ServerSession as Session;
 
 const S3_XMLNS: &str = "http://s3.amazonaws.com/doc/2006-03-01/";
 

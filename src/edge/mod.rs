@@ -24,23 +24,30 @@ use crate::metrics;
 use crate::state::Orca;
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora::modules::http::HttpModules;
-use pingora::upstreams::peer::HttpPeer;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
-use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use request::S3Request;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
-/// The edge service.
+/// The edge service: a plain HTTP server application (`HttpServerApp`), not a Pingora proxy.
+/// It answers every request itself, so a proxy's per-request machinery (its session wrapper,
+/// phases, modules and the boxed request future) bought nothing and cost every small GET about
+/// a sixth of its instructions (`docs/benchmarks.md`, "Small objects").
 pub struct EdgeService {
     orca: Arc<Orca>,
     shared: Arc<EdgeShared>,
     /// Client authentication (`edge.auth`): built by `app`, which also runs its reloader and
     /// lets `/readyz` ask it.
     auth: Arc<auth::EdgeAuth>,
+    /// Set when the server shuts down: connections waiting for their next request close.
+    shutting_down: AtomicBool,
+    shutdown: Notify,
 }
 
 /// What every request's chunk pipeline uses.
@@ -63,7 +70,22 @@ impl EdgeService {
             fills,
             readahead_budget: Arc::new(Semaphore::new(budget)),
         });
-        Self { orca, shared, auth }
+        Self {
+            orca,
+            shared,
+            auth,
+            shutting_down: AtomicBool::new(false),
+            shutdown: Notify::new(),
+        }
+    }
+
+    /// Returns once the server shuts down.
+    async fn shut_down(&self) {
+        let notified = self.shutdown.notified();
+        if self.shutting_down.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
     }
 }
 
@@ -84,24 +106,92 @@ fn internal(e: Box<Error>) -> S3Error {
 }
 
 #[async_trait]
-impl ProxyHttp for EdgeService {
-    type CTX = EdgeCtx;
-
-    fn new_ctx(&self) -> Self::CTX {
-        EdgeCtx {
+impl HttpServerApp for EdgeService {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        // A connection waiting for its next request closes when the server shuts down.
+        let read = tokio::select! {
+            biased;
+            read = session.read_request() => read,
+            () = self.shut_down() => return None,
+        };
+        match read {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                // A malformed request gets a 400; any other read error is a broken connection.
+                if matches!(e.etype, ErrorType::InvalidHTTPHeader) {
+                    let _ = session.respond_error(400).await;
+                }
+                session.shutdown().await;
+                return None;
+            }
+        }
+        // CONNECT changes the message framing: refused and the connection closed.
+        if session.req_header().method == http::Method::CONNECT {
+            let _ = session.respond_error(405).await;
+            session.shutdown().await;
+            return None;
+        }
+        if *shutdown.borrow() {
+            // Shutting down soon: this is the connection's last request.
+            session.set_keepalive(None);
+        }
+        let mut ctx = EdgeCtx {
             start: Instant::now(),
             status: 0,
             request_id: request_id(),
             access: auth::Access::Open,
+        };
+        let whole = self.serve(&mut session, &mut ctx).await;
+        let status = match session.response_written() {
+            // Aborted after the headers: the client got a broken response.
+            Some(_) if !whole => 0,
+            Some(resp) => resp.status.as_u16(),
+            None => ctx.status,
+        };
+        let method = &session.req_header().method;
+        metrics::edge_request_done(method, status, ctx.start.elapsed().as_secs_f64());
+        tracing::debug!(
+            request_id = %ctx.request_id,
+            method = %method,
+            // The path only: a presigned URL's query carries its signature.
+            path = %session.req_header().uri.path(),
+            status,
+            ms = ctx.start.elapsed().as_millis() as u64,
+            "edge request"
+        );
+        if !whole {
+            // The connection is dropped: the client sees a short body, never a truncated
+            // success.
+            return None;
         }
+        let settings = HttpPersistentSettings::for_session(&session);
+        session
+            .finish()
+            .await
+            .ok()
+            .flatten()
+            .map(|s| ReusedHttpStream::from_reusable_stream(s, settings))
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+    async fn http_cleanup(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        self.shutdown.notify_waiters();
+    }
+}
+
+impl EdgeService {
+    /// Answers one request. `false`: the response was aborted (after its headers, or its
+    /// error could not be written), and the connection must close.
+    async fn serve(&self, session: &mut ServerSession, ctx: &mut EdgeCtx) -> bool {
         // A client that stops reading fails its own request after this long without progress,
         // releasing what it held (read-ahead budget, fills it waited on), instead of holding
         // it for as long as its connection stays open.
         session.set_write_timeout(Some(self.orca.config.limits.client_write_timeout));
-        let resource = session.req_header().uri.path().to_string();
         // Signature first (as S3 does), then what is asked, then whether the key may ask it.
         let parsed = self.auth.check(session.req_header()).and_then(|access| {
             let request = request::parse(session.req_header(), &self.orca.config.edge)?;
@@ -127,81 +217,19 @@ impl ProxyHttp for EdgeService {
             Ok(S3Request::ListBuckets) => self.list_buckets(session, ctx).await,
         };
         match outcome {
-            Ok(()) => Ok(true),
+            Ok(()) => true,
             Err(e) if session.response_written().is_none() => {
                 ctx.status = e.status;
-                write_error(session, &e, &resource, &ctx.request_id).await?;
-                Ok(true)
+                let resource = session.req_header().uri.path().to_string();
+                write_error(session, &e, &resource, &ctx.request_id)
+                    .await
+                    .is_ok()
             }
             Err(e) => {
-                // Headers are out: abort the connection so the client sees a short body.
-                Err(Error::explain(
-                    ErrorType::HTTPStatus(e.status),
-                    format!("aborted after headers: {e}"),
-                ))
+                tracing::warn!(request_id = %ctx.request_id, error = %e, "response aborted after its headers");
+                false
             }
         }
-    }
-
-    /// No downstream modules: the default adds a disabled compression module, which the edge
-    /// never enables (S3 objects go out as stored), and which cost every request its context
-    /// and header filters.
-    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
-
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        _ctx: &mut Self::CTX,
-    ) -> Result<Box<HttpPeer>> {
-        // request_filter answers every request itself.
-        Error::e_explain(ErrorType::InternalError, "the edge has no upstream")
-    }
-
-    async fn fail_to_proxy(
-        &self,
-        session: &mut Session,
-        e: &Error,
-        ctx: &mut Self::CTX,
-    ) -> FailToProxy {
-        if session.response_written().is_some() {
-            tracing::warn!(request_id = %ctx.request_id, error = %e, "response aborted after its headers");
-            return FailToProxy {
-                error_code: 0,
-                can_reuse_downstream: false,
-            };
-        }
-        let s3 = S3Error::internal(e.to_string());
-        let resource = session.req_header().uri.path().to_string();
-        let _ = write_error(session, &s3, &resource, &ctx.request_id).await;
-        ctx.status = s3.status;
-        FailToProxy {
-            error_code: s3.status,
-            can_reuse_downstream: false,
-        }
-    }
-
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
-        let method = &session.req_header().method;
-        let status = match (e, session.response_written()) {
-            // Aborted after the headers: the client got a broken response.
-            (Some(_), Some(_)) => 0,
-            (None, Some(resp)) => resp.status.as_u16(),
-            (_, None) => ctx.status,
-        };
-        metrics::edge_request_done(method, status, ctx.start.elapsed().as_secs_f64());
-        tracing::debug!(
-            request_id = %ctx.request_id,
-            method = %method,
-            // The path only: a presigned URL's query carries its signature.
-            path = %session.req_header().uri.path(),
-            status,
-            ms = ctx.start.elapsed().as_millis() as u64,
-            "edge request"
-        );
-    }
-
-    fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, _error: &Error) -> bool {
-        true
     }
 }
 
@@ -209,7 +237,7 @@ impl EdgeService {
     /// Writes a complete response with a body (and any extra headers).
     async fn write_body(
         &self,
-        session: &mut Session,
+        session: &mut ServerSession,
         ctx: &mut EdgeCtx,
         status: u16,
         content_type: &str,
@@ -230,12 +258,12 @@ impl EdgeService {
         .map_err(internal)?;
         ctx.status = status;
         session
-            .write_response_header(Box::new(resp), head)
+            .write_response_header(Box::new(resp))
             .await
             .map_err(internal)?;
         if !head {
             session
-                .write_response_body(Some(body), true)
+                .write_response_body(body, true)
                 .await
                 .map_err(internal)?;
         }

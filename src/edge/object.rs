@@ -8,9 +8,9 @@ use crate::chunk::{parse_range, ByteRange, ObjectVersion, RangeRequest};
 use crate::error::S3Error;
 use crate::metrics::EDGE_BYTES_SENT;
 use crate::origin::ObjectMeta;
+use pingora::protocols::http::ServerSession as Session;
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
-use pingora_proxy::Session;
 
 /// How the response to an object request is shaped beyond its status and length.
 struct Shape {
@@ -117,7 +117,7 @@ impl EdgeService {
                 .map_err(internal)?;
                 ctx.status = 304;
                 session
-                    .write_response_header(Box::new(resp), true)
+                    .write_response_header(Box::new(resp))
                     .await
                     .map_err(internal)?;
                 Ok(None)
@@ -146,7 +146,7 @@ impl EdgeService {
                     .map_err(internal)?;
                 ctx.status = 416;
                 return session
-                    .write_response_header(Box::new(resp), true)
+                    .write_response_header(Box::new(resp))
                     .await
                     .map_err(internal);
             }
@@ -170,7 +170,7 @@ impl EdgeService {
         }
         ctx.status = status;
         session
-            .write_response_header(Box::new(resp), true)
+            .write_response_header(Box::new(resp))
             .await
             .map_err(internal)
     }
@@ -209,7 +209,7 @@ impl EdgeService {
                 .map_err(internal)?;
             ctx.status = 200;
             return session
-                .write_response_header(Box::new(resp), true)
+                .write_response_header(Box::new(resp))
                 .await
                 .map_err(internal);
         };
@@ -241,7 +241,7 @@ impl EdgeService {
         }
         ctx.status = status;
         session
-            .write_response_header(Box::new(resp), false)
+            .write_response_header(Box::new(resp))
             .await
             .map_err(internal)?;
         let mut sent = 0u64;
@@ -251,7 +251,7 @@ impl EdgeService {
             EDGE_BYTES_SENT.inc_by(p.len() as u64);
             let last = sent >= range.len();
             session
-                .write_response_body(Some(p), last)
+                .write_response_body(p, last)
                 .await
                 .map_err(|e| S3Error::new(499, "ClientGone", e.to_string()))?;
             if last {
