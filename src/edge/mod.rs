@@ -1,7 +1,7 @@
 //! The edge service: the S3 surface clients talk to.
 //!
-//! Everything happens in `request_filter`, which writes the whole response and returns
-//! `Ok(true)`: parse the S3 request ([`request`]), then answer an object GET or HEAD
+//! A plain Pingora HTTP server application ([`EdgeService::serve`] per request): parse the S3
+//! request ([`request`]), then answer an object GET or HEAD
 //! ([`object`]) or a bucket-level request ([`bucket`]). An object GET resolves the object
 //! through the metadata cache, evaluates the client's conditionals ([`conditional`]), maps the
 //! `Range` onto chunks and streams them in order through a [`pipeline`]. The status line is
