@@ -646,7 +646,14 @@ impl ProxyHttp for FillService {
         ctx.inflight = None;
         if session.response_written().is_some() {
             // Headers are out: abort, so the caller sees a short body, never a clean end.
-            tracing::warn!(error = %e, "fill failed after its first byte; aborting");
+            if self.local && matches!(e.etype, ErrorType::WriteError | ErrorType::ConnectionClosed)
+            {
+                // This replica's edge drops its answer once the fill has started and reads the
+                // chunk from the storage; a sub-range fill goes on in its own task.
+                tracing::debug!(error = %e, "the edge stopped reading its fill's answer");
+            } else {
+                tracing::warn!(error = %e, "fill failed after its first byte; aborting");
+            }
             return FailToProxy {
                 error_code: 0,
                 can_reuse_downstream: false,
