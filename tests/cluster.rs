@@ -377,24 +377,12 @@ async fn peers_must_present_the_shared_secret() {
 /// kernel still knows (established, closing, or in TIME_WAIT), from /proc/net/tcp{,6}.
 fn connections_to(port: u16) -> std::collections::HashSet<u16> {
     let mut clients = std::collections::HashSet::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            let port_of = |c: &str| {
-                c.rsplit(':')
-                    .next()
-                    .and_then(|p| u16::from_str_radix(p, 16).ok())
-                    .unwrap_or(0)
-            };
-            let (local, remote) = (port_of(cols[1]), port_of(cols[2]));
-            if remote == port {
-                clients.insert(local);
-            } else if local == port && remote != 0 {
-                clients.insert(remote);
-            }
+    for cols in proc_tcp_rows() {
+        let (local, remote) = (proc_tcp_port(&cols[1]), proc_tcp_port(&cols[2]));
+        if remote == port {
+            clients.insert(local);
+        } else if local == port && remote != 0 {
+            clients.insert(remote);
         }
     }
     clients

@@ -721,25 +721,21 @@ impl ChunkStorage {
         for_fill: bool,
         vouched: bool,
     ) -> Option<ChunkHit> {
-        let trust_recent_miss = for_fill;
         let admit = !for_fill && vouched && from == 0 && to >= chunk.len;
-        let flight = self.flights.lock().get(&chunk.id).cloned();
-        if let Some(flight) = flight {
-            if !flight.failed() {
-                let reader = Box::new(FlightReader::new(flight, from, to, self.stall_timeout));
-                return Some(ChunkHit {
-                    source: ChunkSource::Memory,
-                    // The fill's bytes, admitted once they have all passed through (a fill
-                    // that fails admits nothing).
-                    reader: if admit {
-                        self.admitting(chunk, reader, self.ram_epoch())
-                    } else {
-                        reader
-                    },
-                    on_demand: true,
-                    buffered: 0,
-                });
-            }
+        if let Some(flight) = self.live_flight(&chunk.id) {
+            let reader = Box::new(FlightReader::new(flight, from, to, self.stall_timeout));
+            return Some(ChunkHit {
+                source: ChunkSource::Memory,
+                // The fill's bytes, admitted once they have all passed through (a fill that
+                // fails admits nothing).
+                reader: if admit {
+                    self.admitting(chunk, reader, self.ram_epoch())
+                } else {
+                    reader
+                },
+                on_demand: true,
+                buffered: 0,
+            });
         }
         if let Some(reader) = self
             .ram
@@ -755,7 +751,7 @@ impl ChunkStorage {
                 buffered: to.min(chunk.len).saturating_sub(from),
             });
         }
-        if trust_recent_miss && self.misses.recently_missing(&chunk.id) {
+        if for_fill && self.misses.recently_missing(&chunk.id) {
             return None;
         }
         let read_began = tokio::time::Instant::now();
@@ -2174,11 +2170,6 @@ mod tests {
         out
     }
 
-    /// The two fill paths race for one chunk: whichever claims it first is its one flight, the
-    /// other reads that flight, and no writer ever replaces or removes another's live flight.
-    /// Seen failing before `claim_fill`: the in-order fill's miss handler replaced the
-    /// sub-range fill in the registry (every later reader read the in-order fill, and the
-    /// sub-range fill's bytes were fetched twice).
     /// An in-order fill of a chunk that a sub-range fill is filling reads that fill at once:
     /// it waits for no flight permit (all of them may be held, here the only one by that very
     /// fill) and creates no spool. Seen failing before the check came first: the handler
@@ -2221,6 +2212,11 @@ mod tests {
         assert!(std::fs::read(store.chunk_path(&c.id)).unwrap() == all);
     }
 
+    /// The two fill paths race for one chunk: whichever claims it first is its one flight, the
+    /// other reads that flight, and no writer ever replaces or removes another's live flight.
+    /// Seen failing before `claim_fill`: the in-order fill's miss handler replaced the
+    /// sub-range fill in the registry (every later reader read the in-order fill, and the
+    /// sub-range fill's bytes were fetched twice).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn one_live_flight_per_chunk_whichever_fill_path_claims_it_first() {
         let dir = tempfile::tempdir().unwrap();

@@ -30,10 +30,9 @@ use pingora::server::ShutdownWatch;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use request::S3Request;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 
 /// The edge service: a plain HTTP server application (`HttpServerApp`), not a Pingora proxy.
 /// It answers every request itself, so a proxy's per-request machinery (its session wrapper,
@@ -45,9 +44,6 @@ pub struct EdgeService {
     /// Client authentication (`edge.auth`): built by `app`, which also runs its reloader and
     /// lets `/readyz` ask it.
     auth: Arc<auth::EdgeAuth>,
-    /// Set when the server shuts down: connections waiting for their next request close.
-    shutting_down: AtomicBool,
-    shutdown: Notify,
 }
 
 /// What every request's chunk pipeline uses.
@@ -70,22 +66,7 @@ impl EdgeService {
             fills,
             readahead_budget: Arc::new(Semaphore::new(budget)),
         });
-        Self {
-            orca,
-            shared,
-            auth,
-            shutting_down: AtomicBool::new(false),
-            shutdown: Notify::new(),
-        }
-    }
-
-    /// Returns once the server shuts down.
-    async fn shut_down(&self) {
-        let notified = self.shutdown.notified();
-        if self.shutting_down.load(Ordering::Acquire) {
-            return;
-        }
-        notified.await;
+        Self { orca, shared, auth }
     }
 }
 
@@ -113,10 +94,11 @@ impl HttpServerApp for EdgeService {
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
         // A connection waiting for its next request closes when the server shuts down.
+        let mut stopping = shutdown.clone();
         let read = tokio::select! {
             biased;
             read = session.read_request() => read,
-            () = self.shut_down() => return None,
+            Ok(_) = stopping.wait_for(|stop| *stop) => return None,
         };
         match read {
             Ok(true) => {}
@@ -176,11 +158,6 @@ impl HttpServerApp for EdgeService {
             .ok()
             .flatten()
             .map(|s| ReusedHttpStream::from_reusable_stream(s, settings))
-    }
-
-    async fn http_cleanup(&self) {
-        self.shutting_down.store(true, Ordering::Release);
-        self.shutdown.notify_waiters();
     }
 }
 

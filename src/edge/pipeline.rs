@@ -442,12 +442,12 @@ async fn read_chunk(
     .await
     {
         Ok((source, body)) => {
-            let kept = if body.kept() {
+            let stored = if body.kept() {
                 orca.storage.open(&chunk, from + sent, to).await
             } else {
                 None
             };
-            let hit = kept.unwrap_or_else(|| ChunkHit {
+            let hit = stored.unwrap_or_else(|| ChunkHit {
                 source,
                 reader: Box::new(body),
                 on_demand: true,

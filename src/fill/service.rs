@@ -770,13 +770,13 @@ pub(super) fn check_range_response(
     Ok(())
 }
 
-/// The chunk `request_filter` decoded (every later hook runs after it succeeded).
 /// The answer to a fill that got no origin permit within `wait`: `503 SlowDown`, which the
 /// asking edge passes on to its client and a peer takes as "fill it yourself".
 pub(super) fn no_origin_slot(wait: Duration) -> S3Error {
     S3Error::slow_down(format!("No origin fill slot came free within {wait:?}."))
 }
 
+/// The chunk `request_filter` decoded (every later hook runs after it succeeded).
 fn ctx_chunk(ctx: &FillCtx) -> Result<&Chunk> {
     ctx.chunk
         .as_ref()

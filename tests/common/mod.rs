@@ -351,58 +351,79 @@ pub fn says_address_in_use(log: &str) -> bool {
 /// How many times a server whose free port was taken before it bound it is started again.
 pub const BIND_ATTEMPTS: usize = 3;
 
-/// Whether the socket listening on TCP `port` (loopback, IPv4 or IPv6) is held by process
-/// `pid` or one of its descendants. Reads `/proc/net/tcp*` for the listener's inode and the
-/// processes' descriptors for a socket with that inode.
-pub fn listener_belongs_to(port: u16, pid: u32) -> bool {
-    let wanted = format!(":{port:04X}");
-    let mut inodes = std::collections::HashSet::new();
+/// Every socket row of `/proc/net/tcp` and `/proc/net/tcp6`, split into its columns
+/// (`sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...`).
+pub fn proc_tcp_rows() -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(table) else {
             continue;
         };
         for line in text.lines().skip(1) {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            // local_address, state 0A (LISTEN), inode.
-            if fields.len() > 9 && fields[1].ends_with(&wanted) && fields[3] == "0A" {
-                inodes.insert(format!("socket:[{}]", fields[9]));
-            }
+            rows.push(line.split_whitespace().map(str::to_string).collect());
         }
     }
-    if inodes.is_empty() {
-        return false;
-    }
-    // The process and its descendants (a server may run its listener in a child).
+    rows
+}
+
+/// The port of a `/proc/net/tcp*` address column (`0100007F:1F90`); 0 when unreadable.
+pub fn proc_tcp_port(address: &str) -> u16 {
+    address
+        .rsplit(':')
+        .next()
+        .and_then(|p| u16::from_str_radix(p, 16).ok())
+        .unwrap_or(0)
+}
+
+/// Process `pid` and its descendants (from each process's parent in `/proc/PID/stat`).
+fn process_family(pid: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter_map(|p| {
+                    let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+                    // The parent is the second field after the parenthesised command name.
+                    let (_, rest) = stat.rsplit_once(')')?;
+                    Some((p, rest.split_whitespace().nth(1)?.parse().ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let mut family = vec![pid];
     let mut i = 0;
     while i < family.len() {
         let parent = family[i];
-        if let Ok(entries) = std::fs::read_dir("/proc") {
-            for e in entries.flatten() {
-                let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-                    continue;
-                };
-                let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-                // The parent pid is the second field after the parenthesised command name.
-                let ppid = stat
-                    .rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                    .and_then(|v| v.parse::<u32>().ok());
-                if ppid == Some(parent) && !family.contains(&p) {
-                    family.push(p);
-                }
+        for &(p, ppid) in &parents {
+            if ppid == parent && !family.contains(&p) {
+                family.push(p);
             }
         }
         i += 1;
     }
-    family.iter().any(|p| {
-        std::fs::read_dir(format!("/proc/{p}/fd")).is_ok_and(|fds| {
-            fds.flatten().any(|fd| {
-                std::fs::read_link(fd.path())
-                    .is_ok_and(|l| inodes.contains(l.to_string_lossy().as_ref()))
+    family
+}
+
+/// Whether the socket listening on TCP `port` (loopback, IPv4 or IPv6) is held by process
+/// `pid` or one of its descendants: the listener's inode (`/proc/net/tcp*`) among their
+/// descriptors.
+pub fn listener_belongs_to(port: u16, pid: u32) -> bool {
+    // Columns: local address, state (0A: LISTEN), inode.
+    let inodes: std::collections::HashSet<String> = proc_tcp_rows()
+        .into_iter()
+        .filter(|c| c.len() > 9 && proc_tcp_port(&c[1]) == port && c[3] == "0A")
+        .map(|c| format!("socket:[{}]", c[9]))
+        .collect();
+    !inodes.is_empty()
+        && process_family(pid).iter().any(|p| {
+            std::fs::read_dir(format!("/proc/{p}/fd")).is_ok_and(|fds| {
+                fds.flatten().any(|fd| {
+                    std::fs::read_link(fd.path())
+                        .is_ok_and(|l| inodes.contains(l.to_string_lossy().as_ref()))
+                })
             })
         })
-    })
 }
 
 /// Starts a server on a free port of 127.0.0.1 and waits (at most [`READY_TIMEOUT`]) until the
