@@ -241,6 +241,65 @@ async fn clients_that_stop_reading_do_not_starve_the_others() {
     assert_eq!(sha256_hex(&r.body), sha256_hex(&big));
 }
 
+/// Cold GETs of objects whose chunks are as large as the whole read-ahead budget all start at
+/// once: while it waits for the origin's first byte, the chunk a GET sends next holds a window
+/// of the budget (`edge::pipeline::HEAD_WINDOW`, 1 MiB), not its whole length. Every GET gets
+/// its bytes, none is told to slow down, and each chunk is fetched once.
+///
+/// Seen failing before the fix (the benchmark's figure 11 found it: 64 cold readers of 128 MiB
+/// chunks, 13 answered `503 SlowDown`): the first GET reserved its whole 8 MiB chunk, all of
+/// the budget, while the origin held its answer for 3 s, and the others waited past
+/// `limits.readahead_wait` (1 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_gets_of_chunks_as_large_as_the_read_ahead_budget_all_start() {
+    const GETS: usize = 4;
+    // One origin GET per chunk (`subrange_size: 0`), so each GET waits for one held answer.
+    let s = Origin::start(|c| {
+        c.extra_yaml(
+            "chunking:\n  size: 8MiB\n  tiers: []\n  readahead: 0\n  subrange_size: 0\nlimits:\n  readahead_memory: 8MiB\n  readahead_wait: 1s\n",
+        )
+    })
+    .await;
+    let mut objects = Vec::new();
+    for i in 0..GETS {
+        let data = deterministic_bytes(60 + i as u64, 8 * MIB);
+        s.put(&format!("large-{i}"), &data).await;
+        objects.push(data);
+    }
+    // Each chunk GET's answer is held for 3 s: every GET waits that long for its first byte.
+    s.proxy.push_fault(
+        FaultRule::new(Fault::Stall(std::time::Duration::from_secs(3)))
+            .method("GET")
+            .with_range()
+            .path_contains("/large-")
+            .times(GETS),
+    );
+    let gets: Vec<_> = (0..GETS)
+        .map(|i| {
+            let url = s.orca.object_url(BUCKET, &format!("large-{i}"));
+            tokio::spawn(async move { http_get(&url, None).await })
+        })
+        .collect();
+    for (i, get) in gets.into_iter().enumerate() {
+        let r = get.await.unwrap().unwrap();
+        assert_eq!(r.status, 200, "large-{i}: {}", r.text());
+        assert!(r.body == objects[i], "large-{i}: the bytes differ");
+    }
+    assert_eq!(
+        s.orca
+            .metric_value_async("orca_readahead_wait_timeouts_total")
+            .await,
+        0.0,
+        "no GET waited past limits.readahead_wait"
+    );
+    assert_eq!(
+        s.proxy.counts().gets_with_range,
+        GETS,
+        "one origin GET per chunk"
+    );
+    assert_eq!(s.proxy.pending_faults(), 0, "every chunk GET was held");
+}
+
 /// A chunk GET refused by the origin (a KMS key the role cannot use, credentials that expired
 /// while the HEAD was still cached) reaches the client as `403 AccessDenied`, whichever replica
 /// fetched it, never as a retryable `502`; it does not count against readiness.

@@ -272,6 +272,73 @@ async fn stalled_readers_get_every_chunk_read_ahead_by_sub_range_fills() {
     stalled_readers_of_chunks_read_ahead("1MiB", 50).await;
 }
 
+/// A client that stops reading a 64 MiB chunk the shared `s3` store holds: a shared store's
+/// hit is read as a stream ahead of the client, and for the chunk being sent that stream stays
+/// at most the head's window (`edge::pipeline::HEAD_WINDOW`, 1 MiB) ahead, so the process's RSS
+/// grows by far less than the chunk while the client stalls; once it reads again it gets every
+/// byte, from the store (no second origin GET).
+///
+/// Seen failing before the head's window: the store's whole chunk was read into memory for the
+/// stalled client (RSS grew by about 64 MiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_of_a_shared_store_hit_holds_only_a_window() {
+    let store = Moto::start();
+    create_bucket(&store.endpoint(), "cache").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "cachestore:\n  driver: s3\n  s3:\n    endpoint: {}\n    region: us-east-1\n    bucket: cache\n    path_style: true\nchunking:\n  size: 64MiB\n  tiers: []\n  subrange_size: 0\n",
+        store.endpoint()
+    );
+    let s = Stack::start(Origin::S3, "stream", |c| {
+        c.extra_yaml(&yaml)
+            .env("ORCA_CACHESTORE_ACCESS_KEY_ID", "test")
+            .env("ORCA_CACHESTORE_SECRET_ACCESS_KEY", "test")
+            .env("TMPDIR", &tmp.path().to_string_lossy())
+    })
+    .await;
+    let data = deterministic_bytes(18, 64 * MIB);
+    s.put("big", &data).await;
+    let r = http_get(&s.url("big"), None).await.unwrap();
+    assert!(r.body == data, "the cold read's bytes differ");
+    s.orca
+        .wait_metric_at_least(
+            "orca_cachestore_commits_total{result=\"committed\"}",
+            1.0,
+            WAIT,
+        )
+        .await;
+    let store_reads = "orca_chunk_reads_total{source=\"cachestore\"}";
+    let before = s.orca.metric_value_async(store_reads).await;
+    let pid = s.orca.pid();
+    let baseline = rss_bytes(pid);
+    let path = format!("/{}/big", s.bucket);
+    let mut stalled = SlowClient::start(&s.orca.edge_addr(), &path, 64 * 1024).await;
+    // Long enough for the store to send the whole chunk (moto serves 64 MiB in about a
+    // second here), had it been read for the stalled client.
+    let mut max_rss = baseline;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        max_rss = max_rss.max(rss_bytes(pid));
+    }
+    let growth = max_rss.saturating_sub(baseline);
+    eprintln!("RSS grew by {} KiB while the client stalled", growth / 1024);
+    assert!(
+        !stalled.read_until(data.len()).await || stalled.body.len() == data.len(),
+        "the stalled client's answer ended early"
+    );
+    assert!(stalled.body == data, "the stalled client's bytes differ");
+    assert_eq!(s.requests_for("GET", "big"), 1, "one origin GET");
+    assert_eq!(
+        s.orca.metric_value_async(store_reads).await,
+        before + 1.0,
+        "the stalled client read the chunk from the shared store"
+    );
+    assert!(
+        growth < (24 * MIB) as u64,
+        "RSS grew by {growth} bytes for a stalled client of a 64 MiB chunk"
+    );
+}
+
 /// Reads `key` whole while the origin resets the connection 2 MiB into the fill of its
 /// second chunk (the first is stored first, so the client has its status and first bytes when
 /// the fill fails): the client sees an aborted body (a prefix of the object), never a

@@ -395,6 +395,15 @@ async fn warm_object(
     }
 }
 
+/// The sink of a fill asked for no bytes of its chunk.
+struct NoBytes;
+
+impl crate::fill::PieceSink for NoBytes {
+    async fn put(&self, _piece: Bytes) -> bool {
+        true
+    }
+}
+
 /// Makes sure one chunk is cached: nothing when this replica's store holds it; else asks its
 /// coordinator (a peer, or this replica) to fill it, as the edge's pipeline does, and drains
 /// the answer. Where the bytes came from says whether the origin was asked.
@@ -404,8 +413,8 @@ async fn warm_chunk(ctl: &CacheCtl, chunk: &Chunk) -> Result<ChunkSource, Origin
     }
     // The fill's request id, as an edge request's would travel (docs/cluster.md).
     let rid = crate::error::request_id();
-    // Nothing is sent on it: a range of no bytes drains and checks the whole body.
-    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel::<Result<Bytes, ()>>();
+    // A range of no bytes drains and checks the whole body, and puts nothing.
+    let tx = NoBytes;
     let mut sent = 0u64;
     if let Some(peer) = ctl.orca.cluster.coordinator(&chunk.id) {
         if !ctl.fills.is_down(&peer) {

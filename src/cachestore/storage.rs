@@ -685,7 +685,14 @@ impl ChunkStorage {
     /// store. `None` is a miss; a store failure is logged and reported as a miss. The miss is
     /// recorded, so the fill service that is asked next does not ask the store again.
     pub async fn open(&self, chunk: &Chunk, from: u64, to: u64) -> Option<ChunkHit> {
-        self.lookup_chunk(chunk, from, to, false, true).await
+        self.lookup_chunk(chunk, from, to, false, true, true).await
+    }
+
+    /// [`ChunkStorage::open`] without the RAM tier: for the edge's chunk to send next, which
+    /// reserved read-ahead memory for a window, not for the whole chunk a RAM tier reader keeps
+    /// alive (see [`ChunkHit::buffered`]). A chunk in the tier is in a flight or the store too.
+    pub async fn open_outside_ram(&self, chunk: &Chunk, from: u64, to: u64) -> Option<ChunkHit> {
+        self.lookup_chunk(chunk, from, to, false, true, false).await
     }
 
     /// [`ChunkStorage::open`] for the fill service: a miss recorded within
@@ -694,7 +701,8 @@ impl ChunkStorage {
     /// another length is a miss for this request and is left in place: the store deletes a
     /// wrong-length chunk only for a length this replica vouches for.
     pub async fn open_for_fill(&self, chunk: &Chunk, vouched: bool) -> Option<ChunkHit> {
-        self.lookup_chunk(chunk, 0, chunk.len, true, vouched).await
+        self.lookup_chunk(chunk, 0, chunk.len, true, vouched, true)
+            .await
     }
 
     /// [`ChunkStorage::open_for_fill`] of bytes `[from, to)` only (a sub-range fill's
@@ -705,23 +713,36 @@ impl ChunkStorage {
         (from, to): (u64, u64),
         vouched: bool,
     ) -> Option<ChunkHit> {
-        self.lookup_chunk(chunk, from, to, true, vouched).await
+        self.lookup_chunk(chunk, from, to, true, vouched, true)
+            .await
     }
 
-    /// `for_fill`: a read for the fill service's answer, which trusts a recent miss and admits
-    /// nothing to the RAM tier. Only the edge's own read ([`ChunkStorage::open`]) admits a
-    /// whole chunk: the fill service's requester is this replica's edge, which reads the chunk
-    /// from here again once the fill has started and drops the answer, or a peer, whose word
-    /// for the chunk's length this replica cannot vouch for.
-    async fn lookup_chunk(
+    /// Bytes `[from, to)` of a chunk from memory alone, without I/O: a live fill in flight,
+    /// else, with `ram`, the RAM tier. [`ChunkStorage::open`] looks here first. The edge looks
+    /// here alone for the chunk it sends next, once it has reserved read-ahead memory for it:
+    /// for the whole slice when [`ChunkStorage::in_ram`] said the tier has it (a RAM tier
+    /// reader keeps its chunk alive, see [`ChunkHit::buffered`]), else for a window.
+    pub fn open_in_memory(&self, chunk: &Chunk, from: u64, to: u64, ram: bool) -> Option<ChunkHit> {
+        self.in_memory(chunk, from, to, from == 0 && to >= chunk.len, ram)
+    }
+
+    /// Whether the RAM tier holds `chunk` now (a look, no read: it keeps nothing alive).
+    pub fn in_ram(&self, chunk: &Chunk) -> bool {
+        self.ram
+            .as_ref()
+            .is_some_and(|r| r.stat(&chunk.id) == Some(chunk.len))
+    }
+
+    /// [`ChunkStorage::open_in_memory`]; `admit`: a whole-chunk read, which the RAM tier
+    /// admits once every byte of a fill has passed through.
+    fn in_memory(
         &self,
         chunk: &Chunk,
         from: u64,
         to: u64,
-        for_fill: bool,
-        vouched: bool,
+        admit: bool,
+        ram: bool,
     ) -> Option<ChunkHit> {
-        let admit = !for_fill && vouched && from == 0 && to >= chunk.len;
         if let Some(flight) = self.live_flight(&chunk.id) {
             let reader = Box::new(FlightReader::new(flight, from, to, self.stall_timeout));
             return Some(ChunkHit {
@@ -737,19 +758,37 @@ impl ChunkStorage {
                 buffered: 0,
             });
         }
-        if let Some(reader) = self
-            .ram
-            .as_ref()
-            .and_then(|r| r.get(&chunk.id, chunk.len, from, to))
-        {
-            return Some(ChunkHit {
-                source: ChunkSource::RamTier,
-                reader: Box::new(reader),
-                on_demand: true,
-                // A reader keeps its chunk alive even once the tier evicts it: the edge keeps
-                // these bytes counted in its read-ahead budget until they are sent.
-                buffered: to.min(chunk.len).saturating_sub(from),
-            });
+        if !ram {
+            return None;
+        }
+        let reader = self.ram.as_ref()?.get(&chunk.id, chunk.len, from, to)?;
+        Some(ChunkHit {
+            source: ChunkSource::RamTier,
+            reader: Box::new(reader),
+            on_demand: true,
+            // A reader keeps its chunk alive even once the tier evicts it: the edge keeps
+            // these bytes counted in its read-ahead budget until they are sent.
+            buffered: to.min(chunk.len).saturating_sub(from),
+        })
+    }
+
+    /// `for_fill`: a read for the fill service's answer, which trusts a recent miss and admits
+    /// nothing to the RAM tier. Only the edge's own read ([`ChunkStorage::open`]) admits a
+    /// whole chunk: the fill service's requester is this replica's edge, which reads the chunk
+    /// from here again once the fill has started and drops the answer, or a peer, whose word
+    /// for the chunk's length this replica cannot vouch for. `ram`: look in the RAM tier too.
+    async fn lookup_chunk(
+        &self,
+        chunk: &Chunk,
+        from: u64,
+        to: u64,
+        for_fill: bool,
+        vouched: bool,
+        ram: bool,
+    ) -> Option<ChunkHit> {
+        let admit = !for_fill && vouched && from == 0 && to >= chunk.len;
+        if let Some(hit) = self.in_memory(chunk, from, to, admit, ram) {
+            return Some(hit);
         }
         if for_fill && self.misses.recently_missing(&chunk.id) {
             return None;

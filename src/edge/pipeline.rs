@@ -1,12 +1,15 @@
 //! The chunk pipeline of one GET: the chunks of the client's range, fetched in parallel up to
 //! `chunking.readahead` ahead of the one being sent, delivered strictly in order.
 //!
-//! Memory: every started chunk holds a reservation of its bytes from the process-wide
-//! read-ahead budget (`limits.readahead_memory`) until it has been sent. The chunk being sent
-//! waits for its reservation; chunks ahead of it start only when the budget has room at once
-//! *and* a whole largest chunk stays free after them, so read-ahead (which a slow client may
-//! hold for long) never starves another request's current chunk, and the process never
-//! buffers more than the budget however many clients there are.
+//! Memory: every started chunk holds a reservation from the process-wide read-ahead budget
+//! (`limits.readahead_memory`) for the bytes it may buffer, until it has been sent. A chunk
+//! read ahead reserves its whole slice: its bytes come as fast as its source gives them. The
+//! chunk being sent next (the *head*) reserves at most [`HEAD_WINDOW`]: its reader passes on
+//! no more than that ahead of the client, whatever the source (a hit in a RAM tier reserves
+//! the chunk it keeps alive). The head waits for its reservation; chunks ahead of it start only
+//! when the budget has room at once *and* a whole largest chunk stays free after them, so
+//! read-ahead (which a slow client may hold for long) never starves another request's head,
+//! and the process never buffers more than the budget however many clients there are.
 //!
 //! A hit that gains nothing from reading ahead (a local-disk store, or a fill in flight whose
 //! bytes are already in memory) is opened ahead and its first piece read, then handed to the
@@ -24,14 +27,14 @@ use crate::cachestore::storage::ChunkHit;
 use crate::cachestore::StoreError;
 use crate::chunk::{chunk_span, slice_in_chunk, ByteRange, Chunk, ChunkId, ObjectVersion};
 use crate::error::S3Error;
-use crate::fill::{FillBody, FillError};
+use crate::fill::{FillBody, FillError, PieceSink};
 use crate::metrics::{ChunkSource, FILL_JOINS, PEER_FILLS, READAHEAD_WAIT_TIMEOUTS};
 use crate::origin::OriginError;
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
-use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 /// Why a range's bytes stopped coming.
@@ -84,6 +87,103 @@ pub fn budget_units(bytes: u64) -> u32 {
     u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
 }
 
+/// The most bytes the reader of the chunk being sent next passes on ahead of the client (four
+/// store pieces, as a fill's window): what the head chunk reserves from the read-ahead budget,
+/// so a request waiting for its first byte holds this much, not a whole chunk (128 MiB in the
+/// default ladder's last tier, which let only 8 cold GETs of large objects start at once with
+/// the default budget). Its source is read at the client's pace: a peer's fill service goes on
+/// filling while its write to this replica waits, and a shared store's read is a stream.
+pub const HEAD_WINDOW: u64 = 1 << 20;
+
+/// The sending half of a chunk's pieces. A chunk read ahead sends without bound (its
+/// reservation covers its whole slice); the head sends at most its window ahead of the client:
+/// each piece takes its size (in budget units, at most the whole window) from `window`, given
+/// back when the pipeline takes the piece ([`PieceRx::recv`]).
+struct PieceTx {
+    tx: UnboundedSender<PieceResult>,
+    window: Option<Window>,
+}
+
+/// A head chunk's window between its reader task and the pipeline.
+#[derive(Clone)]
+struct Window {
+    room: Arc<Semaphore>,
+    /// Its size in budget units: a piece larger than the window takes all of it.
+    units: u32,
+}
+
+impl Window {
+    fn units_of(&self, piece: &Bytes) -> u32 {
+        budget_units(piece.len() as u64).min(self.units)
+    }
+}
+
+impl PieceTx {
+    /// Passes on a failure (never held back: the pipeline stops at it).
+    fn fail(&self, e: PipelineError) {
+        let _ = self.tx.send(Err(e));
+    }
+}
+
+impl crate::fill::PieceSink for PieceTx {
+    async fn put(&self, piece: Bytes) -> bool {
+        if let Some(window) = &self.window {
+            // No deadline of its own: the pipeline takes pieces as its client does, and a
+            // client that stops is ended by its write timeout, which drops the pipeline and
+            // aborts this task.
+            match window.room.acquire_many(window.units_of(&piece)).await {
+                Ok(taken) => taken.forget(),
+                Err(_) => return false,
+            }
+        }
+        self.tx.send(Ok(piece)).is_ok()
+    }
+}
+
+/// The receiving half of a chunk's pieces.
+struct PieceRx {
+    rx: UnboundedReceiver<PieceResult>,
+    window: Option<Window>,
+}
+
+impl PieceRx {
+    async fn recv(&mut self) -> Option<PieceResult> {
+        let got = self.rx.recv().await;
+        if let (Some(Ok(piece)), Some(window)) = (&got, &self.window) {
+            window.room.add_permits(window.units_of(piece) as usize);
+        }
+        got
+    }
+}
+
+impl Drop for PieceRx {
+    fn drop(&mut self) {
+        // A reader waiting for room learns at once that no one takes its pieces any more.
+        if let Some(window) = &self.window {
+            window.room.close();
+        }
+    }
+}
+
+/// A chunk's piece channel: bounded by a window of `window` bytes, or without bound (`None`).
+fn piece_channel(window: Option<u64>) -> (PieceTx, PieceRx) {
+    let (tx, rx) = unbounded_channel();
+    let window = window.map(|bytes| {
+        let units = budget_units(bytes).max(1);
+        Window {
+            room: Arc::new(Semaphore::new(units as usize)),
+            units,
+        }
+    });
+    (
+        PieceTx {
+            tx,
+            window: window.clone(),
+        },
+        PieceRx { rx, window },
+    )
+}
+
 struct Running {
     /// The chunk, named in errors.
     id: ChunkId,
@@ -101,7 +201,7 @@ struct Running {
 
 /// A chunk's reader task and what it hands back.
 struct Spawned {
-    rx: UnboundedReceiver<PieceResult>,
+    rx: PieceRx,
     /// An on-demand hit, handed over before `rx` closes.
     hit_rx: oneshot::Receiver<ChunkHit>,
     task: JoinHandle<()>,
@@ -126,12 +226,20 @@ enum Looked {
 }
 
 /// Keeps of a chunk's reservation only what its hit's reader may hold ahead of the client (an
-/// in-process stream's buffer; nothing for memory or disk).
+/// in-process stream's buffer, a RAM tier's chunk; nothing for a flight or a store read). The
+/// reservation always covers that: a chunk read ahead reserved its whole slice, and the head
+/// opens a RAM tier hit only when it reserved for one ([`ChunkStorage::in_ram`]).
 fn shrink(
     reservation: Option<OwnedSemaphorePermit>,
     hit: &ChunkHit,
 ) -> Option<OwnedSemaphorePermit> {
     let keep = budget_units(hit.buffered) as usize;
+    debug_assert!(
+        keep <= reservation
+            .as_ref()
+            .map_or(0, OwnedSemaphorePermit::num_permits),
+        "a hit holds more than its chunk reserved"
+    );
     reservation.and_then(|mut r| {
         if keep == 0 {
             None
@@ -139,6 +247,22 @@ fn shrink(
             r.split(keep.min(r.num_permits()))
         }
     })
+}
+
+/// Waits for `units` of the read-ahead budget, at most `limits.readahead_wait`.
+async fn wait_for_budget(
+    edge: &EdgeShared,
+    units: u32,
+) -> Result<OwnedSemaphorePermit, PipelineError> {
+    let wait = edge.orca.config.limits.readahead_wait;
+    let budget = edge.readahead_budget.clone();
+    match tokio::time::timeout(wait, budget.acquire_many_owned(units)).await {
+        Ok(permit) => permit.map_err(|_| OriginError::Transient("shutting down".into()).into()),
+        Err(_) => {
+            READAHEAD_WAIT_TIMEOUTS.inc();
+            Err(PipelineError::Busy(wait))
+        }
+    }
 }
 
 /// The ordered stream of a range's bytes.
@@ -246,39 +370,51 @@ impl Pipeline {
                     OriginError::Protocol(format!("chunk {index} is past the object's end"))
                 })?;
             let (from, to) = slice_in_chunk(self.range, self.chunk_size, index, chunk.len);
-            let units = budget_units(to - from);
-            let budget = self.edge.readahead_budget.clone();
-            let reservation = if self.queue.is_empty() {
+            let head = self.queue.is_empty();
+            let mut looked = Looked::No;
+            let mut reservation = if head {
                 // The chunk to send next waits for its share, but not forever: memory held
                 // by other clients (slow ones included) is released by their own write
                 // timeouts, and until then this request is better answered "slow down".
-                let wait = self.edge.orca.config.limits.readahead_wait;
-                match tokio::time::timeout(wait, budget.acquire_many_owned(units)).await {
-                    Ok(permit) => {
-                        permit.map_err(|_| OriginError::Transient("shutting down".into()))?
-                    }
-                    Err(_) => {
-                        READAHEAD_WAIT_TIMEOUTS.inc();
-                        return Err(PipelineError::Busy(wait));
-                    }
+                // A chunk the RAM tier holds reserves the slice its reader keeps alive (looked
+                // at, not opened, before the wait: a waiting head keeps nothing alive);
+                // anything else a window. Then memory is opened (no I/O): a fill in flight,
+                // or the RAM tier if reserved for; the head's later looks skip the tier.
+                let storage = &self.edge.orca.storage;
+                let in_ram = storage.in_ram(&chunk);
+                let units = budget_units(if in_ram {
+                    to - from
+                } else {
+                    (to - from).min(HEAD_WINDOW)
+                });
+                let reservation = wait_for_budget(&self.edge, units).await?;
+                if let Some(hit) = storage.open_in_memory(&chunk, from, to, in_ram) {
+                    looked = Looked::Hit(hit);
                 }
+                reservation
             } else {
+                let units = budget_units(to - from);
+                let budget = &self.edge.readahead_budget;
                 if budget.available_permits() < units as usize + self.reserve {
                     break;
                 }
-                match budget.try_acquire_many_owned(units) {
+                match budget.clone().try_acquire_many_owned(units) {
                     Ok(r) => r,
                     Err(_) => break,
                 }
             };
-            let mut looked = Looked::No;
-            let mut reservation = reservation;
-            if self.queue.is_empty() && index == self.last_index {
+            if head && index == self.last_index && matches!(looked, Looked::No) {
                 // The chunk to send next and the range's last (a one-chunk range: a small
                 // object): a hit read on demand is served from this task. (Not an earlier
                 // chunk: the chunks after it start only once it is looked up, and a shared
                 // store's lookup is a round trip.)
-                looked = match self.edge.orca.storage.open(&chunk, from, to).await {
+                looked = match self
+                    .edge
+                    .orca
+                    .storage
+                    .open_outside_ram(&chunk, from, to)
+                    .await
+                {
                     Some(hit) if hit.on_demand && hit.source == ChunkSource::CacheStore => {
                         match open_here(&chunk, hit, reservation).await {
                             Ok(running) => {
@@ -296,7 +432,7 @@ impl Pipeline {
                     None => Looked::Miss,
                 };
             }
-            let (tx, rx) = unbounded_channel();
+            let (tx, rx) = piece_channel(head.then(|| (to - from).min(HEAD_WINDOW)));
             let (hit_tx, hit_rx) = oneshot::channel();
             let id = chunk.id.clone();
             let task = tokio::spawn(read_chunk(
@@ -358,15 +494,24 @@ async fn read_chunk(
     (from, to): (u64, u64),
     request_id: Arc<str>,
     looked: Looked,
-    tx: UnboundedSender<PieceResult>,
+    tx: PieceTx,
     hit_tx: oneshot::Sender<ChunkHit>,
 ) {
     let orca = &edge.orca;
     let mut hit_tx = hit_tx;
     // Bytes of the chunk sent so far: a store read that broke off is continued from there.
     let mut sent = 0u64;
+    // The head reserved a window, not the whole chunk a RAM tier hit keeps alive.
+    let head = tx.window.is_some();
+    let open = async |from: u64| {
+        if head {
+            orca.storage.open_outside_ram(&chunk, from, to).await
+        } else {
+            orca.storage.open(&chunk, from, to).await
+        }
+    };
     let hit = match looked {
-        Looked::No => orca.storage.open(&chunk, from, to).await,
+        Looked::No => open(from).await,
         Looked::Hit(hit) => Some(hit),
         Looked::Miss => None,
     };
@@ -443,7 +588,7 @@ async fn read_chunk(
     {
         Ok((source, body)) => {
             let stored = if body.kept() {
-                orca.storage.open(&chunk, from + sent, to).await
+                open(from + sent).await
             } else {
                 None
             };
@@ -451,7 +596,7 @@ async fn read_chunk(
                 source,
                 reader: Box::new(body),
                 on_demand: true,
-                buffered: FillBody::BUFFERED,
+                buffered: FillBody::BUFFERED.min(to - from - sent),
             });
             match pass_hit(&chunk, hit, false, &tx, hit_tx).await {
                 Passed::Done => source.count(),
@@ -463,7 +608,7 @@ async fn read_chunk(
             }
         }
         Err(FillError::Busy) => {
-            let _ = tx.send(Err(PipelineError::FillBusy));
+            tx.fail(PipelineError::FillBusy);
         }
         Err(e) => fail(&edge, &chunk, &tx, e.into_origin()),
     }
@@ -490,7 +635,7 @@ async fn pass_hit(
     chunk: &Chunk,
     mut hit: ChunkHit,
     count: bool,
-    tx: &UnboundedSender<PieceResult>,
+    tx: &PieceTx,
     hit_tx: oneshot::Sender<ChunkHit>,
 ) -> Passed {
     let mut sent = 0u64;
@@ -498,7 +643,7 @@ async fn pass_hit(
         match hit.reader.next_piece().await {
             Ok(Some(piece)) => {
                 sent += piece.len() as u64;
-                if tx.send(Ok(piece)).is_err() {
+                if !tx.put(piece).await {
                     return Passed::Done;
                 }
                 if hit.on_demand {
@@ -527,10 +672,10 @@ async fn pass_hit(
                 return Passed::Broke { hit_tx, sent };
             }
             Err(source) => {
-                let _ = tx.send(Err(PipelineError::Store {
+                tx.fail(PipelineError::Store {
                     chunk: chunk.id.name(),
                     source,
-                }));
+                });
                 return Passed::Done;
             }
         }
@@ -543,7 +688,7 @@ async fn fetch_from_peer(
     chunk: &Chunk,
     range: (u64, u64),
     request_id: &str,
-    tx: &UnboundedSender<PieceResult>,
+    tx: &PieceTx,
     sent: &mut u64,
 ) -> Result<(), FillError> {
     let client = edge.fills.peer(peer).await?;
@@ -561,17 +706,78 @@ fn count_hit(hit: &ChunkHit) {
     }
 }
 
-fn fail(edge: &EdgeShared, chunk: &Chunk, tx: &UnboundedSender<PieceResult>, e: OriginError) {
+fn fail(edge: &EdgeShared, chunk: &Chunk, tx: &PieceTx, e: OriginError) {
     if e == OriginError::ETagChanged {
         let v = &chunk.version;
         edge.orca.metadata.invalidate(&v.bucket, &v.key);
     }
-    let _ = tx.send(Err(e.into()));
+    tx.fail(e.into());
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A head's window: a piece takes its size from the window and gives it back when taken,
+    /// so the reader is held once the window is full; a piece larger than the window passes
+    /// alone; an empty piece takes nothing; a reader waiting for room is told when the
+    /// receiver goes.
+    #[tokio::test]
+    async fn a_head_window_holds_the_reader_at_its_size() {
+        use crate::fill::PieceSink;
+        use std::time::Duration;
+        let (tx, mut rx) = piece_channel(Some(4096));
+        let kib = Bytes::from(vec![7u8; 1024]);
+        for _ in 0..4 {
+            assert!(tx.put(kib.clone()).await);
+        }
+        // Full: the fifth KiB waits until a piece is taken.
+        let blocked = tokio::time::timeout(Duration::from_millis(50), tx.put(kib.clone())).await;
+        assert!(blocked.is_err(), "a full window took another piece");
+        assert_eq!(rx.recv().await.unwrap().unwrap().len(), 1024);
+        assert!(tx.put(kib.clone()).await);
+        for _ in 0..4 {
+            rx.recv().await.unwrap().unwrap();
+        }
+        // Empty again: a piece larger than the window passes alone, an empty one is free.
+        assert!(tx.put(Bytes::from(vec![1u8; 10_000])).await);
+        assert!(tx.put(Bytes::new()).await);
+        let blocked = tokio::time::timeout(Duration::from_millis(50), tx.put(kib.clone())).await;
+        assert!(
+            blocked.is_err(),
+            "a window held by a large piece took another"
+        );
+        assert_eq!(rx.recv().await.unwrap().unwrap().len(), 10_000);
+        assert_eq!(rx.recv().await.unwrap().unwrap().len(), 0);
+        // A failure is never held back, and the window's room is all back.
+        tx.fail(PipelineError::FillBusy);
+        assert!(rx.recv().await.unwrap().is_err());
+        assert_eq!(rx.window.as_ref().unwrap().room.available_permits(), 4);
+        // Full, then the receiver goes: the waiting reader is told at once.
+        for _ in 0..4 {
+            assert!(tx.put(kib.clone()).await);
+        }
+        let waiting = tokio::spawn(async move { tx.put(kib).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(rx);
+        assert!(!waiting.await.unwrap(), "told that no one takes its pieces");
+    }
+
+    /// Without a window (a chunk read ahead, whose reservation covers its slice) nothing waits.
+    #[tokio::test]
+    async fn a_chunk_read_ahead_is_not_held() {
+        use crate::fill::PieceSink;
+        let (tx, mut rx) = piece_channel(None);
+        for _ in 0..64 {
+            assert!(tx.put(Bytes::from(vec![0u8; 64 * 1024])).await);
+        }
+        drop(tx);
+        let mut n = 0;
+        while let Some(piece) = rx.recv().await {
+            n += piece.unwrap().len();
+        }
+        assert_eq!(n, 64 * 64 * 1024);
+    }
 
     #[test]
     fn budget_counts_kib_rounding_up() {

@@ -8,9 +8,12 @@
 //! duplex stream. That costs no socket, and it keeps working during a graceful shutdown, when
 //! Pingora has closed the listeners but in-flight downloads still need their remaining chunks.
 //!
-//! The whole response is always drained at network speed, whatever the client's speed: the
-//! fill service paces its origin read by this reader, so a reader that stopped to wait for a
-//! slow client would slow every request joined to that chunk.
+//! [`FillClient::fetch`] passes the answer on as fast as its [`PieceSink`] takes it: the
+//! edge's sink for a chunk read ahead takes everything at once (its read-ahead reservation
+//! covers the chunk), the one for the chunk being sent takes a small window ahead of the
+//! client. Reading a peer's answer at the client's pace slows no one else: the fill service
+//! keeps filling into its flight while a write to its requester is pending (see
+//! `FillService`), and every other reader reads the flight.
 
 use super::protocol::{
     FillRequest, REFUSED_HEADER, REQUEST_ID_HEADER, SECRET_HEADER, SOURCE_HEADER, UNCACHED_HEADER,
@@ -39,7 +42,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
-use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::watch;
 
 /// Buffer of the in-memory stream to the local fill service. Small: a chunk the edge reads
@@ -51,6 +53,13 @@ const LOCAL_PIPE: usize = 64 * 1024;
 
 /// Largest error body read from a fill service.
 const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// Where [`FillClient::fetch`] puts the bytes it reads, as they arrive.
+pub trait PieceSink: Sync {
+    /// Passes on one piece, waiting while the reader has no room for it; `false` once the
+    /// reader is gone.
+    fn put(&self, piece: Bytes) -> impl std::future::Future<Output = bool> + Send;
+}
 
 /// Why a fill request did not deliver its chunk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,17 +218,17 @@ impl FillClient {
         }
     }
 
-    /// Fetches one chunk and sends bytes `[from, to)` of it to `tx`, adding what it sent to
+    /// Fetches one chunk and puts bytes `[from, to)` of it into `tx`, adding what it put to
     /// `sent`, for the edge request `request_id` (sent in `x-orca-request-id`, so the fill
-    /// service's log lines name it; empty: not sent). Returns where the fill service got the bytes. The body length is checked
-    /// against the chunk's length: a short body is an error, never a complete chunk. Only
-    /// bytes go to `tx`; failures are returned (`E` is the caller's error type).
-    pub async fn fetch<E>(
+    /// service's log lines name it; empty: not sent). Returns where the fill service got the
+    /// bytes. The body length is checked against the chunk's length: a short body is an error,
+    /// never a complete chunk. Only bytes go to `tx`; failures are returned.
+    pub async fn fetch(
         &self,
         chunk: &Chunk,
         (from, to): (u64, u64),
         request_id: &str,
-        tx: &UnboundedSender<Result<Bytes, E>>,
+        tx: &impl PieceSink,
         sent: &mut u64,
     ) -> Result<ChunkSource, FillError> {
         let expected_len = chunk.len;
@@ -243,7 +252,7 @@ impl FillClient {
                     let hi = (to.min(end) - start) as usize;
                     *sent += (hi - lo) as u64;
                     // The client went away: stop; the fill service finishes the fill.
-                    if tx.send(Ok(piece.slice(lo..hi))).is_err() {
+                    if !tx.put(piece.slice(lo..hi)).await {
                         return Ok(source);
                     }
                 }

@@ -13,5 +13,5 @@ pub mod purge;
 pub mod service;
 pub mod subrange;
 
-pub use client::{FillBody, FillClients, FillError, PeerTls};
+pub use client::{FillBody, FillClients, FillError, PeerTls, PieceSink};
 pub use service::FillService;

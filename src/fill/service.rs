@@ -264,15 +264,26 @@ impl ProxyHttp for FillService {
             .and_then(|v| request_id_of(v.as_bytes()))
             .map_or_else(crate::error::request_id, str::to_string);
         // A peer that stops reading (a frozen process) fails its own request after this long
-        // without progress, and its connection and task are freed; a peer reads a fill at
-        // network speed, so a healthy one never gets near it. This replica's own edge reads
-        // its answers in order as its client takes them: an answer of a chunk read ahead may
-        // rightly wait unread for as long as the client takes over the chunks before it. The
-        // edge's own write timeout bounds that (a client that stops reading fails its request,
-        // which drops the in-process stream and ends this answer at once), so the in-process
-        // instance sets none. Either way the fill itself goes on into its flight.
+        // without progress, and its connection and task are freed. A healthy peer reads a chunk
+        // it reads ahead at network speed, and the chunk its client needs next at most a window
+        // ahead of that client: it stops reading only while its client does, and its own
+        // write timeout to that client (`client_write_timeout`) ends the request first, which
+        // closes this connection. Twice that here, so a slow but live client never ends the
+        // peer's answer (the peer would fill the rest itself: origin bytes twice). This
+        // replica's own edge reads its answers in order as its client takes them: an answer
+        // of a chunk read ahead may rightly wait unread for as long as the client takes over
+        // the chunks before it. The edge's own write timeout bounds that (a client that stops
+        // reading fails its request, which drops the in-process stream and ends this answer
+        // at once), so the in-process instance sets none. Either way the fill itself goes on
+        // into its flight.
         if !self.local {
-            session.set_write_timeout(Some(self.orca.config.limits.client_write_timeout));
+            session.set_write_timeout(Some(
+                self.orca
+                    .config
+                    .limits
+                    .client_write_timeout
+                    .saturating_mul(2),
+            ));
         }
         if session.req_header().uri.path() == PURGE_PATH {
             self.serve_purge(session).await?;
