@@ -32,6 +32,19 @@ fn own_fs_store(c: OrcaConfig, root: &std::path::Path) -> OrcaConfig {
     c.cache_root(root).extra_yaml(&yaml)
 }
 
+/// `c` with the shared `s3` store: the bucket `cache` (made by the caller) of `store`, the
+/// fills' spools under `tmp` (its `TMPDIR`).
+fn shared_s3_store(c: OrcaConfig, store: &Moto, tmp: &std::path::Path) -> OrcaConfig {
+    let yaml = format!(
+        "cachestore:\n  driver: s3\n  s3:\n    endpoint: {}\n    region: us-east-1\n    bucket: cache\n    path_style: true\n",
+        store.endpoint()
+    );
+    c.extra_yaml(&yaml)
+        .env("ORCA_CACHESTORE_ACCESS_KEY_ID", "test")
+        .env("ORCA_CACHESTORE_SECRET_ACCESS_KEY", "test")
+        .env("TMPDIR", &tmp.to_string_lossy())
+}
+
 /// A client that sends a GET and reads only what it is told to.
 struct SlowClient {
     conn: TcpStream,
@@ -285,15 +298,9 @@ async fn a_stalled_client_of_a_shared_store_hit_holds_only_a_window() {
     let store = Moto::start();
     create_bucket(&store.endpoint(), "cache").await;
     let tmp = tempfile::tempdir().unwrap();
-    let yaml = format!(
-        "cachestore:\n  driver: s3\n  s3:\n    endpoint: {}\n    region: us-east-1\n    bucket: cache\n    path_style: true\nchunking:\n  size: 64MiB\n  tiers: []\n  subrange_size: 0\n",
-        store.endpoint()
-    );
     let s = Stack::start(Origin::S3, "stream", |c| {
-        c.extra_yaml(&yaml)
-            .env("ORCA_CACHESTORE_ACCESS_KEY_ID", "test")
-            .env("ORCA_CACHESTORE_SECRET_ACCESS_KEY", "test")
-            .env("TMPDIR", &tmp.path().to_string_lossy())
+        shared_s3_store(c, &store, tmp.path())
+            .extra_yaml("chunking:\n  size: 64MiB\n  tiers: []\n  subrange_size: 0\n")
     })
     .await;
     let data = deterministic_bytes(18, 64 * MIB);
@@ -419,16 +426,8 @@ async fn an_origin_failing_mid_fill_stores_nothing_in_the_s3_store() {
     let store = Moto::start();
     create_bucket(&store.endpoint(), "cache").await;
     let tmp = tempfile::tempdir().unwrap();
-    let yaml = format!(
-        "cachestore:\n  driver: s3\n  s3:\n    endpoint: {}\n    region: us-east-1\n    bucket: cache\n    path_style: true\n",
-        store.endpoint()
-    );
     let s = Stack::start(Origin::S3, "stream", |c| {
-        c.chunk_size("8MiB")
-            .extra_yaml(&yaml)
-            .env("ORCA_CACHESTORE_ACCESS_KEY_ID", "test")
-            .env("ORCA_CACHESTORE_SECRET_ACCESS_KEY", "test")
-            .env("TMPDIR", &tmp.path().to_string_lossy())
+        shared_s3_store(c.chunk_size("8MiB"), &store, tmp.path())
     })
     .await;
     let data = deterministic_bytes(17, 12 * MIB);
