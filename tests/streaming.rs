@@ -45,6 +45,17 @@ fn shared_s3_store(c: OrcaConfig, store: &Moto, tmp: &std::path::Path) -> OrcaCo
         .env("TMPDIR", &tmp.to_string_lossy())
 }
 
+/// Waits (at most [`WAIT`]) until `s`'s Orca has committed `n` chunks to its store.
+async fn committed(s: &Stack, n: f64) {
+    s.orca
+        .wait_metric_at_least(
+            "orca_cachestore_commits_total{result=\"committed\"}",
+            n,
+            WAIT,
+        )
+        .await;
+}
+
 /// A client that sends a GET and reads only what it is told to.
 struct SlowClient {
     conn: TcpStream,
@@ -239,13 +250,7 @@ async fn stalled_readers_of_chunks_read_ahead(subrange_size: &str, seed: u64) {
         clients.push(SlowClient::start(&s.orca.edge_addr(), &path, 1).await);
     }
     // Every chunk of every object is filled and committed while its client reads nothing.
-    s.orca
-        .wait_metric_at_least(
-            "orca_cachestore_commits_total{result=\"committed\"}",
-            (CLIENTS * CHUNKS) as f64,
-            WAIT,
-        )
-        .await;
+    committed(&s, (CLIENTS * CHUNKS) as f64).await;
     for (i, (client, data)) in clients.iter_mut().zip(&objects).enumerate() {
         assert!(!client.read_until(data.len()).await || client.body.len() == data.len());
         assert_eq!(
@@ -307,13 +312,7 @@ async fn a_stalled_client_of_a_shared_store_hit_holds_only_a_window() {
     s.put("big", &data).await;
     let r = http_get(&s.url("big"), None).await.unwrap();
     assert!(r.body == data, "the cold read's bytes differ");
-    s.orca
-        .wait_metric_at_least(
-            "orca_cachestore_commits_total{result=\"committed\"}",
-            1.0,
-            WAIT,
-        )
-        .await;
+    committed(&s, 1.0).await;
     let store_reads = "orca_chunk_reads_total{source=\"cachestore\"}";
     let before = s.orca.metric_value_async(store_reads).await;
     let pid = s.orca.pid();
@@ -353,13 +352,7 @@ async fn a_stalled_client_of_a_shared_store_hit_holds_only_a_window() {
 async fn read_through_a_reset(s: &Stack, key: &str, data: &[u8]) {
     let r = http_get(&s.url(key), Some("bytes=0-0")).await.unwrap();
     assert_eq!(r.status, 206);
-    s.orca
-        .wait_metric_at_least(
-            "orca_cachestore_commits_total{result=\"committed\"}",
-            1.0,
-            WAIT,
-        )
-        .await;
+    committed(s, 1.0).await;
     s.proxy.push_fault(
         FaultRule::new(Fault::ResetAfter(2 * MIB))
             .method("GET")
@@ -408,13 +401,7 @@ async fn an_origin_failing_mid_fill_stores_nothing_in_the_fs_store() {
         s.requests_for("GET", "cut") > before,
         "the next reader filled again"
     );
-    s.orca
-        .wait_metric_at_least(
-            "orca_cachestore_commits_total{result=\"committed\"}",
-            2.0,
-            WAIT,
-        )
-        .await;
+    committed(&s, 2.0).await;
     assert_eq!(fsstore::chunk_file_count(&root), 2);
 }
 
@@ -458,13 +445,7 @@ async fn an_origin_failing_mid_fill_stores_nothing_in_the_s3_store() {
     assert_eq!(keys().await.len(), 1, "{:?}", keys().await);
     let r = http_get(&s.url("cut"), None).await.unwrap();
     assert!(r.body == data, "the refill's bytes differ");
-    s.orca
-        .wait_metric_at_least(
-            "orca_cachestore_commits_total{result=\"committed\"}",
-            2.0,
-            WAIT,
-        )
-        .await;
+    committed(&s, 2.0).await;
     let stored = keys().await;
     assert_eq!(stored.len(), 2, "{stored:?}");
     // Each stored chunk is whole: 8 MiB and 4 MiB.
