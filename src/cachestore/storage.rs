@@ -688,9 +688,10 @@ impl ChunkStorage {
         self.lookup_chunk(chunk, from, to, false, true, true).await
     }
 
-    /// [`ChunkStorage::open`] without the RAM tier: for the edge's chunk to send next, which
+    /// [`ChunkStorage::open`] without the RAM tier: for the edge's chunk to send next when it
     /// reserved read-ahead memory for a window, not for the whole chunk a RAM tier reader keeps
-    /// alive (see [`ChunkHit::buffered`]). A chunk in the tier is in a flight or the store too.
+    /// alive (see [`ChunkHit::buffered`] and [`ChunkStorage::in_ram`]). A chunk in the tier is
+    /// in a flight or the store too.
     pub async fn open_outside_ram(&self, chunk: &Chunk, from: u64, to: u64) -> Option<ChunkHit> {
         self.lookup_chunk(chunk, from, to, false, true, false).await
     }
@@ -717,59 +718,11 @@ impl ChunkStorage {
             .await
     }
 
-    /// Bytes `[from, to)` of a chunk from memory alone, without I/O: a live fill in flight,
-    /// else, with `ram`, the RAM tier. [`ChunkStorage::open`] looks here first. The edge looks
-    /// here alone for the chunk it sends next, once it has reserved read-ahead memory for it:
-    /// for the whole slice when [`ChunkStorage::in_ram`] said the tier has it (a RAM tier
-    /// reader keeps its chunk alive, see [`ChunkHit::buffered`]), else for a window.
-    pub fn open_in_memory(&self, chunk: &Chunk, from: u64, to: u64, ram: bool) -> Option<ChunkHit> {
-        self.in_memory(chunk, from, to, from == 0 && to >= chunk.len, ram)
-    }
-
     /// Whether the RAM tier holds `chunk` now (a look, no read: it keeps nothing alive).
     pub fn in_ram(&self, chunk: &Chunk) -> bool {
         self.ram
             .as_ref()
             .is_some_and(|r| r.stat(&chunk.id) == Some(chunk.len))
-    }
-
-    /// [`ChunkStorage::open_in_memory`]; `admit`: a whole-chunk read, which the RAM tier
-    /// admits once every byte of a fill has passed through.
-    fn in_memory(
-        &self,
-        chunk: &Chunk,
-        from: u64,
-        to: u64,
-        admit: bool,
-        ram: bool,
-    ) -> Option<ChunkHit> {
-        if let Some(flight) = self.live_flight(&chunk.id) {
-            let reader = Box::new(FlightReader::new(flight, from, to, self.stall_timeout));
-            return Some(ChunkHit {
-                source: ChunkSource::Memory,
-                // The fill's bytes, admitted once they have all passed through (a fill that
-                // fails admits nothing).
-                reader: if admit {
-                    self.admitting(chunk, reader, self.ram_epoch())
-                } else {
-                    reader
-                },
-                on_demand: true,
-                buffered: 0,
-            });
-        }
-        if !ram {
-            return None;
-        }
-        let reader = self.ram.as_ref()?.get(&chunk.id, chunk.len, from, to)?;
-        Some(ChunkHit {
-            source: ChunkSource::RamTier,
-            reader: Box::new(reader),
-            on_demand: true,
-            // A reader keeps its chunk alive even once the tier evicts it: the edge keeps
-            // these bytes counted in its read-ahead budget until they are sent.
-            buffered: to.min(chunk.len).saturating_sub(from),
-        })
     }
 
     /// `for_fill`: a read for the fill service's answer, which trusts a recent miss and admits
@@ -787,8 +740,35 @@ impl ChunkStorage {
         ram: bool,
     ) -> Option<ChunkHit> {
         let admit = !for_fill && vouched && from == 0 && to >= chunk.len;
-        if let Some(hit) = self.in_memory(chunk, from, to, admit, ram) {
-            return Some(hit);
+        if let Some(flight) = self.live_flight(&chunk.id) {
+            let reader = Box::new(FlightReader::new(flight, from, to, self.stall_timeout));
+            return Some(ChunkHit {
+                source: ChunkSource::Memory,
+                // The fill's bytes, admitted once they have all passed through (a fill that
+                // fails admits nothing).
+                reader: if admit {
+                    self.admitting(chunk, reader, self.ram_epoch())
+                } else {
+                    reader
+                },
+                on_demand: true,
+                buffered: 0,
+            });
+        }
+        if let Some(reader) = self
+            .ram
+            .as_ref()
+            .filter(|_| ram)
+            .and_then(|r| r.get(&chunk.id, chunk.len, from, to))
+        {
+            return Some(ChunkHit {
+                source: ChunkSource::RamTier,
+                reader: Box::new(reader),
+                on_demand: true,
+                // A reader keeps its chunk alive even once the tier evicts it: the edge keeps
+                // these bytes counted in its read-ahead budget until they are sent.
+                buffered: to.min(chunk.len).saturating_sub(from),
+            });
         }
         if for_fill && self.misses.recently_missing(&chunk.id) {
             return None;

@@ -228,7 +228,8 @@ enum Looked {
 /// Keeps of a chunk's reservation only what its hit's reader may hold ahead of the client (an
 /// in-process stream's buffer, a RAM tier's chunk; nothing for a flight or a store read). The
 /// reservation always covers that: a chunk read ahead reserved its whole slice, and the head
-/// opens a RAM tier hit only when it reserved for one ([`ChunkStorage::in_ram`]).
+/// opens a RAM tier hit only when it reserved for one
+/// ([`crate::cachestore::storage::ChunkStorage::in_ram`]).
 fn shrink(
     reservation: Option<OwnedSemaphorePermit>,
     hit: &ChunkHit,
@@ -247,6 +248,22 @@ fn shrink(
             r.split(keep.min(r.num_permits()))
         }
     })
+}
+
+/// Opens bytes `[from, to)` of `chunk` in the storage; in the RAM tier too only with `ram` (the
+/// chunk's reservation covers the slice a RAM tier reader keeps alive).
+async fn open_chunk(
+    edge: &EdgeShared,
+    chunk: &Chunk,
+    (from, to): (u64, u64),
+    ram: bool,
+) -> Option<ChunkHit> {
+    let storage = &edge.orca.storage;
+    if ram {
+        storage.open(chunk, from, to).await
+    } else {
+        storage.open_outside_ram(chunk, from, to).await
+    }
 }
 
 /// Waits for `units` of the read-ahead budget, at most `limits.readahead_wait`.
@@ -371,27 +388,20 @@ impl Pipeline {
                 })?;
             let (from, to) = slice_in_chunk(self.range, self.chunk_size, index, chunk.len);
             let head = self.queue.is_empty();
-            let mut looked = Looked::No;
-            let mut reservation = if head {
+            // The head's window (see [`HEAD_WINDOW`]); none for a chunk read ahead.
+            let window = head.then(|| (to - from).min(HEAD_WINDOW));
+            // Whether this chunk's reservation covers a RAM tier hit, which keeps its whole
+            // slice alive: a chunk read ahead reserves its slice anyway; the head only when the
+            // tier holds the chunk (looked at, not opened, before the wait: a waiting head
+            // keeps nothing alive), and otherwise never opens the tier.
+            let mut ram = true;
+            let mut reservation = if let Some(window) = window {
                 // The chunk to send next waits for its share, but not forever: memory held
                 // by other clients (slow ones included) is released by their own write
                 // timeouts, and until then this request is better answered "slow down".
-                // A chunk the RAM tier holds reserves the slice its reader keeps alive (looked
-                // at, not opened, before the wait: a waiting head keeps nothing alive);
-                // anything else a window. Then memory is opened (no I/O): a fill in flight,
-                // or the RAM tier if reserved for; the head's later looks skip the tier.
-                let storage = &self.edge.orca.storage;
-                let in_ram = storage.in_ram(&chunk);
-                let units = budget_units(if in_ram {
-                    to - from
-                } else {
-                    (to - from).min(HEAD_WINDOW)
-                });
-                let reservation = wait_for_budget(&self.edge, units).await?;
-                if let Some(hit) = storage.open_in_memory(&chunk, from, to, in_ram) {
-                    looked = Looked::Hit(hit);
-                }
-                reservation
+                ram = self.edge.orca.storage.in_ram(&chunk);
+                let units = budget_units(if ram { to - from } else { window });
+                wait_for_budget(&self.edge, units).await?
             } else {
                 let units = budget_units(to - from);
                 let budget = &self.edge.readahead_budget;
@@ -403,18 +413,13 @@ impl Pipeline {
                     Err(_) => break,
                 }
             };
-            if head && index == self.last_index && matches!(looked, Looked::No) {
+            let mut looked = Looked::No;
+            if head && index == self.last_index {
                 // The chunk to send next and the range's last (a one-chunk range: a small
                 // object): a hit read on demand is served from this task. (Not an earlier
                 // chunk: the chunks after it start only once it is looked up, and a shared
                 // store's lookup is a round trip.)
-                looked = match self
-                    .edge
-                    .orca
-                    .storage
-                    .open_outside_ram(&chunk, from, to)
-                    .await
-                {
+                looked = match open_chunk(&self.edge, &chunk, (from, to), ram).await {
                     Some(hit) if hit.on_demand && hit.source == ChunkSource::CacheStore => {
                         match open_here(&chunk, hit, reservation).await {
                             Ok(running) => {
@@ -432,7 +437,7 @@ impl Pipeline {
                     None => Looked::Miss,
                 };
             }
-            let (tx, rx) = piece_channel(head.then(|| (to - from).min(HEAD_WINDOW)));
+            let (tx, rx) = piece_channel(window);
             let (hit_tx, hit_rx) = oneshot::channel();
             let id = chunk.id.clone();
             let task = tokio::spawn(read_chunk(
@@ -440,7 +445,7 @@ impl Pipeline {
                 chunk,
                 (from, to),
                 self.request_id.clone(),
-                looked,
+                (looked, ram),
                 tx,
                 hit_tx,
             ));
@@ -493,7 +498,7 @@ async fn read_chunk(
     chunk: Chunk,
     (from, to): (u64, u64),
     request_id: Arc<str>,
-    looked: Looked,
+    (looked, ram): (Looked, bool),
     tx: PieceTx,
     hit_tx: oneshot::Sender<ChunkHit>,
 ) {
@@ -501,17 +506,8 @@ async fn read_chunk(
     let mut hit_tx = hit_tx;
     // Bytes of the chunk sent so far: a store read that broke off is continued from there.
     let mut sent = 0u64;
-    // The head reserved a window, not the whole chunk a RAM tier hit keeps alive.
-    let head = tx.window.is_some();
-    let open = async |from: u64| {
-        if head {
-            orca.storage.open_outside_ram(&chunk, from, to).await
-        } else {
-            orca.storage.open(&chunk, from, to).await
-        }
-    };
     let hit = match looked {
-        Looked::No => open(from).await,
+        Looked::No => open_chunk(&edge, &chunk, (from, to), ram).await,
         Looked::Hit(hit) => Some(hit),
         Looked::Miss => None,
     };
@@ -588,7 +584,7 @@ async fn read_chunk(
     {
         Ok((source, body)) => {
             let stored = if body.kept() {
-                open(from + sent).await
+                open_chunk(&edge, &chunk, (from + sent, to), ram).await
             } else {
                 None
             };
